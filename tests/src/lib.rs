@@ -1,0 +1,369 @@
+//! Helpers for vmnetd's integration tests: private network namespaces, a daemon process
+//! guard, and running the CLI and iproute2.
+//!
+//! Every test that touches the network runs its body through [`in_netns`]: a fresh thread
+//! that `unshare(CLONE_NEWNET)`s, so every device it creates (TAPs, veths, bridges) lives in a
+//! namespace that vanishes with the thread and the processes it started. [`Daemon`] kills its
+//! process on drop, so nothing outlives a failing test.
+
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+pub mod netns;
+pub use netns::in_netns;
+
+/// Path of a workspace binary (`vmnetd`, `vmnetd-libvirt-hook`) built next to the tests.
+///
+/// `tests/run.sh` builds them first (`cargo build --workspace --bins`). `VMNETD_BIN_DIR`
+/// overrides the directory.
+pub fn bin(name: &str) -> PathBuf {
+    let dir = match std::env::var_os("VMNETD_BIN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            let exe = std::env::current_exe().expect("current_exe");
+            // target/<profile>/deps/<test> or target/<profile>/<bin> -> target/<profile>
+            let dir = exe.parent().expect("exe dir");
+            if dir.ends_with("deps") {
+                dir.parent().expect("profile dir").to_owned()
+            } else {
+                dir.to_owned()
+            }
+        }
+    };
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} is not built; run `cargo build --workspace --bins` first (tests/run.sh does)",
+        p.display()
+    );
+    p
+}
+
+/// The captured result of a command, with helpers that fail loudly.
+#[derive(Debug)]
+pub struct Out {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub what: String,
+}
+
+impl Out {
+    fn from(what: String, o: Output) -> Out {
+        Out {
+            code: o.status.code(),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+            what,
+        }
+    }
+
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    /// Stdout of a command that must have succeeded.
+    #[track_caller]
+    pub fn ok(&self) -> &str {
+        assert!(
+            self.success(),
+            "`{}` failed ({:?}):\n{}{}",
+            self.what,
+            self.code,
+            self.stdout,
+            self.stderr
+        );
+        &self.stdout
+    }
+
+    /// Stderr of a command that must have failed, checked to be exactly one line.
+    #[track_caller]
+    pub fn failed_one_line(&self) -> &str {
+        assert!(
+            !self.success(),
+            "`{}` should have failed but printed:\n{}",
+            self.what,
+            self.stdout
+        );
+        assert_eq!(
+            self.stderr.trim_end().lines().count(),
+            1,
+            "`{}` should fail with one stderr line, got:\n{}",
+            self.what,
+            self.stderr
+        );
+        self.stderr.trim_end()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(self.ok()).unwrap_or_else(|e| {
+            panic!(
+                "`{}` printed invalid JSON ({e}):\n{}",
+                self.what, self.stdout
+            )
+        })
+    }
+}
+
+/// Runs a command to completion and captures its output.
+pub fn run<I, S>(prog: impl AsRef<OsStr>, args: I) -> Out
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut c = Command::new(prog.as_ref());
+    c.args(args);
+    run_cmd(&mut c)
+}
+
+pub fn run_cmd(c: &mut Command) -> Out {
+    let what = format!("{c:?}");
+    let o = c
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    Out::from(what, o)
+}
+
+/// `ip ARGS...` in the current namespace; must succeed.
+#[track_caller]
+pub fn ip(args: &str) -> String {
+    run("ip", args.split_whitespace()).ok().to_owned()
+}
+
+/// `sh -c SCRIPT`; must succeed.
+#[track_caller]
+pub fn sh(script: &str) -> String {
+    run("sh", ["-c", script]).ok().to_owned()
+}
+
+/// Whether a link exists in the current namespace.
+pub fn link_exists(name: &str) -> bool {
+    run("ip", ["link", "show", "dev", name]).success()
+}
+
+/// `ip -d link show dev NAME`, must exist.
+#[track_caller]
+pub fn link_details(name: &str) -> String {
+    ip(&format!("-d link show dev {name}"))
+}
+
+pub fn ifindex(name: &str) -> u32 {
+    let out = link_details(name);
+    out.split(':')
+        .next()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no ifindex in {out}"))
+}
+
+/// Polls `f` until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A `vmnetd daemon` process with private state and run dirs under `root`.
+pub struct Daemon {
+    child: Option<Child>,
+    pub root: PathBuf,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+    pub extra: Vec<String>,
+}
+
+impl Daemon {
+    pub fn state_dir(root: &Path) -> PathBuf {
+        root.join("state")
+    }
+
+    /// Starts a daemon and waits until it answers `status`.
+    pub fn start(root: &Path) -> Daemon {
+        Daemon::start_with(root, &[])
+    }
+
+    pub fn start_with(root: &Path, extra: &[&str]) -> Daemon {
+        let mut d = Daemon {
+            child: None,
+            root: root.to_owned(),
+            socket: root.join("run").join("vmnetd.sock"),
+            log: root.join("daemon.log"),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        d.restart();
+        d
+    }
+
+    /// Starts the daemon process again (after [`Daemon::kill`] or [`Daemon::stop`]).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "daemon already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("daemon log");
+        let child = Command::new(bin("vmnetd"))
+            .arg("daemon")
+            .arg("--state-dir")
+            .arg(self.root.join("state"))
+            .arg("--run-dir")
+            .arg(self.root.join("run"))
+            .args(&self.extra)
+            .env("RUST_LOG", "debug")
+            .env_remove("VMNETD_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn vmnetd daemon");
+        self.child = Some(child);
+        if let Err(e) = self.wait_ready() {
+            panic!("{e:#}\n--- daemon log ---\n{}", self.log_text());
+        }
+    }
+
+    fn wait_ready(&mut self) -> Result<()> {
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                bail!("vmnetd daemon exited during start-up: {st}");
+            }
+            if let Ok(mut c) = vmnetd::client::Client::connect(&self.socket) {
+                if c.call::<serde_json::Value>(vmnetd::api::Op::Status).is_ok() {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > end {
+                bail!(
+                    "vmnetd daemon did not answer on {} within 30 s",
+                    self.socket.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        if let Some(pid) = self.pid() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
+        }
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit status code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return st.code();
+            }
+            if Instant::now() > end {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!(
+                    "daemon did not exit within 20 s of SIGTERM\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs the `vmnetd` CLI against this daemon.
+    pub fn cli(&self, args: &[&str]) -> Out {
+        let mut c = Command::new(bin("vmnetd"));
+        c.args(args).env("VMNETD_SOCKET", &self.socket);
+        run_cmd(&mut c)
+    }
+
+    pub fn client(&self) -> vmnetd::client::Client {
+        vmnetd::client::Client::connect(&self.socket).expect("connect to daemon")
+    }
+
+    /// Follows the log until a line contains `needle`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
+        wait_until(timeout, || {
+            std::fs::File::open(&self.log)
+                .map(|f| {
+                    BufReader::new(f)
+                        .lines()
+                        .map_while(|l| l.ok())
+                        .any(|l| l.contains(needle))
+                })
+                .unwrap_or(false)
+        })
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A temporary directory for a test's daemon state, readable by other users (the QEMU and
+/// owner tests run processes as `nobody`).
+pub fn test_dir() -> tempfile::TempDir {
+    let d = tempfile::Builder::new()
+        .prefix("vmnetd-test-")
+        .tempdir()
+        .expect("tempdir");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    d
+}
+
+/// Fails with a clear message when not root: these tests need CAP_NET_ADMIN and CAP_SYS_ADMIN.
+pub fn require_root() -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("this test needs root (network namespaces, TAP devices); run tests/run.sh as root");
+    }
+    Ok(())
+}
+
+pub fn read(path: &Path) -> String {
+    std::fs::read_to_string(path)
+        .with_context(|| path.display().to_string())
+        .unwrap()
+}

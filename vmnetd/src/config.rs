@@ -1,0 +1,138 @@
+//! The daemon's configuration: an optional TOML file, else the embedded default.
+//!
+//! Precedence, highest first:
+//! 1. Command-line flags (`--state-dir`, `--run-dir`, `--socket`).
+//! 2. The config file given with `--config`, else `/etc/vmnetd/vmnetd.toml` if it exists,
+//!    else the embedded default ([`EMBEDDED_DEFAULT`]). Files are not merged: one is used.
+//! 3. Built-in values for anything the file leaves out.
+//!
+//! Declarations (`[[tap]]`, ...) in the config file are the baseline, applied at every start.
+//! Runtime declarations (CLI, libvirt hook) live in the state dir. A name declared in both is
+//! the config's: the state's entry is ignored (with a warning), and the CLI cannot remove a
+//! config declaration.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::api::TapSpec;
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/vmnetd/vmnetd.toml";
+pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Cannot read config file {0}")]
+    Read(PathBuf, #[source] std::io::Error),
+    #[error("Config file {0} is not valid")]
+    Parse(String, #[source] toml::de::Error),
+    #[error("Config file {0} declares {1} twice")]
+    Duplicate(String, String),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonSection {
+    pub state_dir: Option<PathBuf>,
+    pub run_dir: Option<PathBuf>,
+    pub socket: Option<PathBuf>,
+    pub socket_group: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub daemon: DaemonSection,
+    #[serde(default, rename = "tap")]
+    pub taps: Vec<TapSpec>,
+}
+
+/// A loaded config and where it came from ("embedded default" or a path).
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    pub origin: String,
+}
+
+impl Config {
+    pub fn parse(text: &str, origin: &str) -> Result<Config, Error> {
+        let c: Config = toml::from_str(text).map_err(|e| Error::Parse(origin.to_owned(), e))?;
+        let mut seen = std::collections::HashSet::new();
+        for t in &c.taps {
+            let Some(n) = &t.name else {
+                return Err(Error::Duplicate(
+                    origin.to_owned(),
+                    "a [[tap]] without a name".into(),
+                ));
+            };
+            if !seen.insert(n.as_str().to_owned()) {
+                return Err(Error::Duplicate(origin.to_owned(), format!("tap {n}")));
+            }
+        }
+        Ok(c)
+    }
+
+    /// `--config FILE` if given (it must exist), else the default path if it exists, else the
+    /// embedded default.
+    pub fn load(explicit: Option<&Path>) -> Result<Loaded, Error> {
+        let path = match explicit {
+            Some(p) => Some(p.to_owned()),
+            None => Some(PathBuf::from(DEFAULT_CONFIG_PATH)).filter(|p| p.exists()),
+        };
+        match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(&p).map_err(|e| Error::Read(p.clone(), e))?;
+                let origin = p.display().to_string();
+                Ok(Loaded {
+                    config: Config::parse(&text, &origin)?,
+                    origin,
+                })
+            }
+            None => Ok(Loaded {
+                config: Config::parse(EMBEDDED_DEFAULT, "embedded default")?,
+                origin: "embedded default".to_owned(),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_parses() {
+        let c = Config::parse(EMBEDDED_DEFAULT, "embedded").unwrap();
+        assert_eq!(c.daemon.run_dir.as_deref(), Some(Path::new("/run/vmnetd")));
+        assert_eq!(
+            c.daemon.state_dir.as_deref(),
+            Some(Path::new("/var/lib/vmnetd"))
+        );
+    }
+
+    #[test]
+    fn taps_and_unknown_keys() {
+        let c = Config::parse(
+            "[[tap]]\nname = \"vmtap0\"\nuser = \"nobody\"\nvnet_hdr = true\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.taps.len(), 1);
+        assert!(c.taps[0].vnet_hdr);
+        let e = Config::parse("[daemon]\nstate_dri = \"/x\"\n", "t").unwrap_err();
+        assert!(format!("{:?}", e).contains("state_dri"));
+        let e = Config::parse("[[tap]]\nname=\"a\"\n[[tap]]\nname=\"a\"\n", "t").unwrap_err();
+        assert_eq!(e.to_string(), "Config file t declares tap a twice");
+        let e = Config::parse("[[tap]]\nname=\"bad/name\"\n", "t").unwrap_err();
+        assert!(matches!(e, Error::Parse(..)));
+    }
+
+    #[test]
+    fn explicit_missing_file_is_an_error() {
+        assert!(matches!(
+            Config::load(Some(Path::new("/nonexistent/vmnetd.toml"))),
+            Err(Error::Read(..))
+        ));
+    }
+}

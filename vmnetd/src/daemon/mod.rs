@@ -1,0 +1,247 @@
+//! `vmnetd daemon`: start-up, the control socket, signals, shutdown.
+//!
+//! Start-up order: read the config, take the run-dir lock (one daemon per run dir), load the
+//! state, re-apply every declaration, then open the control socket and tell systemd we are
+//! ready. SIGTERM/SIGINT close the socket and exit, leaving persistent TAPs and kernel
+//! bridges in place for the next start to adopt.
+
+pub mod control;
+pub mod core;
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use nix::fcntl::{Flock, FlockArg};
+
+use crate::config::Config;
+use crate::netlink::Netlink;
+use crate::state::Store;
+
+pub const SOCKET_NAME: &str = "vmnetd.sock";
+const LOCK_NAME: &str = "vmnetd.lock";
+const DEFAULT_STATE_DIR: &str = "/var/lib/vmnetd";
+const DEFAULT_RUN_DIR: &str = "/run/vmnetd";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] crate::config::Error),
+    #[error(transparent)]
+    State(#[from] crate::state::Error),
+    #[error("Cannot create run directory {0}")]
+    RunDir(PathBuf, #[source] io::Error),
+    #[error("Another vmnetd daemon is running with run directory {0}")]
+    AlreadyRunning(PathBuf),
+    #[error("Cannot lock {0}")]
+    Lock(PathBuf, #[source] io::Error),
+    #[error("Cannot listen on {0}")]
+    Listen(PathBuf, #[source] io::Error),
+    #[error("Cannot start the async runtime")]
+    Runtime(#[source] io::Error),
+    #[error(transparent)]
+    Netlink(#[from] crate::netlink::Error),
+}
+
+/// Command-line overrides for the daemon (highest precedence).
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub config: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub run_dir: Option<PathBuf>,
+    pub socket: Option<PathBuf>,
+}
+
+/// Where the daemon keeps things, after applying the precedence rules.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub state_dir: PathBuf,
+    pub run_dir: PathBuf,
+    pub socket: PathBuf,
+}
+
+impl Paths {
+    pub fn resolve(opts: &Options, config: &Config) -> Paths {
+        let d = &config.daemon;
+        let state_dir = opts
+            .state_dir
+            .clone()
+            .or_else(|| d.state_dir.clone())
+            .unwrap_or_else(|| DEFAULT_STATE_DIR.into());
+        let run_dir = opts
+            .run_dir
+            .clone()
+            .or_else(|| d.run_dir.clone())
+            .unwrap_or_else(|| DEFAULT_RUN_DIR.into());
+        let socket = opts
+            .socket
+            .clone()
+            .or_else(|| d.socket.clone())
+            .unwrap_or_else(|| run_dir.join(SOCKET_NAME));
+        Paths {
+            state_dir,
+            run_dir,
+            socket,
+        }
+    }
+}
+
+pub fn run(opts: Options) -> Result<(), Error> {
+    // Sockets and files are private unless we open them up on purpose.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let loaded = Config::load(opts.config.as_deref())?;
+    let paths = Paths::resolve(&opts, &loaded.config);
+
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(&paths.run_dir)
+        .map_err(|e| Error::RunDir(paths.run_dir.clone(), e))?;
+    // QEMU, running as the VM's user, must reach its vhost-user socket in here.
+    let _ = fs::set_permissions(&paths.run_dir, fs::Permissions::from_mode(0o755));
+    let _lock = take_lock(&paths.run_dir)?;
+
+    let store = Store::open(&paths.state_dir)?;
+    let state = store.load()?;
+    ensure_tun_node_usable();
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("vmnetd-ctl")
+        .enable_all()
+        .build()
+        .map_err(Error::Runtime)?;
+    rt.block_on(async move {
+        let nl = Netlink::connect()?;
+        let mut core = core::Core {
+            nl,
+            store,
+            state,
+            config_taps: Vec::new(),
+            config_origin: loaded.origin.clone(),
+            paths: paths.clone(),
+            started: Instant::now(),
+        };
+        core.restore(&loaded.config).await;
+        let listener = bind(&paths.socket, loaded.config.daemon.socket_group.as_deref())?;
+        log::info!(
+            "vmnetd {} ready: socket {}, state {}, config {}",
+            env!("CARGO_PKG_VERSION"),
+            paths.socket.display(),
+            paths.state_dir.display(),
+            loaded.origin
+        );
+        notify_ready();
+        let core = Arc::new(tokio::sync::Mutex::new(core));
+        let server = tokio::spawn(control::serve(listener, core.clone()));
+        wait_for_shutdown().await;
+        server.abort();
+        // Wait for a request in progress to finish its change and persist it.
+        let _guard = core.lock().await;
+        let _ = fs::remove_file(&paths.socket);
+        log::info!("vmnetd stopped; persistent devices left in place");
+        Ok(())
+    })
+}
+
+/// TAP owners open `/dev/net/tun` themselves (the kernel then checks TUNSETOWNER/GROUP), so
+/// the node must be world read-write, as udev's default rules make it. Systems without udev
+/// (minimal VMs, containers) may leave it 0600; fix that, and say so.
+fn ensure_tun_node_usable() {
+    const TUN: &str = "/dev/net/tun";
+    match fs::metadata(TUN) {
+        Ok(m) if m.permissions().mode() & 0o666 != 0o666 => {
+            let old = m.permissions().mode() & 0o7777;
+            match fs::set_permissions(TUN, fs::Permissions::from_mode(0o666)) {
+                Ok(()) => log::warn!("{TUN} was mode {old:04o}; set it to 0666 as udev does, so TAP owners can open their TAPs"),
+                Err(e) => log::warn!("{TUN} is mode {old:04o} and cannot be changed ({e}): only root can open TAPs"),
+            }
+        }
+        Ok(_) => {}
+        Err(e) => {
+            log::error!("{TUN}: {e}: TAP devices cannot be created (is the tun module loaded?)")
+        }
+    }
+}
+
+fn take_lock(run_dir: &Path) -> Result<Flock<fs::File>, Error> {
+    let path = run_dir.join(LOCK_NAME);
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::Lock(path.clone(), e))?;
+    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
+        if errno == nix::errno::Errno::EWOULDBLOCK {
+            Error::AlreadyRunning(run_dir.to_owned())
+        } else {
+            Error::Lock(path, errno.into())
+        }
+    })
+}
+
+fn bind(path: &Path, group: Option<&str>) -> Result<tokio::net::UnixListener, Error> {
+    // We hold the run-dir lock, so a socket file here is a stale one from a killed daemon.
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::Listen(path.to_owned(), e)),
+    }
+    if let Some(parent) = path.parent() {
+        let _ = fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(parent);
+    }
+    let listener =
+        tokio::net::UnixListener::bind(path).map_err(|e| Error::Listen(path.to_owned(), e))?;
+    if let Some(g) = group.and_then(|g| crate::users::resolve_group(g).ok()) {
+        if let Err(e) = nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(g.id))) {
+            log::warn!("cannot give {} to group {g}: {e}", path.display());
+        }
+    }
+    fs::set_permissions(path, fs::Permissions::from_mode(0o660))
+        .map_err(|e| Error::Listen(path.to_owned(), e))?;
+    Ok(listener)
+}
+
+/// `sd_notify(READY=1)` when started by systemd with `Type=notify`.
+fn notify_ready() {
+    let Some(addr) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let send = || -> io::Result<()> {
+        use std::os::linux::net::SocketAddrExt;
+        let sock = std::os::unix::net::UnixDatagram::unbound()?;
+        let bytes = addr.as_encoded_bytes();
+        let sa = match bytes.strip_prefix(b"@") {
+            Some(abs) => std::os::unix::net::SocketAddr::from_abstract_name(abs)?,
+            None => std::os::unix::net::SocketAddr::from_pathname(Path::new(&addr))?,
+        };
+        sock.send_to_addr(b"READY=1\n", &sa)?;
+        Ok(())
+    };
+    if let Err(e) = send() {
+        log::warn!("sd_notify: {e}");
+    }
+}
+
+async fn wait_for_shutdown() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers, run until killed.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => log::info!("SIGTERM: shutting down"),
+        _ = int.recv() => log::info!("SIGINT: shutting down"),
+    }
+}

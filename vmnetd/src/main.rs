@@ -1,0 +1,58 @@
+//! `vmnetd`: the daemon and its command line.
+
+use clap::Parser;
+use vmnetd::cli::{self, Cli, Command};
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                e.exit();
+            }
+            // One line, like every other failure: clap's first line without its "error: ".
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("invalid command line");
+            eprintln!("vmnetd: {}", first.strip_prefix("error: ").unwrap_or(first));
+            std::process::exit(2);
+        }
+    };
+    let json = cli.json;
+    if let Command::Daemon(args) = &cli.command {
+        if args.print_default_config {
+            print!("{}", vmnetd::config::EMBEDDED_DEFAULT);
+            return;
+        }
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+            .format_timestamp_millis()
+            .init();
+        let opts = vmnetd::daemon::Options {
+            config: args.config.clone(),
+            state_dir: args.state_dir.clone(),
+            run_dir: args.run_dir.clone(),
+            socket: cli.socket.clone(),
+        };
+        if let Err(e) = vmnetd::daemon::run(opts) {
+            eprintln!("vmnetd: {}", vmnetd::api::error_chain(&e));
+            std::process::exit(1);
+        }
+        return;
+    }
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    if let Err(f) = cli::run(cli) {
+        eprintln!("vmnetd: {}", f.message);
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"error": {"kind": f.kind, "message": f.message}})
+            );
+        }
+        std::process::exit(f.exit_code());
+    }
+}
