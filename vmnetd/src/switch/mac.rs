@@ -29,6 +29,32 @@ impl MacAddr {
         self.0
     }
 
+    /// The address as the low 48 bits of a `u64` (first octet most significant).
+    #[inline]
+    pub const fn to_u64(&self) -> u64 {
+        let m = self.0;
+        u64::from_be_bytes([0, 0, m[0], m[1], m[2], m[3], m[4], m[5]])
+    }
+
+    /// Reads the 6 bytes at `b[at..at + 6]` as the low 48 bits of a `u64`, with one 8-byte
+    /// load when the slice allows it. `b` must hold at least `at + 6` bytes.
+    #[inline]
+    pub fn u64_at(b: &[u8], at: usize) -> u64 {
+        if let Some(w) = b.get(at..at + 8) {
+            // Eight bytes are there: one load, keep the first six.
+            let w: [u8; 8] = [w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]];
+            u64::from_be_bytes(w) >> 16
+        } else {
+            let m = &b[at..at + 6];
+            u64::from_be_bytes([0, 0, m[0], m[1], m[2], m[3], m[4], m[5]])
+        }
+    }
+
+    pub const fn from_u64(v: u64) -> MacAddr {
+        let b = v.to_be_bytes();
+        MacAddr([b[2], b[3], b[4], b[5], b[6], b[7]])
+    }
+
     /// Group bit (I/G) set: multicast or broadcast.
     pub const fn is_multicast(&self) -> bool {
         self.0[0] & 0x01 != 0
@@ -133,6 +159,17 @@ mod tests {
         ] {
             assert!(bad.parse::<MacAddr>().is_err(), "{bad} accepted");
         }
+    }
+
+    #[test]
+    fn u64_forms() {
+        let m: MacAddr = "52:54:00:ab:cd:0f".parse().unwrap();
+        assert_eq!(m.to_u64(), 0x5254_00ab_cd0f);
+        assert_eq!(MacAddr::from_u64(m.to_u64()), m);
+        let b = [1u8, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14];
+        assert_eq!(MacAddr::u64_at(&b, 0), 0x0102_0304_0506);
+        assert_eq!(MacAddr::u64_at(&b, 6), 0x0708_090a_0b0c);
+        assert_eq!(MacAddr::u64_at(&b, 8), 0x090a_0b0c_0d0e);
     }
 
     #[test]

@@ -1,0 +1,224 @@
+//! Ports of the switch: identity, configuration, and counters.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::mac::MacAddr;
+use super::vlan::VlanMode;
+
+/// A port's index in its [`super::Switch`]. Ids of removed ports are reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PortId(u32);
+
+impl PortId {
+    pub fn from_index(i: usize) -> PortId {
+        PortId(u32::try_from(i).unwrap_or(u32::MAX))
+    }
+    #[inline]
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+impl fmt::Display for PortId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Default L3 MTU of a port: frames up to MTU + 14 (+ 4 when tagged) bytes pass.
+pub const DEFAULT_MTU: u32 = 1500;
+/// Default cap on the addresses one port may have learned.
+pub const DEFAULT_PORT_MAX_MACS: usize = 4096;
+
+/// What the switch needs to know about a port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortConfig {
+    pub mode: VlanMode,
+    /// Largest payload (L3 MTU) this port sends or takes; longer frames are dropped unless
+    /// they are GSO super-frames that the edge segments or hands over whole.
+    pub mtu: u32,
+    /// Cap on learned addresses (0: the port learns nothing).
+    pub max_macs: usize,
+    /// Declared addresses of the device behind the port: installed as static entries in
+    /// every VLAN of the port.
+    pub macs: Vec<MacAddr>,
+    /// Port security: only frames whose source is one of `macs` are accepted.
+    pub lock_macs: bool,
+}
+
+impl Default for PortConfig {
+    fn default() -> Self {
+        PortConfig {
+            mode: VlanMode::default(),
+            mtu: DEFAULT_MTU,
+            max_macs: DEFAULT_PORT_MAX_MACS,
+            macs: Vec::new(),
+            lock_macs: false,
+        }
+    }
+}
+
+/// Why a frame was dropped. Ingress reasons count on the port the frame came in on, egress
+/// reasons on the port it was to leave by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[repr(u8)]
+pub enum DropReason {
+    /// Shorter than an Ethernet header (14 bytes).
+    Runt = 0,
+    /// Ends inside its 802.1Q tag.
+    TruncatedTag,
+    /// Tagged with the reserved VID 4095.
+    ReservedVid,
+    /// Source address is multicast, broadcast or all-zero.
+    BadSource,
+    /// Destination is an IEEE 802.1D reserved link-local group (STP, LACP, LLDP, 802.1X):
+    /// a bridge does not forward those.
+    LinkLocal,
+    /// Tagged on an access port, or with a VID the trunk does not carry.
+    VlanNotAllowed,
+    /// Untagged on a trunk without a native VLAN.
+    UntaggedOnTrunk,
+    /// Source is not one of the port's locked MACs.
+    MacLocked,
+    /// Source is another port's static (declared) address.
+    SourceIsStaticElsewhere,
+    /// Destination was learned on the ingress port itself.
+    SamePort,
+    /// No other port is a member of the frame's VLAN.
+    NoDestination,
+    /// Longer than the egress port's MTU (and not a GSO frame).
+    Mtu,
+    /// The egress peer had no room (guest RX ring empty, socket buffer full).
+    NoRoom,
+    /// The egress edge failed to send (I/O error, bad guest buffer).
+    TxError,
+    /// The ingress edge failed to read a frame (bad guest descriptor, I/O error).
+    RxError,
+}
+
+impl DropReason {
+    pub const COUNT: usize = 15;
+    pub const ALL: [DropReason; Self::COUNT] = [
+        DropReason::Runt,
+        DropReason::TruncatedTag,
+        DropReason::ReservedVid,
+        DropReason::BadSource,
+        DropReason::LinkLocal,
+        DropReason::VlanNotAllowed,
+        DropReason::UntaggedOnTrunk,
+        DropReason::MacLocked,
+        DropReason::SourceIsStaticElsewhere,
+        DropReason::SamePort,
+        DropReason::NoDestination,
+        DropReason::Mtu,
+        DropReason::NoRoom,
+        DropReason::TxError,
+        DropReason::RxError,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::Runt => "runt",
+            DropReason::TruncatedTag => "truncated_tag",
+            DropReason::ReservedVid => "reserved_vid",
+            DropReason::BadSource => "bad_source",
+            DropReason::LinkLocal => "link_local",
+            DropReason::VlanNotAllowed => "vlan_not_allowed",
+            DropReason::UntaggedOnTrunk => "untagged_on_trunk",
+            DropReason::MacLocked => "mac_locked",
+            DropReason::SourceIsStaticElsewhere => "source_is_static_elsewhere",
+            DropReason::SamePort => "same_port",
+            DropReason::NoDestination => "no_destination",
+            DropReason::Mtu => "mtu",
+            DropReason::NoRoom => "no_room",
+            DropReason::TxError => "tx_error",
+            DropReason::RxError => "rx_error",
+        }
+    }
+
+    /// Whether this drop is counted on the egress port (else on the ingress port).
+    pub fn is_egress(self) -> bool {
+        matches!(
+            self,
+            DropReason::Mtu | DropReason::NoRoom | DropReason::TxError
+        )
+    }
+}
+
+/// Per-port counters. `rx_*` count every frame offered to the switch by this port (dropped
+/// or not); `tx_*` count frames the switch handed to this port's edge, minus those the edge
+/// reported it could not deliver. So for every frame: it is dropped once at ingress, or it
+/// is sent or egress-dropped once per destination.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortCounters {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    /// Frames that were flooded (unknown unicast, broadcast, multicast) from this port.
+    pub rx_flooded: u64,
+    pub drops: [u64; DropReason::COUNT],
+    /// Addresses learned on this port.
+    pub learned: u64,
+    /// Learned addresses of this port evicted to make room.
+    pub evicted: u64,
+    /// Learned addresses of this port that aged out.
+    pub aged: u64,
+    /// Addresses that moved to this port from another.
+    pub moved_in: u64,
+}
+
+impl PortCounters {
+    #[inline]
+    pub fn drop(&mut self, r: DropReason) {
+        self.drops[r as usize] += 1;
+    }
+
+    pub fn dropped(&self, r: DropReason) -> u64 {
+        self.drops[r as usize]
+    }
+
+    pub fn total_drops(&self) -> u64 {
+        self.drops.iter().sum()
+    }
+
+    pub fn rx_drops(&self) -> u64 {
+        DropReason::ALL
+            .iter()
+            .filter(|r| !r.is_egress())
+            .map(|r| self.dropped(*r))
+            .sum()
+    }
+
+    pub fn tx_drops(&self) -> u64 {
+        DropReason::ALL
+            .iter()
+            .filter(|r| r.is_egress())
+            .map(|r| self.dropped(*r))
+            .sum()
+    }
+
+    /// Non-zero drop counters by name, for display.
+    pub fn drop_list(&self) -> Vec<(&'static str, u64)> {
+        DropReason::ALL
+            .iter()
+            .filter(|r| self.dropped(**r) > 0)
+            .map(|r| (r.name(), self.dropped(*r)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drop_reasons_are_indexed_in_order() {
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+    }
+}
