@@ -11,7 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ifname::IfName;
-use crate::switch::MacAddr;
+use crate::switch::{MacAddr, PortCounters, VlanId, VlanMode};
 use crate::sys::tap::Mode;
 use crate::users::Principal;
 
@@ -51,6 +51,270 @@ pub enum Op {
     Rmtap(RmTap),
     /// Result: `Vec<TapInfo>`.
     TapList,
+    /// Declare a bridge. Result: [`BridgeInfo`].
+    BridgeAdd(BridgeSpec),
+    /// Result: [`BridgeInfo`] of what was removed.
+    BridgeDel(BridgeDel),
+    /// Result: `Vec<BridgeInfo>`.
+    BridgeList,
+    /// Declare a port of a bridge. Result: [`PortInfo`].
+    PortAdd(Box<PortSpec>),
+    /// Result: [`PortInfo`] of what was removed.
+    PortDel(PortRef),
+    /// Result: `Vec<PortInfo>`.
+    PortList(PortListReq),
+    /// Result: `Vec<FdbRow>`.
+    FdbShow(FdbShowReq),
+    /// Forget learned addresses. Result: [`Flushed`].
+    FdbFlush(BridgeRef),
+    /// Result: `Vec<PortStats>`.
+    Stats(StatsReq),
+    /// Stream a port's frames: the reply is followed by [`CaptureEvent`] lines.
+    Capture(CaptureReq),
+}
+
+/// The two kinds of bridge.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BridgeKind {
+    /// vmnetd's userspace switch.
+    #[default]
+    Builtin,
+    /// A kernel Linux bridge, through rtnetlink.
+    Linux,
+}
+
+impl std::fmt::Display for BridgeKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BridgeKind::Builtin => "builtin",
+            BridgeKind::Linux => "linux",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeSpec {
+    pub name: IfName,
+    #[serde(default)]
+    pub kind: BridgeKind,
+    /// MAC ageing time in seconds (default 300).
+    #[serde(default)]
+    pub ageing: Option<u32>,
+    /// Cap on learned addresses (built-in bridge; default 8192).
+    #[serde(default)]
+    pub max_macs: Option<usize>,
+    /// Spanning tree (Linux bridge; default off).
+    #[serde(default)]
+    pub stp: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeDel {
+    pub name: IfName,
+    /// Remove its ports too.
+    #[serde(default)]
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BridgeInfo {
+    pub name: IfName,
+    pub kind: BridgeKind,
+    pub ports: usize,
+    /// Learned and static addresses (built-in bridge).
+    pub fdb_entries: usize,
+    pub ageing: u32,
+    pub max_macs: usize,
+    pub source: Source,
+    /// vmnetd created it (a Linux bridge it adopted is never deleted).
+    pub created: bool,
+}
+
+/// How a port connects.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum PortKind {
+    /// An existing kernel interface.
+    Netdev { ifname: IfName },
+    /// A TAP whose userspace side vmnetd holds (built-in bridge only). Default name: the
+    /// port's name.
+    Internal {
+        #[serde(default)]
+        ifname: Option<IfName>,
+    },
+}
+
+impl PortKind {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            PortKind::Netdev { .. } => "netdev",
+            PortKind::Internal { .. } => "internal",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortSpec {
+    pub bridge: IfName,
+    pub name: IfName,
+    pub kind: PortKind,
+    #[serde(default)]
+    pub vlan: VlanMode,
+    /// Addresses of the device behind the port (static entries).
+    #[serde(default)]
+    pub macs: Vec<MacAddr>,
+    /// Accept frames only from `macs`.
+    #[serde(default)]
+    pub lock_mac: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortRef {
+    pub bridge: IfName,
+    pub name: IfName,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortListReq {
+    #[serde(default)]
+    pub bridge: Option<IfName>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeRef {
+    pub bridge: IfName,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FdbShowReq {
+    pub bridge: IfName,
+    #[serde(default)]
+    pub vlan: Option<VlanId>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatsReq {
+    #[serde(default)]
+    pub bridge: Option<IfName>,
+    #[serde(default)]
+    pub port: Option<IfName>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureReq {
+    pub bridge: IfName,
+    pub port: IfName,
+    /// Stop after this many frames.
+    #[serde(default)]
+    pub count: Option<u64>,
+    /// Bytes kept per frame (default 65535).
+    #[serde(default)]
+    pub snaplen: Option<u32>,
+}
+
+/// One line of a capture stream after the reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CaptureEvent {
+    Frame {
+        /// Unix time in microseconds.
+        ts_us: u64,
+        dir: crate::datapath::capture::Dir,
+        len: u32,
+        /// The captured bytes, base64.
+        data: String,
+    },
+    /// The capture ended (count reached, or the port went away).
+    End {
+        frames: u64,
+        dropped: u64,
+        reason: String,
+    },
+}
+
+/// A port as vmnetd knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortInfo {
+    pub bridge: IfName,
+    pub name: IfName,
+    pub kind: PortKind,
+    pub vlan: VlanMode,
+    pub macs: Vec<MacAddr>,
+    pub lock_mac: bool,
+    /// The kernel interface behind the port.
+    pub ifname: Option<IfName>,
+    /// `up`, `down: REASON` or `missing: REASON`.
+    pub state: String,
+    pub source: Source,
+    pub counters: Option<Counters>,
+}
+
+/// Port counters with drops by reason name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub rx_flooded: u64,
+    pub learned: u64,
+    pub evicted: u64,
+    pub aged: u64,
+    pub moved_in: u64,
+    pub drops: std::collections::BTreeMap<String, u64>,
+}
+
+impl From<&PortCounters> for Counters {
+    fn from(c: &PortCounters) -> Counters {
+        Counters {
+            rx_packets: c.rx_packets,
+            rx_bytes: c.rx_bytes,
+            tx_packets: c.tx_packets,
+            tx_bytes: c.tx_bytes,
+            rx_flooded: c.rx_flooded,
+            learned: c.learned,
+            evicted: c.evicted,
+            aged: c.aged,
+            moved_in: c.moved_in,
+            drops: c
+                .drop_list()
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortStats {
+    pub bridge: IfName,
+    pub port: IfName,
+    pub counters: Counters,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FdbRow {
+    pub vlan: VlanId,
+    pub mac: MacAddr,
+    pub port: String,
+    pub age_secs: u64,
+    #[serde(rename = "static")]
+    pub is_static: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Flushed {
+    pub flushed: usize,
 }
 
 /// A TAP as a client declares it; user and group are names or numeric ids.
@@ -121,6 +385,8 @@ pub struct Status {
     /// The config file read at start, or "embedded default".
     pub config: String,
     pub taps: usize,
+    pub bridges: usize,
+    pub ports: usize,
 }
 
 /// What kind of failure a request met; the CLI maps it to an exit code.

@@ -9,10 +9,14 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
-use crate::api::{self, ApiError, ErrorKind, Op, RmTap, Source, Status, TapInfo, TapSpec};
+use crate::api::{
+    self, ApiError, BridgeDel, BridgeInfo, BridgeKind, BridgeRef, BridgeSpec, CaptureEvent,
+    CaptureReq, ErrorKind, FdbRow, FdbShowReq, Flushed, Op, PortInfo, PortKind, PortListReq,
+    PortRef, PortSpec, PortStats, RmTap, Source, StatsReq, Status, TapInfo, TapSpec,
+};
 use crate::client::{self, Client};
 use crate::ifname::IfName;
-use crate::switch::MacAddr;
+use crate::switch::{MacAddr, Native, VlanId, VlanMode, VlanSet};
 use crate::sys::tap::Mode;
 
 #[derive(Debug, Parser)]
@@ -46,8 +50,131 @@ pub enum Command {
         #[command(subcommand)]
         command: TapCommand,
     },
+    /// Bridges: add, del, list.
+    Bridge {
+        #[command(subcommand)]
+        command: BridgeCommand,
+    },
+    /// Ports of bridges: add, del, list.
+    Port {
+        #[command(subcommand)]
+        command: PortCommand,
+    },
+    /// The learning table of a built-in bridge.
+    Fdb {
+        #[command(subcommand)]
+        command: FdbCommand,
+    },
+    /// Per-port counters.
+    Stats {
+        bridge: Option<IfName>,
+        port: Option<IfName>,
+    },
+    /// Capture what a port sends and receives (pcap with -w, else one line per frame).
+    Capture(CaptureArgs),
     /// Daemon status.
     Status,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BridgeCommand {
+    /// Declare a bridge (built-in userspace switch, or a kernel Linux bridge).
+    Add {
+        name: IfName,
+        #[arg(long, value_enum, default_value = "builtin")]
+        kind: KindArg,
+        /// MAC ageing time in seconds (default 300).
+        #[arg(long, value_name = "SECS")]
+        ageing: Option<u32>,
+        /// Cap on learned addresses (built-in; default 8192).
+        #[arg(long, value_name = "N")]
+        max_macs: Option<usize>,
+        /// Enable spanning tree (Linux bridge).
+        #[arg(long)]
+        stp: bool,
+    },
+    /// Remove a bridge (with --force, also its ports).
+    Del {
+        name: IfName,
+        #[arg(long)]
+        force: bool,
+    },
+    /// List bridges.
+    List,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum KindArg {
+    Builtin,
+    Linux,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PortCommand {
+    /// Add a port to a bridge.
+    Add(Box<PortAddArgs>),
+    /// Remove a port.
+    Del { bridge: IfName, port: IfName },
+    /// List ports with their VLANs, state and counters.
+    List { bridge: Option<IfName> },
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("kind").required(true).args(["netdev", "internal"])))]
+pub struct PortAddArgs {
+    pub bridge: IfName,
+    pub port: IfName,
+    /// An existing kernel interface (a TAP, a veth end, a NIC).
+    #[arg(long, value_name = "IFNAME")]
+    pub netdev: Option<IfName>,
+    /// A host interface whose other side vmnetd holds (built-in bridge).
+    #[arg(long)]
+    pub internal: bool,
+    /// Name of the internal port's interface (default: the port name).
+    #[arg(long, value_name = "IFNAME", requires = "internal")]
+    pub ifname: Option<IfName>,
+    /// Access port in this VLAN (default: access VLAN 1).
+    #[arg(long, value_name = "VID", conflicts_with = "trunk")]
+    pub vlan: Option<VlanId>,
+    /// Trunk carrying these VLANs, e.g. 10,20-30.
+    #[arg(long, value_name = "VIDS")]
+    pub trunk: Option<VlanSet>,
+    /// Native VLAN of the trunk (untagged; add :tagged to keep the tag).
+    #[arg(long, value_name = "VID[:tagged]", requires = "trunk")]
+    pub native: Option<Native>,
+    /// Address of the device behind the port (repeatable): a static entry.
+    #[arg(long, value_name = "MAC")]
+    pub mac: Vec<MacAddr>,
+    /// Accept frames only from the --mac addresses.
+    #[arg(long, requires = "mac")]
+    pub lock_mac: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FdbCommand {
+    /// Learned and static addresses: VLAN, MAC, port, age.
+    Show {
+        bridge: IfName,
+        #[arg(long)]
+        vlan: Option<VlanId>,
+    },
+    /// Forget every learned address (static ones stay).
+    Flush { bridge: IfName },
+}
+
+#[derive(Debug, Args)]
+pub struct CaptureArgs {
+    pub bridge: IfName,
+    pub port: IfName,
+    /// Write a pcap file instead of printing.
+    #[arg(short = 'w', value_name = "FILE.pcap")]
+    pub write: Option<PathBuf>,
+    /// Stop after N frames.
+    #[arg(short = 'c', value_name = "N")]
+    pub count: Option<u64>,
+    /// Bytes kept per frame.
+    #[arg(short = 's', long, value_name = "BYTES")]
+    pub snaplen: Option<u32>,
 }
 
 #[derive(Debug, Args)]
@@ -197,6 +324,19 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
+        Command::Bridge { command } => bridge_cmd(&ctx, command),
+        Command::Port { command } => port_cmd(&ctx, command),
+        Command::Fdb { command } => fdb_cmd(&ctx, command),
+        Command::Stats { bridge, port } => {
+            let stats: Vec<PortStats> = ctx.call(Op::Stats(StatsReq { bridge, port }))?;
+            if ctx.json {
+                ctx.print_json(&stats);
+            } else {
+                print_stats(&stats);
+            }
+            Ok(())
+        }
+        Command::Capture(a) => capture(&ctx, a),
         Command::Status => {
             let st: Status = ctx.call(Op::Status)?;
             if ctx.json {
@@ -211,6 +351,8 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 println!("run dir:   {}", st.run_dir);
                 println!("config:    {}", st.config);
                 println!("taps:      {}", st.taps);
+                println!("bridges:   {}", st.bridges);
+                println!("ports:     {}", st.ports);
             }
             Ok(())
         }
@@ -270,6 +412,323 @@ fn rmtap(ctx: &Ctx, a: RmtapArgs) -> Result<(), Failure> {
     };
     if ctx.json {
         ctx.print_json(&info);
+    }
+    Ok(())
+}
+
+fn bridge_cmd(ctx: &Ctx, cmd: BridgeCommand) -> Result<(), Failure> {
+    match cmd {
+        BridgeCommand::Add {
+            name,
+            kind,
+            ageing,
+            max_macs,
+            stp,
+        } => {
+            let spec = BridgeSpec {
+                name,
+                kind: match kind {
+                    KindArg::Builtin => BridgeKind::Builtin,
+                    KindArg::Linux => BridgeKind::Linux,
+                },
+                ageing,
+                max_macs,
+                stp: stp.then_some(true),
+            };
+            let info: BridgeInfo = ctx.call(Op::BridgeAdd(spec))?;
+            if ctx.json {
+                ctx.print_json(&info);
+            }
+        }
+        BridgeCommand::Del { name, force } => {
+            let info: BridgeInfo = ctx.call(Op::BridgeDel(BridgeDel { name, force }))?;
+            if ctx.json {
+                ctx.print_json(&info);
+            }
+        }
+        BridgeCommand::List => {
+            let list: Vec<BridgeInfo> = ctx.call(Op::BridgeList)?;
+            if ctx.json {
+                ctx.print_json(&list);
+            } else {
+                let rows = list
+                    .iter()
+                    .map(|b| {
+                        vec![
+                            b.name.to_string(),
+                            b.kind.to_string(),
+                            b.ports.to_string(),
+                            b.fdb_entries.to_string(),
+                            format!("{}s", b.ageing),
+                            b.max_macs.to_string(),
+                            source_name(b.source).into(),
+                        ]
+                    })
+                    .collect::<Vec<_>>();
+                print_table(
+                    &[
+                        "NAME", "KIND", "PORTS", "FDB", "AGEING", "MAX-MACS", "SOURCE",
+                    ],
+                    &rows,
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn source_name(s: Source) -> &'static str {
+    match s {
+        Source::Config => "config",
+        Source::State => "state",
+        Source::None => "-",
+    }
+}
+
+fn port_cmd(ctx: &Ctx, cmd: PortCommand) -> Result<(), Failure> {
+    match cmd {
+        PortCommand::Add(a) => {
+            let a = *a;
+            let kind = match (a.netdev, a.internal) {
+                (Some(ifname), _) => PortKind::Netdev { ifname },
+                _ => PortKind::Internal { ifname: a.ifname },
+            };
+            let vlan = match (a.vlan, a.trunk) {
+                (_, Some(vlans)) => VlanMode::Trunk {
+                    vlans,
+                    native: a.native,
+                },
+                (Some(v), None) => VlanMode::access(v),
+                (None, None) => VlanMode::default(),
+            };
+            let spec = PortSpec {
+                bridge: a.bridge,
+                name: a.port,
+                kind,
+                vlan,
+                macs: a.mac,
+                lock_mac: a.lock_mac,
+            };
+            let info: PortInfo = ctx.call(Op::PortAdd(Box::new(spec)))?;
+            if ctx.json {
+                ctx.print_json(&info);
+            }
+        }
+        PortCommand::Del { bridge, port } => {
+            let info: PortInfo = ctx.call(Op::PortDel(PortRef { bridge, name: port }))?;
+            if ctx.json {
+                ctx.print_json(&info);
+            }
+        }
+        PortCommand::List { bridge } => {
+            let list: Vec<PortInfo> = ctx.call(Op::PortList(PortListReq { bridge }))?;
+            if ctx.json {
+                ctx.print_json(&list);
+            } else {
+                let rows = list
+                    .iter()
+                    .map(|p| {
+                        let c = p.counters.clone().unwrap_or_default();
+                        vec![
+                            p.bridge.to_string(),
+                            p.name.to_string(),
+                            p.kind.type_name().into(),
+                            p.ifname.as_ref().map_or("-".into(), |i| i.to_string()),
+                            p.vlan.to_string(),
+                            if p.macs.is_empty() {
+                                "-".into()
+                            } else {
+                                let m: Vec<String> = p.macs.iter().map(|m| m.to_string()).collect();
+                                format!(
+                                    "{}{}",
+                                    m.join(","),
+                                    if p.lock_mac { " (locked)" } else { "" }
+                                )
+                            },
+                            p.state.clone(),
+                            c.rx_packets.to_string(),
+                            c.tx_packets.to_string(),
+                            c.drops.values().sum::<u64>().to_string(),
+                        ]
+                    })
+                    .collect::<Vec<_>>();
+                print_table(
+                    &[
+                        "BRIDGE", "PORT", "KIND", "IFNAME", "VLAN", "MACS", "STATE", "RX", "TX",
+                        "DROPS",
+                    ],
+                    &rows,
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn fdb_cmd(ctx: &Ctx, cmd: FdbCommand) -> Result<(), Failure> {
+    match cmd {
+        FdbCommand::Show { bridge, vlan } => {
+            let rows: Vec<FdbRow> = ctx.call(Op::FdbShow(FdbShowReq { bridge, vlan }))?;
+            if ctx.json {
+                ctx.print_json(&rows);
+            } else {
+                let t = rows
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            r.vlan.to_string(),
+                            r.mac.to_string(),
+                            r.port.clone(),
+                            if r.is_static {
+                                "static".into()
+                            } else {
+                                format!("{}s", r.age_secs)
+                            },
+                        ]
+                    })
+                    .collect::<Vec<_>>();
+                print_table(&["VLAN", "MAC", "PORT", "AGE"], &t);
+            }
+        }
+        FdbCommand::Flush { bridge } => {
+            let f: Flushed = ctx.call(Op::FdbFlush(BridgeRef { bridge }))?;
+            if ctx.json {
+                ctx.print_json(&f);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_stats(stats: &[PortStats]) {
+    let rows = stats
+        .iter()
+        .map(|s| {
+            let c = &s.counters;
+            let drops: Vec<String> = c.drops.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            vec![
+                s.bridge.to_string(),
+                s.port.to_string(),
+                c.rx_packets.to_string(),
+                c.rx_bytes.to_string(),
+                c.tx_packets.to_string(),
+                c.tx_bytes.to_string(),
+                c.rx_flooded.to_string(),
+                c.learned.to_string(),
+                if drops.is_empty() {
+                    "-".into()
+                } else {
+                    drops.join(",")
+                },
+            ]
+        })
+        .collect::<Vec<_>>();
+    print_table(
+        &[
+            "BRIDGE", "PORT", "RX-PKTS", "RX-BYTES", "TX-PKTS", "TX-BYTES", "FLOODED", "LEARNED",
+            "DROPS",
+        ],
+        &rows,
+    );
+}
+
+/// One line describing a frame, tcpdump-style.
+pub fn describe_frame(ts_us: u64, dir: &str, data: &[u8], len: u32) -> String {
+    use crate::switch::wire::EthernetFrame;
+    let secs = ts_us / 1_000_000;
+    let t = format!(
+        "{:02}:{:02}:{:02}.{:06}",
+        (secs / 3600) % 24,
+        (secs / 60) % 60,
+        secs % 60,
+        ts_us % 1_000_000
+    );
+    let Ok(f) = EthernetFrame::new_checked(data) else {
+        return format!("{t} {dir} malformed frame, length {len}");
+    };
+    let et = f.ethertype();
+    let name = match et {
+        0x0800 => "IPv4",
+        0x0806 => "ARP",
+        0x86dd => "IPv6",
+        0x88cc => "LLDP",
+        _ => "",
+    };
+    let vlan = f.tci().map_or(String::new(), |t| {
+        format!(", vlan {} p {}", t.vid(), t.pcp())
+    });
+    format!(
+        "{t} {dir} {} > {}{vlan}, ethertype {name} (0x{et:04x}), length {len}",
+        f.src(),
+        f.dst()
+    )
+}
+
+fn capture(ctx: &Ctx, a: CaptureArgs) -> Result<(), Failure> {
+    use base64::Engine;
+    let mut c = ctx.client()?;
+    let req = CaptureReq {
+        bridge: a.bridge,
+        port: a.port,
+        count: a.count,
+        snaplen: a.snaplen,
+    };
+    let _: serde_json::Value = c.call(Op::Capture(req))?;
+    c.no_timeout()?;
+    let mut pcap = match &a.write {
+        Some(p) => {
+            let f = std::fs::File::create(p).map_err(|e| Failure {
+                kind: ErrorKind::InvalidArgument,
+                message: format!("Cannot create {}: {e}", p.display()),
+            })?;
+            let w = crate::pcap::PcapWriter::new(f, a.snaplen.unwrap_or(65535)).map_err(|e| {
+                Failure {
+                    kind: ErrorKind::Internal,
+                    message: format!("Cannot write {}: {e}", p.display()),
+                }
+            })?;
+            Some(w)
+        }
+        None => None,
+    };
+    while let Some(ev) = c.next_event::<CaptureEvent>()? {
+        match ev {
+            CaptureEvent::Frame {
+                ts_us,
+                dir,
+                len,
+                data,
+            } => {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(data)
+                    .unwrap_or_default();
+                match &mut pcap {
+                    Some(w) => w.write(ts_us, &bytes, len).map_err(|e| Failure {
+                        kind: ErrorKind::Internal,
+                        message: format!("Cannot write the capture: {e}"),
+                    })?,
+                    None if ctx.json => println!(
+                        "{}",
+                        serde_json::json!({"ts_us": ts_us, "dir": dir, "len": len})
+                    ),
+                    None => {
+                        let d = match dir {
+                            crate::datapath::capture::Dir::Rx => "rx",
+                            crate::datapath::capture::Dir::Tx => "tx",
+                        };
+                        println!("{}", describe_frame(ts_us, d, &bytes, len));
+                    }
+                }
+            }
+            CaptureEvent::End {
+                frames,
+                dropped,
+                reason,
+            } => {
+                eprintln!("vmnetd: {frames} frame(s) captured, {dropped} dropped ({reason})");
+                break;
+            }
+        }
     }
     Ok(())
 }

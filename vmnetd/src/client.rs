@@ -85,6 +85,23 @@ impl Client {
         Ok(r)
     }
 
+    /// Reads the next line of a stream that follows a reply (e.g. capture events). `None` at
+    /// end of stream.
+    pub fn next_event<T: DeserializeOwned>(&mut self) -> Result<Option<T>> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line).map_err(Error::Io)? == 0 {
+            return Ok(None);
+        }
+        serde_json::from_str(&line)
+            .map(Some)
+            .map_err(|e| Error::BadResponse(e.to_string()))
+    }
+
+    /// Waits without a read timeout (for long-running streams).
+    pub fn no_timeout(&mut self) -> Result<()> {
+        self.writer.set_read_timeout(None).map_err(Error::Io)
+    }
+
     /// Sends one request and decodes its result as `T`; an error reply becomes [`Error::Api`].
     pub fn call<T: DeserializeOwned>(&mut self, op: Op) -> Result<T> {
         let r = self.raw_call(op)?;

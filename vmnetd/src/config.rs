@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::api::TapSpec;
+use crate::api::{BridgeSpec, PortSpec, TapSpec};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/vmnetd/vmnetd.toml";
 pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
@@ -46,6 +46,10 @@ pub struct Config {
     pub daemon: DaemonSection,
     #[serde(default, rename = "tap")]
     pub taps: Vec<TapSpec>,
+    #[serde(default, rename = "bridge")]
+    pub bridges: Vec<BridgeSpec>,
+    #[serde(default, rename = "port")]
+    pub ports: Vec<PortSpec>,
 }
 
 /// A loaded config and where it came from ("embedded default" or a path).
@@ -68,6 +72,24 @@ impl Config {
             };
             if !seen.insert(n.as_str().to_owned()) {
                 return Err(Error::Duplicate(origin.to_owned(), format!("tap {n}")));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for b in &c.bridges {
+            if !seen.insert(b.name.as_str().to_owned()) {
+                return Err(Error::Duplicate(
+                    origin.to_owned(),
+                    format!("bridge {}", b.name),
+                ));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for p in &c.ports {
+            if !seen.insert((p.bridge.as_str().to_owned(), p.name.as_str().to_owned())) {
+                return Err(Error::Duplicate(
+                    origin.to_owned(),
+                    format!("port {} of bridge {}", p.name, p.bridge),
+                ));
             }
         }
         Ok(c)
@@ -126,6 +148,35 @@ mod tests {
         assert_eq!(e.to_string(), "Config file t declares tap a twice");
         let e = Config::parse("[[tap]]\nname=\"bad/name\"\n", "t").unwrap_err();
         assert!(matches!(e, Error::Parse(..)));
+    }
+
+    #[test]
+    fn bridges_and_ports() {
+        let c = Config::parse(
+            r#"
+[[bridge]]
+name = "lan"
+
+[[port]]
+bridge = "lan"
+name = "uplink"
+kind = { type = "netdev", ifname = "eth1" }
+vlan = { mode = "trunk", vlans = "10,20", native = { vid = 1 } }
+
+[[port]]
+bridge = "lan"
+name = "host0"
+kind = { type = "internal" }
+vlan = { mode = "access", vlan = 10 }
+"#,
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.bridges[0].kind, crate::api::BridgeKind::Builtin);
+        assert_eq!(c.ports.len(), 2);
+        assert_eq!(c.ports[0].vlan.to_string(), "trunk 10,20 native 1");
+        let e = Config::parse("[[port]]\nbridge=\"a\"\nname=\"p\"\nkind={type=\"netdev\",ifname=\"x\"}\nvlan={mode=\"access\",vlan=4095}\n", "t").unwrap_err();
+        assert!(format!("{e:?}").contains("4095"), "{e:?}");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::api::{BridgeSpec, PortSpec};
 use crate::tap::TapDecl;
 
 pub const STATE_FILE: &str = "state.json";
@@ -42,6 +43,26 @@ pub struct State {
     pub version: u32,
     #[serde(default)]
     pub taps: Vec<TapDecl>,
+    #[serde(default)]
+    pub bridges: Vec<BridgeDecl>,
+    #[serde(default)]
+    pub ports: Vec<PortDecl>,
+}
+
+/// A declared bridge, and whether vmnetd created its kernel device (Linux bridges).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BridgeDecl {
+    pub spec: BridgeSpec,
+    #[serde(default)]
+    pub created: bool,
+}
+
+/// A declared port, and whether vmnetd created its kernel device (internal TAPs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortDecl {
+    pub spec: PortSpec,
+    #[serde(default)]
+    pub created: bool,
 }
 
 impl State {

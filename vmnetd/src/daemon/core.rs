@@ -16,6 +16,9 @@ use super::Paths;
 
 pub struct Core {
     pub nl: Netlink,
+    pub dp: std::sync::Arc<crate::datapath::DatapathHandle>,
+    pub config_bridges: Vec<crate::state::BridgeDecl>,
+    pub config_ports: Vec<crate::state::PortDecl>,
     pub store: Store,
     pub state: State,
     /// Config-file declarations, resolved at start.
@@ -109,6 +112,19 @@ impl Core {
             Op::Mktap(spec) => to_value(self.mktap(spec).await?),
             Op::Rmtap(rm) => to_value(self.rmtap(rm).await?),
             Op::TapList => to_value(self.tap_list().await?),
+            Op::BridgeAdd(spec) => to_value(self.bridge_add(spec).await?),
+            Op::BridgeDel(req) => to_value(self.bridge_del(req).await?),
+            Op::BridgeList => to_value(self.bridge_list().await?),
+            Op::PortAdd(spec) => to_value(self.port_add(*spec).await?),
+            Op::PortDel(req) => to_value(self.port_del(req).await?),
+            Op::PortList(req) => to_value(self.port_list(req).await?),
+            Op::FdbShow(req) => to_value(self.fdb_show(req).await?),
+            Op::FdbFlush(req) => to_value(self.fdb_flush(req).await?),
+            Op::Stats(req) => to_value(self.stats(req).await?),
+            Op::Capture(_) => Err(ApiError::new(
+                ErrorKind::BadRequest,
+                "capture is served by the connection, not here",
+            )),
         }
     }
 
@@ -123,6 +139,8 @@ impl Core {
             run_dir: self.paths.run_dir.display().to_string(),
             config: self.config_origin.clone(),
             taps: self.config_taps.len() + self.state.taps.len(),
+            bridges: self.config_bridges.len() + self.state.bridges.len(),
+            ports: self.config_ports.len() + self.state.ports.len(),
         }
     }
 

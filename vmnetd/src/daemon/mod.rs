@@ -5,6 +5,7 @@
 //! ready. SIGTERM/SIGINT close the socket and exit, leaving persistent TAPs and kernel
 //! bridges in place for the next start to adopt.
 
+pub mod bridges;
 pub mod control;
 pub mod core;
 
@@ -44,6 +45,8 @@ pub enum Error {
     Runtime(#[source] io::Error),
     #[error(transparent)]
     Netlink(#[from] crate::netlink::Error),
+    #[error("Cannot start the datapath thread")]
+    Datapath(#[source] io::Error),
 }
 
 /// Command-line overrides for the daemon (highest precedence).
@@ -114,10 +117,16 @@ pub fn run(opts: Options) -> Result<(), Error> {
         .enable_all()
         .build()
         .map_err(Error::Runtime)?;
-    rt.block_on(async move {
+    let dp =
+        std::sync::Arc::new(crate::datapath::DatapathHandle::spawn().map_err(Error::Datapath)?);
+    let dp2 = dp.clone();
+    let res = rt.block_on(async move {
         let nl = Netlink::connect()?;
         let mut core = core::Core {
             nl,
+            dp: dp2,
+            config_bridges: Vec::new(),
+            config_ports: Vec::new(),
             store,
             state,
             config_taps: Vec::new(),
@@ -126,6 +135,7 @@ pub fn run(opts: Options) -> Result<(), Error> {
             started: Instant::now(),
         };
         core.restore(&loaded.config).await;
+        core.restore_bridges(&loaded.config).await;
         let listener = bind(&paths.socket, loaded.config.daemon.socket_group.as_deref())?;
         log::info!(
             "vmnetd {} ready: socket {}, state {}, config {}",
@@ -137,14 +147,32 @@ pub fn run(opts: Options) -> Result<(), Error> {
         notify_ready();
         let core = Arc::new(tokio::sync::Mutex::new(core));
         let server = tokio::spawn(control::serve(listener, core.clone()));
+        let reconciler = tokio::spawn(reconcile_loop(core.clone()));
         wait_for_shutdown().await;
         server.abort();
+        reconciler.abort();
         // Wait for a request in progress to finish its change and persist it.
         let _guard = core.lock().await;
         let _ = fs::remove_file(&paths.socket);
-        log::info!("vmnetd stopped; persistent devices left in place");
         Ok(())
-    })
+    });
+    // The core (and its handle clone) is gone with the runtime; stop the datapath thread.
+    drop(rt);
+    if let Ok(dp) = std::sync::Arc::try_unwrap(dp) {
+        dp.shutdown();
+    }
+    log::info!("vmnetd stopped; persistent devices left in place");
+    res
+}
+
+/// Re-attaches ports whose interface came back, every two seconds.
+async fn reconcile_loop(core: Arc<tokio::sync::Mutex<core::Core>>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        core.lock().await.reconcile().await;
+    }
 }
 
 /// TAP owners open `/dev/net/tun` themselves (the kernel then checks TUNSETOWNER/GROUP), so

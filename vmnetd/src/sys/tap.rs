@@ -270,6 +270,27 @@ impl Tap {
     }
 }
 
+/// `TUNSETPERSIST` on an already attached queue (e.g. one a [`Tap`] was turned into).
+pub fn set_persist_fd(file: &File, ifname: &IfName, persist: bool) -> Result<()> {
+    // SAFETY: `file` is an open TUN/TAP queue; TUNSETPERSIST takes its argument by value and
+    // dereferences nothing. The return value is checked.
+    let ret = unsafe {
+        libc::ioctl(
+            file.as_raw_fd(),
+            libc::TUNSETPERSIST,
+            libc::c_ulong::from(persist),
+        )
+    };
+    if ret < 0 {
+        return Err(Error::Ioctl {
+            req: "TUNSETPERSIST",
+            ifname: ifname.to_string(),
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
 impl AsFd for Tap {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.file.as_fd()

@@ -1,0 +1,851 @@
+//! Bridges and ports as declarations: validation, opening the edges, handing them to the
+//! datapath, persistence, and re-attaching ports whose interface comes back.
+//!
+//! A port is declared once and stays declared: if its interface is missing (a TAP not yet
+//! made, a NIC renamed), or its edge fails later (the interface was deleted and re-made), the
+//! port is shown as `missing`/`down` and re-attached by [`Core::reconcile`] as soon as the
+//! interface is there again. Adding or removing a port never touches the other ports.
+
+use std::collections::HashSet;
+
+use crate::api::{
+    ApiError, BridgeDel, BridgeInfo, BridgeKind, BridgeRef, BridgeSpec, Counters, ErrorKind,
+    FdbRow, FdbShowReq, Flushed, PortInfo, PortKind, PortListReq, PortRef, PortSpec, PortStats,
+    Source, StatsReq,
+};
+use crate::datapath::PortState;
+use crate::ifname::IfName;
+use crate::netlink::LinkChange;
+use crate::ports::{Edge, InternalPort, NetdevPort};
+use crate::state::{BridgeDecl, PortDecl};
+use crate::switch::{FdbConfig, PortConfig, SwitchConfig, VlanMode};
+use crate::tap::{self, Policy, TapDecl};
+
+use super::core::Core;
+
+fn err(kind: ErrorKind, msg: impl Into<String>) -> ApiError {
+    ApiError::new(kind, msg)
+}
+
+fn gone(e: crate::datapath::Gone) -> ApiError {
+    ApiError::from_chain(ErrorKind::Internal, &e)
+}
+
+fn internal<E: std::error::Error + 'static>(e: E) -> ApiError {
+    ApiError::from_chain(ErrorKind::Internal, &e)
+}
+
+/// The kernel interface behind a port.
+pub fn port_ifname(spec: &PortSpec) -> IfName {
+    match &spec.kind {
+        PortKind::Netdev { ifname } => ifname.clone(),
+        PortKind::Internal { ifname } => ifname.clone().unwrap_or_else(|| spec.name.clone()),
+    }
+}
+
+fn switch_config(spec: &BridgeSpec) -> SwitchConfig {
+    let d = FdbConfig::default();
+    SwitchConfig {
+        fdb: FdbConfig {
+            ageing: spec
+                .ageing
+                .map_or(d.ageing, |s| std::time::Duration::from_secs(u64::from(s))),
+            max_entries: spec.max_macs.unwrap_or(d.max_entries),
+        },
+    }
+}
+
+fn validate_bridge(spec: &BridgeSpec) -> Result<(), ApiError> {
+    if spec.max_macs == Some(0) {
+        return Err(err(
+            ErrorKind::InvalidArgument,
+            "--max-macs must be at least 1",
+        ));
+    }
+    if spec.ageing == Some(0) {
+        return Err(err(
+            ErrorKind::InvalidArgument,
+            "--ageing must be at least 1 second",
+        ));
+    }
+    Ok(())
+}
+
+fn validate_port(spec: &PortSpec) -> Result<(), ApiError> {
+    if let VlanMode::Trunk { vlans, native } = &spec.vlan {
+        if vlans.is_empty() && native.is_none() {
+            return Err(err(
+                ErrorKind::InvalidArgument,
+                "A trunk must carry at least one VLAN",
+            ));
+        }
+    }
+    if let Some(m) = spec.macs.iter().find(|m| !m.is_unicast()) {
+        return Err(err(
+            ErrorKind::InvalidArgument,
+            format!("MAC {m} is not a unicast address"),
+        ));
+    }
+    if spec.lock_mac && spec.macs.is_empty() {
+        return Err(err(
+            ErrorKind::InvalidArgument,
+            "--lock-mac needs the port's address (--mac)",
+        ));
+    }
+    Ok(())
+}
+
+impl Core {
+    pub(crate) fn bridge_decl(&self, name: &str) -> Option<(&BridgeDecl, Source)> {
+        self.config_bridges
+            .iter()
+            .map(|b| (b, Source::Config))
+            .chain(self.state.bridges.iter().map(|b| (b, Source::State)))
+            .find(|(b, _)| b.spec.name.as_str() == name)
+    }
+
+    pub(crate) fn port_decls(&self) -> impl Iterator<Item = (&PortDecl, Source)> {
+        self.config_ports
+            .iter()
+            .map(|p| (p, Source::Config))
+            .chain(self.state.ports.iter().map(|p| (p, Source::State)))
+    }
+
+    fn port_decl(&self, bridge: &str, name: &str) -> Option<(&PortDecl, Source)> {
+        self.port_decls()
+            .find(|(p, _)| p.spec.bridge.as_str() == bridge && p.spec.name.as_str() == name)
+    }
+
+    /// Re-creates the declared bridges and ports (config first, then state). Failures are
+    /// logged and leave the declaration in place, to be retried by [`Core::reconcile`].
+    pub async fn restore_bridges(&mut self, config: &crate::config::Config) {
+        for spec in &config.bridges {
+            self.config_bridges.push(BridgeDecl {
+                spec: spec.clone(),
+                created: false,
+            });
+        }
+        let names: HashSet<String> = self
+            .config_bridges
+            .iter()
+            .map(|b| b.spec.name.to_string())
+            .collect();
+        let origin = self.config_origin.clone();
+        self.state.bridges.retain(|b| {
+            let clash = names.contains(b.spec.name.as_str());
+            if clash {
+                log::warn!(
+                    "bridge {}: declared in {origin} too; the config file's declaration is used",
+                    b.spec.name
+                );
+            }
+            !clash
+        });
+        let bridges: Vec<BridgeSpec> = self
+            .config_bridges
+            .iter()
+            .chain(&self.state.bridges)
+            .map(|b| b.spec.clone())
+            .collect();
+        for spec in bridges {
+            if let Err(e) = self.start_bridge(&spec).await {
+                log::error!("bridge {}: {}", spec.name, e.message);
+            }
+        }
+        for spec in &config.ports {
+            if self.bridge_decl(spec.bridge.as_str()).is_none() {
+                log::error!(
+                    "port {} in {}: no bridge {}",
+                    spec.name,
+                    self.config_origin,
+                    spec.bridge
+                );
+                continue;
+            }
+            self.config_ports.push(PortDecl {
+                spec: spec.clone(),
+                created: false,
+            });
+        }
+        let keys: HashSet<(String, String)> = self
+            .config_ports
+            .iter()
+            .map(|p| (p.spec.bridge.to_string(), p.spec.name.to_string()))
+            .collect();
+        self.state
+            .ports
+            .retain(|p| !keys.contains(&(p.spec.bridge.to_string(), p.spec.name.to_string())));
+        let ports: Vec<(PortSpec, bool)> = self
+            .port_decls()
+            .map(|(p, _)| (p.spec.clone(), p.created))
+            .collect();
+        for (spec, created) in ports {
+            match self.attach(&spec, Policy::Restore).await {
+                Ok(made) => {
+                    if made && !created {
+                        self.mark_port_created(&spec);
+                    }
+                    log::info!("port {} of {}: attached", spec.name, spec.bridge);
+                }
+                Err(e) => log::warn!(
+                    "port {} of {}: {} (will retry)",
+                    spec.name,
+                    spec.bridge,
+                    e.message
+                ),
+            }
+        }
+        if let Err(e) = self.store.save(&self.state) {
+            log::error!("{}", crate::api::error_chain(&e));
+        }
+    }
+
+    fn mark_port_created(&mut self, spec: &PortSpec) {
+        for p in self
+            .config_ports
+            .iter_mut()
+            .chain(self.state.ports.iter_mut())
+        {
+            if p.spec.bridge == spec.bridge && p.spec.name == spec.name {
+                p.created = true;
+            }
+        }
+    }
+
+    /// Makes a declared bridge exist (in the datapath or the kernel).
+    async fn start_bridge(&mut self, spec: &BridgeSpec) -> Result<(), ApiError> {
+        match spec.kind {
+            BridgeKind::Builtin => {
+                let (name, cfg) = (spec.name.to_string(), switch_config(spec));
+                self.dp
+                    .call(move |dp| {
+                        if dp.bridge_index(&name).is_none() {
+                            dp.add_bridge(&name, cfg);
+                        }
+                    })
+                    .await
+                    .map_err(gone)
+            }
+            BridgeKind::Linux => Err(err(
+                ErrorKind::Unsupported,
+                "Linux bridges (--kind linux) are not supported yet; use --kind builtin",
+            )),
+        }
+    }
+
+    pub async fn bridge_add(&mut self, spec: BridgeSpec) -> Result<BridgeInfo, ApiError> {
+        validate_bridge(&spec)?;
+        if let Some((existing, source)) = self.bridge_decl(spec.name.as_str()) {
+            if existing.spec == spec {
+                return self.bridge_info(&existing.clone(), source).await;
+            }
+            return Err(err(
+                ErrorKind::Conflict,
+                format!("Bridge {} already exists with other settings", spec.name),
+            ));
+        }
+        self.start_bridge(&spec).await?;
+        self.state.bridges.push(BridgeDecl {
+            spec: spec.clone(),
+            created: true,
+        });
+        if let Err(e) = self.store.save(&self.state) {
+            self.state.bridges.pop();
+            let name = spec.name.to_string();
+            let _ = self
+                .dp
+                .call(move |dp| dp.remove_bridge(&name).map(drop))
+                .await;
+            return Err(internal(e));
+        }
+        log::info!("bridge {} ({}): added", spec.name, spec.kind);
+        let decl = BridgeDecl {
+            spec,
+            created: true,
+        };
+        self.bridge_info(&decl, Source::State).await
+    }
+
+    pub async fn bridge_del(&mut self, req: BridgeDel) -> Result<BridgeInfo, ApiError> {
+        let Some((decl, source)) = self.bridge_decl(req.name.as_str()) else {
+            return Err(err(ErrorKind::NotFound, format!("No bridge {}", req.name)));
+        };
+        if source == Source::Config {
+            return Err(err(
+                ErrorKind::Conflict,
+                format!(
+                    "Bridge {} is declared in {}; remove it there",
+                    req.name, self.config_origin
+                ),
+            ));
+        }
+        let decl = decl.clone();
+        let info = self.bridge_info(&decl, source).await?;
+        let ports: Vec<PortSpec> = self
+            .port_decls()
+            .filter(|(p, _)| p.spec.bridge == req.name)
+            .map(|(p, _)| p.spec.clone())
+            .collect();
+        if !ports.is_empty() && !req.force {
+            return Err(err(
+                ErrorKind::Conflict,
+                format!(
+                    "Bridge {} has {} port(s); remove them first or add --force",
+                    req.name,
+                    ports.len()
+                ),
+            ));
+        }
+        if self.config_ports.iter().any(|p| p.spec.bridge == req.name) {
+            return Err(err(
+                ErrorKind::Conflict,
+                format!(
+                    "Bridge {} has ports declared in {}",
+                    req.name, self.config_origin
+                ),
+            ));
+        }
+        for p in ports {
+            self.port_del(PortRef {
+                bridge: p.bridge,
+                name: p.name,
+            })
+            .await?;
+        }
+        let name = req.name.to_string();
+        self.dp
+            .call(move |dp| dp.remove_bridge(&name).map(drop))
+            .await
+            .map_err(gone)?;
+        self.state.bridges.retain(|b| b.spec.name != req.name);
+        self.store.save(&self.state).map_err(internal)?;
+        log::info!("bridge {}: removed", req.name);
+        Ok(info)
+    }
+
+    async fn bridge_info(&self, decl: &BridgeDecl, source: Source) -> Result<BridgeInfo, ApiError> {
+        let name = decl.spec.name.to_string();
+        let fdb_entries = self
+            .dp
+            .call(move |dp| {
+                let now = dp.now();
+                dp.bridge(&name)
+                    .map_or(0, |b| b.switch.fdb().entries(now).count())
+            })
+            .await
+            .map_err(gone)?;
+        let cfg = switch_config(&decl.spec);
+        Ok(BridgeInfo {
+            name: decl.spec.name.clone(),
+            kind: decl.spec.kind,
+            ports: self
+                .port_decls()
+                .filter(|(p, _)| p.spec.bridge == decl.spec.name)
+                .count(),
+            fdb_entries,
+            ageing: cfg.fdb.ageing.as_secs() as u32,
+            max_macs: cfg.fdb.max_entries,
+            source,
+            created: decl.created,
+        })
+    }
+
+    pub async fn bridge_list(&self) -> Result<Vec<BridgeInfo>, ApiError> {
+        let decls: Vec<(BridgeDecl, Source)> = self
+            .config_bridges
+            .iter()
+            .map(|b| (b.clone(), Source::Config))
+            .chain(
+                self.state
+                    .bridges
+                    .iter()
+                    .map(|b| (b.clone(), Source::State)),
+            )
+            .collect();
+        let mut out = Vec::new();
+        for (d, s) in decls {
+            out.push(self.bridge_info(&d, s).await?);
+        }
+        Ok(out)
+    }
+
+    /// Opens a port's edge and hands it to the datapath. Returns whether vmnetd created the
+    /// kernel device (an internal TAP).
+    async fn attach(&self, spec: &PortSpec, policy: Policy) -> Result<bool, ApiError> {
+        let (edge, mtu, created) = self.open_edge(spec, policy).await?;
+        let cfg = PortConfig {
+            mode: spec.vlan.clone(),
+            mtu,
+            macs: spec.macs.clone(),
+            lock_macs: spec.lock_mac,
+            ..Default::default()
+        };
+        let (bridge, name) = (spec.bridge.to_string(), spec.name.to_string());
+        let res = self
+            .dp
+            .call(move |dp| {
+                if dp.bridge(&bridge).and_then(|b| b.port_id(&name)).is_some() {
+                    dp.replace_edge(&bridge, &name, edge)
+                } else {
+                    dp.add_port(&bridge, &name, edge, cfg).map(drop)
+                }
+            })
+            .await
+            .map_err(gone)?;
+        res.map_err(|e| {
+            ApiError::new(
+                ErrorKind::Internal,
+                format!("Cannot add port {} to the datapath: {e}", spec.name),
+            )
+        })?;
+        Ok(created)
+    }
+
+    /// Opens the I/O edge of a port: an AF_PACKET socket on a netdev, or the TAP of an
+    /// internal port (created if missing). Returns the edge, the interface MTU, and whether
+    /// the TAP was created now.
+    async fn open_edge(
+        &self,
+        spec: &PortSpec,
+        policy: Policy,
+    ) -> Result<(Edge, u32, bool), ApiError> {
+        let ifname = port_ifname(spec);
+        match &spec.kind {
+            PortKind::Netdev { .. } => {
+                let link = self
+                    .nl
+                    .link(&ifname)
+                    .await
+                    .map_err(internal)?
+                    .ok_or_else(|| err(ErrorKind::NotFound, format!("No interface {ifname}")))?;
+                if link.name == "lo" {
+                    return Err(err(
+                        ErrorKind::InvalidArgument,
+                        "The loopback interface cannot be a bridge port",
+                    ));
+                }
+                if let Some(c) = link.controller {
+                    let owner = self
+                        .nl
+                        .link_by_index(c)
+                        .await
+                        .ok()
+                        .flatten()
+                        .map_or(c.to_string(), |l| l.name);
+                    return Err(err(
+                        ErrorKind::Conflict,
+                        format!("{ifname} is already a port of kernel device {owner}; release it first (ip link set {ifname} nomaster)"),
+                    ));
+                }
+                if !link.up {
+                    self.nl
+                        .set_link(
+                            link.index,
+                            &LinkChange {
+                                up: Some(true),
+                                ..Default::default()
+                            },
+                        )
+                        .await
+                        .map_err(internal)?;
+                }
+                let port = NetdevPort::open(ifname.clone(), link.index).map_err(|e| {
+                    err(
+                        ErrorKind::Internal,
+                        format!("Cannot open an AF_PACKET socket on {ifname}: {e}"),
+                    )
+                })?;
+                Ok((Edge::Netdev(port), link.mtu.unwrap_or(1500), false))
+            }
+            PortKind::Internal { .. } => {
+                let decl = TapDecl {
+                    name: ifname.clone(),
+                    mode: crate::sys::tap::Mode::Tap,
+                    owner: None,
+                    group: None,
+                    multi_queue: false,
+                    vnet_hdr: true,
+                    mtu: None,
+                    mac: spec.macs.first().copied(),
+                    created: false,
+                };
+                if let Some(link) = self.nl.link(&ifname).await.map_err(internal)? {
+                    if policy == Policy::Declare && !tap::is_ours(None, &link) {
+                        return Err(err(
+                            ErrorKind::Conflict,
+                            format!("{ifname} exists already; an internal port needs a new interface name (--ifname)"),
+                        ));
+                    }
+                }
+                let outcome = tap::ensure(&self.nl, &decl, Policy::Restore)
+                    .await
+                    .map_err(|e| ApiError::from_chain(e.kind(), &e))?;
+                let port = InternalPort::open(ifname.clone())
+                    .map_err(|e| ApiError::from_chain(ErrorKind::Internal, &e))?;
+                let mtu = self
+                    .nl
+                    .link(&ifname)
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|l| l.mtu)
+                    .unwrap_or(1500);
+                Ok((Edge::Internal(port), mtu, outcome == tap::Outcome::Created))
+            }
+        }
+    }
+
+    pub async fn port_add(&mut self, spec: PortSpec) -> Result<PortInfo, ApiError> {
+        validate_port(&spec)?;
+        let Some((bridge, _)) = self.bridge_decl(spec.bridge.as_str()) else {
+            return Err(err(
+                ErrorKind::NotFound,
+                format!("No bridge {}", spec.bridge),
+            ));
+        };
+        if bridge.spec.kind == BridgeKind::Linux {
+            return Err(err(
+                ErrorKind::Unsupported,
+                "Linux bridges are not supported yet",
+            ));
+        }
+        if let Some((existing, source)) = self.port_decl(spec.bridge.as_str(), spec.name.as_str()) {
+            if existing.spec == spec {
+                let d = existing.clone();
+                return self.port_info(&d, source).await;
+            }
+            return Err(err(
+                ErrorKind::Conflict,
+                format!(
+                    "Bridge {} already has a port {} with other settings",
+                    spec.bridge, spec.name
+                ),
+            ));
+        }
+        let ifname = port_ifname(&spec);
+        if let Some((other, _)) = self
+            .port_decls()
+            .find(|(p, _)| port_ifname(&p.spec) == ifname)
+        {
+            return Err(err(
+                ErrorKind::Conflict,
+                format!(
+                    "{ifname} is already port {} of bridge {}",
+                    other.spec.name, other.spec.bridge
+                ),
+            ));
+        }
+        let created = self.attach(&spec, Policy::Declare).await?;
+        self.state.ports.push(PortDecl {
+            spec: spec.clone(),
+            created,
+        });
+        if let Err(e) = self.store.save(&self.state) {
+            self.state.ports.pop();
+            self.detach(&spec, created).await;
+            return Err(internal(e));
+        }
+        log::info!(
+            "port {} of {}: added ({}, {})",
+            spec.name,
+            spec.bridge,
+            spec.kind.type_name(),
+            spec.vlan
+        );
+        let d = PortDecl { spec, created };
+        self.port_info(&d, Source::State).await
+    }
+
+    /// Takes a port out of the datapath; deletes the TAP of an internal port vmnetd made.
+    async fn detach(&self, spec: &PortSpec, created: bool) {
+        let (bridge, name) = (spec.bridge.to_string(), spec.name.to_string());
+        let removed = self
+            .dp
+            .call(move |dp| dp.remove_port(&bridge, &name))
+            .await
+            .ok()
+            .flatten();
+        if let (Some(port), true) = (removed, created) {
+            if let Edge::Internal(tap) = port.edge {
+                // Works wherever the TAP is now (even moved into another namespace): without
+                // persistence, the device goes away with our queue.
+                if let Err(e) = tap.unpersist() {
+                    log::warn!("port {}: cannot delete its TAP: {e}", spec.name);
+                }
+            }
+        } else if created {
+            // Not attached (missing): delete by name if it is here.
+            let ifname = port_ifname(spec);
+            let _ = tap::remove(&self.nl, &ifname, None, true).await;
+        }
+    }
+
+    pub async fn port_del(&mut self, req: PortRef) -> Result<PortInfo, ApiError> {
+        let Some((decl, source)) = self.port_decl(req.bridge.as_str(), req.name.as_str()) else {
+            return Err(err(
+                ErrorKind::NotFound,
+                format!("Bridge {} has no port {}", req.bridge, req.name),
+            ));
+        };
+        if source == Source::Config {
+            return Err(err(
+                ErrorKind::Conflict,
+                format!(
+                    "Port {} is declared in {}; remove it there",
+                    req.name, self.config_origin
+                ),
+            ));
+        }
+        let decl = decl.clone();
+        let info = self.port_info(&decl, source).await?;
+        self.detach(&decl.spec, decl.created).await;
+        self.state
+            .ports
+            .retain(|p| !(p.spec.bridge == req.bridge && p.spec.name == req.name));
+        self.store.save(&self.state).map_err(internal)?;
+        log::info!("port {} of {}: removed", req.name, req.bridge);
+        Ok(info)
+    }
+
+    async fn port_info(&self, decl: &PortDecl, source: Source) -> Result<PortInfo, ApiError> {
+        let (bridge, name) = (decl.spec.bridge.to_string(), decl.spec.name.to_string());
+        let live = self
+            .dp
+            .call(move |dp| {
+                let b = dp.bridge(&bridge)?;
+                let id = b.port_id(&name)?;
+                let state = b.port(id)?.state.clone();
+                Some((state, b.switch.counters(id).map(Counters::from)))
+            })
+            .await
+            .map_err(gone)?;
+        let (state, counters) = match live {
+            Some((PortState::Up, c)) => ("up".to_owned(), c),
+            Some((PortState::Down(why), c)) => (format!("down: {why}"), c),
+            None => (
+                format!(
+                    "missing: interface {} not attached",
+                    port_ifname(&decl.spec)
+                ),
+                None,
+            ),
+        };
+        Ok(PortInfo {
+            bridge: decl.spec.bridge.clone(),
+            name: decl.spec.name.clone(),
+            kind: decl.spec.kind.clone(),
+            vlan: decl.spec.vlan.clone(),
+            macs: decl.spec.macs.clone(),
+            lock_mac: decl.spec.lock_mac,
+            ifname: Some(port_ifname(&decl.spec)),
+            state,
+            source,
+            counters,
+        })
+    }
+
+    pub async fn port_list(&self, req: PortListReq) -> Result<Vec<PortInfo>, ApiError> {
+        if let Some(b) = &req.bridge {
+            if self.bridge_decl(b.as_str()).is_none() {
+                return Err(err(ErrorKind::NotFound, format!("No bridge {b}")));
+            }
+        }
+        let decls: Vec<(PortDecl, Source)> = self
+            .port_decls()
+            .filter(|(p, _)| req.bridge.as_ref().is_none_or(|b| &p.spec.bridge == b))
+            .map(|(p, s)| (p.clone(), s))
+            .collect();
+        let mut out = Vec::new();
+        for (d, s) in decls {
+            out.push(self.port_info(&d, s).await?);
+        }
+        Ok(out)
+    }
+
+    fn builtin(&self, bridge: &IfName) -> Result<(), ApiError> {
+        match self.bridge_decl(bridge.as_str()) {
+            None => Err(err(ErrorKind::NotFound, format!("No bridge {bridge}"))),
+            Some((b, _)) if b.spec.kind != BridgeKind::Builtin => Err(err(
+                ErrorKind::Unsupported,
+                format!("{bridge} is a Linux bridge; see `bridge fdb show br {bridge}`"),
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+
+    pub async fn fdb_show(&self, req: FdbShowReq) -> Result<Vec<FdbRow>, ApiError> {
+        self.builtin(&req.bridge)?;
+        let name = req.bridge.to_string();
+        let mut rows = self
+            .dp
+            .call(move |dp| {
+                let now = dp.now();
+                let Some(b) = dp.bridge(&name) else {
+                    return Vec::new();
+                };
+                b.switch
+                    .fdb()
+                    .entries(now)
+                    .filter(|e| req.vlan.is_none_or(|v| v == e.vlan))
+                    .map(|e| FdbRow {
+                        vlan: e.vlan,
+                        mac: e.mac,
+                        port: b.port_name(e.port).to_owned(),
+                        age_secs: e.age.as_secs(),
+                        is_static: e.is_static,
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .map_err(gone)?;
+        rows.sort_by_key(|r| (r.vlan, r.mac));
+        Ok(rows)
+    }
+
+    pub async fn fdb_flush(&self, req: BridgeRef) -> Result<Flushed, ApiError> {
+        self.builtin(&req.bridge)?;
+        let name = req.bridge.to_string();
+        let flushed = self
+            .dp
+            .call(move |dp| dp.bridge_mut(&name).map_or(0, |b| b.switch.flush_fdb()))
+            .await
+            .map_err(gone)?;
+        Ok(Flushed { flushed })
+    }
+
+    pub async fn stats(&self, req: StatsReq) -> Result<Vec<PortStats>, ApiError> {
+        if let Some(b) = &req.bridge {
+            if self.bridge_decl(b.as_str()).is_none() {
+                return Err(err(ErrorKind::NotFound, format!("No bridge {b}")));
+            }
+            if let Some(p) = &req.port {
+                if self.port_decl(b.as_str(), p.as_str()).is_none() {
+                    return Err(err(
+                        ErrorKind::NotFound,
+                        format!("Bridge {b} has no port {p}"),
+                    ));
+                }
+            }
+        }
+        let decls: Vec<PortSpec> = self
+            .port_decls()
+            .filter(|(p, _)| req.bridge.as_ref().is_none_or(|b| &p.spec.bridge == b))
+            .filter(|(p, _)| req.port.as_ref().is_none_or(|n| &p.spec.name == n))
+            .map(|(p, _)| p.spec.clone())
+            .collect();
+        let wanted: Vec<(String, String)> = decls
+            .iter()
+            .map(|p| (p.bridge.to_string(), p.name.to_string()))
+            .collect();
+        let counters = self
+            .dp
+            .call(move |dp| {
+                wanted
+                    .iter()
+                    .map(|(b, p)| {
+                        dp.bridge(b)
+                            .and_then(|br| br.port_id(p).and_then(|id| br.switch.counters(id)))
+                            .map(Counters::from)
+                            .unwrap_or_default()
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .map_err(gone)?;
+        Ok(decls
+            .into_iter()
+            .zip(counters)
+            .map(|(p, counters)| PortStats {
+                bridge: p.bridge,
+                port: p.name,
+                counters,
+            })
+            .collect())
+    }
+
+    /// Starts a capture on a built-in bridge port.
+    pub async fn start_capture(
+        &self,
+        req: &crate::api::CaptureReq,
+        sink: crate::datapath::capture::Sink,
+    ) -> Result<(), ApiError> {
+        self.builtin(&req.bridge)?;
+        if self
+            .port_decl(req.bridge.as_str(), req.port.as_str())
+            .is_none()
+        {
+            return Err(err(
+                ErrorKind::NotFound,
+                format!("Bridge {} has no port {}", req.bridge, req.port),
+            ));
+        }
+        let (b, p) = (req.bridge.to_string(), req.port.to_string());
+        let ok = self
+            .dp
+            .call(move |dp| dp.add_capture(&b, &p, sink))
+            .await
+            .map_err(gone)?;
+        if !ok {
+            return Err(err(
+                ErrorKind::NotFound,
+                format!("Port {} is not attached (missing interface)", req.port),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Re-attaches ports whose edge failed or whose interface was missing. Called
+    /// periodically; quiet when there is nothing to do.
+    pub async fn reconcile(&mut self) {
+        let Ok(present) = self
+            .dp
+            .call(|dp| {
+                let mut up = HashSet::new();
+                for b in dp.bridges() {
+                    for p in b.ports.iter().flatten() {
+                        if p.state == PortState::Up {
+                            up.insert((b.name.clone(), p.name.clone()));
+                        }
+                    }
+                }
+                up
+            })
+            .await
+        else {
+            return;
+        };
+        let todo: Vec<(PortSpec, bool)> = self
+            .port_decls()
+            .filter(|(p, _)| {
+                self.bridge_decl(p.spec.bridge.as_str())
+                    .is_some_and(|(b, _)| b.spec.kind == BridgeKind::Builtin)
+                    && !present.contains(&(p.spec.bridge.to_string(), p.spec.name.to_string()))
+            })
+            .map(|(p, _)| (p.spec.clone(), p.created))
+            .collect();
+        let mut changed = false;
+        for (spec, created) in todo {
+            // A netdev port waits for its interface; it is not created.
+            if matches!(spec.kind, PortKind::Netdev { .. })
+                && !matches!(self.nl.link(&port_ifname(&spec)).await, Ok(Some(_)))
+            {
+                continue;
+            }
+            match self.attach(&spec, Policy::Restore).await {
+                Ok(made) => {
+                    log::info!("port {} of {}: re-attached", spec.name, spec.bridge);
+                    if made && !created {
+                        self.mark_port_created(&spec);
+                        changed = true;
+                    }
+                }
+                Err(e) => log::debug!("port {} of {}: {}", spec.name, spec.bridge, e.message),
+            }
+        }
+        if changed {
+            if let Err(e) = self.store.save(&self.state) {
+                log::error!("{}", crate::api::error_chain(&e));
+            }
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! A burst of received frames, in the one form every edge can read and every edge can send.
+//!
+//! Each [`Frame`] keeps a copy of its first bytes (`head`, up to 18: the Ethernet header and
+//! 802.1Q tag) — the bytes the switch decided on. Whoever sends the frame builds the output
+//! header from that copy and takes only the rest (`tail`) from where the frame lives. So a
+//! frame cannot change VLAN or destination between the decision and the copy, even when it
+//! lives in memory a guest can still write to.
+
+use std::io::IoSlice;
+
+use vmnetd_vhost::virtio_net::VnetHdr;
+
+use crate::switch::wire::{HEAD_LEN, TAG_OFFSET, VLAN_HLEN};
+use crate::switch::{FrameInfo, TagAction};
+
+/// Frames per burst: the unit of receiving, deciding and sending.
+pub const BURST: usize = 32;
+
+/// Largest frame a local buffer holds: a 64 KiB GSO super-frame plus an 802.1Q tag.
+pub const MAX_FRAME: usize = 65536 + VLAN_HLEN;
+
+/// Longest output header: a tagged head (18 bytes) with a tag pushed.
+pub const OUT_HEAD_MAX: usize = HEAD_LEN + VLAN_HLEN;
+
+/// Where the bytes after a frame's head are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tail {
+    /// In `Batch::bufs[buf][off..off + len]`.
+    Local { buf: u16, off: u32 },
+}
+
+/// One received frame.
+#[derive(Debug, Clone, Copy)]
+pub struct Frame {
+    pub head: [u8; HEAD_LEN],
+    pub head_len: u8,
+    /// Length of the whole frame (head and tail, no virtio-net header).
+    pub len: u32,
+    /// Offloads: GSO and partial checksum, with offsets into this frame.
+    pub vnet: VnetHdr,
+    pub tail: Tail,
+}
+
+impl Frame {
+    pub fn head(&self) -> &[u8] {
+        &self.head[..usize::from(self.head_len)]
+    }
+
+    pub fn tail_len(&self) -> usize {
+        self.len as usize - usize::from(self.head_len)
+    }
+
+    pub fn info(&self) -> FrameInfo<'_> {
+        FrameInfo {
+            head: self.head(),
+            len: self.len as usize,
+            gso: self.vnet.is_gso(),
+        }
+    }
+
+    /// The output header for `action` written into `out`; returns its length.
+    pub fn out_head(&self, action: TagAction, out: &mut [u8; OUT_HEAD_MAX]) -> usize {
+        // Splice::copy cannot fail here: `out` holds any head plus a tag, and a Pop/SetTci
+        // action is only decided for a tagged (18-byte) head.
+        action.splice().copy(self.head(), out).unwrap_or(0)
+    }
+
+    /// The vnet header as it must leave after `action`.
+    pub fn out_vnet(&self, action: TagAction) -> VnetHdr {
+        let d = action.splice().delta();
+        if d == 0 {
+            self.vnet
+        } else {
+            self.vnet.shifted(d)
+        }
+    }
+}
+
+/// A burst of frames from one port, with the buffers of the frames that live locally.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub frames: Vec<Frame>,
+    pub bufs: Vec<Box<[u8]>>,
+}
+
+impl Batch {
+    pub fn new() -> Self {
+        Batch {
+            frames: Vec::with_capacity(BURST),
+            bufs: Vec::new(),
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.frames.clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    /// Makes sure `n` local buffers of [`MAX_FRAME`] + `extra` bytes exist (allocated once;
+    /// pages untouched by small frames never become resident).
+    pub fn ensure_bufs(&mut self, n: usize, extra: usize) {
+        while self.bufs.len() < n {
+            self.bufs
+                .push(vec![0u8; MAX_FRAME + extra].into_boxed_slice());
+        }
+    }
+
+    pub fn infos(&self) -> impl Iterator<Item = FrameInfo<'_>> {
+        self.frames.iter().map(Frame::info)
+    }
+
+    /// The bytes after the head of frame `f`.
+    pub fn tail(&self, f: &Frame) -> &[u8] {
+        match f.tail {
+            Tail::Local { buf, off } => {
+                let off = off as usize;
+                &self.bufs[usize::from(buf)][off..off + f.tail_len()]
+            }
+        }
+    }
+
+    /// Adds the frame held in `bufs[buf][at..at + len]`. A VLAN tag the kernel stripped off
+    /// (`stripped`: TPID and TCI) is put back in the head, as if it had never left the frame.
+    pub fn push_local(
+        &mut self,
+        buf: u16,
+        at: usize,
+        len: usize,
+        vnet: VnetHdr,
+        stripped: Option<(u16, u16)>,
+    ) {
+        let bytes = &self.bufs[usize::from(buf)][at..at + len];
+        let mut head = [0u8; HEAD_LEN];
+        let (head_len, tail_off, total, vnet) = match stripped {
+            Some((tpid, tci)) if len >= TAG_OFFSET + 2 => {
+                head[..TAG_OFFSET].copy_from_slice(&bytes[..TAG_OFFSET]);
+                head[12..14].copy_from_slice(&tpid.to_be_bytes());
+                head[14..16].copy_from_slice(&tci.to_be_bytes());
+                head[16..18].copy_from_slice(&bytes[12..14]);
+                (
+                    HEAD_LEN,
+                    at + 14,
+                    len + VLAN_HLEN,
+                    vnet.shifted(VLAN_HLEN as isize),
+                )
+            }
+            _ => {
+                let h = len.min(HEAD_LEN);
+                head[..h].copy_from_slice(&bytes[..h]);
+                (h, at + h, len, vnet)
+            }
+        };
+        self.frames.push(Frame {
+            head,
+            head_len: head_len as u8,
+            len: total as u32,
+            vnet,
+            tail: Tail::Local {
+                buf,
+                off: tail_off as u32,
+            },
+        });
+    }
+
+    /// The whole frame `i` as it leaves with `action` (for captures), at most `snaplen` bytes.
+    pub fn materialize(&self, i: usize, action: TagAction, snaplen: usize) -> Vec<u8> {
+        let f = &self.frames[i];
+        let mut head = [0u8; OUT_HEAD_MAX];
+        let n = f.out_head(action, &mut head);
+        let mut v = Vec::with_capacity((n + f.tail_len()).min(snaplen));
+        v.extend_from_slice(&head[..n]);
+        let tail = self.tail(f);
+        v.extend_from_slice(&tail[..tail.len().min(snaplen.saturating_sub(n))]);
+        v.truncate(snaplen);
+        v
+    }
+}
+
+/// The scatter list of one output frame: `[vnet header, output head, tail]`.
+pub fn out_iov<'a>(vnet: &'a [u8], head: &'a [u8], tail: &'a [u8]) -> [IoSlice<'a>; 3] {
+    [IoSlice::new(vnet), IoSlice::new(head), IoSlice::new(tail)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::switch::Tci;
+
+    fn frame_bytes() -> Vec<u8> {
+        let mut b = vec![0u8; 60];
+        b[..6].copy_from_slice(&[0xff; 6]);
+        b[6..12].copy_from_slice(&[0x52, 0x54, 0, 0, 0, 1]);
+        b[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+        for (i, x) in b[14..].iter_mut().enumerate() {
+            *x = i as u8;
+        }
+        b
+    }
+
+    #[test]
+    fn stripped_tag_is_put_back_into_the_head() {
+        let mut batch = Batch::new();
+        batch.bufs.push(vec![0u8; 100].into_boxed_slice());
+        let f = frame_bytes();
+        batch.bufs[0][10..70].copy_from_slice(&f);
+        let vnet = VnetHdr {
+            flags: 1,
+            csum_start: 34,
+            ..Default::default()
+        };
+        batch.push_local(0, 10, 60, vnet, Some((0x8100, Tci::new(1, false, 42).0)));
+        let fr = batch.frames[0];
+        assert_eq!(fr.len, 64);
+        assert_eq!(fr.vnet.csum_start, 38);
+        let out = batch.materialize(0, TagAction::Keep, 1 << 16);
+        assert_eq!(&out[..12], &f[..12]);
+        assert_eq!(&out[12..16], &[0x81, 0x00, 0x20, 42]);
+        assert_eq!(&out[16..], &f[12..]);
+        // Popping it again gives back the frame as it was on the wire.
+        assert_eq!(batch.materialize(0, TagAction::Pop, 1 << 16), f);
+        assert_eq!(fr.out_vnet(TagAction::Pop).csum_start, 34);
+    }
+
+    #[test]
+    fn untagged_frames_and_short_frames() {
+        let mut batch = Batch::new();
+        batch.bufs.push(vec![0u8; 100].into_boxed_slice());
+        let f = frame_bytes();
+        batch.bufs[0][..60].copy_from_slice(&f);
+        batch.push_local(0, 0, 60, VnetHdr::default(), None);
+        batch.push_local(0, 0, 10, VnetHdr::default(), None);
+        assert_eq!(batch.materialize(0, TagAction::Keep, 1 << 16), f);
+        assert_eq!(batch.materialize(0, TagAction::Keep, 20), &f[..20]);
+        let pushed = batch.materialize(0, TagAction::Push(Tci::new(0, false, 7)), 1 << 16);
+        assert_eq!(pushed.len(), 64);
+        assert_eq!(&pushed[16..], &f[12..]);
+        assert_eq!(batch.frames[1].head_len, 10);
+        assert_eq!(batch.tail(&batch.frames[1]).len(), 0);
+    }
+}

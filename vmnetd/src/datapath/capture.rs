@@ -1,0 +1,87 @@
+//! Port captures (`vmnetd capture`): copies of what a port receives and sends, handed to the
+//! control plane over a bounded channel. The datapath never waits for a slow reader: a full
+//! channel drops the copy and counts it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+/// Direction of a captured frame, seen from the port's peer: `rx` = the port received it
+/// (the peer sent it), `tx` = the port sent it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dir {
+    Rx,
+    Tx,
+}
+
+#[derive(Debug, Clone)]
+pub struct Captured {
+    pub ts: SystemTime,
+    pub dir: Dir,
+    /// The frame as on the wire of this port (tags included), cut to the snap length.
+    pub data: Vec<u8>,
+    /// Length before cutting.
+    pub orig_len: u32,
+}
+
+/// One capture session on one port.
+#[derive(Debug)]
+pub struct Sink {
+    tx: tokio::sync::mpsc::Sender<Captured>,
+    remaining: Option<u64>,
+    pub snaplen: usize,
+    /// Copies dropped because the reader was behind (shared with the reader).
+    pub dropped: Arc<AtomicU64>,
+}
+
+impl Sink {
+    pub fn new(
+        tx: tokio::sync::mpsc::Sender<Captured>,
+        count: Option<u64>,
+        snaplen: usize,
+        dropped: Arc<AtomicU64>,
+    ) -> Sink {
+        Sink {
+            tx,
+            remaining: count,
+            snaplen,
+            dropped,
+        }
+    }
+
+    /// Offers one frame; returns false when the session is over (reader gone, or count
+    /// reached) and the sink should be removed.
+    pub fn offer(
+        &mut self,
+        dir: Dir,
+        orig_len: usize,
+        data: impl FnOnce(usize) -> Vec<u8>,
+    ) -> bool {
+        if self.remaining == Some(0) || self.tx.is_closed() {
+            return false;
+        }
+        let c = Captured {
+            ts: SystemTime::now(),
+            dir,
+            data: data(self.snaplen),
+            orig_len: orig_len as u32,
+        };
+        match self.tx.try_send(c) {
+            Ok(()) => {
+                if let Some(r) = &mut self.remaining {
+                    *r -= 1;
+                    return *r > 0;
+                }
+                true
+            }
+            Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! `internal` ports: a TAP whose userspace side vmnetd holds. Its kernel side is a host
+//! interface: an address on it reaches the VM network, and moved into a network namespace it
+//! is a host on the bridge.
+//!
+//! The TAP runs with `IFF_VNET_HDR` (12-byte header) and `TUNSETOFFLOAD`
+//! (checksum and TSO), so the host stack hands over 64 KiB TCP segments instead of cutting
+//! them into MTU-sized frames, and takes them back the same way.
+
+use std::fs::File;
+use std::io::{self, IoSlice, Read};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+
+use vmnetd_vhost::virtio_net::{VnetHdr, HDR_LEN};
+
+use crate::datapath::batch::{out_iov, Batch, BURST, OUT_HEAD_MAX};
+use crate::ifname::IfName;
+use crate::switch::Egress;
+use crate::sys::tap::{offload, Mode, OpenFlags, Tap};
+
+use super::{RecvResult, SendResult};
+
+#[derive(Debug)]
+pub struct InternalPort {
+    pub ifname: IfName,
+    file: File,
+}
+
+/// How vmnetd opens the TAP of an internal port.
+pub const FLAGS: OpenFlags = OpenFlags {
+    mode: Mode::Tap,
+    multi_queue: false,
+    vnet_hdr: true,
+};
+
+impl InternalPort {
+    /// Attaches to the (existing, persistent) TAP `ifname` and sets it up for the datapath.
+    pub fn open(ifname: IfName) -> Result<InternalPort, crate::sys::tap::Error> {
+        let tap = Tap::open(Some(&ifname), FLAGS, false)?;
+        tap.set_vnet_hdr_size(HDR_LEN as i32)?;
+        tap.set_offload(offload::CSUM | offload::TSO4 | offload::TSO6 | offload::TSO_ECN)?;
+        tap.set_nonblocking()?;
+        Ok(InternalPort {
+            ifname,
+            file: tap.into_file(),
+        })
+    }
+
+    /// Makes the TAP non-persistent, so it disappears when this queue closes — wherever the
+    /// device is now, even in another network namespace.
+    pub fn unpersist(&self) -> io::Result<()> {
+        crate::sys::tap::set_persist_fd(&self.file, &self.ifname, false)
+            .map_err(|e| io::Error::other(crate::api::error_chain(&e)))
+    }
+
+    pub fn recv(&mut self, batch: &mut Batch) -> io::Result<RecvResult> {
+        batch.ensure_bufs(BURST, HDR_LEN);
+        let mut r = RecvResult::default();
+        for i in 0..BURST {
+            let n = match self.file.read(&mut batch.bufs[i]) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(r),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if n < HDR_LEN {
+                r.bad += 1;
+                r.bad_bytes += n as u64;
+                continue;
+            }
+            let vnet = VnetHdr::parse(&batch.bufs[i][..HDR_LEN]).unwrap_or_default();
+            batch.push_local(i as u16, HDR_LEN, n - HDR_LEN, vnet, None);
+        }
+        r.more = true;
+        Ok(r)
+    }
+
+    pub fn send(&mut self, src: &Batch, list: &[Egress]) -> SendResult {
+        let mut res = SendResult::default();
+        let mut head = [0u8; OUT_HEAD_MAX];
+        for e in list {
+            let f = &src.frames[e.frame];
+            let n = f.out_head(e.action, &mut head);
+            let vnet = f.out_vnet(e.action).to_bytes(0);
+            let iov: [IoSlice<'_>; 3] = out_iov(&vnet, &head[..n], src.tail(f));
+            let len = e.action.splice().out_len(f.len as usize) as u64;
+            match nix::sys::uio::writev(&self.file, &iov) {
+                Ok(_) => res.sent += 1,
+                Err(nix::errno::Errno::EAGAIN) => {
+                    res.no_room.0 += 1;
+                    res.no_room.1 += len;
+                }
+                Err(err) => {
+                    log::debug!("{}: write: {err}", self.ifname);
+                    res.errors.0 += 1;
+                    res.errors.1 += len;
+                }
+            }
+        }
+        res
+    }
+}
+
+impl AsRawFd for InternalPort {
+    fn as_raw_fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+}
+
+impl AsFd for InternalPort {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+}

@@ -1,0 +1,132 @@
+//! `netdev` ports: an existing kernel interface (a vmnetd TAP that QEMU opens, a veth end, an
+//! uplink NIC) joined to the built-in bridge through an AF_PACKET socket.
+//!
+//! Frames come and go with a virtio-net header, so a GSO super-frame from a veth or a TAP
+//! crosses whole and the kernel segments it only where it must. VLAN tags the kernel moved
+//! into the skb come back from `PACKET_AUXDATA` and are put back into the frame. Frames this
+//! socket sends are never read back (`PACKET_IGNORE_OUTGOING`), so nothing loops.
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+
+use vmnetd_vhost::virtio_net::{VnetHdr, HDR_LEN_LEGACY};
+
+use crate::datapath::batch::{out_iov, Batch, BURST, MAX_FRAME, OUT_HEAD_MAX};
+use crate::ifname::IfName;
+use crate::switch::Egress;
+use crate::sys::packet::{PacketSocket, RecvInfo, CMSG_SPACE};
+
+use super::{RecvResult, SendResult};
+
+#[derive(Debug)]
+pub struct NetdevPort {
+    pub ifname: IfName,
+    pub ifindex: u32,
+    sock: PacketSocket,
+    vnet: Vec<[u8; HDR_LEN_LEGACY]>,
+    cmsgs: Vec<[u8; CMSG_SPACE]>,
+    infos: Vec<RecvInfo>,
+}
+
+impl NetdevPort {
+    pub fn open(ifname: IfName, ifindex: u32) -> io::Result<NetdevPort> {
+        let sock = PacketSocket::open(ifindex)?;
+        sock.set_buffers(4 << 20);
+        Ok(NetdevPort {
+            ifname,
+            ifindex,
+            sock,
+            vnet: vec![[0; HDR_LEN_LEGACY]; BURST],
+            cmsgs: vec![[0; CMSG_SPACE]; BURST],
+            infos: vec![RecvInfo::default(); BURST],
+        })
+    }
+
+    pub fn recv(&mut self, batch: &mut Batch) -> io::Result<RecvResult> {
+        batch.ensure_bufs(BURST, 0);
+        let mut iovs: Vec<[IoSliceMut<'_>; 2]> = self
+            .vnet
+            .iter_mut()
+            .zip(batch.bufs.iter_mut())
+            .map(|(h, b)| [IoSliceMut::new(h), IoSliceMut::new(&mut b[..MAX_FRAME - 4])])
+            .collect();
+        let n = self
+            .sock
+            .recv_batch(&mut iovs, &mut self.cmsgs, &mut self.infos)?;
+        drop(iovs);
+        let mut r = RecvResult {
+            more: n == BURST,
+            ..Default::default()
+        };
+        for i in 0..n {
+            let info = self.infos[i];
+            if info.truncated || info.len < HDR_LEN_LEGACY {
+                r.bad += 1;
+                r.bad_bytes += info.len as u64;
+                continue;
+            }
+            let vnet = VnetHdr::parse(&self.vnet[i]).unwrap_or_default();
+            batch.push_local(i as u16, 0, info.len - HDR_LEN_LEGACY, vnet, info.vlan);
+        }
+        Ok(r)
+    }
+
+    pub fn send(&mut self, src: &Batch, list: &[Egress]) -> SendResult {
+        let mut heads = [[0u8; OUT_HEAD_MAX]; BURST];
+        let mut vnets = [[0u8; HDR_LEN_LEGACY]; BURST];
+        let mut res = SendResult::default();
+        for chunk in list.chunks(BURST) {
+            let mut lens = [0usize; BURST];
+            for (k, e) in chunk.iter().enumerate() {
+                let f = &src.frames[e.frame];
+                lens[k] = f.out_head(e.action, &mut heads[k]);
+                vnets[k] = f.out_vnet(e.action).to_legacy_bytes();
+            }
+            let iovs: Vec<[IoSlice<'_>; 3]> = chunk
+                .iter()
+                .enumerate()
+                .map(|(k, e)| {
+                    out_iov(
+                        &vnets[k],
+                        &heads[k][..lens[k]],
+                        src.tail(&src.frames[e.frame]),
+                    )
+                })
+                .collect();
+            let refs: Vec<&[IoSlice<'_>]> = iovs.iter().map(|v| &v[..]).collect();
+            let bytes = |from: usize| -> u64 {
+                chunk[from..]
+                    .iter()
+                    .map(|e| e.action.splice().out_len(src.frames[e.frame].len as usize) as u64)
+                    .sum()
+            };
+            match self.sock.send_batch(&refs) {
+                Ok(sent) => {
+                    res.sent += sent as u64;
+                    if sent < chunk.len() {
+                        res.no_room.0 += (chunk.len() - sent) as u64;
+                        res.no_room.1 += bytes(sent);
+                    }
+                }
+                Err(e) => {
+                    log::debug!("{}: send: {e}", self.ifname);
+                    res.errors.0 += chunk.len() as u64;
+                    res.errors.1 += bytes(0);
+                }
+            }
+        }
+        res
+    }
+}
+
+impl AsRawFd for NetdevPort {
+    fn as_raw_fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
+}
+
+impl AsFd for NetdevPort {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+}

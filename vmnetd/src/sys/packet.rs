@@ -1,0 +1,291 @@
+//! AF_PACKET sockets for `netdev` ports (see `packet(7)`): one raw socket per interface,
+//! with a virtio-net header on every frame (`PACKET_VNET_HDR`, so GSO super-frames and
+//! partial checksums cross whole), the VLAN tag the kernel strips into the skb reported in
+//! `PACKET_AUXDATA`, our own transmissions never read back (`PACKET_IGNORE_OUTGOING`), and
+//! batched I/O with `recvmmsg`/`sendmmsg`.
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::mem::{size_of, zeroed};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+// linux/if_packet.h
+const PACKET_ADD_MEMBERSHIP: libc::c_int = 1;
+const PACKET_AUXDATA: libc::c_int = 8;
+const PACKET_VNET_HDR: libc::c_int = 15;
+const PACKET_QDISC_BYPASS: libc::c_int = 20;
+const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
+const PACKET_MR_PROMISC: libc::c_ushort = 1;
+const TP_STATUS_VLAN_VALID: u32 = 1 << 4;
+const TP_STATUS_VLAN_TPID_VALID: u32 = 1 << 6;
+const ETH_P_ALL: u16 = 0x0003;
+
+/// Size of the `struct virtio_net_hdr` that `PACKET_VNET_HDR` puts before every frame.
+pub const VNET_HDR_LEN: usize = 10;
+
+/// Room for one `PACKET_AUXDATA` control message.
+pub const CMSG_SPACE: usize = 64;
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct TpacketAuxdata {
+    tp_status: u32,
+    tp_len: u32,
+    tp_snaplen: u32,
+    tp_mac: u16,
+    tp_net: u16,
+    tp_vlan_tci: u16,
+    tp_vlan_tpid: u16,
+}
+
+#[repr(C)]
+struct PacketMreq {
+    mr_ifindex: libc::c_int,
+    mr_type: libc::c_ushort,
+    mr_alen: libc::c_ushort,
+    mr_address: [u8; 8],
+}
+
+/// What the kernel said about one received frame.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RecvInfo {
+    /// Bytes received, virtio-net header included.
+    pub len: usize,
+    /// The frame was longer than the buffers (and was cut).
+    pub truncated: bool,
+    /// An 802.1Q tag the kernel removed from the frame: (TPID, TCI).
+    pub vlan: Option<(u16, u16)>,
+}
+
+/// An AF_PACKET socket bound to one interface.
+#[derive(Debug)]
+pub struct PacketSocket {
+    fd: OwnedFd,
+}
+
+fn check(ret: libc::c_int, what: &str) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        let e = io::Error::last_os_error();
+        Err(io::Error::new(e.kind(), format!("{what}: {e}")))
+    } else {
+        Ok(ret)
+    }
+}
+
+impl PacketSocket {
+    /// Opens a non-blocking raw packet socket on interface `ifindex`, in promiscuous mode.
+    pub fn open(ifindex: u32) -> io::Result<PacketSocket> {
+        let proto = ETH_P_ALL.to_be();
+        // SAFETY: plain socket(2) call with constant arguments; the result is checked and
+        // owned right away.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                libc::c_int::from(proto),
+            )
+        };
+        check(raw, "socket(AF_PACKET)")?;
+        // SAFETY: `raw` is a fresh, valid descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let s = PacketSocket { fd };
+        s.setsockopt_int(PACKET_VNET_HDR, 1, "PACKET_VNET_HDR")?;
+        s.setsockopt_int(PACKET_AUXDATA, 1, "PACKET_AUXDATA")?;
+        s.setsockopt_int(PACKET_IGNORE_OUTGOING, 1, "PACKET_IGNORE_OUTGOING")?;
+        // Best effort: skipping the qdisc only makes transmission cheaper.
+        let _ = s.setsockopt_int(PACKET_QDISC_BYPASS, 1, "PACKET_QDISC_BYPASS");
+        let mreq = PacketMreq {
+            mr_ifindex: libc::c_int::try_from(ifindex)
+                .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?,
+            mr_type: PACKET_MR_PROMISC,
+            mr_alen: 0,
+            mr_address: [0; 8],
+        };
+        // SAFETY: `mreq` is a `repr(C)` `struct packet_mreq` that outlives the call, and the
+        // length passed is its size. The return value is checked.
+        let ret = unsafe {
+            libc::setsockopt(
+                s.fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                PACKET_ADD_MEMBERSHIP,
+                (&mreq as *const PacketMreq).cast(),
+                size_of::<PacketMreq>() as libc::socklen_t,
+            )
+        };
+        check(ret, "PACKET_ADD_MEMBERSHIP")?;
+        // SAFETY: an all-zero sockaddr_ll is valid; we fill in the fields bind() reads.
+        let mut sll: libc::sockaddr_ll = unsafe { zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = proto;
+        sll.sll_ifindex = mreq.mr_ifindex;
+        // SAFETY: `sll` is a valid sockaddr_ll and the length is its size; checked.
+        let ret = unsafe {
+            libc::bind(
+                s.fd.as_raw_fd(),
+                (&sll as *const libc::sockaddr_ll).cast(),
+                size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        check(ret, "bind(AF_PACKET)")?;
+        Ok(s)
+    }
+
+    fn setsockopt_int(&self, opt: libc::c_int, val: libc::c_int, what: &str) -> io::Result<()> {
+        // SAFETY: passes a pointer to a live `c_int` and its size; checked.
+        let ret = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                opt,
+                (&val as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        check(ret, what).map(drop)
+    }
+
+    /// Sets the socket's send and receive buffer sizes (best effort, capped by sysctls).
+    pub fn set_buffers(&self, bytes: usize) {
+        let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+        for opt in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
+            // SAFETY: pointer to a live `c_int` and its size; a failure is harmless.
+            unsafe {
+                libc::setsockopt(
+                    self.fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    opt,
+                    (&v as *const libc::c_int).cast(),
+                    size_of::<libc::c_int>() as libc::socklen_t,
+                );
+            }
+        }
+    }
+
+    /// Receives up to `bufs.len()` frames with one `recvmmsg`. Each entry of `bufs` is the
+    /// scatter list for one frame (typically: the 10-byte vnet header, then the frame
+    /// buffer); `cmsgs` gives each frame room for its control message. Fills `infos` and
+    /// returns how many frames arrived (0 when none is waiting).
+    pub fn recv_batch(
+        &self,
+        bufs: &mut [[IoSliceMut<'_>; 2]],
+        cmsgs: &mut [[u8; CMSG_SPACE]],
+        infos: &mut [RecvInfo],
+    ) -> io::Result<usize> {
+        let n = bufs.len().min(cmsgs.len()).min(infos.len());
+        if n == 0 {
+            return Ok(0);
+        }
+        // SAFETY: an all-zero mmsghdr is valid (null pointers, zero lengths).
+        let mut msgs: Vec<libc::mmsghdr> = (0..n).map(|_| unsafe { zeroed() }).collect();
+        for (i, m) in msgs.iter_mut().enumerate() {
+            // `IoSliceMut` is ABI-compatible with `struct iovec` (std guarantees it on Unix).
+            m.msg_hdr.msg_iov = bufs[i].as_mut_ptr().cast();
+            m.msg_hdr.msg_iovlen = 2;
+            m.msg_hdr.msg_control = cmsgs[i].as_mut_ptr().cast();
+            m.msg_hdr.msg_controllen = CMSG_SPACE;
+        }
+        // SAFETY: `msgs` holds `n` headers whose iovecs and control buffers point into
+        // `bufs` and `cmsgs`, which are borrowed mutably for the whole call and outlive it.
+        // The kernel writes at most the given lengths. The return value is checked.
+        let ret = unsafe {
+            libc::recvmmsg(
+                self.fd.as_raw_fd(),
+                msgs.as_mut_ptr(),
+                n as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if ret < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::WouldBlock {
+                Ok(0)
+            } else {
+                Err(e)
+            };
+        }
+        let got = ret as usize;
+        for (i, m) in msgs.iter().enumerate().take(got) {
+            infos[i] = RecvInfo {
+                len: m.msg_len as usize,
+                truncated: m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
+                vlan: parse_auxdata(&m.msg_hdr),
+            };
+        }
+        Ok(got)
+    }
+
+    /// Sends each scatter list of `frames` as one frame (vnet header first) with one
+    /// `sendmmsg`. Returns how many were accepted; the rest had no room (or an error the
+    /// caller sees as fewer sent). Errors other than "no room" are returned.
+    pub fn send_batch(&self, frames: &[&[IoSlice<'_>]]) -> io::Result<usize> {
+        if frames.is_empty() {
+            return Ok(0);
+        }
+        // SAFETY: an all-zero mmsghdr is valid.
+        let mut msgs: Vec<libc::mmsghdr> = (0..frames.len()).map(|_| unsafe { zeroed() }).collect();
+        for (m, iov) in msgs.iter_mut().zip(frames) {
+            // `IoSlice` is ABI-compatible with `struct iovec`; the kernel only reads it.
+            m.msg_hdr.msg_iov = iov.as_ptr() as *mut libc::iovec;
+            m.msg_hdr.msg_iovlen = iov.len();
+        }
+        // SAFETY: every header points at an iovec array borrowed from `frames` for the call;
+        // sendmmsg only reads them. The return value is checked.
+        let ret = unsafe {
+            libc::sendmmsg(
+                self.fd.as_raw_fd(),
+                msgs.as_mut_ptr(),
+                msgs.len() as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if ret < 0 {
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::EAGAIN) | Some(libc::ENOBUFS) => Ok(0),
+                _ => Err(e),
+            };
+        }
+        Ok(ret as usize)
+    }
+}
+
+fn parse_auxdata(h: &libc::msghdr) -> Option<(u16, u16)> {
+    // SAFETY: `h` was filled by recvmmsg; the CMSG_* macros walk its control buffer within
+    // `msg_controllen`, and each data pointer is read only when the message is a
+    // PACKET_AUXDATA one of at least `size_of::<TpacketAuxdata>()` bytes (read unaligned).
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(h);
+        while !c.is_null() {
+            let hdr = &*c;
+            if hdr.cmsg_level == libc::SOL_PACKET
+                && hdr.cmsg_type == PACKET_AUXDATA
+                && hdr.cmsg_len >= libc::CMSG_LEN(size_of::<TpacketAuxdata>() as u32) as usize
+            {
+                let aux: TpacketAuxdata = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                if aux.tp_status & TP_STATUS_VLAN_VALID != 0 || aux.tp_vlan_tci != 0 {
+                    let tpid = if aux.tp_status & TP_STATUS_VLAN_TPID_VALID != 0 {
+                        aux.tp_vlan_tpid
+                    } else {
+                        0x8100
+                    };
+                    return Some((tpid, aux.tp_vlan_tci));
+                }
+                return None;
+            }
+            c = libc::CMSG_NXTHDR(h, c);
+        }
+    }
+    None
+}
+
+impl AsRawFd for PacketSocket {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+impl AsFd for PacketSocket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
