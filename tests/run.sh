@@ -7,8 +7,13 @@ cd "$(dirname "$0")/.."
 . ./.ci/lib.sh
 
 need_root
-apt_install build-essential pkg-config ca-certificates curl iproute2
+# Real peers the tests use: iproute2, ping, tcpdump, tshark, iperf3, QEMU (TCG) with a
+# busybox initramfs; cpio, kmod and xz build the guest.
+apt_install build-essential pkg-config ca-certificates curl iproute2 iputils-ping \
+    tcpdump tshark iperf3 qemu-system-x86 busybox-static cpio kmod xz-utils
 ensure_rust
+# The guest kernel (a Debian cloud kernel, downloaded, never installed) and its modules.
+tests/guest/build.sh target/guest
 
 cargo fmt --all -- --check
 cargo clippy --locked --workspace --all-targets --features vmnetd-tests/root-tests -- -D warnings

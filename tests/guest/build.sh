@@ -10,8 +10,13 @@ OUT=$(cd "$OUT" && pwd)
 [ -s "$OUT/vmlinuz" ] && [ -s "$OUT/modules.order" ] && exit 0
 
 command -v busybox >/dev/null || { echo "busybox-static is not installed" >&2; exit 1; }
-PKG=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-/{print $2; exit}')
-[ -n "$PKG" ] || { echo "cannot resolve linux-image-cloud-amd64 (apt-get update?)" >&2; exit 1; }
+pkg() { apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-/{print $2; exit}'; }
+PKG=$(pkg)
+if [ -z "$PKG" ]; then
+    apt-get update -q >/dev/null
+    PKG=$(pkg)
+fi
+[ -n "$PKG" ] || { echo "cannot resolve linux-image-cloud-amd64 from the apt sources" >&2; exit 1; }
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 (cd "$WORK" && apt-get download "$PKG" >/dev/null 2>&1 || apt-get download "$PKG")

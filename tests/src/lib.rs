@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+pub mod guest;
 pub mod netns;
+pub mod topo;
 pub use netns::in_netns;
 
 /// Path of a workspace binary (`vmnetd`, `vmnetd-libvirt-hook`) built next to the tests.
@@ -175,6 +177,24 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// Waits for a child for at most `timeout`; kills it and panics if it takes longer, so a test
+/// never hangs.
+#[track_caller]
+pub fn wait_child(c: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(st)) = c.try_wait() {
+            return st;
+        }
+        if Instant::now() > end {
+            let _ = c.kill();
+            let _ = c.wait();
+            panic!("child {} did not finish within {timeout:?}", c.id());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A `vmnetd daemon` process with private state and run dirs under `root`.
 pub struct Daemon {
     child: Option<Child>,
@@ -194,13 +214,22 @@ impl Daemon {
         Daemon::start_with(root, &[])
     }
 
+    /// Starts a daemon with `extra` arguments. Unless they name a `--config`, it gets an
+    /// empty one, so the host's /etc/vmnetd/vmnetd.toml never leaks into a test.
     pub fn start_with(root: &Path, extra: &[&str]) -> Daemon {
+        let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        if !extra.iter().any(|a| a == "--config") {
+            let cfg = root.join("empty.toml");
+            std::fs::write(&cfg, "# test: no declarations\n").expect("write test config");
+            extra.push("--config".into());
+            extra.push(cfg.display().to_string());
+        }
         let mut d = Daemon {
             child: None,
             root: root.to_owned(),
             socket: root.join("run").join("vmnetd.sock"),
             log: root.join("daemon.log"),
-            extra: extra.iter().map(|s| s.to_string()).collect(),
+            extra,
         };
         d.restart();
         d

@@ -16,10 +16,21 @@ fn main() {
             ) {
                 e.exit();
             }
-            // One line, like every other failure: clap's first line without its "error: ".
+            // One line, like every other failure: clap's message without "error: ", the
+            // usage and help hints, with a list ("...not provided:\n  --trunk <VIDS>")
+            // folded into the line.
             let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or("invalid command line");
-            eprintln!("vmnetd: {}", first.strip_prefix("error: ").unwrap_or(first));
+            let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+            let first = lines.next().unwrap_or("invalid command line");
+            let mut msg = first.strip_prefix("error: ").unwrap_or(first).to_owned();
+            if msg.ends_with(':') {
+                let items: Vec<&str> = lines
+                    .take_while(|l| l.starts_with(' '))
+                    .map(str::trim)
+                    .collect();
+                msg = format!("{} {}", msg, items.join(", "));
+            }
+            eprintln!("vmnetd: {msg}");
             std::process::exit(2);
         }
     };
