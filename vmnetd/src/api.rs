@@ -253,10 +253,16 @@ pub struct PortInfo {
     pub lock_mac: bool,
     /// The kernel interface behind the port.
     pub ifname: Option<IfName>,
-    /// `up`, `down: REASON` or `missing: REASON`.
+    /// `up`, `down: REASON`, `missing: REASON` or `detached: REASON`; a Linux bridge port
+    /// whose kernel VLANs differ from its declaration ends in `(vlan drift)`.
     pub state: String,
     pub source: Source,
+    /// Built-in bridge ports: the switch's counters.
     pub counters: Option<Counters>,
+    /// Linux bridge ports: the VLANs the kernel has on the port (`bridge vlan show`), read
+    /// back, so drift from the declaration is visible.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_vlans: Option<Vec<crate::linuxbr::KernelVlan>>,
 }
 
 /// Port counters with drops by reason name.

@@ -545,6 +545,24 @@ fn port_cmd(ctx: &Ctx, cmd: PortCommand) -> Result<(), Failure> {
                                     if p.lock_mac { " (locked)" } else { "" }
                                 )
                             },
+                            p.kernel_vlans.as_ref().map_or("-".into(), |v| {
+                                let s: Vec<String> = v
+                                    .iter()
+                                    .map(|k| {
+                                        format!(
+                                            "{}{}{}",
+                                            k.vid,
+                                            if k.pvid { " pvid" } else { "" },
+                                            if k.untagged { " untagged" } else { "" }
+                                        )
+                                    })
+                                    .collect();
+                                if s.is_empty() {
+                                    "none".into()
+                                } else {
+                                    s.join(",")
+                                }
+                            }),
                             p.state.clone(),
                             c.rx_packets.to_string(),
                             c.tx_packets.to_string(),
@@ -554,7 +572,16 @@ fn port_cmd(ctx: &Ctx, cmd: PortCommand) -> Result<(), Failure> {
                     .collect::<Vec<_>>();
                 print_table(
                     &[
-                        "BRIDGE", "PORT", "KIND", "IFNAME", "VLAN", "MACS", "STATE", "RX", "TX",
+                        "BRIDGE",
+                        "PORT",
+                        "KIND",
+                        "IFNAME",
+                        "VLAN",
+                        "MACS",
+                        "KERNEL-VLANS",
+                        "STATE",
+                        "RX",
+                        "TX",
                         "DROPS",
                     ],
                     &rows,

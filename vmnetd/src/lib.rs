@@ -19,6 +19,7 @@ pub mod config;
 pub mod daemon;
 pub mod datapath;
 pub mod ifname;
+pub mod linuxbr;
 pub mod netlink;
 pub mod pcap;
 pub mod ports;

@@ -15,6 +15,7 @@ use crate::api::{
 };
 use crate::datapath::PortState;
 use crate::ifname::IfName;
+use crate::linuxbr::{self, KernelVlan};
 use crate::netlink::LinkChange;
 use crate::ports::{Edge, InternalPort, NetdevPort};
 use crate::state::{BridgeDecl, PortDecl};
@@ -29,6 +30,10 @@ fn err(kind: ErrorKind, msg: impl Into<String>) -> ApiError {
 
 fn gone(e: crate::datapath::Gone) -> ApiError {
     ApiError::from_chain(ErrorKind::Internal, &e)
+}
+
+fn lb_err(e: linuxbr::Error) -> ApiError {
+    ApiError::from_chain(e.kind(), &e)
 }
 
 fn internal<E: std::error::Error + 'static>(e: E) -> ApiError {
@@ -148,8 +153,22 @@ impl Core {
             .map(|b| b.spec.clone())
             .collect();
         for spec in bridges {
-            if let Err(e) = self.start_bridge(&spec).await {
-                log::error!("bridge {}: {}", spec.name, e.message);
+            match self.start_bridge(&spec).await {
+                Ok(true) => {
+                    // A kernel bridge that vanished (a reboot) was made again: it is ours.
+                    for b in self
+                        .config_bridges
+                        .iter_mut()
+                        .chain(self.state.bridges.iter_mut())
+                    {
+                        if b.spec.name == spec.name {
+                            b.created = true;
+                        }
+                    }
+                    log::info!("bridge {}: created", spec.name);
+                }
+                Ok(false) => {}
+                Err(e) => log::error!("bridge {}: {}", spec.name, e.message),
             }
         }
         for spec in &config.ports {
@@ -212,8 +231,9 @@ impl Core {
         }
     }
 
-    /// Makes a declared bridge exist (in the datapath or the kernel).
-    async fn start_bridge(&mut self, spec: &BridgeSpec) -> Result<(), ApiError> {
+    /// Makes a declared bridge exist (in the datapath or the kernel). Returns whether a
+    /// kernel bridge was created now (rather than adopted).
+    async fn start_bridge(&mut self, spec: &BridgeSpec) -> Result<bool, ApiError> {
         match spec.kind {
             BridgeKind::Builtin => {
                 let (name, cfg) = (spec.name.to_string(), switch_config(spec));
@@ -224,13 +244,20 @@ impl Core {
                         }
                     })
                     .await
-                    .map_err(gone)
+                    .map_err(gone)?;
+                Ok(false)
             }
-            BridgeKind::Linux => Err(err(
-                ErrorKind::Unsupported,
-                "Linux bridges (--kind linux) are not supported yet; use --kind builtin",
-            )),
+            BridgeKind::Linux => {
+                let (_, created) = linuxbr::create_or_adopt(&self.nl, spec)
+                    .await
+                    .map_err(lb_err)?;
+                Ok(created)
+            }
         }
+    }
+
+    fn bridge_kind(&self, name: &IfName) -> Option<BridgeKind> {
+        self.bridge_decl(name.as_str()).map(|(b, _)| b.spec.kind)
     }
 
     pub async fn bridge_add(&mut self, spec: BridgeSpec) -> Result<BridgeInfo, ApiError> {
@@ -244,25 +271,23 @@ impl Core {
                 format!("Bridge {} already exists with other settings", spec.name),
             ));
         }
-        self.start_bridge(&spec).await?;
-        self.state.bridges.push(BridgeDecl {
+        let created = self.start_bridge(&spec).await?;
+        let decl = BridgeDecl {
             spec: spec.clone(),
-            created: true,
-        });
+            created: created || spec.kind == BridgeKind::Builtin,
+        };
+        self.state.bridges.push(decl.clone());
         if let Err(e) = self.store.save(&self.state) {
             self.state.bridges.pop();
-            let name = spec.name.to_string();
-            let _ = self
-                .dp
-                .call(move |dp| dp.remove_bridge(&name).map(drop))
-                .await;
+            self.stop_bridge(&decl).await;
             return Err(internal(e));
         }
-        log::info!("bridge {} ({}): added", spec.name, spec.kind);
-        let decl = BridgeDecl {
-            spec,
-            created: true,
-        };
+        log::info!(
+            "bridge {} ({}): {}",
+            spec.name,
+            spec.kind,
+            if decl.created { "added" } else { "adopted" }
+        );
         self.bridge_info(&decl, Source::State).await
     }
 
@@ -312,15 +337,36 @@ impl Core {
             })
             .await?;
         }
-        let name = req.name.to_string();
-        self.dp
-            .call(move |dp| dp.remove_bridge(&name).map(drop))
-            .await
-            .map_err(gone)?;
+        self.stop_bridge(&decl).await;
         self.state.bridges.retain(|b| b.spec.name != req.name);
         self.store.save(&self.state).map_err(internal)?;
         log::info!("bridge {}: removed", req.name);
         Ok(info)
+    }
+
+    /// Takes a bridge away: out of the datapath, or (a kernel bridge vmnetd created) deleted.
+    /// A Linux bridge vmnetd adopted stays.
+    async fn stop_bridge(&self, decl: &BridgeDecl) {
+        let name = decl.spec.name.to_string();
+        match decl.spec.kind {
+            BridgeKind::Builtin => {
+                let _ = self
+                    .dp
+                    .call(move |dp| dp.remove_bridge(&name).map(drop))
+                    .await;
+            }
+            BridgeKind::Linux if decl.created => {
+                if let Ok(Some(l)) = self.nl.link(&decl.spec.name).await {
+                    if let Err(e) = self.nl.delete_link(l.index).await {
+                        log::warn!(
+                            "bridge {name}: cannot delete it: {}",
+                            crate::api::error_chain(&e)
+                        );
+                    }
+                }
+            }
+            BridgeKind::Linux => log::info!("bridge {name}: adopted, so left in place"),
+        }
     }
 
     async fn bridge_info(&self, decl: &BridgeDecl, source: Source) -> Result<BridgeInfo, ApiError> {
@@ -372,6 +418,10 @@ impl Core {
     /// Opens a port's edge and hands it to the datapath. Returns whether vmnetd created the
     /// kernel device (an internal TAP).
     async fn attach(&self, spec: &PortSpec, policy: Policy) -> Result<bool, ApiError> {
+        if self.bridge_kind(&spec.bridge) == Some(BridgeKind::Linux) {
+            self.attach_linux(spec).await?;
+            return Ok(false);
+        }
         let (edge, mtu, created) = self.open_edge(spec, policy).await?;
         let cfg = PortConfig {
             mode: spec.vlan.clone(),
@@ -399,6 +449,78 @@ impl Core {
             )
         })?;
         Ok(created)
+    }
+
+    /// Enslaves a netdev to a Linux bridge with its VLANs. When the port needs VLANs and the
+    /// kernel cannot filter them, refuses before changing anything; a VLAN step that fails
+    /// after enslaving releases the port again.
+    async fn attach_linux(&self, spec: &PortSpec) -> Result<(), ApiError> {
+        let PortKind::Netdev { ifname } = &spec.kind else {
+            return Err(err(
+                ErrorKind::Unsupported,
+                "Internal ports belong to built-in bridges; on a Linux bridge, give the bridge itself an address",
+            ));
+        };
+        let br = self
+            .nl
+            .link(&spec.bridge)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| {
+                err(
+                    ErrorKind::NotFound,
+                    format!("Linux bridge {} does not exist", spec.bridge),
+                )
+            })?;
+        let link = self
+            .nl
+            .link(ifname)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| err(ErrorKind::NotFound, format!("No interface {ifname}")))?;
+        if link.name == "lo" || link.index == br.index {
+            return Err(err(
+                ErrorKind::InvalidArgument,
+                format!("{ifname} cannot be a port of {}", spec.bridge),
+            ));
+        }
+        let enslaved = link.controller == Some(br.index);
+        if let (false, Some(c)) = (enslaved, link.controller) {
+            let owner = self
+                .nl
+                .link_by_index(c)
+                .await
+                .ok()
+                .flatten()
+                .map_or(c.to_string(), |l| l.name);
+            return Err(lb_err(linuxbr::Error::EnslavedElsewhere {
+                port: ifname.clone(),
+                owner,
+            }));
+        }
+        let filtering = linuxbr::filtering_enabled(&self.nl, br.index)
+            .await
+            .map_err(lb_err)?;
+        let needs_vlans = spec.vlan != VlanMode::default();
+        if needs_vlans {
+            linuxbr::ensure_filtering(&self.nl, &br, ifname, &spec.vlan)
+                .await
+                .map_err(lb_err)?;
+        }
+        if !enslaved {
+            linuxbr::enslave(&self.nl, &link, br.index)
+                .await
+                .map_err(lb_err)?;
+        }
+        if needs_vlans || filtering {
+            if let Err(e) = linuxbr::apply_vlans(&self.nl, ifname, link.index, &spec.vlan).await {
+                if !enslaved {
+                    let _ = linuxbr::release(&self.nl, link.index).await;
+                }
+                return Err(lb_err(e));
+            }
+        }
+        Ok(())
     }
 
     /// Opens the I/O edge of a port: an AF_PACKET socket on a netdev, or the TAP of an
@@ -497,16 +619,10 @@ impl Core {
 
     pub async fn port_add(&mut self, spec: PortSpec) -> Result<PortInfo, ApiError> {
         validate_port(&spec)?;
-        let Some((bridge, _)) = self.bridge_decl(spec.bridge.as_str()) else {
+        if self.bridge_decl(spec.bridge.as_str()).is_none() {
             return Err(err(
                 ErrorKind::NotFound,
                 format!("No bridge {}", spec.bridge),
-            ));
-        };
-        if bridge.spec.kind == BridgeKind::Linux {
-            return Err(err(
-                ErrorKind::Unsupported,
-                "Linux bridges are not supported yet",
             ));
         }
         if let Some((existing, source)) = self.port_decl(spec.bridge.as_str(), spec.name.as_str()) {
@@ -557,7 +673,22 @@ impl Core {
     }
 
     /// Takes a port out of the datapath; deletes the TAP of an internal port vmnetd made.
+    /// A Linux bridge port is released (`ip link set PORT nomaster`).
     async fn detach(&self, spec: &PortSpec, created: bool) {
+        if self.bridge_kind(&spec.bridge) == Some(BridgeKind::Linux) {
+            let ifname = port_ifname(spec);
+            if let (Ok(Some(br)), Ok(Some(link))) = (
+                self.nl.link(&spec.bridge).await,
+                self.nl.link(&ifname).await,
+            ) {
+                if link.controller == Some(br.index) {
+                    if let Err(e) = linuxbr::release(&self.nl, link.index).await {
+                        log::warn!("port {}: {}", spec.name, crate::api::error_chain(&e));
+                    }
+                }
+            }
+            return;
+        }
         let (bridge, name) = (spec.bridge.to_string(), spec.name.to_string());
         let removed = self
             .dp
@@ -607,7 +738,61 @@ impl Core {
         Ok(info)
     }
 
+    /// A Linux bridge port as the kernel has it: enslaved or not, and its VLANs.
+    async fn linux_port_state(&self, spec: &PortSpec) -> (String, Option<Vec<KernelVlan>>) {
+        let ifname = port_ifname(spec);
+        let Ok(Some(br)) = self.nl.link(&spec.bridge).await else {
+            return (
+                format!("missing: Linux bridge {} does not exist", spec.bridge),
+                None,
+            );
+        };
+        let Ok(Some(link)) = self.nl.link(&ifname).await else {
+            return (format!("missing: no interface {ifname}"), None);
+        };
+        if link.controller != Some(br.index) {
+            return (
+                format!("detached: {ifname} is not a port of {}", spec.bridge),
+                None,
+            );
+        }
+        if !linuxbr::filtering_enabled(&self.nl, br.index)
+            .await
+            .unwrap_or(false)
+        {
+            return ("up".into(), None);
+        }
+        let vlans = linuxbr::port_vlans(&self.nl, link.index)
+            .await
+            .unwrap_or_default();
+        let drift = vlans != linuxbr::desired_vlans(&spec.vlan);
+        (
+            if drift {
+                "up (vlan drift)".into()
+            } else {
+                "up".into()
+            },
+            Some(vlans),
+        )
+    }
+
     async fn port_info(&self, decl: &PortDecl, source: Source) -> Result<PortInfo, ApiError> {
+        if self.bridge_kind(&decl.spec.bridge) == Some(BridgeKind::Linux) {
+            let (state, kernel_vlans) = self.linux_port_state(&decl.spec).await;
+            return Ok(PortInfo {
+                bridge: decl.spec.bridge.clone(),
+                name: decl.spec.name.clone(),
+                kind: decl.spec.kind.clone(),
+                vlan: decl.spec.vlan.clone(),
+                macs: decl.spec.macs.clone(),
+                lock_mac: decl.spec.lock_mac,
+                ifname: Some(port_ifname(&decl.spec)),
+                state,
+                source,
+                counters: None,
+                kernel_vlans,
+            });
+        }
         let (bridge, name) = (decl.spec.bridge.to_string(), decl.spec.name.to_string());
         let live = self
             .dp
@@ -641,6 +826,7 @@ impl Core {
             state,
             source,
             counters,
+            kernel_vlans: None,
         })
     }
 
@@ -823,6 +1009,26 @@ impl Core {
             })
             .map(|(p, _)| (p.spec.clone(), p.created))
             .collect();
+        // Linux bridge ports: re-enslave an interface that came back (a TAP re-made after a
+        // reboot, a libvirt vnetN) and put its VLANs back if they drifted.
+        let linux: Vec<PortSpec> = self
+            .port_decls()
+            .filter(|(p, _)| self.bridge_kind(&p.spec.bridge) == Some(BridgeKind::Linux))
+            .map(|(p, _)| p.spec.clone())
+            .collect();
+        for spec in linux {
+            let (state, _) = self.linux_port_state(&spec).await;
+            if state.starts_with("detached") || state.ends_with("(vlan drift)") {
+                match self.attach_linux(&spec).await {
+                    Ok(()) => log::info!(
+                        "port {} of {}: re-attached to the Linux bridge",
+                        spec.name,
+                        spec.bridge
+                    ),
+                    Err(e) => log::debug!("port {} of {}: {}", spec.name, spec.bridge, e.message),
+                }
+            }
+        }
         let mut changed = false;
         for (spec, created) in todo {
             // A netdev port waits for its interface; it is not created.
