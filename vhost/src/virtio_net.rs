@@ -144,3 +144,90 @@ mod tests {
         assert_eq!(plain.shifted(4), plain);
     }
 }
+
+/// Feature bits (virtio 1.2 §5.1.3 and §6).
+pub mod features {
+    pub const CSUM: u64 = 1 << 0;
+    pub const GUEST_CSUM: u64 = 1 << 1;
+    pub const CTRL_GUEST_OFFLOADS: u64 = 1 << 2;
+    pub const MTU: u64 = 1 << 3;
+    pub const MAC: u64 = 1 << 5;
+    pub const GUEST_TSO4: u64 = 1 << 7;
+    pub const GUEST_TSO6: u64 = 1 << 8;
+    pub const GUEST_ECN: u64 = 1 << 9;
+    pub const GUEST_UFO: u64 = 1 << 10;
+    pub const HOST_TSO4: u64 = 1 << 11;
+    pub const HOST_TSO6: u64 = 1 << 12;
+    pub const HOST_ECN: u64 = 1 << 13;
+    pub const MRG_RXBUF: u64 = 1 << 15;
+    pub const STATUS: u64 = 1 << 16;
+    pub const CTRL_VQ: u64 = 1 << 17;
+    pub const CTRL_RX: u64 = 1 << 18;
+    pub const CTRL_VLAN: u64 = 1 << 19;
+    pub const GUEST_ANNOUNCE: u64 = 1 << 21;
+    pub const MQ: u64 = 1 << 22;
+    pub const CTRL_MAC_ADDR: u64 = 1 << 23;
+    pub const RING_INDIRECT_DESC: u64 = 1 << 28;
+    pub const RING_EVENT_IDX: u64 = 1 << 29;
+    /// `VHOST_USER_F_PROTOCOL_FEATURES` (a vhost-user bit in the virtio feature word).
+    pub const PROTOCOL_FEATURES: u64 = 1 << 30;
+    pub const VERSION_1: u64 = 1 << 32;
+
+    /// What vmnetd's device offers. Constant, whatever the port's configuration, so a
+    /// frontend that reconnects (QEMU after a vmnetd restart) always finds at least what its
+    /// guest acked. GSO frames toward a guest that did not ack GUEST_TSO4/6 are segmented in
+    /// software, and partial checksums completed, so offering HOST_TSO* is always safe.
+    pub const OFFERED: u64 = VERSION_1
+        | MRG_RXBUF
+        | MAC
+        | STATUS
+        | RING_EVENT_IDX
+        | RING_INDIRECT_DESC
+        | MQ
+        | CTRL_VQ
+        | CTRL_RX
+        | CTRL_MAC_ADDR
+        | CSUM
+        | GUEST_CSUM
+        | HOST_TSO4
+        | HOST_TSO6
+        | HOST_ECN
+        | GUEST_TSO4
+        | GUEST_TSO6
+        | GUEST_ECN
+        | PROTOCOL_FEATURES;
+
+    /// Names of the bits in `f`, for `vmnetd port list`.
+    pub fn names(f: u64) -> Vec<&'static str> {
+        const ALL: [(u64, &str); 24] = [
+            (CSUM, "csum"),
+            (GUEST_CSUM, "guest_csum"),
+            (CTRL_GUEST_OFFLOADS, "ctrl_guest_offloads"),
+            (MTU, "mtu"),
+            (MAC, "mac"),
+            (GUEST_TSO4, "guest_tso4"),
+            (GUEST_TSO6, "guest_tso6"),
+            (GUEST_ECN, "guest_ecn"),
+            (GUEST_UFO, "guest_ufo"),
+            (HOST_TSO4, "host_tso4"),
+            (HOST_TSO6, "host_tso6"),
+            (HOST_ECN, "host_ecn"),
+            (MRG_RXBUF, "mrg_rxbuf"),
+            (STATUS, "status"),
+            (CTRL_VQ, "ctrl_vq"),
+            (CTRL_RX, "ctrl_rx"),
+            (CTRL_VLAN, "ctrl_vlan"),
+            (GUEST_ANNOUNCE, "guest_announce"),
+            (MQ, "mq"),
+            (CTRL_MAC_ADDR, "ctrl_mac_addr"),
+            (RING_INDIRECT_DESC, "indirect_desc"),
+            (RING_EVENT_IDX, "event_idx"),
+            (PROTOCOL_FEATURES, "protocol_features"),
+            (VERSION_1, "version_1"),
+        ];
+        ALL.iter()
+            .filter(|(b, _)| f & b != 0)
+            .map(|(_, n)| *n)
+            .collect()
+    }
+}

@@ -1,0 +1,250 @@
+//! The vhost-user socket of a port, and the thread that serves its frontend.
+//!
+//! - `server` mode: vmnetd listens on the socket (QEMU: `-chardev socket,path=...,reconnect=1`).
+//!   The socket is created 0660 and owned by the port's owner, so a QEMU running as that
+//!   user (or as libvirt-qemu) can connect; a stale socket left by a killed vmnetd is
+//!   replaced. One frontend at a time.
+//! - `client` mode: the frontend listens (QEMU `server=on`), vmnetd connects, and keeps
+//!   retrying with backoff (100 ms doubling to 2 s), forever: a guest survives a vmnetd
+//!   restart, and vmnetd survives a QEMU restart.
+//!
+//! When a frontend goes away (or breaks the protocol), the device forgets what it set up and
+//! the port waits for the next connection; nothing else is affected.
+
+use std::io;
+use std::os::fd::AsFd;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use vhost::vhost_user::{BackendReqHandler, Error as VuError};
+
+use crate::device::{Handler, Shared};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Server,
+    Client,
+}
+
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub path: PathBuf,
+    pub mode: Mode,
+    /// uid and gid that get the socket (and a directory created for it).
+    pub owner: Option<(u32, u32)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Socket path {0} is longer than a Unix socket address allows ({1} bytes max)")]
+    PathTooLong(PathBuf, usize),
+    #[error("{0} exists and is not a socket; vmnetd will not replace it")]
+    NotASocket(PathBuf),
+    #[error("Cannot create socket directory {0}")]
+    Dir(PathBuf, #[source] io::Error),
+    #[error("Cannot listen on {0}")]
+    Bind(PathBuf, #[source] io::Error),
+    #[error("Cannot give {0} to its owner")]
+    Chown(PathBuf, #[source] io::Error),
+    #[error("Cannot start the connection thread")]
+    Thread(#[source] io::Error),
+}
+
+/// `sun_path` is 108 bytes including the terminating NUL.
+const MAX_PATH: usize = 107;
+
+/// The running socket of one port. Dropping it (or [`Server::stop`]) ends the thread, drops
+/// the connection and, in server mode, removes the socket file.
+pub struct Server {
+    stop: Arc<AtomicBool>,
+    conn: Arc<Mutex<Option<UnixStream>>>,
+    thread: Option<JoinHandle<()>>,
+    endpoint: Endpoint,
+}
+
+fn chown(path: &Path, owner: Option<(u32, u32)>) -> Result<(), Error> {
+    if let Some((u, g)) = owner {
+        nix::unistd::chown(
+            path,
+            Some(nix::unistd::Uid::from_raw(u)),
+            Some(nix::unistd::Gid::from_raw(g)),
+        )
+        .map_err(|e| Error::Chown(path.to_owned(), e.into()))?;
+    }
+    Ok(())
+}
+
+fn listen(ep: &Endpoint) -> Result<UnixListener, Error> {
+    let path = &ep.path;
+    if path.as_os_str().len() > MAX_PATH {
+        return Err(Error::PathTooLong(path.clone(), MAX_PATH));
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o770)
+                .create(dir)
+                .map_err(|e| Error::Dir(dir.to_owned(), e))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o770))
+                .map_err(|e| Error::Dir(dir.to_owned(), e))?;
+            chown(dir, ep.owner)?;
+        }
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
+            let _ = std::fs::remove_file(path);
+        }
+        Ok(_) => return Err(Error::NotASocket(path.clone())),
+        Err(_) => {}
+    }
+    let l = UnixListener::bind(path).map_err(|e| Error::Bind(path.clone(), e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .map_err(|e| Error::Bind(path.clone(), e))?;
+    chown(path, ep.owner)?;
+    Ok(l)
+}
+
+impl Server {
+    /// Opens the socket (server mode: now, so errors reach the caller) and starts the thread.
+    pub fn start(shared: Arc<Shared>, endpoint: Endpoint) -> Result<Server, Error> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let conn = Arc::new(Mutex::new(None));
+        let listener = match endpoint.mode {
+            Mode::Server => Some(listen(&endpoint)?),
+            Mode::Client => None,
+        };
+        let (s2, c2, ep2) = (stop.clone(), conn.clone(), endpoint.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("vhu-{}", shared.name))
+            .stack_size(256 * 1024)
+            .spawn(move || match listener {
+                Some(l) => serve_listener(&shared, &l, &s2, &c2),
+                None => serve_client(&shared, &ep2.path, &s2, &c2),
+            })
+            .map_err(Error::Thread)?;
+        Ok(Server {
+            stop,
+            conn,
+            thread: Some(thread),
+            endpoint,
+        })
+    }
+
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// Ends the connection and the thread.
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(c) = self.conn.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        if self.endpoint.mode == Mode::Server {
+            let _ = std::fs::remove_file(&self.endpoint.path);
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Waits up to 200 ms for `fd` to become readable.
+fn readable<F: AsFd>(fd: &F) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+    matches!(poll(&mut fds, PollTimeout::from(200u16)), Ok(n) if n > 0)
+}
+
+fn serve_listener(
+    shared: &Arc<Shared>,
+    l: &UnixListener,
+    stop: &AtomicBool,
+    conn: &Mutex<Option<UnixStream>>,
+) {
+    while !stop.load(Ordering::SeqCst) {
+        if !readable(l) {
+            continue;
+        }
+        match l.accept() {
+            Ok((s, _)) => serve(shared, s, stop, conn),
+            Err(e) => {
+                log::warn!("vhost-user {}: accept: {e}", shared.name);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+fn serve_client(
+    shared: &Arc<Shared>,
+    path: &Path,
+    stop: &AtomicBool,
+    conn: &Mutex<Option<UnixStream>>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    let mut said = false;
+    while !stop.load(Ordering::SeqCst) {
+        match UnixStream::connect(path) {
+            Ok(s) => {
+                backoff = Duration::from_millis(100);
+                said = false;
+                serve(shared, s, stop, conn);
+            }
+            Err(e) => {
+                if !said {
+                    log::info!(
+                        "vhost-user {}: waiting for {} ({e}); retrying",
+                        shared.name,
+                        path.display()
+                    );
+                    said = true;
+                }
+                let mut slept = Duration::ZERO;
+                while slept < backoff && !stop.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(50));
+                    slept += Duration::from_millis(50);
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// Answers one frontend until it goes away.
+fn serve(shared: &Arc<Shared>, s: UnixStream, stop: &AtomicBool, conn: &Mutex<Option<UnixStream>>) {
+    if let Ok(c) = s.try_clone() {
+        *conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(c);
+    }
+    log::info!("vhost-user {}: frontend connected", shared.name);
+    let handler = Arc::new(Mutex::new(Handler::new(shared.clone())));
+    let mut req = BackendReqHandler::from_stream(s, handler);
+    let why = loop {
+        match req.handle_request() {
+            Ok(()) => {}
+            Err(VuError::Disconnected | VuError::SocketBroken(_) | VuError::PartialMessage) => {
+                break None
+            }
+            Err(e) => break Some(e),
+        }
+    };
+    match why {
+        None => log::info!("vhost-user {}: frontend disconnected", shared.name),
+        Some(_) if stop.load(Ordering::SeqCst) => {}
+        Some(e) => log::warn!("vhost-user {}: closing the connection: {e}", shared.name),
+    }
+    *conn.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    shared.disconnected();
+}
