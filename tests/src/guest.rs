@@ -52,11 +52,7 @@ pub fn initramfs(dir: &Path, name: &str, script: &str) -> PathBuf {
         let m = m.unwrap();
         std::fs::copy(m.path(), root.join("lib/modules").join(m.file_name())).unwrap();
     }
-    std::fs::copy(
-        g.join("modules.order"),
-        root.join("lib/modules/modules.order"),
-    )
-    .unwrap();
+    std::fs::copy(g.join("modules.order"), root.join("lib/modules/modules.order")).unwrap();
     std::fs::write(root.join("init"), INIT).unwrap();
     std::fs::write(root.join("test.sh"), script).unwrap();
     use std::os::unix::fs::PermissionsExt;
@@ -64,11 +60,7 @@ pub fn initramfs(dir: &Path, name: &str, script: &str) -> PathBuf {
     let out = dir.join(format!("{name}.cpio"));
     let st = Command::new("sh")
         .arg("-c")
-        .arg(format!(
-            "cd {} && find . | cpio -o -H newc --quiet > {}",
-            root.display(),
-            out.display()
-        ))
+        .arg(format!("cd {} && find . | cpio -o -H newc --quiet > {}", root.display(), out.display()))
         .status()
         .unwrap();
     assert!(st.success(), "cpio failed");
@@ -89,33 +81,21 @@ impl Guest {
     pub fn boot(name: &str, initrd: &Path, args: &[String], uid: Option<u32>) -> Guest {
         let g = guest_dir();
         let mut c = Command::new("qemu-system-x86_64");
-        c.args([
-            "-accel",
-            "tcg",
-            "-m",
-            "256",
-            "-nographic",
-            "-no-reboot",
-            "-nodefaults",
-            "-serial",
-            "stdio",
-        ])
-        .arg("-kernel")
-        .arg(g.join("vmlinuz"))
-        .arg("-initrd")
-        .arg(initrd)
-        .args(["-append", "console=ttyS0 quiet panic=-1 net.ifnames=0"])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        c.args(["-accel", "tcg", "-m", "256", "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio"])
+            .arg("-kernel")
+            .arg(g.join("vmlinuz"))
+            .arg("-initrd")
+            .arg(initrd)
+            .args(["-append", "console=ttyS0 quiet panic=-1 net.ifnames=0"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         if let Some(u) = uid {
             use std::os::unix::process::CommandExt;
             c.uid(u).gid(u);
         }
-        let mut child = c
-            .spawn()
-            .expect("qemu-system-x86_64 (package qemu-system-x86)");
+        let mut child = c.spawn().expect("qemu-system-x86_64 (package qemu-system-x86)");
         let console = Arc::new(Mutex::new(String::new()));
         for stream in [
             Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
@@ -130,11 +110,7 @@ impl Guest {
                 }
             });
         }
-        Guest {
-            child,
-            console,
-            name: name.to_owned(),
-        }
+        Guest { child, console, name: name.to_owned() }
     }
 
     pub fn output(&self) -> String {
@@ -156,16 +132,10 @@ impl Guest {
                 if out.contains(needle) {
                     return out;
                 }
-                panic!(
-                    "guest {} exited ({st}) without printing {needle:?}:\n{out}",
-                    self.name
-                );
+                panic!("guest {} exited ({st}) without printing {needle:?}:\n{out}", self.name);
             }
             if Instant::now() > end {
-                panic!(
-                    "guest {} did not print {needle:?} within {timeout:?}:\n{out}",
-                    self.name
-                );
+                panic!("guest {} did not print {needle:?} within {timeout:?}:\n{out}", self.name);
             }
             std::thread::sleep(Duration::from_millis(100));
         }

@@ -38,11 +38,7 @@ pub fn bin(name: &str) -> PathBuf {
         }
     };
     let p = dir.join(name);
-    assert!(
-        p.exists(),
-        "{} is not built; run `cargo build --workspace --bins` first (tests/run.sh does)",
-        p.display()
-    );
+    assert!(p.exists(), "{} is not built; run `cargo build --workspace --bins` first (tests/run.sh does)", p.display());
     p
 }
 
@@ -72,26 +68,14 @@ impl Out {
     /// Stdout of a command that must have succeeded.
     #[track_caller]
     pub fn ok(&self) -> &str {
-        assert!(
-            self.success(),
-            "`{}` failed ({:?}):\n{}{}",
-            self.what,
-            self.code,
-            self.stdout,
-            self.stderr
-        );
+        assert!(self.success(), "`{}` failed ({:?}):\n{}{}", self.what, self.code, self.stdout, self.stderr);
         &self.stdout
     }
 
     /// Stderr of a command that must have failed, checked to be exactly one line.
     #[track_caller]
     pub fn failed_one_line(&self) -> &str {
-        assert!(
-            !self.success(),
-            "`{}` should have failed but printed:\n{}",
-            self.what,
-            self.stdout
-        );
+        assert!(!self.success(), "`{}` should have failed but printed:\n{}", self.what, self.stdout);
         assert_eq!(
             self.stderr.trim_end().lines().count(),
             1,
@@ -103,12 +87,8 @@ impl Out {
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(self.ok()).unwrap_or_else(|e| {
-            panic!(
-                "`{}` printed invalid JSON ({e}):\n{}",
-                self.what, self.stdout
-            )
-        })
+        serde_json::from_str(self.ok())
+            .unwrap_or_else(|e| panic!("`{}` printed invalid JSON ({e}):\n{}", self.what, self.stdout))
     }
 }
 
@@ -125,10 +105,7 @@ where
 
 pub fn run_cmd(c: &mut Command) -> Out {
     let what = format!("{c:?}");
-    let o = c
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    let o = c.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
     Out::from(what, o)
 }
 
@@ -157,10 +134,7 @@ pub fn link_details(name: &str) -> String {
 
 pub fn ifindex(name: &str) -> u32 {
     let out = link_details(name);
-    out.split(':')
-        .next()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no ifindex in {out}"))
+    out.split(':').next().and_then(|s| s.trim().parse().ok()).unwrap_or_else(|| panic!("no ifindex in {out}"))
 }
 
 /// Polls `f` until it returns true or `timeout` passes.
@@ -238,11 +212,7 @@ impl Daemon {
     /// Starts the daemon process again (after [`Daemon::kill`] or [`Daemon::stop`]).
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "daemon already running");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("daemon log");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("daemon log");
         let child = Command::new(bin("vmnetd"))
             .arg("daemon")
             .arg("--state-dir")
@@ -266,11 +236,7 @@ impl Daemon {
     fn wait_ready(&mut self) -> Result<()> {
         let end = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Some(st) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
+            if let Some(st) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 self.child = None;
                 bail!("vmnetd daemon exited during start-up: {st}");
             }
@@ -280,10 +246,7 @@ impl Daemon {
                 }
             }
             if Instant::now() > end {
-                bail!(
-                    "vmnetd daemon did not answer on {} within 30 s",
-                    self.socket.display()
-                );
+                bail!("vmnetd daemon did not answer on {} within 30 s", self.socket.display());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -310,10 +273,7 @@ impl Daemon {
     /// SIGTERM and wait for a clean exit; returns the exit status code.
     pub fn stop(&mut self) -> Option<i32> {
         let mut c = self.child.take()?;
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(c.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
         let end = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(Some(st)) = c.try_wait() {
@@ -322,10 +282,7 @@ impl Daemon {
             if Instant::now() > end {
                 let _ = c.kill();
                 let _ = c.wait();
-                panic!(
-                    "daemon did not exit within 20 s of SIGTERM\n{}",
-                    self.log_text()
-                );
+                panic!("daemon did not exit within 20 s of SIGTERM\n{}", self.log_text());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -354,12 +311,7 @@ impl Daemon {
     pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
         wait_until(timeout, || {
             std::fs::File::open(&self.log)
-                .map(|f| {
-                    BufReader::new(f)
-                        .lines()
-                        .map_while(|l| l.ok())
-                        .any(|l| l.contains(needle))
-                })
+                .map(|f| BufReader::new(f).lines().map_while(|l| l.ok()).any(|l| l.contains(needle)))
                 .unwrap_or(false)
         })
     }
@@ -374,10 +326,7 @@ impl Drop for Daemon {
 /// A temporary directory for a test's daemon state, readable by other users (the QEMU and
 /// owner tests run processes as `nobody`).
 pub fn test_dir() -> tempfile::TempDir {
-    let d = tempfile::Builder::new()
-        .prefix("vmnetd-test-")
-        .tempdir()
-        .expect("tempdir");
+    let d = tempfile::Builder::new().prefix("vmnetd-test-").tempdir().expect("tempdir");
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
     d
@@ -392,7 +341,5 @@ pub fn require_root() -> Result<()> {
 }
 
 pub fn read(path: &Path) -> String {
-    std::fs::read_to_string(path)
-        .with_context(|| path.display().to_string())
-        .unwrap()
+    std::fs::read_to_string(path).with_context(|| path.display().to_string()).unwrap()
 }

@@ -15,23 +15,12 @@ impl Ns {
     pub fn new(tag: &str) -> Ns {
         use std::sync::atomic::{AtomicUsize, Ordering};
         static N: AtomicUsize = AtomicUsize::new(0);
-        let name = format!(
-            "vt{}-{}-{tag}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        );
+        let name = format!("vt{}-{}-{tag}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
         ip(&format!("netns add {name}"));
         let ns = Ns { name };
         ns.ip("link set lo up");
         // No IPv6 autoconfiguration chatter: captures then hold only what a test sends.
-        ns.exec(
-            "sysctl",
-            &[
-                "-qw",
-                "net.ipv6.conf.all.disable_ipv6=1",
-                "net.ipv6.conf.default.disable_ipv6=1",
-            ],
-        );
+        ns.exec("sysctl", &["-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"]);
         ns
     }
 
@@ -63,10 +52,7 @@ impl Ns {
     /// A veth pair: `outer` stays in the current namespace (to become a bridge port), `eth0`
     /// goes into this namespace with `addr` (CIDR), up.
     pub fn veth(&self, outer: &str, inner: &str, addr: Option<&str>) {
-        ip(&format!(
-            "link add {outer} type veth peer name {inner} netns {}",
-            self.name
-        ));
+        ip(&format!("link add {outer} type veth peer name {inner} netns {}", self.name));
         if let Some(a) = addr {
             self.ip(&format!("addr add {a} dev {inner}"));
         }
@@ -84,21 +70,13 @@ impl Ns {
 
     /// `ping -c N -W 1 -i 0.2 ADDR` from here; whether all replies came back.
     pub fn ping(&self, addr: &str, n: u32) -> bool {
-        self.exec(
-            "ping",
-            &["-q", "-c", &n.to_string(), "-W", "1", "-i", "0.2", addr],
-        )
-        .success()
+        self.exec("ping", &["-q", "-c", &n.to_string(), "-W", "1", "-i", "0.2", addr]).success()
     }
 
     /// The MAC address of `dev` in this namespace.
     pub fn mac(&self, dev: &str) -> String {
         let out = self.ip(&format!("-o link show dev {dev}"));
-        out.split_whitespace()
-            .skip_while(|w| *w != "link/ether")
-            .nth(1)
-            .expect("link/ether")
-            .to_owned()
+        out.split_whitespace().skip_while(|w| *w != "link/ether").nth(1).expect("link/ether").to_owned()
     }
 }
 
@@ -116,20 +94,12 @@ pub struct Tcpdump {
 
 impl Tcpdump {
     pub fn start(ns: &Ns, dev: &str, file: &std::path::Path) -> Tcpdump {
-        let child = ns.spawn(
-            "tcpdump",
-            &["-i", dev, "-U", "-n", "-w", file.to_str().unwrap()],
-        );
-        let t = Tcpdump {
-            child: Some(child),
-            file: file.to_owned(),
-        };
+        let child = ns.spawn("tcpdump", &["-i", dev, "-U", "-n", "-w", file.to_str().unwrap()]);
+        let t = Tcpdump { child: Some(child), file: file.to_owned() };
         // tcpdump is capturing once the file has its header.
         assert!(
-            crate::wait_until(std::time::Duration::from_secs(10), || std::fs::metadata(
-                file
-            )
-            .is_ok_and(|m| m.len() >= 24)),
+            crate::wait_until(std::time::Duration::from_secs(10), || std::fs::metadata(file)
+                .is_ok_and(|m| m.len() >= 24)),
             "tcpdump did not start"
         );
         t
@@ -138,10 +108,7 @@ impl Tcpdump {
     /// Stops the capture and returns `tcpdump -r FILE -e -n` lines.
     pub fn stop(&mut self) -> Vec<String> {
         if let Some(mut c) = self.child.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
-                nix::sys::signal::Signal::SIGINT,
-            );
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGINT);
             let _ = c.wait();
         }
         read_pcap(&self.file)

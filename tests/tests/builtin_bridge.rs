@@ -31,33 +31,10 @@ fn three_namespaces_vlans_isolate_and_fdb_shows_them() {
         let (a, b, c) = (Ns::new("a"), Ns::new("b"), Ns::new("c"));
         // A through a veth netdev port, B and C through internal ports moved into their netns.
         a.veth("va", "eth0", Some("10.0.0.1/24"));
-        d.cli(&["port", "add", "br0", "pa", "--netdev", "va", "--vlan", "10"])
-            .ok();
-        d.cli(&[
-            "port",
-            "add",
-            "br0",
-            "pb",
-            "--internal",
-            "--ifname",
-            "ib",
-            "--vlan",
-            "10",
-        ])
-        .ok();
+        d.cli(&["port", "add", "br0", "pa", "--netdev", "va", "--vlan", "10"]).ok();
+        d.cli(&["port", "add", "br0", "pb", "--internal", "--ifname", "ib", "--vlan", "10"]).ok();
         b.adopt("ib", Some("10.0.0.2/24"));
-        d.cli(&[
-            "port",
-            "add",
-            "br0",
-            "pc",
-            "--internal",
-            "--ifname",
-            "ic",
-            "--vlan",
-            "20",
-        ])
-        .ok();
+        d.cli(&["port", "add", "br0", "pc", "--internal", "--ifname", "ic", "--vlan", "20"]).ok();
         c.adopt("ic", Some("10.0.0.3/24"));
 
         let cap = Tcpdump::start(&c, "ic", &dir.path().join("c.pcap"));
@@ -72,54 +49,23 @@ fn three_namespaces_vlans_isolate_and_fdb_shows_them() {
         };
         let (mac_a, mac_b, mac_c) = (a.mac("eth0"), b.mac("ib"), c.mac("ic"));
         for line in &seen {
-            assert!(
-                !line.contains(&mac_a) && !line.contains(&mac_b),
-                "C received a frame of VLAN 10: {line}"
-            );
+            assert!(!line.contains(&mac_a) && !line.contains(&mac_b), "C received a frame of VLAN 10: {line}");
         }
-        assert!(
-            seen.iter().any(|l| l.contains(&mac_c)),
-            "the capture on C saw nothing at all:\n{seen:#?}"
-        );
+        assert!(seen.iter().any(|l| l.contains(&mac_c)), "the capture on C saw nothing at all:\n{seen:#?}");
 
-        let fdb = d
-            .cli(&["--json", "fdb", "show", "br0", "--vlan", "20"])
-            .json();
+        let fdb = d.cli(&["--json", "fdb", "show", "br0", "--vlan", "20"]).json();
         let rows = fdb.as_array().unwrap();
-        assert!(
-            rows.iter()
-                .any(|r| r["mac"] == mac_c.as_str() && r["port"] == "pc" && r["vlan"] == 20),
-            "{fdb}"
-        );
+        assert!(rows.iter().any(|r| r["mac"] == mac_c.as_str() && r["port"] == "pc" && r["vlan"] == 20), "{fdb}");
         assert!(rows.iter().all(|r| r["vlan"] == 20));
         let all = d.cli(&["fdb", "show", "br0"]).ok().to_owned();
-        assert!(
-            all.contains(&mac_a) && all.contains(&mac_b) && all.contains(&mac_c),
-            "{all}"
-        );
+        assert!(all.contains(&mac_a) && all.contains(&mac_b) && all.contains(&mac_c), "{all}");
         // Counters: C dropped nothing it should have delivered; its VLAN had no other member.
         let st = d.cli(&["--json", "stats", "br0", "pc"]).json();
-        assert!(
-            st[0]["counters"]["drops"]["no_destination"]
-                .as_u64()
-                .unwrap()
-                > 0,
-            "{st}"
-        );
+        assert!(st[0]["counters"]["drops"]["no_destination"].as_u64().unwrap() > 0, "{st}");
         let st = d.cli(&["--json", "stats", "br0", "pa"]).json();
-        assert!(
-            st[0]["counters"]["rx_packets"].as_u64().unwrap() >= 8,
-            "{st}"
-        );
+        assert!(st[0]["counters"]["rx_packets"].as_u64().unwrap() >= 8, "{st}");
         d.cli(&["fdb", "flush", "br0"]).ok();
-        assert_eq!(
-            d.cli(&["--json", "fdb", "show", "br0"])
-                .json()
-                .as_array()
-                .unwrap()
-                .len(),
-            0
-        );
+        assert_eq!(d.cli(&["--json", "fdb", "show", "br0"]).json().as_array().unwrap().len(), 0);
     });
 }
 
@@ -134,22 +80,13 @@ fn trunk_carries_tagged_vlans_and_native_untagged() {
         a.veth("va", "eth0", Some("10.0.10.1/24"));
         c.veth("vc", "eth0", Some("10.0.20.1/24"));
         n.veth("vn", "eth0", Some("10.0.1.1/24"));
-        d.cli(&[
-            "port", "add", "br0", "trunk", "--netdev", "vt", "--trunk", "10,20", "--native", "1",
-        ])
-        .ok();
-        d.cli(&["port", "add", "br0", "pa", "--netdev", "va", "--vlan", "10"])
-            .ok();
-        d.cli(&["port", "add", "br0", "pc", "--netdev", "vc", "--vlan", "20"])
-            .ok();
-        d.cli(&["port", "add", "br0", "pn", "--netdev", "vn", "--vlan", "1"])
-            .ok();
+        d.cli(&["port", "add", "br0", "trunk", "--netdev", "vt", "--trunk", "10,20", "--native", "1"]).ok();
+        d.cli(&["port", "add", "br0", "pa", "--netdev", "va", "--vlan", "10"]).ok();
+        d.cli(&["port", "add", "br0", "pc", "--netdev", "vc", "--vlan", "20"]).ok();
+        d.cli(&["port", "add", "br0", "pn", "--netdev", "vn", "--vlan", "1"]).ok();
 
         // The native VLAN is plain untagged traffic: N and T ping each other.
-        assert!(
-            n.ping("10.0.1.9", 3),
-            "native VLAN 1 reaches the trunk untagged"
-        );
+        assert!(n.ping("10.0.1.9", 3), "native VLAN 1 reaches the trunk untagged");
 
         // A and C ask for addresses nobody has: their ARP broadcasts cross the trunk tagged.
         let mut cap = Tcpdump::start(&t, "eth0", &dir.path().join("t.pcap"));
@@ -158,42 +95,17 @@ fn trunk_carries_tagged_vlans_and_native_untagged() {
         let _ = n.ping("10.0.1.99", 1);
         let lines = cap.stop();
         let (ma, mc, mn) = (a.mac("eth0"), c.mac("eth0"), n.mac("eth0"));
-        let find = |mac: &str| {
-            lines
-                .iter()
-                .filter(|l| l.contains(mac) && l.contains("ARP"))
-                .cloned()
-                .collect::<Vec<_>>()
-        };
+        let find =
+            |mac: &str| lines.iter().filter(|l| l.contains(mac) && l.contains("ARP")).cloned().collect::<Vec<_>>();
         let la = find(&ma);
-        assert!(
-            !la.is_empty() && la.iter().all(|l| l.contains("vlan 10")),
-            "A's frames on the trunk: {la:#?}"
-        );
+        assert!(!la.is_empty() && la.iter().all(|l| l.contains("vlan 10")), "A's frames on the trunk: {la:#?}");
         let lc = find(&mc);
-        assert!(
-            !lc.is_empty() && lc.iter().all(|l| l.contains("vlan 20")),
-            "C's frames on the trunk: {lc:#?}"
-        );
+        assert!(!lc.is_empty() && lc.iter().all(|l| l.contains("vlan 20")), "C's frames on the trunk: {lc:#?}");
         let ln = find(&mn);
-        assert!(
-            !ln.is_empty() && ln.iter().all(|l| !l.contains("vlan")),
-            "native frames must be untagged: {ln:#?}"
-        );
+        assert!(!ln.is_empty() && ln.iter().all(|l| !l.contains("vlan")), "native frames must be untagged: {ln:#?}");
         // tshark reads the same capture and sees the 802.1Q headers.
-        let ts = run(
-            "tshark",
-            [
-                "-r",
-                cap.file.to_str().unwrap(),
-                "-Y",
-                "vlan.id == 10",
-                "-T",
-                "fields",
-                "-e",
-                "eth.src",
-            ],
-        );
+        let ts =
+            run("tshark", ["-r", cap.file.to_str().unwrap(), "-Y", "vlan.id == 10", "-T", "fields", "-e", "eth.src"]);
         assert!(ts.ok().contains(&ma), "tshark: {}", ts.stdout);
 
         // The other way: a frame tagged 10 sent into the trunk reaches A untagged, one tagged
@@ -204,16 +116,10 @@ fn trunk_carries_tagged_vlans_and_native_untagged() {
         let src = "020000000009";
         let tagged10 = format!("ffffffffffff{src}8100000a88b5{}", "00".repeat(46));
         let tagged30 = format!("ffffffffffff{src}8100001e88b5{}", "00".repeat(46));
-        t.exec(rawframe(), &["send", "eth0", &tagged10, &tagged30])
-            .ok();
-        let got_a =
-            String::from_utf8_lossy(&recv_a.wait_with_output().unwrap().stdout).into_owned();
-        let got_c =
-            String::from_utf8_lossy(&recv_c.wait_with_output().unwrap().stdout).into_owned();
-        assert!(
-            got_a.contains("vlan=none src=02:00:00:00:00:09"),
-            "A: {got_a}"
-        );
+        t.exec(rawframe(), &["send", "eth0", &tagged10, &tagged30]).ok();
+        let got_a = String::from_utf8_lossy(&recv_a.wait_with_output().unwrap().stdout).into_owned();
+        let got_c = String::from_utf8_lossy(&recv_c.wait_with_output().unwrap().stdout).into_owned();
+        assert!(got_a.contains("vlan=none src=02:00:00:00:00:09"), "A: {got_a}");
         assert!(!got_c.contains("02:00:00:00:00:09"), "C: {got_c}");
         let st = d.cli(&["--json", "stats", "br0", "trunk"]).json();
         assert_eq!(st[0]["counters"]["drops"]["vlan_not_allowed"], 1, "{st}");
@@ -234,21 +140,11 @@ fn capture_writes_pcap_that_tcpdump_and_tshark_read() {
         let (a, b) = (Ns::new("a"), Ns::new("b"));
         a.veth("va", "eth0", None);
         b.veth("vb", "eth0", None);
-        d.cli(&["port", "add", "br0", "pa", "--netdev", "va", "--vlan", "5"])
-            .ok();
-        d.cli(&["port", "add", "br0", "pb", "--netdev", "vb", "--trunk", "5"])
-            .ok();
+        d.cli(&["port", "add", "br0", "pa", "--netdev", "va", "--vlan", "5"]).ok();
+        d.cli(&["port", "add", "br0", "pb", "--netdev", "vb", "--trunk", "5"]).ok();
         let file = dir.path().join("pb.pcap");
         let mut cap = std::process::Command::new(bin("vmnetd"))
-            .args([
-                "capture",
-                "br0",
-                "pb",
-                "-c",
-                "6",
-                "-w",
-                file.to_str().unwrap(),
-            ])
+            .args(["capture", "br0", "pb", "-c", "6", "-w", file.to_str().unwrap()])
             .env("VMNETD_SOCKET", &d.socket)
             .spawn()
             .unwrap();
@@ -261,35 +157,13 @@ fn capture_writes_pcap_that_tcpdump_and_tshark_read() {
         assert!(wait_child(&mut cap, Duration::from_secs(20)).success());
         let lines = read_pcap(&file);
         assert_eq!(lines.len(), 6, "{lines:#?}");
-        let from_a: Vec<_> = lines
-            .iter()
-            .filter(|l| l.contains("02:00:00:00:00:0a >"))
-            .collect();
-        let from_b: Vec<_> = lines
-            .iter()
-            .filter(|l| l.contains("02:00:00:00:00:0b >"))
-            .collect();
+        let from_a: Vec<_> = lines.iter().filter(|l| l.contains("02:00:00:00:00:0a >")).collect();
+        let from_b: Vec<_> = lines.iter().filter(|l| l.contains("02:00:00:00:00:0b >")).collect();
         assert_eq!((from_a.len(), from_b.len()), (3, 3), "{lines:#?}");
         assert!(from_a.iter().all(|l| l.contains("vlan 5")), "{lines:#?}");
         assert!(from_b.iter().all(|l| !l.contains("vlan")), "{lines:#?}");
-        let ts = run(
-            "tshark",
-            [
-                "-r",
-                file.to_str().unwrap(),
-                "-T",
-                "fields",
-                "-e",
-                "eth.src",
-                "-e",
-                "vlan.id",
-            ],
-        );
-        let tagged_a = ts
-            .ok()
-            .lines()
-            .filter(|l| l.starts_with("02:00:00:00:00:0a") && l.ends_with("\t5"))
-            .count();
+        let ts = run("tshark", ["-r", file.to_str().unwrap(), "-T", "fields", "-e", "eth.src", "-e", "vlan.id"]);
+        let tagged_a = ts.ok().lines().filter(|l| l.starts_with("02:00:00:00:00:0a") && l.ends_with("\t5")).count();
         assert_eq!(tagged_a, 3, "tshark: {}", ts.stdout);
         let st = d.cli(&["--json", "stats", "br0", "pb"]).json();
         assert_eq!(st[0]["counters"]["drops"]["untagged_on_trunk"], 3, "{st}");
@@ -308,16 +182,11 @@ fn capture_writes_pcap_that_tcpdump_and_tshark_read() {
         std::io::Read::read_to_string(&mut txt.stdout.take().unwrap(), &mut out).unwrap();
         assert_eq!(out.lines().count(), 2, "{out}");
         assert!(
-            out.lines()
-                .all(|l| l.contains(" rx 02:00:00:00:00:0a > ff:ff:ff:ff:ff:ff")
-                    && l.contains("0x88b5")),
+            out.lines().all(|l| l.contains(" rx 02:00:00:00:00:0a > ff:ff:ff:ff:ff:ff") && l.contains("0x88b5")),
             "{out}"
         );
         // A capture on a port that does not exist is refused in one line.
-        assert!(d
-            .cli(&["capture", "br0", "nope", "-c", "1"])
-            .failed_one_line()
-            .contains("has no port nope"));
+        assert!(d.cli(&["capture", "br0", "nope", "-c", "1"]).failed_one_line().contains("has no port nope"));
     });
 }
 
@@ -335,48 +204,26 @@ fn removing_ports_or_stopping_the_daemon_keeps_the_rest() {
         d.cli(&["port", "add", "br0", "pb", "--netdev", "vb"]).ok();
         assert!(a.ping("10.0.0.2", 2));
         // A steady ping A->B while port C and an internal port come and go.
-        let pinger = a.spawn(
-            "ping",
-            &["-q", "-c", "60", "-i", "0.05", "-W", "1", "10.0.0.2"],
-        );
+        let pinger = a.spawn("ping", &["-q", "-c", "60", "-i", "0.05", "-W", "1", "10.0.0.2"]);
         for i in 0..5 {
             d.cli(&["port", "add", "br0", "pc", "--netdev", "vc"]).ok();
-            d.cli(&[
-                "port",
-                "add",
-                "br0",
-                "pi",
-                "--internal",
-                "--ifname",
-                &format!("vi{i}"),
-            ])
-            .ok();
+            d.cli(&["port", "add", "br0", "pi", "--internal", "--ifname", &format!("vi{i}")]).ok();
             d.cli(&["port", "del", "br0", "pc"]).ok();
             d.cli(&["port", "del", "br0", "pi"]).ok();
-            assert!(
-                !link_exists(&format!("vi{i}")),
-                "port del removes the internal port's TAP"
-            );
+            assert!(!link_exists(&format!("vi{i}")), "port del removes the internal port's TAP");
         }
         let out = pinger.wait_with_output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            text.contains("60 received"),
-            "frames were lost while other ports changed: {text}"
-        );
+        assert!(text.contains("60 received"), "frames were lost while other ports changed: {text}");
 
         // An internal port moved into a namespace is still removed with its port.
-        d.cli(&["port", "add", "br0", "pm", "--internal", "--ifname", "vm0"])
-            .ok();
+        d.cli(&["port", "add", "br0", "pm", "--internal", "--ifname", "vm0"]).ok();
         c.adopt("vm0", None);
         d.cli(&["port", "del", "br0", "pm"]).ok();
-        assert!(wait_until(Duration::from_secs(5), || !c
-            .exec("ip", &["link", "show", "vm0"])
-            .success()));
+        assert!(wait_until(Duration::from_secs(5), || !c.exec("ip", &["link", "show", "vm0"]).success()));
 
         // Stopping the daemon leaves every kernel device in place.
-        d.cli(&["port", "add", "br0", "pi", "--internal", "--ifname", "vi"])
-            .ok();
+        d.cli(&["port", "add", "br0", "pi", "--internal", "--ifname", "vi"]).ok();
         assert_eq!(d.stop(), Some(0));
         for dev in ["va", "vb", "vc", "vi"] {
             assert!(link_exists(dev), "{dev} was torn down with the daemon");
@@ -394,44 +241,18 @@ fn ports_persist_and_reattach_when_their_interface_returns() {
     in_netns(|| {
         let dir = test_dir();
         let mut d = Daemon::start(dir.path());
-        d.cli(&[
-            "bridge",
-            "add",
-            "br1",
-            "--ageing",
-            "60",
-            "--max-macs",
-            "100",
-        ])
-        .ok();
+        d.cli(&["bridge", "add", "br1", "--ageing", "60", "--max-macs", "100"]).ok();
         let (a, b) = (Ns::new("a"), Ns::new("b"));
         a.veth("va", "eth0", Some("10.0.0.1/24"));
         b.veth("vb", "eth0", Some("10.0.0.2/24"));
-        d.cli(&[
-            "port",
-            "add",
-            "br1",
-            "pa",
-            "--netdev",
-            "va",
-            "--vlan",
-            "7",
-            "--mac",
-            &a.mac("eth0"),
-        ])
-        .ok();
-        d.cli(&["port", "add", "br1", "pb", "--netdev", "vb", "--vlan", "7"])
-            .ok();
+        d.cli(&["port", "add", "br1", "pa", "--netdev", "va", "--vlan", "7", "--mac", &a.mac("eth0")]).ok();
+        d.cli(&["port", "add", "br1", "pb", "--netdev", "vb", "--vlan", "7"]).ok();
         assert!(a.ping("10.0.0.2", 2));
         d.kill();
         d.restart();
         let br = d.cli(&["--json", "bridge", "list"]).json();
         assert_eq!(
-            (
-                br[0]["name"].as_str(),
-                br[0]["ageing"].as_u64(),
-                br[0]["max_macs"].as_u64()
-            ),
+            (br[0]["name"].as_str(), br[0]["ageing"].as_u64(), br[0]["max_macs"].as_u64()),
             (Some("br1"), Some(60), Some(100))
         );
         let ports = d.cli(&["--json", "port", "list"]).json();
@@ -440,32 +261,20 @@ fn ports_persist_and_reattach_when_their_interface_returns() {
         assert!(a.ping("10.0.0.2", 2), "traffic flows after a restart");
         // The declared MAC is a static entry.
         let fdb = d.cli(&["--json", "fdb", "show", "br1"]).json();
-        assert!(
-            fdb.as_array()
-                .unwrap()
-                .iter()
-                .any(|r| r["static"] == true && r["port"] == "pa"),
-            "{fdb}"
-        );
+        assert!(fdb.as_array().unwrap().iter().any(|r| r["static"] == true && r["port"] == "pa"), "{fdb}");
 
         // The veth of B disappears: the port waits; a new one with the same name comes back.
         ip("link del vb");
         assert!(
-            wait_until(Duration::from_secs(10), || port_state(&d, "br1", "pb")
-                != "up"),
+            wait_until(Duration::from_secs(10), || port_state(&d, "br1", "pb") != "up"),
             "{}",
             port_state(&d, "br1", "pb")
         );
         b.veth("vb", "eth1", Some("10.0.0.2/24"));
-        assert!(wait_until(Duration::from_secs(10), || port_state(
-            &d, "br1", "pb"
-        ) == "up"));
+        assert!(wait_until(Duration::from_secs(10), || port_state(&d, "br1", "pb") == "up"));
         // B has a new MAC now; A must forget the old one.
         a.ip("neigh flush all");
-        assert!(
-            wait_until(Duration::from_secs(10), || a.ping("10.0.0.2", 1)),
-            "port re-attached"
-        );
+        assert!(wait_until(Duration::from_secs(10), || a.ping("10.0.0.2", 1)), "port re-attached");
     });
 }
 
@@ -480,82 +289,26 @@ fn bad_bridge_and_port_input_is_refused_in_one_line() {
         ip("link add vz type veth peer name vw");
         ip("link set vz master kbr");
         d.cli(&["port", "add", "br0", "px", "--netdev", "vx"]).ok();
-        let state =
-            std::fs::read_to_string(Daemon::state_dir(dir.path()).join("state.json")).unwrap();
+        let state = std::fs::read_to_string(Daemon::state_dir(dir.path()).join("state.json")).unwrap();
         let cases: &[(&[&str], &str)] = &[
-            (
-                &["port", "add", "nobr", "p", "--netdev", "vy"],
-                "No bridge nobr",
-            ),
-            (
-                &["port", "add", "br0", "p", "--netdev", "nosuch0"],
-                "No interface nosuch0",
-            ),
+            (&["port", "add", "nobr", "p", "--netdev", "vy"], "No bridge nobr"),
+            (&["port", "add", "br0", "p", "--netdev", "nosuch0"], "No interface nosuch0"),
             (&["port", "add", "br0", "p", "--netdev", "lo"], "loopback"),
-            (
-                &["port", "add", "br0", "p", "--netdev", "vz"],
-                "already a port of kernel device kbr",
-            ),
-            (
-                &["port", "add", "br0", "p2", "--netdev", "vx"],
-                "vx is already port px of bridge br0",
-            ),
-            (
-                &["port", "add", "br0", "px", "--netdev", "vy"],
-                "already has a port px",
-            ),
-            (
-                &["port", "add", "br0", "p", "--internal", "--ifname", "vy"],
-                "vy exists already",
-            ),
-            (
-                &[
-                    "port", "add", "br0", "p", "--netdev", "vy", "--vlan", "4095",
-                ],
-                "VLAN id 4095 is out of range",
-            ),
-            (
-                &["port", "add", "br0", "p", "--netdev", "vy", "--vlan", "0"],
-                "out of range",
-            ),
-            (
-                &[
-                    "port", "add", "br0", "p", "--netdev", "vy", "--trunk", "10-5",
-                ],
-                "descending",
-            ),
-            (
-                &["port", "add", "br0", "p", "--netdev", "vy", "--native", "3"],
-                "--trunk",
-            ),
-            (
-                &["port", "add", "br0", "p", "--netdev", "vy", "--lock-mac"],
-                "--mac",
-            ),
-            (
-                &[
-                    "port",
-                    "add",
-                    "br0",
-                    "p",
-                    "--netdev",
-                    "vy",
-                    "--mac",
-                    "01:00:5e:00:00:01",
-                ],
-                "not a unicast",
-            ),
+            (&["port", "add", "br0", "p", "--netdev", "vz"], "already a port of kernel device kbr"),
+            (&["port", "add", "br0", "p2", "--netdev", "vx"], "vx is already port px of bridge br0"),
+            (&["port", "add", "br0", "px", "--netdev", "vy"], "already has a port px"),
+            (&["port", "add", "br0", "p", "--internal", "--ifname", "vy"], "vy exists already"),
+            (&["port", "add", "br0", "p", "--netdev", "vy", "--vlan", "4095"], "VLAN id 4095 is out of range"),
+            (&["port", "add", "br0", "p", "--netdev", "vy", "--vlan", "0"], "out of range"),
+            (&["port", "add", "br0", "p", "--netdev", "vy", "--trunk", "10-5"], "descending"),
+            (&["port", "add", "br0", "p", "--netdev", "vy", "--native", "3"], "--trunk"),
+            (&["port", "add", "br0", "p", "--netdev", "vy", "--lock-mac"], "--mac"),
+            (&["port", "add", "br0", "p", "--netdev", "vy", "--mac", "01:00:5e:00:00:01"], "not a unicast"),
             (&["port", "add", "br0", "p"], "required"),
             (&["port", "del", "br0", "nope"], "has no port nope"),
-            (
-                &["bridge", "add", "br0", "--max-macs", "5"],
-                "already exists with other settings",
-            ),
+            (&["bridge", "add", "br0", "--max-macs", "5"], "already exists with other settings"),
             (&["bridge", "add", "bad/name"], "contains '/'"),
-            (
-                &["bridge", "del", "br0"],
-                "has 1 port(s); remove them first or add --force",
-            ),
+            (&["bridge", "del", "br0"], "has 1 port(s); remove them first or add --force"),
             (&["bridge", "del", "nobr"], "No bridge nobr"),
             (&["fdb", "show", "nobr"], "No bridge nobr"),
             (&["stats", "br0", "nope"], "has no port nope"),
@@ -565,16 +318,10 @@ fn bad_bridge_and_port_input_is_refused_in_one_line() {
             let line = o.failed_one_line();
             assert!(line.contains(want), "{args:?}: {line:?} lacks {want:?}");
         }
-        assert_eq!(
-            std::fs::read_to_string(Daemon::state_dir(dir.path()).join("state.json")).unwrap(),
-            state
-        );
+        assert_eq!(std::fs::read_to_string(Daemon::state_dir(dir.path()).join("state.json")).unwrap(), state);
         assert_eq!(port_state(&d, "br0", "px"), "up");
         d.cli(&["bridge", "del", "br0", "--force"]).ok();
-        assert!(
-            link_exists("vx"),
-            "a netdev port's interface is not vmnetd's to delete"
-        );
+        assert!(link_exists("vx"), "a netdev port's interface is not vmnetd's to delete");
     });
 }
 
@@ -585,8 +332,7 @@ fn large_segments_cross_internal_and_veth_ports_whole() {
         let d = Daemon::start(dir.path());
         d.cli(&["bridge", "add", "br0"]).ok();
         let (a, b) = (Ns::new("a"), Ns::new("b"));
-        d.cli(&["port", "add", "br0", "pa", "--internal", "--ifname", "ia"])
-            .ok();
+        d.cli(&["port", "add", "br0", "pa", "--internal", "--ifname", "ia"]).ok();
         a.adopt("ia", Some("10.0.0.1/24"));
         b.veth("vb", "eth0", Some("10.0.0.2/24"));
         d.cli(&["port", "add", "br0", "pb", "--netdev", "vb"]).ok();
@@ -594,54 +340,27 @@ fn large_segments_cross_internal_and_veth_ports_whole() {
         std::thread::sleep(Duration::from_millis(500));
         let file = dir.path().join("pa.pcap");
         let mut cap = std::process::Command::new(bin("vmnetd"))
-            .args([
-                "capture",
-                "br0",
-                "pa",
-                "-c",
-                "200",
-                "-w",
-                file.to_str().unwrap(),
-            ])
+            .args(["capture", "br0", "pa", "-c", "200", "-w", file.to_str().unwrap()])
             .env("VMNETD_SOCKET", &d.socket)
             .spawn()
             .unwrap();
         let client = a.exec("iperf3", &["-c", "10.0.0.2", "-t", "2", "-J"]);
         let _ = server.kill();
         let _ = server.wait();
-        assert!(
-            client.success(),
-            "iperf3 through the bridge failed: {}{}",
-            client.stdout,
-            client.stderr
-        );
+        assert!(client.success(), "iperf3 through the bridge failed: {}{}", client.stdout, client.stderr);
         let _ = wait_child(&mut cap, Duration::from_secs(30));
         let lines = read_pcap(&file);
         let biggest = lines
             .iter()
-            .filter_map(|l| {
-                l.split("length ")
-                    .nth(1)?
-                    .split(':')
-                    .next()?
-                    .trim()
-                    .parse::<u32>()
-                    .ok()
-            })
+            .filter_map(|l| l.split("length ").nth(1)?.split(':').next()?.trim().parse::<u32>().ok())
             .max()
             .unwrap_or(0);
-        assert!(
-            biggest > 1514,
-            "TCP segments were cut to MTU size on the internal port (largest frame {biggest})"
-        );
-        let bps = serde_json::from_str::<serde_json::Value>(&client.stdout).unwrap()["end"]
-            ["sum_received"]["bits_per_second"]
+        assert!(biggest > 1514, "TCP segments were cut to MTU size on the internal port (largest frame {biggest})");
+        let bps = serde_json::from_str::<serde_json::Value>(&client.stdout).unwrap()["end"]["sum_received"]
+            ["bits_per_second"]
             .as_f64()
             .unwrap();
-        eprintln!(
-            "TCP through the built-in bridge: {:.2} Gbit/s, largest frame {biggest} bytes",
-            bps / 1e9
-        );
+        eprintln!("TCP through the built-in bridge: {:.2} Gbit/s, largest frame {biggest} bytes", bps / 1e9);
     });
 }
 
@@ -653,16 +372,11 @@ fn qemu_guest_on_a_tap_owned_by_nobody_pings_a_namespace() {
         let dir = test_dir();
         let d = Daemon::start(dir.path());
         d.cli(&["bridge", "add", "br0"]).ok();
-        d.cli(&["mktap", "gtap0", "--user", "nobody", "--vnet-hdr"])
-            .ok();
-        d.cli(&[
-            "port", "add", "br0", "guest", "--netdev", "gtap0", "--vlan", "10",
-        ])
-        .ok();
+        d.cli(&["mktap", "gtap0", "--user", "nobody", "--vnet-hdr"]).ok();
+        d.cli(&["port", "add", "br0", "guest", "--netdev", "gtap0", "--vlan", "10"]).ok();
         let a = Ns::new("a");
         a.veth("va", "eth0", Some("10.0.10.1/24"));
-        d.cli(&["port", "add", "br0", "pa", "--netdev", "va", "--vlan", "10"])
-            .ok();
+        d.cli(&["port", "add", "br0", "pa", "--netdev", "va", "--vlan", "10"]).ok();
         let initrd = initramfs(
             dir.path(),
             "g1",
@@ -680,14 +394,8 @@ fn qemu_guest_on_a_tap_owned_by_nobody_pings_a_namespace() {
         // QEMU runs as the TAP's owner, with no privileges.
         let mut g = Guest::boot("g1", &initrd, &args, Some(65534));
         let out = g.wait_done(Duration::from_secs(120));
-        assert!(
-            out.contains("PING-OK"),
-            "guest could not ping the namespace:\n{out}"
-        );
+        assert!(out.contains("PING-OK"), "guest could not ping the namespace:\n{out}");
         let fdb = d.cli(&["fdb", "show", "br0"]).ok().to_owned();
-        assert!(
-            fdb.contains("52:54:00:00:10:02") && fdb.contains("guest"),
-            "{fdb}"
-        );
+        assert!(fdb.contains("52:54:00:00:10:02") && fdb.contains("guest"), "{fdb}");
     });
 }

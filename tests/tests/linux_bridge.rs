@@ -37,17 +37,9 @@ fn bridges_are_created_with_options_or_adopted_and_only_created_ones_deleted() {
     in_netns(|| {
         let dir = test_dir();
         let mut d = Daemon::start(dir.path());
-        d.cli(&[
-            "bridge", "add", "lbr0", "--kind", "linux", "--ageing", "100", "--stp",
-        ])
-        .ok();
+        d.cli(&["bridge", "add", "lbr0", "--kind", "linux", "--ageing", "100", "--stp"]).ok();
         let det = link_details("lbr0");
-        assert!(
-            det.contains("bridge ")
-                && det.contains("ageing_time 10000")
-                && det.contains("stp_state 1"),
-            "{det}"
-        );
+        assert!(det.contains("bridge ") && det.contains("ageing_time 10000") && det.contains("stp_state 1"), "{det}");
         assert!(det.contains("UP"), "{det}");
         ip("link add lbr1 type bridge");
         d.cli(&["bridge", "add", "lbr1", "--kind", "linux"]).ok();
@@ -56,22 +48,13 @@ fn bridges_are_created_with_options_or_adopted_and_only_created_ones_deleted() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|b| {
-                (
-                    b["name"].as_str().unwrap().to_owned(),
-                    b["created"].as_bool().unwrap(),
-                )
-            })
+            .map(|b| (b["name"].as_str().unwrap().to_owned(), b["created"].as_bool().unwrap()))
             .collect();
         assert_eq!(created, vec![("lbr0".into(), true), ("lbr1".into(), false)]);
         // A name taken by something else is refused.
         ip("link add notbr type veth peer name notbrp");
         let o = d.cli(&["bridge", "add", "notbr", "--kind", "linux"]);
-        assert!(
-            o.failed_one_line()
-                .contains("notbr exists and is not a bridge"),
-            "{o:?}"
-        );
+        assert!(o.failed_one_line().contains("notbr exists and is not a bridge"), "{o:?}");
 
         // After a reboot-like loss, the daemon re-creates the bridge it made.
         d.kill();
@@ -80,10 +63,7 @@ fn bridges_are_created_with_options_or_adopted_and_only_created_ones_deleted() {
         assert!(link_details("lbr0").contains("ageing_time 10000"));
         // Deleting: the adopted bridge stays, the created one goes.
         d.cli(&["bridge", "del", "lbr1"]).ok();
-        assert!(
-            link_exists("lbr1"),
-            "vmnetd deleted a bridge it did not create"
-        );
+        assert!(link_exists("lbr1"), "vmnetd deleted a bridge it did not create");
         d.cli(&["bridge", "del", "lbr0"]).ok();
         assert!(!link_exists("lbr0"));
     });
@@ -102,32 +82,18 @@ fn ports_attach_detach_and_carry_traffic_through_the_kernel_bridge() {
         d.cli(&["port", "add", "lbr0", "pb", "--netdev", "vb"]).ok();
         assert!(link_details("va").contains("master lbr0"));
         let bl = run("bridge", ["link"]).ok().to_owned();
-        assert!(
-            bl.contains("va") && bl.contains("vb") && bl.contains("master lbr0"),
-            "{bl}"
-        );
+        assert!(bl.contains("va") && bl.contains("vb") && bl.contains("master lbr0"), "{bl}");
         assert!(a.ping("10.0.0.2", 3), "traffic through the Linux bridge");
         let ports = d.cli(&["--json", "port", "list", "lbr0"]).json();
-        assert!(
-            ports.as_array().unwrap().iter().all(|p| p["state"] == "up"),
-            "{ports}"
-        );
+        assert!(ports.as_array().unwrap().iter().all(|p| p["state"] == "up"), "{ports}");
         // fdb/stats/capture belong to the built-in bridge, and say where to look instead.
-        assert!(d
-            .cli(&["fdb", "show", "lbr0"])
-            .failed_one_line()
-            .contains("bridge fdb show br lbr0"));
+        assert!(d.cli(&["fdb", "show", "lbr0"]).failed_one_line().contains("bridge fdb show br lbr0"));
         d.cli(&["port", "del", "lbr0", "pb"]).ok();
-        assert!(
-            !link_details("vb").contains("master"),
-            "port del releases the interface"
-        );
+        assert!(!link_details("vb").contains("master"), "port del releases the interface");
         assert!(!a.ping("10.0.0.2", 1));
         // Internal ports are the built-in bridge's.
         let o = d.cli(&["port", "add", "lbr0", "pi", "--internal"]);
-        assert!(o
-            .failed_one_line()
-            .contains("Internal ports belong to built-in bridges"));
+        assert!(o.failed_one_line().contains("Internal ports belong to built-in bridges"));
     });
 }
 
@@ -142,17 +108,9 @@ fn vlans_are_refused_on_this_kernel_and_nothing_changes() {
         d.cli(&["port", "add", "lbr0", "pd", "--netdev", "vd"]).ok();
         let (state, links_vc, br) = (state_file(&d), settings("vc"), settings("lbr0"));
         for (args, vlan) in [
+            (vec!["port", "add", "lbr0", "pv", "--netdev", "vc", "--vlan", "10"], "access 10"),
             (
-                vec![
-                    "port", "add", "lbr0", "pv", "--netdev", "vc", "--vlan", "10",
-                ],
-                "access 10",
-            ),
-            (
-                vec![
-                    "port", "add", "lbr0", "pv", "--netdev", "vc", "--trunk", "10,20", "--native",
-                    "1",
-                ],
+                vec!["port", "add", "lbr0", "pv", "--netdev", "vc", "--trunk", "10,20", "--native", "1"],
                 "trunk 10,20 native 1",
             ),
         ] {
@@ -185,8 +143,7 @@ fn ports_come_back_after_restart_and_when_their_interface_returns() {
         let mut d = Daemon::start(dir.path());
         d.cli(&["bridge", "add", "lbr0", "--kind", "linux"]).ok();
         d.cli(&["mktap", "vmtap0", "--user", "nobody"]).ok();
-        d.cli(&["port", "add", "lbr0", "vm0", "--netdev", "vmtap0"])
-            .ok();
+        d.cli(&["port", "add", "lbr0", "vm0", "--netdev", "vmtap0"]).ok();
         assert!(link_details("vmtap0").contains("master lbr0"));
         // A reboot loses both the bridge and the TAP: the next start brings both back, and the
         // TAP onto the bridge.
@@ -194,17 +151,10 @@ fn ports_come_back_after_restart_and_when_their_interface_returns() {
         ip("link del vmtap0");
         ip("link del lbr0");
         d.restart();
-        assert!(wait_until(Duration::from_secs(10), || link_exists(
-            "vmtap0"
-        ) && link_details(
-            "vmtap0"
-        )
-        .contains("master lbr0")));
+        assert!(wait_until(Duration::from_secs(10), || link_exists("vmtap0")
+            && link_details("vmtap0").contains("master lbr0")));
         // Released behind vmnetd's back: re-attached by the reconciler.
         ip("link set vmtap0 nomaster");
-        assert!(wait_until(Duration::from_secs(10), || link_details(
-            "vmtap0"
-        )
-        .contains("master lbr0")));
+        assert!(wait_until(Duration::from_secs(10), || link_details("vmtap0").contains("master lbr0")));
     });
 }

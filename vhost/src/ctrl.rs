@@ -76,11 +76,7 @@ fn parse_mac_tables(mut d: &[u8]) -> Option<Vec<[u8; 6]>> {
         let n = u32::from_le_bytes(d.get(..4)?.try_into().ok()?) as usize;
         d = &d[4..];
         let bytes = d.get(..n.checked_mul(6)?)?;
-        out.extend(
-            bytes
-                .chunks_exact(6)
-                .map(|c| [c[0], c[1], c[2], c[3], c[4], c[5]]),
-        );
+        out.extend(bytes.chunks_exact(6).map(|c| [c[0], c[1], c[2], c[3], c[4], c[5]]));
         d = &d[n * 6..];
     }
     d.is_empty().then_some(out)
@@ -142,14 +138,7 @@ mod tests {
         assert_eq!(apply(&mut s, 4, &[CLASS_RX, RX_PROMISC, 0]), OK);
         assert!(!s.promisc);
         assert_eq!(apply(&mut s, 4, &[CLASS_RX, RX_ALLMULTI, 1]), OK);
-        assert_eq!(
-            apply(
-                &mut s,
-                4,
-                &[CLASS_MAC, MAC_ADDR_SET, 0x52, 0x54, 0, 0, 0, 9]
-            ),
-            OK
-        );
+        assert_eq!(apply(&mut s, 4, &[CLASS_MAC, MAC_ADDR_SET, 0x52, 0x54, 0, 0, 0, 9]), OK);
         assert_eq!(s.guest_mac, Some([0x52, 0x54, 0, 0, 0, 9]));
         let mut t = vec![CLASS_MAC, MAC_TABLE_SET];
         t.extend(1u32.to_le_bytes());
@@ -165,11 +154,7 @@ mod tests {
         assert_eq!(apply(&mut s, 4, &[CLASS_MQ, MQ_VQ_PAIRS_SET, 2, 0]), OK);
         assert_eq!(s.active_pairs, Some(2));
         assert_eq!(apply(&mut s, 4, &[CLASS_MQ, MQ_VQ_PAIRS_SET, 9, 0]), ERR);
-        assert_eq!(
-            apply(&mut s, 4, &[2, 0, 10, 0]),
-            ERR,
-            "VLAN filtering is not offered"
-        );
+        assert_eq!(apply(&mut s, 4, &[2, 0, 10, 0]), ERR, "VLAN filtering is not offered");
         assert_eq!(apply(&mut s, 4, &[]), ERR);
     }
 }

@@ -17,20 +17,16 @@ use std::fs::File;
 use std::io::Write;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use nix::sys::eventfd::{EfdFlags, EventFd};
 use vhost::vhost_user::message::{
-    VhostTransferStateDirection, VhostTransferStatePhase, VhostUserConfigFlags, VhostUserInflight,
-    VhostUserLog, VhostUserMemoryRegion, VhostUserProtocolFeatures, VhostUserShMemConfig,
-    VhostUserSharedMsg, VhostUserSingleMemoryRegion, VhostUserVringAddrFlags, VhostUserVringState,
+    VhostTransferStateDirection, VhostTransferStatePhase, VhostUserConfigFlags, VhostUserInflight, VhostUserLog,
+    VhostUserMemoryRegion, VhostUserProtocolFeatures, VhostUserShMemConfig, VhostUserSharedMsg,
+    VhostUserSingleMemoryRegion, VhostUserVringAddrFlags, VhostUserVringState,
 };
-use vhost::vhost_user::{
-    Error as VuError, GpuBackend, Result as VuResult, VhostUserBackendReqHandlerMut,
-};
+use vhost::vhost_user::{Error as VuError, GpuBackend, Result as VuResult, VhostUserBackendReqHandlerMut};
 use vhost::VhostUserMemoryRegionBase;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{
-    GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap, GuestRegionMmap,
-};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap, GuestRegionMmap};
 
 use crate::virtio_net::{features, HDR_LEN, HDR_LEN_LEGACY};
 
@@ -168,7 +164,7 @@ impl Shared {
         let pairs = queue_pairs.clamp(1, MAX_QUEUE_PAIRS);
         Ok(Arc::new(Shared {
             state: Mutex::new(DevState::new(2 * usize::from(pairs) + 1)),
-            notify: EventFd::new(EFD_NONBLOCK)?,
+            notify: EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)?,
             queue_pairs: pairs,
             name: name.to_owned(),
         }))
@@ -225,11 +221,7 @@ fn unsupported(what: &'static str) -> VuError {
 impl Handler {
     pub fn new(shared: Arc<Shared>) -> Handler {
         shared.lock().connected = true;
-        Handler {
-            shared,
-            mappings: Vec::new(),
-            owned: false,
-        }
+        Handler { shared, mappings: Vec::new(), owned: false }
     }
 
     fn gpa(&self, vmm: u64) -> VuResult<u64> {
@@ -240,11 +232,7 @@ impl Handler {
             .ok_or(VuError::InvalidParam)
     }
 
-    fn with_vring<R>(
-        &self,
-        index: usize,
-        f: impl FnOnce(&mut DevState, usize) -> VuResult<R>,
-    ) -> VuResult<R> {
+    fn with_vring<R>(&self, index: usize, f: impl FnOnce(&mut DevState, usize) -> VuResult<R>) -> VuResult<R> {
         let mut st = self.shared.lock();
         if index >= st.vrings.len() {
             return Err(VuError::InvalidParam);
@@ -315,24 +303,15 @@ impl VhostUserBackendReqHandlerMut for Handler {
         let mut regions = Vec::with_capacity(ctx.len());
         let mut mappings = Vec::with_capacity(ctx.len());
         for (r, file) in ctx.iter().zip(files) {
-            let region =
-                GuestRegionMmap::new(r.mmap_region(file)?, GuestAddress(r.guest_phys_addr))
-                    .ok_or(VuError::InvalidParam)?;
-            mappings.push(Mapping {
-                vmm_addr: r.user_addr,
-                size: r.memory_size,
-                gpa: r.guest_phys_addr,
-            });
+            let region = GuestRegionMmap::new(r.mmap_region(file)?, GuestAddress(r.guest_phys_addr))
+                .ok_or(VuError::InvalidParam)?;
+            mappings.push(Mapping { vmm_addr: r.user_addr, size: r.memory_size, gpa: r.guest_phys_addr });
             regions.push(region);
         }
-        let mem = Memory::from_regions(regions)
-            .map_err(|e| VuError::ReqHandlerError(std::io::Error::other(e)))?;
+        let mem = Memory::from_regions(regions).map_err(|e| VuError::ReqHandlerError(std::io::Error::other(e)))?;
         self.mappings = mappings;
         let mut st = self.shared.lock();
-        st.mem
-            .lock()
-            .map_err(|_| VuError::BackendInternalError)?
-            .replace(mem);
+        st.mem.lock().map_err(|_| VuError::BackendInternalError)?.replace(mem);
         self.shared.changed(&mut st);
         Ok(None)
     }
@@ -359,19 +338,13 @@ impl VhostUserBackendReqHandlerMut for Handler {
         let (d, u, a) = (self.gpa(descriptor)?, self.gpa(used)?, self.gpa(available)?);
         self.with_vring(index as usize, |st, i| {
             let q = &mut st.vrings[i].queue;
-            q.try_set_desc_table_address(GuestAddress(d))
-                .map_err(|_| VuError::InvalidParam)?;
-            q.try_set_avail_ring_address(GuestAddress(a))
-                .map_err(|_| VuError::InvalidParam)?;
-            q.try_set_used_ring_address(GuestAddress(u))
-                .map_err(|_| VuError::InvalidParam)?;
+            q.try_set_desc_table_address(GuestAddress(d)).map_err(|_| VuError::InvalidParam)?;
+            q.try_set_avail_ring_address(GuestAddress(a)).map_err(|_| VuError::InvalidParam)?;
+            q.try_set_used_ring_address(GuestAddress(u)).map_err(|_| VuError::InvalidParam)?;
             // After a guest reboot the used index restarts; take it from the ring, as QEMU's
             // libvhost-user does.
             let mem = st.mem.memory();
-            if let Ok(idx) = st.vrings[i]
-                .queue
-                .used_idx(&*mem, std::sync::atomic::Ordering::Acquire)
-            {
+            if let Ok(idx) = st.vrings[i].queue.used_idx(&*mem, std::sync::atomic::Ordering::Acquire) {
                 st.vrings[i].queue.set_next_used(idx.0);
             }
             Ok(())
@@ -393,10 +366,7 @@ impl VhostUserBackendReqHandlerMut for Handler {
             v.queue.set_ready(false);
             v.kick = None;
             v.call = None;
-            Ok(VhostUserVringState::new(
-                index,
-                u32::from(v.queue.next_avail()),
-            ))
+            Ok(VhostUserVringState::new(index, u32::from(v.queue.next_avail())))
         })
     }
 
@@ -439,9 +409,7 @@ impl VhostUserBackendReqHandlerMut for Handler {
 
     fn set_vring_enable(&mut self, index: u32, enable: bool) -> VuResult<()> {
         if self.shared.lock().acked_features & features::PROTOCOL_FEATURES == 0 {
-            return Err(VuError::InvalidOperation(
-                "SET_VRING_ENABLE without protocol features",
-            ));
+            return Err(VuError::InvalidOperation("SET_VRING_ENABLE without protocol features"));
         }
         self.with_vring(index as usize, |st, i| {
             st.vrings[i].enabled = enable;
@@ -449,21 +417,11 @@ impl VhostUserBackendReqHandlerMut for Handler {
         })
     }
 
-    fn get_config(
-        &mut self,
-        _offset: u32,
-        _size: u32,
-        _flags: VhostUserConfigFlags,
-    ) -> VuResult<Vec<u8>> {
+    fn get_config(&mut self, _offset: u32, _size: u32, _flags: VhostUserConfigFlags) -> VuResult<Vec<u8>> {
         Err(unsupported("config space (the frontend emulates it)"))
     }
 
-    fn set_config(
-        &mut self,
-        _offset: u32,
-        _buf: &[u8],
-        _flags: VhostUserConfigFlags,
-    ) -> VuResult<()> {
+    fn set_config(&mut self, _offset: u32, _buf: &[u8], _flags: VhostUserConfigFlags) -> VuResult<()> {
         Err(unsupported("config space (the frontend emulates it)"))
     }
 
@@ -475,10 +433,7 @@ impl VhostUserBackendReqHandlerMut for Handler {
         Err(unsupported("shared objects"))
     }
 
-    fn get_inflight_fd(
-        &mut self,
-        _inflight: &VhostUserInflight,
-    ) -> VuResult<(VhostUserInflight, File)> {
+    fn get_inflight_fd(&mut self, _inflight: &VhostUserInflight) -> VuResult<(VhostUserInflight, File)> {
         Err(unsupported("inflight fd"))
     }
 

@@ -111,20 +111,15 @@ impl Driver {
         let qs = u64::from(cfg.queue_size);
         let ring_bytes = align(16 * qs, 4096) + align(6 + 2 * qs, 4096) + align(6 + 8 * qs, 4096);
         let size = align(nq as u64 * (ring_bytes + qs * BUF_LEN as u64), 2 << 20);
-        let memfd =
-            nix::sys::memfd::memfd_create("vmnetd-driver", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
-                .map_err(|e| Error::Memory(e.to_string()))?;
+        let memfd = nix::sys::memfd::memfd_create("vmnetd-driver", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+            .map_err(|e| Error::Memory(e.to_string()))?;
         let memfd = File::from(memfd);
         memfd.set_len(size)?;
-        let region =
-            MmapRegion::<()>::from_file(FileOffset::new(memfd.try_clone()?, 0), size as usize)
-                .map_err(|e| Error::Memory(e.to_string()))?;
-        let region = GuestRegionMmap::new(region, GuestAddress(0))
-            .ok_or_else(|| Error::Memory("region".into()))?;
+        let region = MmapRegion::<()>::from_file(FileOffset::new(memfd.try_clone()?, 0), size as usize)
+            .map_err(|e| Error::Memory(e.to_string()))?;
+        let region = GuestRegionMmap::new(region, GuestAddress(0)).ok_or_else(|| Error::Memory("region".into()))?;
         let mem = Memory::from_regions(vec![region]).map_err(|e| Error::Memory(e.to_string()))?;
-        let host_base = mem
-            .get_host_address(GuestAddress(0))
-            .map_err(|e| Error::Memory(e.to_string()))? as u64;
+        let host_base = mem.get_host_address(GuestAddress(0)).map_err(|e| Error::Memory(e.to_string()))? as u64;
 
         frontend.set_owner()?;
         let offered = frontend.get_features()?;
@@ -132,9 +127,8 @@ impl Driver {
         frontend.set_features(acked)?;
         if acked & features::PROTOCOL_FEATURES != 0 {
             let pf = frontend.get_protocol_features()?;
-            frontend.set_protocol_features(
-                pf & (VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK),
-            )?;
+            frontend
+                .set_protocol_features(pf & (VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK))?;
         }
         frontend.set_mem_table(&[VhostUserMemoryRegionInfo {
             guest_phys_addr: 0,
@@ -219,11 +213,9 @@ impl Driver {
 
     /// Sends SET_FEATURES with `f` and waits for the device's verdict (REPLY_ACK).
     pub fn frontend_set_features_check(&mut self, f: u64) -> Result<()> {
-        self.frontend
-            .set_hdr_flags(vhost::vhost_user::message::VhostUserHeaderFlag::NEED_REPLY);
+        self.frontend.set_hdr_flags(vhost::vhost_user::message::VhostUserHeaderFlag::NEED_REPLY);
         let r = self.frontend.set_features(f);
-        self.frontend
-            .set_hdr_flags(vhost::vhost_user::message::VhostUserHeaderFlag::empty());
+        self.frontend.set_hdr_flags(vhost::vhost_user::message::VhostUserHeaderFlag::empty());
         Ok(r?)
     }
 
@@ -249,29 +241,18 @@ impl Driver {
     fn publish(&mut self, q: usize, old: u16) {
         let vq = &self.vqs[q];
         fence(Ordering::Release);
-        let _ = self.mem.store(
-            vq.avail_idx.to_le(),
-            GuestAddress(vq.avail + 2),
-            Ordering::Release,
-        );
+        let _ = self.mem.store(vq.avail_idx.to_le(), GuestAddress(vq.avail + 2), Ordering::Release);
         fence(Ordering::SeqCst);
         let kick = if self.event_idx {
             let ev: u16 = self
                 .mem
-                .load(
-                    GuestAddress(vq.used + 4 + 8 * u64::from(vq.size)),
-                    Ordering::Acquire,
-                )
+                .load(GuestAddress(vq.used + 4 + 8 * u64::from(vq.size)), Ordering::Acquire)
                 .map(u16::from_le)
                 .unwrap_or(0);
             // vring_need_event(event, new, old)
             vq.avail_idx.wrapping_sub(ev).wrapping_sub(1) < vq.avail_idx.wrapping_sub(old)
         } else {
-            let flags: u16 = self
-                .mem
-                .load(GuestAddress(vq.used), Ordering::Acquire)
-                .map(u16::from_le)
-                .unwrap_or(0);
+            let flags: u16 = self.mem.load(GuestAddress(vq.used), Ordering::Acquire).map(u16::from_le).unwrap_or(0);
             flags & 1 == 0
         };
         if kick {
@@ -297,19 +278,12 @@ impl Driver {
 
     /// Takes back transmit buffers the device has used.
     fn reclaim(&mut self, q: usize) {
-        let used_idx: u16 = self
-            .mem
-            .load(GuestAddress(self.vqs[q].used + 2), Ordering::Acquire)
-            .map(u16::from_le)
-            .unwrap_or(0);
+        let used_idx: u16 =
+            self.mem.load(GuestAddress(self.vqs[q].used + 2), Ordering::Acquire).map(u16::from_le).unwrap_or(0);
         while self.vqs[q].last_used != used_idx {
             let vq = &self.vqs[q];
             let slot = vq.used + 4 + 8 * u64::from(vq.last_used % vq.size);
-            let id: u32 = self
-                .mem
-                .read_obj(GuestAddress(slot))
-                .map(u32::from_le)
-                .unwrap_or(0);
+            let id: u32 = self.mem.read_obj(GuestAddress(slot)).map(u32::from_le).unwrap_or(0);
             self.vqs[q].free.push(id as u16);
             self.vqs[q].last_used = self.vqs[q].last_used.wrapping_add(1);
         }
@@ -332,9 +306,7 @@ impl Driver {
             let b = Self::buf(vq, i);
             let len = (hl + f.len()).min(BUF_LEN);
             let _ = self.mem.write_slice(&hdr[..hl], GuestAddress(b));
-            let _ = self
-                .mem
-                .write_slice(&f[..len - hl], GuestAddress(b + hl as u64));
+            let _ = self.mem.write_slice(&f[..len - hl], GuestAddress(b + hl as u64));
             self.write_desc(vq, i, b, len as u32, 0);
             let slot = vq.avail + 4 + 2 * u64::from(vq.avail_idx % vq.size);
             let _ = self.mem.write_obj(i.to_le(), GuestAddress(slot));
@@ -374,26 +346,15 @@ impl Driver {
     pub fn recv(&mut self, pair: usize, out: &mut Vec<(VnetHdr, Vec<u8>)>) -> usize {
         let q = 2 * pair;
         let hl = self.hdr_len();
-        let used_idx: u16 = self
-            .mem
-            .load(GuestAddress(self.vqs[q].used + 2), Ordering::Acquire)
-            .map(u16::from_le)
-            .unwrap_or(0);
+        let used_idx: u16 =
+            self.mem.load(GuestAddress(self.vqs[q].used + 2), Ordering::Acquire).map(u16::from_le).unwrap_or(0);
         let mut n = 0;
         let mut cur: Option<(VnetHdr, Vec<u8>, u16)> = None;
         while self.vqs[q].last_used != used_idx {
             let vq = &self.vqs[q];
             let slot = vq.used + 4 + 8 * u64::from(vq.last_used % vq.size);
-            let id: u32 = self
-                .mem
-                .read_obj(GuestAddress(slot))
-                .map(u32::from_le)
-                .unwrap_or(0);
-            let len: u32 = self
-                .mem
-                .read_obj(GuestAddress(slot + 4))
-                .map(u32::from_le)
-                .unwrap_or(0);
+            let id: u32 = self.mem.read_obj(GuestAddress(slot)).map(u32::from_le).unwrap_or(0);
+            let len: u32 = self.mem.read_obj(GuestAddress(slot + 4)).map(u32::from_le).unwrap_or(0);
             let b = Self::buf(vq, id as u16);
             let mut data = vec![0u8; (len as usize).min(BUF_LEN)];
             let _ = self.mem.read_slice(&mut data, GuestAddress(b));
@@ -402,11 +363,7 @@ impl Driver {
             match cur.take() {
                 None if data.len() >= hl => {
                     let h = VnetHdr::parse(&data).unwrap_or_default();
-                    let nb = if hl == HDR_LEN {
-                        u16::from_le_bytes([data[10], data[11]]).max(1)
-                    } else {
-                        1
-                    };
+                    let nb = if hl == HDR_LEN { u16::from_le_bytes([data[10], data[11]]).max(1) } else { 1 };
                     cur = Some((h, data[hl..].to_vec(), nb - 1));
                 }
                 None => {}

@@ -114,8 +114,7 @@ where
         // The header first...
         if hdr_got < hdr_len {
             let n = len.min(hdr_len - hdr_got);
-            mem.read_slice(&mut hdr[hdr_got..hdr_got + n], GuestAddress(addr))
-                .map_err(|_| TxError::BadAddress)?;
+            mem.read_slice(&mut hdr[hdr_got..hdr_got + n], GuestAddress(addr)).map_err(|_| TxError::BadAddress)?;
             hdr_got += n;
             addr += n as u64;
             len -= n;
@@ -123,8 +122,7 @@ where
         // ...then the bytes the switch decides on...
         if len > 0 && head_got < HEAD_LEN {
             let n = len.min(HEAD_LEN - head_got);
-            mem.read_slice(&mut head[head_got..head_got + n], GuestAddress(addr))
-                .map_err(|_| TxError::BadAddress)?;
+            mem.read_slice(&mut head[head_got..head_got + n], GuestAddress(addr)).map_err(|_| TxError::BadAddress)?;
             head_got += n;
             addr += n as u64;
             len -= n;
@@ -134,10 +132,7 @@ where
             if segs.len() - first_seg >= MAX_SEGS {
                 return Err(TxError::TooManySegments);
             }
-            segs.push(Seg {
-                addr,
-                len: len as u32,
-            });
+            segs.push(Seg { addr, len: len as u32 });
         }
     }
     if hdr_got < hdr_len {
@@ -210,15 +205,7 @@ pub struct RxWriter<'a> {
 
 impl<'a> RxWriter<'a> {
     pub fn new(queue: &'a mut Queue, mem: &'a Memory, mrg: bool, hdr_len: usize) -> Self {
-        RxWriter {
-            queue,
-            mem,
-            mrg,
-            hdr_len,
-            chains: Vec::new(),
-            spare: Vec::new(),
-            written: 0,
-        }
+        RxWriter { queue, mem, mrg, hdr_len, chains: Vec::new(), spare: Vec::new(), written: 0 }
     }
 
     /// Pops the next chain; `Ok(None)` when the ring is empty.
@@ -239,12 +226,7 @@ impl<'a> RxWriter<'a> {
             cap += d.len() as usize;
             descs.push((d.addr().0, d.len()));
         }
-        let c = RxChain {
-            head,
-            descs,
-            cap,
-            written: 0,
-        };
+        let c = RxChain { head, descs, cap, written: 0 };
         if bad {
             // Give it back empty: the driver sees a zero-length buffer and moves on.
             let _ = self.queue.add_used(self.mem, c.head, 0);
@@ -283,11 +265,7 @@ impl<'a> RxWriter<'a> {
             return Err(RxError::TooBig);
         }
         // The frame after the header.
-        let mut cursor = Cursor {
-            chain: 0,
-            desc: 0,
-            off: self.hdr_len,
-        };
+        let mut cursor = Cursor { chain: 0, desc: 0, off: self.hdr_len };
         for p in parts {
             if let Err(e) = self.copy_part(&mut cursor, p) {
                 self.consume_empty();
@@ -297,11 +275,7 @@ impl<'a> RxWriter<'a> {
         // The header last: only now is the number of buffers known.
         let n = self.chains.len() as u16;
         let bytes = hdr.to_bytes(if self.mrg { n } else { 1 });
-        let mut hc = Cursor {
-            chain: 0,
-            desc: 0,
-            off: 0,
-        };
+        let mut hc = Cursor { chain: 0, desc: 0, off: 0 };
         if self.copy_bytes_at(&mut hc, &bytes[..self.hdr_len]).is_err() {
             self.consume_empty();
             return Err(RxError::BadChain);
@@ -348,13 +322,8 @@ impl<'a> RxWriter<'a> {
                 while left > 0 {
                     let (daddr, room) = self.room(cur).ok_or(RxError::BadChain)?;
                     let n = room.min(left);
-                    let s = src
-                        .get_slice(GuestAddress(addr), n)
-                        .map_err(|_| RxError::BadSource)?;
-                    let d = self
-                        .mem
-                        .get_slice(GuestAddress(daddr), n)
-                        .map_err(|_| RxError::BadChain)?;
+                    let s = src.get_slice(GuestAddress(addr), n).map_err(|_| RxError::BadSource)?;
+                    let d = self.mem.get_slice(GuestAddress(daddr), n).map_err(|_| RxError::BadChain)?;
                     s.copy_to_volatile_slice(d);
                     addr += n as u64;
                     left -= n;
@@ -369,9 +338,7 @@ impl<'a> RxWriter<'a> {
         while !b.is_empty() {
             let (daddr, room) = self.room(cur).ok_or(RxError::BadChain)?;
             let n = room.min(b.len());
-            self.mem
-                .write_slice(&b[..n], GuestAddress(daddr))
-                .map_err(|_| RxError::BadChain)?;
+            self.mem.write_slice(&b[..n], GuestAddress(daddr)).map_err(|_| RxError::BadChain)?;
             b = &b[n..];
             cur.off += n;
         }
@@ -428,19 +395,14 @@ pub fn disable_notification(queue: &mut Queue, mem: &Memory) {
 
 /// Whether the driver has made buffers available that we have not taken yet.
 pub fn has_available(queue: &Queue, mem: &Memory) -> bool {
-    queue
-        .avail_idx(mem, std::sync::atomic::Ordering::Acquire)
-        .map(|i| i.0 != queue.next_avail())
-        .unwrap_or(false)
+    queue.avail_idx(mem, std::sync::atomic::Ordering::Acquire).map(|i| i.0 != queue.next_avail()).unwrap_or(false)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::virtio_net::{F_NEEDS_CSUM, GSO_TCPV4, HDR_LEN};
-    use virtio_bindings::bindings::virtio_ring::{
-        VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
-    };
+    use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
     use virtio_queue::desc::split::Descriptor as Desc;
     use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
@@ -460,8 +422,7 @@ mod tests {
     fn put_frame(m: &Memory, at: u64, vnet: &VnetHdr, len: usize) -> Vec<u8> {
         let frame: Vec<u8> = (0..len).map(|i| i as u8).collect();
         m.write_slice(&vnet.to_bytes(0), GuestAddress(at)).unwrap();
-        m.write_slice(&frame, GuestAddress(at + HDR_LEN as u64))
-            .unwrap();
+        m.write_slice(&frame, GuestAddress(at + HDR_LEN as u64)).unwrap();
         frame
     }
 
@@ -497,8 +458,7 @@ mod tests {
             csum_offset: 16,
         };
         let frame = put_frame(&m, 0x1000, &vnet, 1514);
-        vq.add_desc_chains(&[d(0x1000, (HDR_LEN + 1514) as u32, 0, 0)], 0)
-            .unwrap();
+        vq.add_desc_chains(&[d(0x1000, (HDR_LEN + 1514) as u32, 0, 0)], 0).unwrap();
         let mut q: Queue = vq.create_queue().unwrap();
         let (out, segs) = pop_all(&mut q, &m);
         assert_eq!(out.len(), 1);
@@ -537,12 +497,9 @@ mod tests {
         let vq = MockSplitQueue::create(&m, GuestAddress(0x10_0000), 16);
         let frame = put_frame(&m, 0x1000, &VnetHdr::default(), 60);
         // An indirect table of two descriptors at 0x8000.
-        m.write_obj(d(0x1000, HDR_LEN as u32, NEXT, 1), GuestAddress(0x8000))
-            .unwrap();
-        m.write_obj(d(0x1000 + HDR_LEN as u64, 60, 0, 0), GuestAddress(0x8010))
-            .unwrap();
-        vq.add_desc_chains(&[d(0x8000, 32, VRING_DESC_F_INDIRECT as u16, 0)], 0)
-            .unwrap();
+        m.write_obj(d(0x1000, HDR_LEN as u32, NEXT, 1), GuestAddress(0x8000)).unwrap();
+        m.write_obj(d(0x1000 + HDR_LEN as u64, 60, 0, 0), GuestAddress(0x8010)).unwrap();
+        vq.add_desc_chains(&[d(0x8000, 32, VRING_DESC_F_INDIRECT as u16, 0)], 0).unwrap();
         let mut q: Queue = vq.create_queue().unwrap();
         let (out, segs) = pop_all(&mut q, &m);
         assert_eq!(gather(&m, &out[0].1.unwrap(), &segs), frame);
@@ -569,12 +526,7 @@ mod tests {
         let errs: Vec<_> = out.iter().map(|(_, r)| r.unwrap_err()).collect();
         assert_eq!(
             errs,
-            vec![
-                TxError::WritableDescriptor,
-                TxError::TooShort(8),
-                TxError::BadAddress,
-                TxError::BadAddress
-            ]
+            vec![TxError::WritableDescriptor, TxError::TooShort(8), TxError::BadAddress, TxError::BadAddress]
         );
         assert!(segs.is_empty());
         // They are still handed back, so the driver does not leak them.
@@ -606,8 +558,7 @@ mod tests {
         let mut q: Queue = vq.create_queue().unwrap();
         assert_eq!(pop_all(&mut q, &m).0.len(), 0);
         // Over 64 KiB + tag: refused.
-        vq.add_desc_chains(&[d(0, (MAX_FRAME + HDR_LEN + 1) as u32, 0, 0)], 0)
-            .unwrap();
+        vq.add_desc_chains(&[d(0, (MAX_FRAME + HDR_LEN + 1) as u32, 0, 0)], 0).unwrap();
         let (out, _) = pop_all(&mut q, &m);
         assert_eq!(out[0].1.unwrap_err(), TxError::TooLong(MAX_FRAME + 1));
     }
@@ -618,12 +569,7 @@ mod tests {
             .enumerate()
             .map(|(i, (a, l))| {
                 let last = i + 1 == bufs.len();
-                d(
-                    *a,
-                    *l,
-                    WRITE | if last { 0 } else { NEXT },
-                    at + i as u16 + 1,
-                )
+                d(*a, *l, WRITE | if last { 0 } else { NEXT }, at + i as u16 + 1)
             })
             .collect();
         vq.add_desc_chains(&descs, at).unwrap();
@@ -642,25 +588,15 @@ mod tests {
         let mut q: Queue = vq.create_queue().unwrap();
         let frame: Vec<u8> = (0..100u8).collect();
         let mut w = RxWriter::new(&mut q, &m, true, HDR_LEN);
-        let vnet = VnetHdr {
-            flags: F_NEEDS_CSUM,
-            csum_start: 34,
-            csum_offset: 6,
-            ..Default::default()
-        };
-        w.write(
-            &vnet,
-            &[Part::Bytes(&frame[..18]), Part::Bytes(&frame[18..])],
-        )
-        .unwrap();
+        let vnet = VnetHdr { flags: F_NEEDS_CSUM, csum_start: 34, csum_offset: 6, ..Default::default() };
+        w.write(&vnet, &[Part::Bytes(&frame[..18]), Part::Bytes(&frame[18..])]).unwrap();
         assert_eq!(used(&vq, 0), (0, (HDR_LEN + 100) as u32));
         let mut hdr = [0u8; HDR_LEN];
         m.read_slice(&mut hdr, GuestAddress(0x2000)).unwrap();
         assert_eq!(VnetHdr::parse(&hdr).unwrap(), vnet);
         assert_eq!(u16::from_le_bytes([hdr[10], hdr[11]]), 1, "num_buffers");
         let mut got = vec![0u8; 100];
-        m.read_slice(&mut got, GuestAddress(0x2000 + HDR_LEN as u64))
-            .unwrap();
+        m.read_slice(&mut got, GuestAddress(0x2000 + HDR_LEN as u64)).unwrap();
         assert_eq!(got, frame);
     }
 
@@ -675,24 +611,15 @@ mod tests {
         let mut q: Queue = vq.create_queue().unwrap();
         let frame: Vec<u8> = (0..2500u32).map(|i| (i % 251) as u8).collect();
         let mut w = RxWriter::new(&mut q, &m, true, HDR_LEN);
-        w.write(&VnetHdr::default(), &[Part::Bytes(&frame)])
-            .unwrap();
+        w.write(&VnetHdr::default(), &[Part::Bytes(&frame)]).unwrap();
         assert!(w.needs_notification());
-        assert_eq!(
-            (used(&vq, 0), used(&vq, 1), used(&vq, 2)),
-            ((0, 1000), (1, 1000), (3, 512))
-        );
+        assert_eq!((used(&vq, 0), used(&vq, 1), used(&vq, 2)), ((0, 1000), (1, 1000), (3, 512)));
         let mut hdr = [0u8; HDR_LEN];
         m.read_slice(&mut hdr, GuestAddress(0x2000)).unwrap();
         assert_eq!(u16::from_le_bytes([hdr[10], hdr[11]]), 3, "num_buffers");
         // Reassemble what the driver would.
         let mut got = Vec::new();
-        for (a, l) in [
-            (0x2000 + 12, 988),
-            (0x3000, 600),
-            (0x4000, 400),
-            (0x5000, 512),
-        ] {
+        for (a, l) in [(0x2000 + 12, 988), (0x3000, 600), (0x4000, 400), (0x5000, 512)] {
             let mut b = vec![0u8; l];
             m.read_slice(&mut b, GuestAddress(a)).unwrap();
             got.extend(b);
@@ -708,13 +635,9 @@ mod tests {
         let mut q: Queue = vq.create_queue().unwrap();
         let big = vec![7u8; 1500];
         let mut w = RxWriter::new(&mut q, &m, false, HDR_LEN);
-        assert_eq!(
-            w.write(&VnetHdr::default(), &[Part::Bytes(&big)]),
-            Err(RxError::TooBig)
-        );
+        assert_eq!(w.write(&VnetHdr::default(), &[Part::Bytes(&big)]), Err(RxError::TooBig));
         // A small frame still fits the chain that was put back.
-        w.write(&VnetHdr::default(), &[Part::Bytes(&big[..60])])
-            .unwrap();
+        w.write(&VnetHdr::default(), &[Part::Bytes(&big[..60])]).unwrap();
         assert_eq!(used(&vq, 0), (0, 72));
     }
 
@@ -732,10 +655,7 @@ mod tests {
         vq.add_desc_chains(&[d(0x2000, 2048, 0, 0)], 0).unwrap();
         rx_chain(&vq, 1, &[(0x3000, 2048)]);
         let mut w = RxWriter::new(&mut q, &m, true, HDR_LEN);
-        assert_eq!(
-            w.write(&VnetHdr::default(), &[Part::Bytes(&f)]),
-            Err(RxError::BadChain)
-        );
+        assert_eq!(w.write(&VnetHdr::default(), &[Part::Bytes(&f)]), Err(RxError::BadChain));
         assert_eq!(used(&vq, 0), (0, 0));
         w.write(&VnetHdr::default(), &[Part::Bytes(&f)]).unwrap();
         assert_eq!(used(&vq, 1), (1, 72));
@@ -751,39 +671,16 @@ mod tests {
         let mut q: Queue = vq.create_queue().unwrap();
         let head = [0xaau8; 18];
         let mut w = RxWriter::new(&mut q, &dst, true, HDR_LEN);
-        w.write(
-            &VnetHdr::default(),
-            &[
-                Part::Bytes(&head),
-                Part::Guest(
-                    &src,
-                    Seg {
-                        addr: 0x9000,
-                        len: 300,
-                    },
-                ),
-            ],
-        )
-        .unwrap();
+        w.write(&VnetHdr::default(), &[Part::Bytes(&head), Part::Guest(&src, Seg { addr: 0x9000, len: 300 })]).unwrap();
         let mut got = vec![0u8; 318];
-        dst.read_slice(&mut got, GuestAddress(0x2000 + HDR_LEN as u64))
-            .unwrap();
+        dst.read_slice(&mut got, GuestAddress(0x2000 + HDR_LEN as u64)).unwrap();
         assert_eq!(&got[..18], &head);
         assert_eq!(&got[18..], &payload[..]);
         // A source segment outside the source's memory is refused.
         rx_chain(&vq, 1, &[(0x3000, 4096)]);
         let mut w = RxWriter::new(&mut q, &dst, true, HDR_LEN);
         assert_eq!(
-            w.write(
-                &VnetHdr::default(),
-                &[Part::Guest(
-                    &src,
-                    Seg {
-                        addr: 0x7000_0000,
-                        len: 10
-                    }
-                )]
-            ),
+            w.write(&VnetHdr::default(), &[Part::Guest(&src, Seg { addr: 0x7000_0000, len: 10 })]),
             Err(RxError::BadSource)
         );
     }

@@ -69,12 +69,8 @@ pub struct Server {
 
 fn chown(path: &Path, owner: Option<(u32, u32)>) -> Result<(), Error> {
     if let Some((u, g)) = owner {
-        nix::unistd::chown(
-            path,
-            Some(nix::unistd::Uid::from_raw(u)),
-            Some(nix::unistd::Gid::from_raw(g)),
-        )
-        .map_err(|e| Error::Chown(path.to_owned(), e.into()))?;
+        nix::unistd::chown(path, Some(nix::unistd::Uid::from_raw(u)), Some(nix::unistd::Gid::from_raw(g)))
+            .map_err(|e| Error::Chown(path.to_owned(), e.into()))?;
     }
     Ok(())
 }
@@ -104,8 +100,7 @@ fn listen(ep: &Endpoint) -> Result<UnixListener, Error> {
         Err(_) => {}
     }
     let l = UnixListener::bind(path).map_err(|e| Error::Bind(path.clone(), e))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-        .map_err(|e| Error::Bind(path.clone(), e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(|e| Error::Bind(path.clone(), e))?;
     chown(path, ep.owner)?;
     Ok(l)
 }
@@ -128,12 +123,7 @@ impl Server {
                 None => serve_client(&shared, &ep2.path, &s2, &c2),
             })
             .map_err(Error::Thread)?;
-        Ok(Server {
-            stop,
-            conn,
-            thread: Some(thread),
-            endpoint,
-        })
+        Ok(Server { stop, conn, thread: Some(thread), endpoint })
     }
 
     pub fn endpoint(&self) -> &Endpoint {
@@ -168,12 +158,7 @@ fn readable<F: AsFd>(fd: &F) -> bool {
     matches!(poll(&mut fds, PollTimeout::from(200u16)), Ok(n) if n > 0)
 }
 
-fn serve_listener(
-    shared: &Arc<Shared>,
-    l: &UnixListener,
-    stop: &AtomicBool,
-    conn: &Mutex<Option<UnixStream>>,
-) {
+fn serve_listener(shared: &Arc<Shared>, l: &UnixListener, stop: &AtomicBool, conn: &Mutex<Option<UnixStream>>) {
     while !stop.load(Ordering::SeqCst) {
         if !readable(l) {
             continue;
@@ -188,12 +173,7 @@ fn serve_listener(
     }
 }
 
-fn serve_client(
-    shared: &Arc<Shared>,
-    path: &Path,
-    stop: &AtomicBool,
-    conn: &Mutex<Option<UnixStream>>,
-) {
+fn serve_client(shared: &Arc<Shared>, path: &Path, stop: &AtomicBool, conn: &Mutex<Option<UnixStream>>) {
     let mut backoff = Duration::from_millis(100);
     let mut said = false;
     while !stop.load(Ordering::SeqCst) {
@@ -205,11 +185,7 @@ fn serve_client(
             }
             Err(e) => {
                 if !said {
-                    log::info!(
-                        "vhost-user {}: waiting for {} ({e}); retrying",
-                        shared.name,
-                        path.display()
-                    );
+                    log::info!("vhost-user {}: waiting for {} ({e}); retrying", shared.name, path.display());
                     said = true;
                 }
                 let mut slept = Duration::ZERO;
@@ -234,9 +210,7 @@ fn serve(shared: &Arc<Shared>, s: UnixStream, stop: &AtomicBool, conn: &Mutex<Op
     let why = loop {
         match req.handle_request() {
             Ok(()) => {}
-            Err(VuError::Disconnected | VuError::SocketBroken(_) | VuError::PartialMessage) => {
-                break None
-            }
+            Err(VuError::Disconnected | VuError::SocketBroken(_) | VuError::PartialMessage) => break None,
             Err(e) => break Some(e),
         }
     };

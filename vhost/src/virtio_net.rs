@@ -113,11 +113,7 @@ mod tests {
         assert_eq!(VnetHdr::parse(&h.to_legacy_bytes()).unwrap(), h);
         assert!(VnetHdr::parse(&b[..9]).is_none());
         assert!(h.is_gso() && h.needs_csum());
-        assert!(!VnetHdr {
-            gso_type: GSO_ECN,
-            ..Default::default()
-        }
-        .is_gso());
+        assert!(!VnetHdr { gso_type: GSO_ECN, ..Default::default() }.is_gso());
     }
 
     #[test]
@@ -131,16 +127,10 @@ mod tests {
             csum_offset: 16,
         };
         let pushed = h.shifted(4);
-        assert_eq!(
-            (pushed.csum_start, pushed.hdr_len, pushed.csum_offset),
-            (58, 78, 16)
-        );
+        assert_eq!((pushed.csum_start, pushed.hdr_len, pushed.csum_offset), (58, 78, 16));
         assert_eq!(pushed.shifted(-4), h);
         // Without NEEDS_CSUM, csum_start means nothing and stays.
-        let plain = VnetHdr {
-            csum_start: 7,
-            ..Default::default()
-        };
+        let plain = VnetHdr { csum_start: 7, ..Default::default() };
         assert_eq!(plain.shifted(4), plain);
     }
 }
@@ -225,9 +215,6 @@ pub mod features {
             (PROTOCOL_FEATURES, "protocol_features"),
             (VERSION_1, "version_1"),
         ];
-        ALL.iter()
-            .filter(|(b, _)| f & b != 0)
-            .map(|(_, n)| *n)
-            .collect()
+        ALL.iter().filter(|(b, _)| f & b != 0).map(|(_, n)| *n).collect()
     }
 }

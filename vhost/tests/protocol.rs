@@ -15,11 +15,7 @@ use vmnetd_vhost::server::{Endpoint, Mode, Server};
 use vmnetd_vhost::virtio_net::{features, VnetHdr};
 
 /// Echoes TX frames of pair 0 into RX of pair 0 until `stop`; counts refused chains.
-fn echo(
-    shared: Arc<Shared>,
-    stop: Arc<AtomicBool>,
-    bad: Arc<AtomicU64>,
-) -> std::thread::JoinHandle<()> {
+fn echo(shared: Arc<Shared>, stop: Arc<AtomicBool>, bad: Arc<AtomicU64>) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         while !stop.load(Ordering::SeqCst) {
             {
@@ -31,19 +27,14 @@ fn echo(
                     let mem = st.mem.memory();
                     let mut segs = Vec::new();
                     let mut frames = Vec::new();
-                    pop_tx(&mut st.vrings[1].queue, &mem, hl, 64, &mut segs, |h, r| {
-                        frames.push((h, r))
-                    });
+                    pop_tx(&mut st.vrings[1].queue, &mem, hl, 64, &mut segs, |h, r| frames.push((h, r)));
                     let (rx, tx) = st.vrings.split_at_mut(1);
                     let mut w = RxWriter::new(&mut rx[0].queue, &mem, mrg, hl);
                     for (_, r) in &frames {
                         match r {
                             Ok(f) => {
-                                let mut parts =
-                                    vec![Part::Bytes(&f.head[..usize::from(f.head_len)])];
-                                for s in &segs[f.first_seg as usize
-                                    ..(f.first_seg + u32::from(f.nsegs)) as usize]
-                                {
+                                let mut parts = vec![Part::Bytes(&f.head[..usize::from(f.head_len)])];
+                                for s in &segs[f.first_seg as usize..(f.first_seg + u32::from(f.nsegs)) as usize] {
                                     parts.push(Part::Guest(&mem, *s));
                                 }
                                 let _ = w.write(&f.vnet, &parts);
@@ -94,15 +85,8 @@ fn server_mode_negotiates_echoes_and_survives_bad_input_and_reconnects() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("p0.sock");
     let shared = Shared::new("p0", 2).unwrap();
-    let mut server = Server::start(
-        shared.clone(),
-        Endpoint {
-            path: path.clone(),
-            mode: Mode::Server,
-            owner: None,
-        },
-    )
-    .unwrap();
+    let mut server =
+        Server::start(shared.clone(), Endpoint { path: path.clone(), mode: Mode::Server, owner: None }).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let bad = Arc::new(AtomicU64::new(0));
     let dp = echo(shared.clone(), stop.clone(), bad.clone());
@@ -116,31 +100,19 @@ fn server_mode_negotiates_echoes_and_survives_bad_input_and_reconnects() {
         assert_eq!(st.vrings.len(), 5, "2 pairs + control queue");
     }
     // Frames of every size a switch sees come back byte for byte.
-    let frames: Vec<Vec<u8>> = [14usize, 60, 61, 1514, 2000]
-        .iter()
-        .enumerate()
-        .map(|(i, l)| frame(i as u8, *l))
-        .collect();
+    let frames: Vec<Vec<u8>> =
+        [14usize, 60, 61, 1514, 2000].iter().enumerate().map(|(i, l)| frame(i as u8, *l)).collect();
     let refs: Vec<&[u8]> = frames.iter().map(|f| f.as_slice()).collect();
     assert_eq!(d.send(0, &VnetHdr::default(), &refs), 5);
     let got = d.recv_n(0, 5, Duration::from_secs(5));
-    assert_eq!(
-        got.iter().map(|(_, f)| f.clone()).collect::<Vec<_>>(),
-        frames
-    );
-    assert!(
-        wait(|| d.tx_pending(0) == 0),
-        "transmit buffers handed back"
-    );
+    assert_eq!(got.iter().map(|(_, f)| f.clone()).collect::<Vec<_>>(), frames);
+    assert!(wait(|| d.tx_pending(0) == 0), "transmit buffers handed back");
 
     // A descriptor pointing outside guest memory: refused and counted, nothing else breaks.
     d.send_raw_desc(0, 0x7fff_0000_0000, 100, 0);
     d.send_raw_desc(0, 0, 4, 0); // shorter than the header
     assert!(wait(|| bad.load(Ordering::SeqCst) == 2));
-    assert!(
-        wait(|| d.tx_pending(0) == 0),
-        "bad chains are handed back too"
-    );
+    assert!(wait(|| d.tx_pending(0) == 0), "bad chains are handed back too");
     assert_eq!(d.send(0, &VnetHdr::default(), &refs[..1]), 1);
     assert_eq!(d.recv_n(0, 1, Duration::from_secs(5)).len(), 1);
 
@@ -154,9 +126,7 @@ fn server_mode_negotiates_echoes_and_survives_bad_input_and_reconnects() {
     assert_eq!(d.recv_n(0, 1, Duration::from_secs(5))[0].1, frames[1]);
 
     // Features outside the offer are refused.
-    assert!(d
-        .frontend_set_features_check(features::OFFERED | (1 << 41))
-        .is_err());
+    assert!(d.frontend_set_features_check(features::OFFERED | (1 << 41)).is_err());
 
     stop.store(true, Ordering::SeqCst);
     dp.join().unwrap();
@@ -169,15 +139,8 @@ fn client_mode_keeps_retrying_until_the_frontend_listens() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("qemu.sock");
     let shared = Shared::new("c0", 1).unwrap();
-    let server = Server::start(
-        shared.clone(),
-        Endpoint {
-            path: path.clone(),
-            mode: Mode::Client,
-            owner: None,
-        },
-    )
-    .unwrap();
+    let server =
+        Server::start(shared.clone(), Endpoint { path: path.clone(), mode: Mode::Client, owner: None }).unwrap();
     // Nobody listens for a while; vmnetd keeps trying.
     std::thread::sleep(Duration::from_millis(700));
     assert!(!shared.lock().connected);

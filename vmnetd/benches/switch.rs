@@ -22,12 +22,7 @@ fn mac(n: usize) -> MacAddr {
 }
 
 fn frame(dst: MacAddr, src: MacAddr, vid: Option<u16>) -> Vec<u8> {
-    let repr = EthernetRepr {
-        dst,
-        src,
-        tci: vid.map(|v| Tci::new(0, false, v)),
-        ethertype: ETHERTYPE_IPV4,
-    };
+    let repr = EthernetRepr { dst, src, tci: vid.map(|v| Tci::new(0, false, v)), ethertype: ETHERTYPE_IPV4 };
     let mut b = vec![0u8; 64];
     repr.emit(&mut b);
     b
@@ -36,21 +31,14 @@ fn frame(dst: MacAddr, src: MacAddr, vid: Option<u16>) -> Vec<u8> {
 fn setup(first_port: VlanMode) -> (Switch, Vec<PortId>) {
     let mut sw = Switch::default();
     let v10 = VlanId::new(10).unwrap();
-    let mut ids = vec![sw.add_port(PortConfig {
-        mode: first_port,
-        ..Default::default()
-    })];
+    let mut ids = vec![sw.add_port(PortConfig { mode: first_port, ..Default::default() })];
     for _ in 1..PORTS {
-        ids.push(sw.add_port(PortConfig {
-            mode: VlanMode::access(v10),
-            ..Default::default()
-        }));
+        ids.push(sw.add_port(PortConfig { mode: VlanMode::access(v10), ..Default::default() }));
     }
     // Every port's station says hello once, so all are learned.
     let mut plan = BurstPlan::new();
     for (i, id) in ids.iter().enumerate() {
-        let vid =
-            (i == 0 && matches!(sw.port(*id).unwrap().mode, VlanMode::Trunk { .. })).then_some(10);
+        let vid = (i == 0 && matches!(sw.port(*id).unwrap().mode, VlanMode::Trunk { .. })).then_some(10);
         let f = frame(MacAddr::BROADCAST, mac(i), vid);
         sw.ingress_burst(*id, [FrameInfo::whole(&f)], Duration::ZERO, &mut plan);
     }
@@ -64,46 +52,25 @@ fn bench(c: &mut Criterion) {
 
     for (name, mode, vid) in [
         ("learned", VlanMode::access(VlanId::new(10).unwrap()), None),
-        (
-            "learned_tagged",
-            VlanMode::Trunk {
-                vlans: "10".parse().unwrap(),
-                native: None,
-            },
-            Some(10),
-        ),
+        ("learned_tagged", VlanMode::Trunk { vlans: "10".parse().unwrap(), native: None }, Some(10)),
     ] {
         let (mut sw, ids) = setup(mode);
-        let frames: Vec<Vec<u8>> = (0..BURST)
-            .map(|k| frame(mac(1 + k % (PORTS - 1)), mac(0), vid))
-            .collect();
+        let frames: Vec<Vec<u8>> = (0..BURST).map(|k| frame(mac(1 + k % (PORTS - 1)), mac(0), vid)).collect();
         let mut plan = BurstPlan::new();
         g.bench_function(name, |b| {
             b.iter(|| {
-                sw.ingress_burst(
-                    ids[0],
-                    frames.iter().map(|f| FrameInfo::whole(f)),
-                    now,
-                    &mut plan,
-                );
+                sw.ingress_burst(ids[0], frames.iter().map(|f| FrameInfo::whole(f)), now, &mut plan);
                 black_box(&plan);
             })
         });
     }
 
     let (mut sw, ids) = setup(VlanMode::access(VlanId::new(10).unwrap()));
-    let frames: Vec<Vec<u8>> = (0..BURST)
-        .map(|_| frame(MacAddr::BROADCAST, mac(0), None))
-        .collect();
+    let frames: Vec<Vec<u8>> = (0..BURST).map(|_| frame(MacAddr::BROADCAST, mac(0), None)).collect();
     let mut plan = BurstPlan::new();
     g.bench_function("flood", |b| {
         b.iter(|| {
-            sw.ingress_burst(
-                ids[0],
-                frames.iter().map(|f| FrameInfo::whole(f)),
-                now,
-                &mut plan,
-            );
+            sw.ingress_burst(ids[0], frames.iter().map(|f| FrameInfo::whole(f)), now, &mut plan);
             black_box(&plan);
         })
     });
@@ -117,12 +84,7 @@ fn bench(c: &mut Criterion) {
                 next = (next + 1) % 60_000 + 1000;
                 f[6..12].copy_from_slice(&mac(next).0);
             }
-            sw.ingress_burst(
-                ids[0],
-                frames.iter().map(|f| FrameInfo::whole(f)),
-                now,
-                &mut plan,
-            );
+            sw.ingress_burst(ids[0], frames.iter().map(|f| FrameInfo::whole(f)), now, &mut plan);
             black_box(&plan);
         })
     });

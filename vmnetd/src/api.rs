@@ -32,10 +32,7 @@ pub struct Request {
 
 impl Request {
     pub fn new(op: Op) -> Request {
-        Request {
-            v: PROTOCOL_VERSION,
-            op,
-        }
+        Request { v: PROTOCOL_VERSION, op }
     }
 }
 
@@ -145,6 +142,57 @@ pub enum PortKind {
         #[serde(default)]
         ifname: Option<IfName>,
     },
+    /// A vhost-user-net socket (built-in bridge only). A relative path is in the run dir.
+    VhostUser {
+        path: std::path::PathBuf,
+        #[serde(default)]
+        mode: VhostMode,
+        /// `USER[:GROUP]` that gets the socket (server mode); default root.
+        #[serde(default)]
+        owner: Option<String>,
+        /// Queue pairs offered (1-16).
+        #[serde(default = "one")]
+        queues: u16,
+    },
+}
+
+fn one() -> u16 {
+    1
+}
+
+/// Who listens on a vhost-user socket.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VhostMode {
+    /// vmnetd listens; QEMU connects (`-chardev socket,path=...,reconnect=1`).
+    #[default]
+    Server,
+    /// QEMU listens (`server=on`); vmnetd connects and keeps retrying.
+    Client,
+}
+
+impl std::fmt::Display for VhostMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            VhostMode::Server => "server",
+            VhostMode::Client => "client",
+        })
+    }
+}
+
+/// What a vhost-user port's device negotiated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VhostInfo {
+    pub socket: String,
+    pub mode: VhostMode,
+    pub connected: bool,
+    /// Virtio features the frontend acked, by name.
+    pub features: Vec<String>,
+    pub queue_pairs_active: usize,
+    pub queue_pairs_max: u16,
+    /// The guest's MAC, if its driver told the control queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_mac: Option<MacAddr>,
 }
 
 impl PortKind {
@@ -152,6 +200,7 @@ impl PortKind {
         match self {
             PortKind::Netdev { .. } => "netdev",
             PortKind::Internal { .. } => "internal",
+            PortKind::VhostUser { .. } => "vhost-user",
         }
     }
 }
@@ -235,11 +284,7 @@ pub enum CaptureEvent {
         data: String,
     },
     /// The capture ended (count reached, or the port went away).
-    End {
-        frames: u64,
-        dropped: u64,
-        reason: String,
-    },
+    End { frames: u64, dropped: u64, reason: String },
 }
 
 /// A port as vmnetd knows it.
@@ -263,6 +308,9 @@ pub struct PortInfo {
     /// back, so drift from the declaration is visible.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel_vlans: Option<Vec<crate::linuxbr::KernelVlan>>,
+    /// vhost-user ports: the device's negotiation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vhost: Option<VhostInfo>,
 }
 
 /// Port counters with drops by reason name.
@@ -292,11 +340,7 @@ impl From<&PortCounters> for Counters {
             evicted: c.evicted,
             aged: c.aged,
             moved_in: c.moved_in,
-            drops: c
-                .drop_list()
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), v))
-                .collect(),
+            drops: c.drop_list().into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
         }
     }
 }
@@ -436,10 +480,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        ApiError {
-            kind,
-            message: message.into(),
-        }
+        ApiError { kind, message: message.into() }
     }
 
     /// An error whose message is the whole `source()` chain, joined with ": ".
@@ -475,33 +516,19 @@ pub struct Response {
 
 impl Response {
     pub fn ok(result: serde_json::Value) -> Response {
-        Response {
-            v: PROTOCOL_VERSION,
-            ok: true,
-            result: Some(result),
-            error: None,
-        }
+        Response { v: PROTOCOL_VERSION, ok: true, result: Some(result), error: None }
     }
 
     pub fn err(e: ApiError) -> Response {
-        Response {
-            v: PROTOCOL_VERSION,
-            ok: false,
-            result: None,
-            error: Some(e),
-        }
+        Response { v: PROTOCOL_VERSION, ok: false, result: None, error: Some(e) }
     }
 }
 
 /// Parses one request line, turning every failure into the error reply the daemon sends.
 pub fn parse_request(line: &[u8]) -> Result<Request, ApiError> {
     // Look at the version first, so a newer client gets "version" rather than "unknown op".
-    let raw: serde_json::Value = serde_json::from_slice(line).map_err(|e| {
-        ApiError::new(
-            ErrorKind::BadRequest,
-            format!("Malformed request: {}", strip_location(&e)),
-        )
-    })?;
+    let raw: serde_json::Value = serde_json::from_slice(line)
+        .map_err(|e| ApiError::new(ErrorKind::BadRequest, format!("Malformed request: {}", strip_location(&e))))?;
     let v = raw.get("v").and_then(serde_json::Value::as_u64);
     match v {
         Some(v) if v == u64::from(PROTOCOL_VERSION) => {}
@@ -512,18 +539,11 @@ pub fn parse_request(line: &[u8]) -> Result<Request, ApiError> {
             ))
         }
         None => {
-            return Err(ApiError::new(
-                ErrorKind::BadRequest,
-                "Malformed request: missing protocol version field \"v\"",
-            ))
+            return Err(ApiError::new(ErrorKind::BadRequest, "Malformed request: missing protocol version field \"v\""))
         }
     }
-    serde_json::from_value(raw).map_err(|e| {
-        ApiError::new(
-            ErrorKind::InvalidArgument,
-            format!("Invalid request: {}", strip_location(&e)),
-        )
-    })
+    serde_json::from_value(raw)
+        .map_err(|e| ApiError::new(ErrorKind::InvalidArgument, format!("Invalid request: {}", strip_location(&e))))
 }
 
 fn strip_location(e: &serde_json::Error) -> String {
@@ -546,20 +566,14 @@ mod tests {
             ..Default::default()
         }));
         let s = serde_json::to_string(&r).unwrap();
-        assert!(
-            s.starts_with(r#"{"v":1,"op":"mktap","name":"tap0","mode":"tap","user":"hyman""#),
-            "{s}"
-        );
+        assert!(s.starts_with(r#"{"v":1,"op":"mktap","name":"tap0","mode":"tap","user":"hyman""#), "{s}");
         let back = parse_request(s.as_bytes()).unwrap();
         assert!(matches!(back.op, Op::Mktap(t) if t.user.as_deref() == Some("hyman")));
     }
 
     #[test]
     fn unit_ops_parse() {
-        assert!(matches!(
-            parse_request(br#"{"v":1,"op":"status"}"#).unwrap().op,
-            Op::Status
-        ));
+        assert!(matches!(parse_request(br#"{"v":1,"op":"status"}"#).unwrap().op, Op::Status));
     }
 
     #[test]
@@ -590,9 +604,6 @@ mod tests {
         #[error("Cannot create TAP tap0")]
         struct Outer(#[source] std::io::Error);
         let s = error_chain(&Outer(inner));
-        assert!(
-            s.starts_with("Cannot create TAP tap0: Operation not permitted"),
-            "{s}"
-        );
+        assert!(s.starts_with("Cannot create TAP tap0: Operation not permitted"), "{s}");
     }
 }

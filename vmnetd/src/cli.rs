@@ -10,9 +10,9 @@ use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
 use crate::api::{
-    self, ApiError, BridgeDel, BridgeInfo, BridgeKind, BridgeRef, BridgeSpec, CaptureEvent,
-    CaptureReq, ErrorKind, FdbRow, FdbShowReq, Flushed, Op, PortInfo, PortKind, PortListReq,
-    PortRef, PortSpec, PortStats, RmTap, Source, StatsReq, Status, TapInfo, TapSpec,
+    self, ApiError, BridgeDel, BridgeInfo, BridgeKind, BridgeRef, BridgeSpec, CaptureEvent, CaptureReq, ErrorKind,
+    FdbRow, FdbShowReq, Flushed, Op, PortInfo, PortKind, PortListReq, PortRef, PortSpec, PortStats, RmTap, Source,
+    StatsReq, Status, TapInfo, TapSpec,
 };
 use crate::client::{self, Client};
 use crate::ifname::IfName;
@@ -20,12 +20,7 @@ use crate::switch::{MacAddr, Native, VlanId, VlanMode, VlanSet};
 use crate::sys::tap::Mode;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "vmnetd",
-    version,
-    about = "Host networking for QEMU/libvirt VMs",
-    propagate_version = true
-)]
+#[command(name = "vmnetd", version, about = "Host networking for QEMU/libvirt VMs", propagate_version = true)]
 pub struct Cli {
     /// Control socket of the daemon.
     #[arg(long, global = true, env = "VMNETD_SOCKET", value_name = "PATH")]
@@ -66,10 +61,7 @@ pub enum Command {
         command: FdbCommand,
     },
     /// Per-port counters.
-    Stats {
-        bridge: Option<IfName>,
-        port: Option<IfName>,
-    },
+    Stats { bridge: Option<IfName>, port: Option<IfName> },
     /// Capture what a port sends and receives (pcap with -w, else one line per frame).
     Capture(CaptureArgs),
     /// Daemon status.
@@ -109,6 +101,12 @@ pub enum KindArg {
     Linux,
 }
 
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ModeArg {
+    Server,
+    Client,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum PortCommand {
     /// Add a port to a bridge.
@@ -120,7 +118,7 @@ pub enum PortCommand {
 }
 
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("kind").required(true).args(["netdev", "internal"])))]
+#[command(group(clap::ArgGroup::new("kind").required(true).args(["netdev", "internal", "vhost_user"])))]
 pub struct PortAddArgs {
     pub bridge: IfName,
     pub port: IfName,
@@ -133,6 +131,18 @@ pub struct PortAddArgs {
     /// Name of the internal port's interface (default: the port name).
     #[arg(long, value_name = "IFNAME", requires = "internal")]
     pub ifname: Option<IfName>,
+    /// A vhost-user-net socket for a QEMU guest (built-in bridge); relative to the run dir.
+    #[arg(long, value_name = "PATH")]
+    pub vhost_user: Option<PathBuf>,
+    /// server: vmnetd listens (QEMU reconnect=1); client: QEMU listens (server=on).
+    #[arg(long, value_enum, requires = "vhost_user", default_value = "server")]
+    pub mode: ModeArg,
+    /// USER[:GROUP] owning the socket (server mode), e.g. the VM's user or libvirt-qemu.
+    #[arg(long, value_name = "USER[:GROUP]", requires = "vhost_user")]
+    pub owner: Option<String>,
+    /// Queue pairs offered to the guest (1-16).
+    #[arg(long, value_name = "N", requires = "vhost_user", default_value_t = 1)]
+    pub queues: u16,
     /// Access port in this VLAN (default: access VLAN 1).
     #[arg(long, value_name = "VID", conflicts_with = "trunk")]
     pub vlan: Option<VlanId>,
@@ -257,10 +267,7 @@ impl From<client::Error> for Failure {
 
 impl From<ApiError> for Failure {
     fn from(e: ApiError) -> Failure {
-        Failure {
-            kind: e.kind,
-            message: e.message,
-        }
+        Failure { kind: e.kind, message: e.message }
     }
 }
 
@@ -305,17 +312,12 @@ pub fn warn(msg: &str) {
 
 /// Runs a parsed command line (everything but `daemon`, which `main` runs itself).
 pub fn run(cli: Cli) -> Result<(), Failure> {
-    let ctx = Ctx {
-        socket: cli.socket.unwrap_or_else(|| api::DEFAULT_SOCKET.into()),
-        json: cli.json,
-    };
+    let ctx = Ctx { socket: cli.socket.unwrap_or_else(|| api::DEFAULT_SOCKET.into()), json: cli.json };
     match cli.command {
         Command::Daemon(_) => unreachable!("main runs the daemon"),
         Command::Mktap(a) => mktap(&ctx, a),
         Command::Rmtap(a) => rmtap(&ctx, a),
-        Command::Tap {
-            command: TapCommand::List,
-        } => {
+        Command::Tap { command: TapCommand::List } => {
             let taps: Vec<TapInfo> = ctx.call(Op::TapList)?;
             if ctx.json {
                 ctx.print_json(&taps);
@@ -342,10 +344,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             if ctx.json {
                 ctx.print_json(&st);
             } else {
-                println!(
-                    "vmnetd {} (protocol {}), pid {}, up {}s",
-                    st.version, st.protocol, st.pid, st.uptime_secs
-                );
+                println!("vmnetd {} (protocol {}), pid {}, up {}s", st.version, st.protocol, st.pid, st.uptime_secs);
                 println!("socket:    {}", st.socket);
                 println!("state dir: {}", st.state_dir);
                 println!("run dir:   {}", st.run_dir);
@@ -393,10 +392,7 @@ fn mktap(ctx: &Ctx, a: MktapArgs) -> Result<(), Failure> {
 }
 
 fn rmtap(ctx: &Ctx, a: RmtapArgs) -> Result<(), Failure> {
-    let rm = RmTap {
-        name: a.name,
-        force: a.force,
-    };
+    let rm = RmTap { name: a.name, force: a.force };
     let info: TapInfo = match ctx.client() {
         Ok(mut c) => c.call(Op::Rmtap(rm))?,
         Err(e) if e.is_not_running() => {
@@ -418,13 +414,7 @@ fn rmtap(ctx: &Ctx, a: RmtapArgs) -> Result<(), Failure> {
 
 fn bridge_cmd(ctx: &Ctx, cmd: BridgeCommand) -> Result<(), Failure> {
     match cmd {
-        BridgeCommand::Add {
-            name,
-            kind,
-            ageing,
-            max_macs,
-            stp,
-        } => {
+        BridgeCommand::Add { name, kind, ageing, max_macs, stp } => {
             let spec = BridgeSpec {
                 name,
                 kind: match kind {
@@ -465,12 +455,7 @@ fn bridge_cmd(ctx: &Ctx, cmd: BridgeCommand) -> Result<(), Failure> {
                         ]
                     })
                     .collect::<Vec<_>>();
-                print_table(
-                    &[
-                        "NAME", "KIND", "PORTS", "FDB", "AGEING", "MAX-MACS", "SOURCE",
-                    ],
-                    &rows,
-                );
+                print_table(&["NAME", "KIND", "PORTS", "FDB", "AGEING", "MAX-MACS", "SOURCE"], &rows);
             }
         }
     }
@@ -489,26 +474,25 @@ fn port_cmd(ctx: &Ctx, cmd: PortCommand) -> Result<(), Failure> {
     match cmd {
         PortCommand::Add(a) => {
             let a = *a;
-            let kind = match (a.netdev, a.internal) {
+            let kind = match (a.netdev, a.vhost_user) {
                 (Some(ifname), _) => PortKind::Netdev { ifname },
-                _ => PortKind::Internal { ifname: a.ifname },
+                (None, Some(path)) => PortKind::VhostUser {
+                    path,
+                    mode: match a.mode {
+                        ModeArg::Server => api::VhostMode::Server,
+                        ModeArg::Client => api::VhostMode::Client,
+                    },
+                    owner: a.owner,
+                    queues: a.queues,
+                },
+                (None, None) => PortKind::Internal { ifname: a.ifname },
             };
             let vlan = match (a.vlan, a.trunk) {
-                (_, Some(vlans)) => VlanMode::Trunk {
-                    vlans,
-                    native: a.native,
-                },
+                (_, Some(vlans)) => VlanMode::Trunk { vlans, native: a.native },
                 (Some(v), None) => VlanMode::access(v),
                 (None, None) => VlanMode::default(),
             };
-            let spec = PortSpec {
-                bridge: a.bridge,
-                name: a.port,
-                kind,
-                vlan,
-                macs: a.mac,
-                lock_mac: a.lock_mac,
-            };
+            let spec = PortSpec { bridge: a.bridge, name: a.port, kind, vlan, macs: a.mac, lock_mac: a.lock_mac };
             let info: PortInfo = ctx.call(Op::PortAdd(Box::new(spec)))?;
             if ctx.json {
                 ctx.print_json(&info);
@@ -533,17 +517,17 @@ fn port_cmd(ctx: &Ctx, cmd: PortCommand) -> Result<(), Failure> {
                             p.bridge.to_string(),
                             p.name.to_string(),
                             p.kind.type_name().into(),
-                            p.ifname.as_ref().map_or("-".into(), |i| i.to_string()),
+                            p.ifname
+                                .as_ref()
+                                .map(|i| i.to_string())
+                                .or_else(|| p.vhost.as_ref().map(|v| v.socket.clone()))
+                                .unwrap_or_else(|| "-".into()),
                             p.vlan.to_string(),
                             if p.macs.is_empty() {
                                 "-".into()
                             } else {
                                 let m: Vec<String> = p.macs.iter().map(|m| m.to_string()).collect();
-                                format!(
-                                    "{}{}",
-                                    m.join(","),
-                                    if p.lock_mac { " (locked)" } else { "" }
-                                )
+                                format!("{}{}", m.join(","), if p.lock_mac { " (locked)" } else { "" })
                             },
                             p.kernel_vlans.as_ref().map_or("-".into(), |v| {
                                 let s: Vec<String> = v
@@ -575,7 +559,7 @@ fn port_cmd(ctx: &Ctx, cmd: PortCommand) -> Result<(), Failure> {
                         "BRIDGE",
                         "PORT",
                         "KIND",
-                        "IFNAME",
+                        "INTERFACE",
                         "VLAN",
                         "MACS",
                         "KERNEL-VLANS",
@@ -606,11 +590,7 @@ fn fdb_cmd(ctx: &Ctx, cmd: FdbCommand) -> Result<(), Failure> {
                             r.vlan.to_string(),
                             r.mac.to_string(),
                             r.port.clone(),
-                            if r.is_static {
-                                "static".into()
-                            } else {
-                                format!("{}s", r.age_secs)
-                            },
+                            if r.is_static { "static".into() } else { format!("{}s", r.age_secs) },
                         ]
                     })
                     .collect::<Vec<_>>();
@@ -642,19 +622,12 @@ fn print_stats(stats: &[PortStats]) {
                 c.tx_bytes.to_string(),
                 c.rx_flooded.to_string(),
                 c.learned.to_string(),
-                if drops.is_empty() {
-                    "-".into()
-                } else {
-                    drops.join(",")
-                },
+                if drops.is_empty() { "-".into() } else { drops.join(",") },
             ]
         })
         .collect::<Vec<_>>();
     print_table(
-        &[
-            "BRIDGE", "PORT", "RX-PKTS", "RX-BYTES", "TX-PKTS", "TX-BYTES", "FLOODED", "LEARNED",
-            "DROPS",
-        ],
+        &["BRIDGE", "PORT", "RX-PKTS", "RX-BYTES", "TX-PKTS", "TX-BYTES", "FLOODED", "LEARNED", "DROPS"],
         &rows,
     );
 }
@@ -663,13 +636,7 @@ fn print_stats(stats: &[PortStats]) {
 pub fn describe_frame(ts_us: u64, dir: &str, data: &[u8], len: u32) -> String {
     use crate::switch::wire::EthernetFrame;
     let secs = ts_us / 1_000_000;
-    let t = format!(
-        "{:02}:{:02}:{:02}.{:06}",
-        (secs / 3600) % 24,
-        (secs / 60) % 60,
-        secs % 60,
-        ts_us % 1_000_000
-    );
+    let t = format!("{:02}:{:02}:{:02}.{:06}", (secs / 3600) % 24, (secs / 60) % 60, secs % 60, ts_us % 1_000_000);
     let Ok(f) = EthernetFrame::new_checked(data) else {
         return format!("{t} {dir} malformed frame, length {len}");
     };
@@ -681,25 +648,14 @@ pub fn describe_frame(ts_us: u64, dir: &str, data: &[u8], len: u32) -> String {
         0x88cc => "LLDP",
         _ => "",
     };
-    let vlan = f.tci().map_or(String::new(), |t| {
-        format!(", vlan {} p {}", t.vid(), t.pcp())
-    });
-    format!(
-        "{t} {dir} {} > {}{vlan}, ethertype {name} (0x{et:04x}), length {len}",
-        f.src(),
-        f.dst()
-    )
+    let vlan = f.tci().map_or(String::new(), |t| format!(", vlan {} p {}", t.vid(), t.pcp()));
+    format!("{t} {dir} {} > {}{vlan}, ethertype {name} (0x{et:04x}), length {len}", f.src(), f.dst())
 }
 
 fn capture(ctx: &Ctx, a: CaptureArgs) -> Result<(), Failure> {
     use base64::Engine;
     let mut c = ctx.client()?;
-    let req = CaptureReq {
-        bridge: a.bridge,
-        port: a.port,
-        count: a.count,
-        snaplen: a.snaplen,
-    };
+    let req = CaptureReq { bridge: a.bridge, port: a.port, count: a.count, snaplen: a.snaplen };
     let _: serde_json::Value = c.call(Op::Capture(req))?;
     c.no_timeout()?;
     let mut pcap = match &a.write {
@@ -708,11 +664,9 @@ fn capture(ctx: &Ctx, a: CaptureArgs) -> Result<(), Failure> {
                 kind: ErrorKind::InvalidArgument,
                 message: format!("Cannot create {}: {e}", p.display()),
             })?;
-            let w = crate::pcap::PcapWriter::new(f, a.snaplen.unwrap_or(65535)).map_err(|e| {
-                Failure {
-                    kind: ErrorKind::Internal,
-                    message: format!("Cannot write {}: {e}", p.display()),
-                }
+            let w = crate::pcap::PcapWriter::new(f, a.snaplen.unwrap_or(65535)).map_err(|e| Failure {
+                kind: ErrorKind::Internal,
+                message: format!("Cannot write {}: {e}", p.display()),
             })?;
             Some(w)
         }
@@ -720,24 +674,14 @@ fn capture(ctx: &Ctx, a: CaptureArgs) -> Result<(), Failure> {
     };
     while let Some(ev) = c.next_event::<CaptureEvent>()? {
         match ev {
-            CaptureEvent::Frame {
-                ts_us,
-                dir,
-                len,
-                data,
-            } => {
-                let bytes = base64::engine::general_purpose::STANDARD
-                    .decode(data)
-                    .unwrap_or_default();
+            CaptureEvent::Frame { ts_us, dir, len, data } => {
+                let bytes = base64::engine::general_purpose::STANDARD.decode(data).unwrap_or_default();
                 match &mut pcap {
                     Some(w) => w.write(ts_us, &bytes, len).map_err(|e| Failure {
                         kind: ErrorKind::Internal,
                         message: format!("Cannot write the capture: {e}"),
                     })?,
-                    None if ctx.json => println!(
-                        "{}",
-                        serde_json::json!({"ts_us": ts_us, "dir": dir, "len": len})
-                    ),
+                    None if ctx.json => println!("{}", serde_json::json!({"ts_us": ts_us, "dir": dir, "len": len})),
                     None => {
                         let d = match dir {
                             crate::datapath::capture::Dir::Rx => "rx",
@@ -747,11 +691,7 @@ fn capture(ctx: &Ctx, a: CaptureArgs) -> Result<(), Failure> {
                     }
                 }
             }
-            CaptureEvent::End {
-                frames,
-                dropped,
-                reason,
-            } => {
+            CaptureEvent::End { frames, dropped, reason } => {
                 eprintln!("vmnetd: {frames} frame(s) captured, {dropped} dropped ({reason})");
                 break;
             }
@@ -801,11 +741,7 @@ fn print_taps(taps: &[TapInfo]) {
                 t.mode.to_string(),
                 t.owner.as_ref().map_or("-".into(), |p| p.to_string()),
                 t.group.as_ref().map_or("-".into(), |p| p.to_string()),
-                if flags.is_empty() {
-                    "-".into()
-                } else {
-                    flags.join(",")
-                },
+                if flags.is_empty() { "-".into() } else { flags.join(",") },
                 t.mtu.map_or("-".into(), |m| m.to_string()),
                 t.mac.map_or("-".into(), |m| m.to_string()),
                 match (t.present, t.queues_attached) {
@@ -823,12 +759,7 @@ fn print_taps(taps: &[TapInfo]) {
             ]
         })
         .collect();
-    print_table(
-        &[
-            "NAME", "MODE", "USER", "GROUP", "FLAGS", "MTU", "MAC", "STATE", "SOURCE", "ORIGIN",
-        ],
-        &rows,
-    );
+    print_table(&["NAME", "MODE", "USER", "GROUP", "FLAGS", "MTU", "MAC", "STATE", "SOURCE", "ORIGIN"], &rows);
 }
 
 /// `mktap`/`rmtap` without a daemon: the same checks and actions, nothing recorded.
@@ -841,10 +772,7 @@ mod offline {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| Failure {
-                kind: ErrorKind::Internal,
-                message: format!("cannot start runtime: {e}"),
-            })
+            .map_err(|e| Failure { kind: ErrorKind::Internal, message: format!("cannot start runtime: {e}") })
     }
 
     fn fail(e: tap::Error) -> Failure {
@@ -860,14 +788,10 @@ mod offline {
             let nl = Netlink::connect().map_err(nl_fail)?;
             let name = match &spec.name {
                 Some(n) => n.clone(),
-                None => tap::pick_free_name(&nl, &Default::default())
-                    .await
-                    .map_err(fail)?,
+                None => tap::pick_free_name(&nl, &Default::default()).await.map_err(fail)?,
             };
             let mut decl = TapDecl::from_spec(&spec, name.clone()).map_err(fail)?;
-            let outcome = tap::ensure(&nl, &decl, Policy::Declare)
-                .await
-                .map_err(fail)?;
+            let outcome = tap::ensure(&nl, &decl, Policy::Declare).await.map_err(fail)?;
             let link = nl.link(&name).await.map_err(nl_fail)?;
             decl.created = match outcome {
                 tap::Outcome::Created => true,
@@ -883,9 +807,7 @@ mod offline {
             let link = nl.link(&rm.name).await.map_err(nl_fail)?;
             let link = crate::daemon::core::existing_tap(&rm.name, link).map_err(fail)?;
             let info = crate::daemon::core::undeclared_info(&rm.name, &link);
-            tap::remove(&nl, &rm.name, None, rm.force)
-                .await
-                .map_err(fail)?;
+            tap::remove(&nl, &rm.name, None, rm.force).await.map_err(fail)?;
             Ok(info)
         })
     }

@@ -11,9 +11,7 @@ use crate::api::{ApiError, Op, Request, Response, PROTOCOL_VERSION};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error(
-        "vmnetd daemon is not running (nothing listens on {0}); start it with `vmnetd daemon`"
-    )]
+    #[error("vmnetd daemon is not running (nothing listens on {0}); start it with `vmnetd daemon`")]
     NotRunning(PathBuf, #[source] io::Error),
     #[error("Cannot connect to the vmnetd daemon at {0} (root or the vmnetd group is needed)")]
     PermissionDenied(PathBuf, #[source] io::Error),
@@ -44,38 +42,26 @@ pub struct Client {
 impl Client {
     pub fn connect(path: &Path) -> Result<Client> {
         let stream = UnixStream::connect(path).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
-                Error::NotRunning(path.to_owned(), e)
-            }
+            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => Error::NotRunning(path.to_owned(), e),
             io::ErrorKind::PermissionDenied => Error::PermissionDenied(path.to_owned(), e),
             _ => Error::Connect(path.to_owned(), e),
         })?;
-        stream
-            .set_read_timeout(Some(Duration::from_secs(120)))
-            .map_err(Error::Io)?;
+        stream.set_read_timeout(Some(Duration::from_secs(120))).map_err(Error::Io)?;
         let reader = BufReader::new(stream.try_clone().map_err(Error::Io)?);
-        Ok(Client {
-            writer: stream,
-            reader,
-        })
+        Ok(Client { writer: stream, reader })
     }
 
     /// Sends one request and waits for its reply, without interpreting the result.
     pub fn raw_call(&mut self, op: Op) -> Result<Response> {
-        let mut line =
-            serde_json::to_vec(&Request::new(op)).map_err(|e| Error::BadResponse(e.to_string()))?;
+        let mut line = serde_json::to_vec(&Request::new(op)).map_err(|e| Error::BadResponse(e.to_string()))?;
         line.push(b'\n');
         self.writer.write_all(&line).map_err(Error::Io)?;
         let mut resp = String::new();
         let n = self.reader.read_line(&mut resp).map_err(Error::Io)?;
         if n == 0 {
-            return Err(Error::Io(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "daemon closed the connection",
-            )));
+            return Err(Error::Io(io::Error::new(io::ErrorKind::UnexpectedEof, "daemon closed the connection")));
         }
-        let r: Response =
-            serde_json::from_str(&resp).map_err(|e| Error::BadResponse(e.to_string()))?;
+        let r: Response = serde_json::from_str(&resp).map_err(|e| Error::BadResponse(e.to_string()))?;
         if r.v != PROTOCOL_VERSION {
             return Err(Error::BadResponse(format!(
                 "protocol version {} (this client speaks {PROTOCOL_VERSION})",
@@ -92,9 +78,7 @@ impl Client {
         if self.reader.read_line(&mut line).map_err(Error::Io)? == 0 {
             return Ok(None);
         }
-        serde_json::from_str(&line)
-            .map(Some)
-            .map_err(|e| Error::BadResponse(e.to_string()))
+        serde_json::from_str(&line).map(Some).map_err(|e| Error::BadResponse(e.to_string()))
     }
 
     /// Waits without a read timeout (for long-running streams).

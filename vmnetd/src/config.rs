@@ -65,10 +65,7 @@ impl Config {
         let mut seen = std::collections::HashSet::new();
         for t in &c.taps {
             let Some(n) = &t.name else {
-                return Err(Error::Duplicate(
-                    origin.to_owned(),
-                    "a [[tap]] without a name".into(),
-                ));
+                return Err(Error::Duplicate(origin.to_owned(), "a [[tap]] without a name".into()));
             };
             if !seen.insert(n.as_str().to_owned()) {
                 return Err(Error::Duplicate(origin.to_owned(), format!("tap {n}")));
@@ -77,19 +74,13 @@ impl Config {
         let mut seen = std::collections::HashSet::new();
         for b in &c.bridges {
             if !seen.insert(b.name.as_str().to_owned()) {
-                return Err(Error::Duplicate(
-                    origin.to_owned(),
-                    format!("bridge {}", b.name),
-                ));
+                return Err(Error::Duplicate(origin.to_owned(), format!("bridge {}", b.name)));
             }
         }
         let mut seen = std::collections::HashSet::new();
         for p in &c.ports {
             if !seen.insert((p.bridge.as_str().to_owned(), p.name.as_str().to_owned())) {
-                return Err(Error::Duplicate(
-                    origin.to_owned(),
-                    format!("port {} of bridge {}", p.name, p.bridge),
-                ));
+                return Err(Error::Duplicate(origin.to_owned(), format!("port {} of bridge {}", p.name, p.bridge)));
             }
         }
         Ok(c)
@@ -106,10 +97,7 @@ impl Config {
             Some(p) => {
                 let text = std::fs::read_to_string(&p).map_err(|e| Error::Read(p.clone(), e))?;
                 let origin = p.display().to_string();
-                Ok(Loaded {
-                    config: Config::parse(&text, &origin)?,
-                    origin,
-                })
+                Ok(Loaded { config: Config::parse(&text, &origin)?, origin })
             }
             None => Ok(Loaded {
                 config: Config::parse(EMBEDDED_DEFAULT, "embedded default")?,
@@ -127,19 +115,12 @@ mod tests {
     fn embedded_default_parses() {
         let c = Config::parse(EMBEDDED_DEFAULT, "embedded").unwrap();
         assert_eq!(c.daemon.run_dir.as_deref(), Some(Path::new("/run/vmnetd")));
-        assert_eq!(
-            c.daemon.state_dir.as_deref(),
-            Some(Path::new("/var/lib/vmnetd"))
-        );
+        assert_eq!(c.daemon.state_dir.as_deref(), Some(Path::new("/var/lib/vmnetd")));
     }
 
     #[test]
     fn taps_and_unknown_keys() {
-        let c = Config::parse(
-            "[[tap]]\nname = \"vmtap0\"\nuser = \"nobody\"\nvnet_hdr = true\n",
-            "t",
-        )
-        .unwrap();
+        let c = Config::parse("[[tap]]\nname = \"vmtap0\"\nuser = \"nobody\"\nvnet_hdr = true\n", "t").unwrap();
         assert_eq!(c.taps.len(), 1);
         assert!(c.taps[0].vnet_hdr);
         let e = Config::parse("[daemon]\nstate_dri = \"/x\"\n", "t").unwrap_err();
@@ -181,9 +162,6 @@ vlan = { mode = "access", vlan = 10 }
 
     #[test]
     fn explicit_missing_file_is_an_error() {
-        assert!(matches!(
-            Config::load(Some(Path::new("/nonexistent/vmnetd.toml"))),
-            Err(Error::Read(..))
-        ));
+        assert!(matches!(Config::load(Some(Path::new("/nonexistent/vmnetd.toml"))), Err(Error::Read(..))));
     }
 }

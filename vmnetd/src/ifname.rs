@@ -49,10 +49,7 @@ impl IfName {
                 c if c.is_whitespace() => "whitespace",
                 _ => continue,
             };
-            return Err(IfNameError::BadChar {
-                name: name.to_owned(),
-                what,
-            });
+            return Err(IfNameError::BadChar { name: name.to_owned(), what });
         }
         Ok(IfName(name.to_owned()))
     }
@@ -107,15 +104,7 @@ mod tests {
 
     #[test]
     fn accepts_kernel_valid_names() {
-        for n in [
-            "tap0",
-            "vmtap12",
-            "a",
-            "br-lan.10",
-            "123456789012345",
-            "vnet_0",
-            "x@y",
-        ] {
+        for n in ["tap0", "vmtap12", "a", "br-lan.10", "123456789012345", "vnet_0", "x@y"] {
             assert_eq!(IfName::new(n).unwrap().as_str(), n);
         }
     }
@@ -123,27 +112,18 @@ mod tests {
     #[test]
     fn rejects_what_dev_valid_name_rejects() {
         assert_eq!(IfName::new(""), Err(IfNameError::Empty));
-        assert!(matches!(
-            IfName::new("1234567890123456"),
-            Err(IfNameError::TooLong(_))
-        ));
+        assert!(matches!(IfName::new("1234567890123456"), Err(IfNameError::TooLong(_))));
         assert!(matches!(IfName::new("."), Err(IfNameError::Reserved(_))));
         assert!(matches!(IfName::new(".."), Err(IfNameError::Reserved(_))));
         for bad in ["a/b", "a:b", "a b", "a\tb", "a\nb", "a\0b"] {
-            assert!(
-                matches!(IfName::new(bad), Err(IfNameError::BadChar { .. })),
-                "{bad:?} accepted"
-            );
+            assert!(matches!(IfName::new(bad), Err(IfNameError::BadChar { .. })), "{bad:?} accepted");
         }
     }
 
     #[test]
     fn length_counts_bytes_not_chars() {
         // 8 two-byte characters = 16 bytes.
-        assert!(matches!(
-            IfName::new("éééééééé"),
-            Err(IfNameError::TooLong(_))
-        ));
+        assert!(matches!(IfName::new("éééééééé"), Err(IfNameError::TooLong(_))));
     }
 
     #[test]

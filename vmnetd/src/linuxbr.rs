@@ -14,8 +14,8 @@
 
 use futures::TryStreamExt;
 use netlink_packet_route::link::{
-    AfSpecBridge, BridgeStpState, BridgeVlanInfo, BridgeVlanInfoFlags, InfoBridge, InfoData,
-    InfoKind, LinkAttribute, LinkExtentMask, LinkInfo, LinkMessage,
+    AfSpecBridge, BridgeStpState, BridgeVlanInfo, BridgeVlanInfoFlags, InfoBridge, InfoData, InfoKind, LinkAttribute,
+    LinkExtentMask, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::AddressFamily;
 use rtnetlink::{LinkBridge, LinkBridgeVlan, LinkUnspec};
@@ -34,11 +34,7 @@ pub enum Error {
         "This kernel has no bridge VLAN filtering ({VLAN_FILTERING_OPTION} is not set): Linux bridge {bridge} cannot put {port} on {vlan}; \
          nothing was changed. Use a built-in bridge for VLANs: vmnetd bridge add NAME --kind builtin"
     )]
-    NoVlanFiltering {
-        bridge: IfName,
-        port: IfName,
-        vlan: String,
-    },
+    NoVlanFiltering { bridge: IfName, port: IfName, vlan: String },
     #[error("{0} exists and is not a bridge (it is a {1} device)")]
     NotABridge(IfName, String),
     #[error("No interface {0}")]
@@ -74,10 +70,7 @@ fn nl_err(what: impl Into<String>) -> impl FnOnce(netlink::Error) -> Error {
 
 fn rt_err(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> Error {
     let what = what.into();
-    move |source| Error::Netlink {
-        what: what.clone(),
-        source: netlink::Error::Request { what, source },
-    }
+    move |source| Error::Netlink { what: what.clone(), source: netlink::Error::Request { what, source } }
 }
 
 /// One `bridge vlan add|del dev PORT vid LO[-HI] [pvid] [untagged]`.
@@ -92,12 +85,7 @@ pub struct VlanCmd {
 
 impl std::fmt::Display for VlanCmd {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "bridge vlan {} dev PORT vid {}",
-            if self.add { "add" } else { "del" },
-            self.lo
-        )?;
+        write!(f, "bridge vlan {} dev PORT vid {}", if self.add { "add" } else { "del" }, self.lo)?;
         if self.hi != self.lo {
             write!(f, "-{}", self.hi)?;
         }
@@ -134,9 +122,7 @@ pub fn vlan_message(ifindex: u32, cmd: &VlanCmd) -> LinkMessage {
     if cmd.lo == cmd.hi {
         b.vlan(cmd.lo, flags).build()
     } else {
-        b.vlan_range_start(cmd.lo, flags)
-            .vlan_range_end(cmd.hi, flags)
-            .build()
+        b.vlan_range_start(cmd.lo, flags).vlan_range_end(cmd.hi, flags).build()
     }
 }
 
@@ -150,8 +136,7 @@ pub fn vlan_filtering_message(bridge_index: u32, on: bool) -> LinkMessage {
 struct LinkMessageBuilderExt;
 impl LinkMessageBuilderExt {
     fn bridge_change(index: u32) -> rtnetlink::LinkMessageBuilder<LinkBridge> {
-        rtnetlink::LinkMessageBuilder::<LinkBridge>::new_with_info_kind(InfoKind::Bridge)
-            .index(index)
+        rtnetlink::LinkMessageBuilder::<LinkBridge>::new_with_info_kind(InfoKind::Bridge).index(index)
     }
 }
 
@@ -159,28 +144,16 @@ impl LinkMessageBuilderExt {
 pub fn desired_vlans(mode: &VlanMode) -> Vec<KernelVlan> {
     let mut out = Vec::new();
     match mode {
-        VlanMode::Access { vlan } => out.push(KernelVlan {
-            vid: vlan.get(),
-            pvid: true,
-            untagged: true,
-        }),
+        VlanMode::Access { vlan } => out.push(KernelVlan { vid: vlan.get(), pvid: true, untagged: true }),
         VlanMode::Trunk { vlans, native } => {
             for v in vlans.iter() {
                 if native.is_some_and(|n| n.vid == v) {
                     continue;
                 }
-                out.push(KernelVlan {
-                    vid: v.get(),
-                    pvid: false,
-                    untagged: false,
-                });
+                out.push(KernelVlan { vid: v.get(), pvid: false, untagged: false });
             }
             if let Some(n) = native {
-                out.push(KernelVlan {
-                    vid: n.vid.get(),
-                    pvid: true,
-                    untagged: !n.tagged,
-                });
+                out.push(KernelVlan { vid: n.vid.get(), pvid: true, untagged: !n.tagged });
             }
         }
     }
@@ -193,19 +166,11 @@ pub fn desired_vlans(mode: &VlanMode) -> Vec<KernelVlan> {
 /// one range, as `bridge vlan add dev X vid 20-30` does.
 pub fn plan_vlans(mode: &VlanMode, current: &[KernelVlan]) -> Vec<VlanCmd> {
     let want = desired_vlans(mode);
-    let adds: Vec<KernelVlan> = want
-        .iter()
-        .filter(|w| !current.contains(w))
-        .copied()
-        .collect();
+    let adds: Vec<KernelVlan> = want.iter().filter(|w| !current.contains(w)).copied().collect();
     let dels: Vec<KernelVlan> = current
         .iter()
         .filter(|c| !want.iter().any(|w| w.vid == c.vid))
-        .map(|c| KernelVlan {
-            vid: c.vid,
-            pvid: false,
-            untagged: false,
-        })
+        .map(|c| KernelVlan { vid: c.vid, pvid: false, untagged: false })
         .collect();
     let mut cmds = ranges(&adds, true);
     cmds.extend(ranges(&dels, false));
@@ -217,16 +182,8 @@ fn ranges(vlans: &[KernelVlan], add: bool) -> Vec<VlanCmd> {
     for v in vlans {
         // A PVID is a single VID; never part of a range.
         match out.last_mut() {
-            Some(c) if !v.pvid && !c.pvid && c.hi + 1 == v.vid && c.untagged == v.untagged => {
-                c.hi = v.vid
-            }
-            _ => out.push(VlanCmd {
-                add,
-                lo: v.vid,
-                hi: v.vid,
-                pvid: v.pvid,
-                untagged: v.untagged,
-            }),
+            Some(c) if !v.pvid && !c.pvid && c.hi + 1 == v.vid && c.untagged == v.untagged => c.hi = v.vid,
+            _ => out.push(VlanCmd { add, lo: v.vid, hi: v.vid, pvid: v.pvid, untagged: v.untagged }),
         }
     }
     out
@@ -235,16 +192,11 @@ fn ranges(vlans: &[KernelVlan], add: bool) -> Vec<VlanCmd> {
 /// Whether VLAN filtering is on for `bridge` (from its `IFLA_INFO_DATA`).
 pub async fn filtering_enabled(nl: &Netlink, bridge: u32) -> Result<bool> {
     let mut s = nl.handle().link().get().match_index(bridge).execute();
-    let msg = s
-        .try_next()
-        .await
-        .map_err(rt_err(format!("read bridge #{bridge}")))?;
+    let msg = s.try_next().await.map_err(rt_err(format!("read bridge #{bridge}")))?;
     Ok(msg.is_some_and(|m| {
         m.attributes.iter().any(|a| match a {
             LinkAttribute::LinkInfo(infos) => infos.iter().any(|i| match i {
-                LinkInfo::Data(InfoData::Bridge(d)) => d
-                    .iter()
-                    .any(|x| matches!(x, InfoBridge::VlanFiltering(true))),
+                LinkInfo::Data(InfoData::Bridge(d)) => d.iter().any(|x| matches!(x, InfoBridge::VlanFiltering(true))),
                 _ => false,
             }),
             _ => false,
@@ -254,50 +206,29 @@ pub async fn filtering_enabled(nl: &Netlink, bridge: u32) -> Result<bool> {
 
 /// Turns VLAN filtering on for `bridge` unless it is on; EOPNOTSUPP becomes
 /// [`Error::NoVlanFiltering`] (nothing changed).
-pub async fn ensure_filtering(
-    nl: &Netlink,
-    bridge: &Link,
-    port: &IfName,
-    mode: &VlanMode,
-) -> Result<()> {
+pub async fn ensure_filtering(nl: &Netlink, bridge: &Link, port: &IfName, mode: &VlanMode) -> Result<()> {
     if filtering_enabled(nl, bridge.index).await? {
         return Ok(());
     }
-    match nl
-        .handle()
-        .link()
-        .change(vlan_filtering_message(bridge.index, true))
-        .execute()
-        .await
-    {
+    match nl.handle().link().change(vlan_filtering_message(bridge.index, true)).execute().await {
         Ok(()) => {
             log::info!("Linux bridge {}: VLAN filtering switched on", bridge.name);
             Ok(())
         }
-        Err(rtnetlink::Error::NetlinkError(m))
-            if m.code.map(|c| -c.get()) == Some(libc::EOPNOTSUPP) =>
-        {
+        Err(rtnetlink::Error::NetlinkError(m)) if m.code.map(|c| -c.get()) == Some(libc::EOPNOTSUPP) => {
             Err(Error::NoVlanFiltering {
                 bridge: IfName::new(&bridge.name).unwrap_or_else(|_| port.clone()),
                 port: port.clone(),
                 vlan: mode.to_string(),
             })
         }
-        Err(e) => Err(rt_err(format!(
-            "switch on VLAN filtering on {}",
-            bridge.name
-        ))(e)),
+        Err(e) => Err(rt_err(format!("switch on VLAN filtering on {}", bridge.name))(e)),
     }
 }
 
 /// The VLANs the kernel has on port `ifindex` (`bridge vlan show dev PORT`).
 pub async fn port_vlans(nl: &Netlink, ifindex: u32) -> Result<Vec<KernelVlan>> {
-    let mut s = nl
-        .handle()
-        .link()
-        .get()
-        .set_filter_mask(AddressFamily::Bridge, vec![LinkExtentMask::Brvlan])
-        .execute();
+    let mut s = nl.handle().link().get().set_filter_mask(AddressFamily::Bridge, vec![LinkExtentMask::Brvlan]).execute();
     let mut out = Vec::new();
     while let Some(msg) = s.try_next().await.map_err(rt_err("dump bridge VLANs"))? {
         if msg.header.index != ifindex {
@@ -348,57 +279,30 @@ pub async fn create_or_adopt(nl: &Netlink, spec: &BridgeSpec) -> Result<(u32, bo
             b = b.ageing_time(a.saturating_mul(100));
         }
         if let Some(stp) = spec.stp {
-            b = b.stp_state(if stp {
-                BridgeStpState::KernelStp
-            } else {
-                BridgeStpState::Disabled
-            });
+            b = b.stp_state(if stp { BridgeStpState::KernelStp } else { BridgeStpState::Disabled });
         }
         if let Some(m) = spec.max_macs {
             b = b.fdb_max_learned(u32::try_from(m).unwrap_or(u32::MAX));
         }
         b
     };
-    if let Some(link) = nl
-        .link(name)
-        .await
-        .map_err(nl_err(format!("look up {name}")))?
-    {
+    if let Some(link) = nl.link(name).await.map_err(nl_err(format!("look up {name}")))? {
         if link.kind.as_deref() != Some("bridge") {
-            return Err(Error::NotABridge(
-                name.clone(),
-                link.kind.unwrap_or_else(|| "physical".into()),
-            ));
+            return Err(Error::NotABridge(name.clone(), link.kind.unwrap_or_else(|| "physical".into())));
         }
         if spec.ageing.is_some() || spec.stp.is_some() || spec.max_macs.is_some() {
             let msg = with_opts(LinkMessageBuilderExt::bridge_change(link.index)).build();
-            nl.handle()
-                .link()
-                .change(msg)
-                .execute()
-                .await
-                .map_err(rt_err(format!("set options of bridge {name}")))?;
+            nl.handle().link().change(msg).execute().await.map_err(rt_err(format!("set options of bridge {name}")))?;
         }
         if !link.up {
-            nl.set_link(
-                link.index,
-                &LinkChange {
-                    up: Some(true),
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(nl_err(format!("bring {name} up")))?;
+            nl.set_link(link.index, &LinkChange { up: Some(true), ..Default::default() })
+                .await
+                .map_err(nl_err(format!("bring {name} up")))?;
         }
         return Ok((link.index, false));
     }
     let msg = with_opts(LinkBridge::new(name.as_str())).up().build();
-    nl.handle()
-        .link()
-        .add(msg)
-        .execute()
-        .await
-        .map_err(rt_err(format!("create bridge {name}")))?;
+    nl.handle().link().add(msg).execute().await.map_err(rt_err(format!("create bridge {name}")))?;
     let link = nl
         .link(name)
         .await
@@ -409,51 +313,30 @@ pub async fn create_or_adopt(nl: &Netlink, spec: &BridgeSpec) -> Result<(u32, bo
 
 /// `ip link set dev PORT master BRIDGE up`.
 pub async fn enslave(nl: &Netlink, port: &Link, bridge: u32) -> Result<()> {
-    let msg = LinkUnspec::new_with_index(port.index)
-        .controller(bridge)
-        .up()
-        .build();
-    nl.handle()
-        .link()
-        .set(msg)
-        .execute()
-        .await
-        .map_err(rt_err(format!("enslave {}", port.name)))
+    let msg = LinkUnspec::new_with_index(port.index).controller(bridge).up().build();
+    nl.handle().link().set(msg).execute().await.map_err(rt_err(format!("enslave {}", port.name)))
 }
 
 /// `ip link set dev PORT nomaster`.
 pub async fn release(nl: &Netlink, port: u32) -> Result<()> {
     let msg = LinkUnspec::new_with_index(port).nocontroller().build();
-    nl.handle()
-        .link()
-        .set(msg)
-        .execute()
-        .await
-        .map_err(rt_err(format!("release port #{port}")))
+    nl.handle().link().set(msg).execute().await.map_err(rt_err(format!("release port #{port}")))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use netlink_packet_core::{
-        Emitable, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REQUEST,
-    };
+    use netlink_packet_core::{Emitable, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REQUEST};
     use netlink_packet_route::RouteNetlinkMessage;
 
     /// The bytes of an iproute2 request from a fixture, and the request we build.
     fn fixture(name: &str) -> (String, Vec<u8>) {
-        let path = format!(
-            "{}/tests/fixtures/iproute2/{name}.hex",
-            env!("CARGO_MANIFEST_DIR")
-        );
+        let path = format!("{}/tests/fixtures/iproute2/{name}.hex", env!("CARGO_MANIFEST_DIR"));
         let text = std::fs::read_to_string(&path).unwrap();
         let mut lines = text.lines();
         let cmd = lines.next().unwrap().trim_start_matches("# ").to_owned();
         let hex = lines.next().unwrap();
-        let bytes = (0..hex.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-            .collect();
+        let bytes = (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
         (cmd, bytes)
     }
 
@@ -476,11 +359,7 @@ mod tests {
     fn check(name: &str, cmd: VlanCmd) {
         let (what, want) = fixture(name);
         let msg = vlan_message(7, &cmd);
-        let payload = if cmd.add {
-            RouteNetlinkMessage::SetLink(msg)
-        } else {
-            RouteNetlinkMessage::DelLink(msg)
-        };
+        let payload = if cmd.add { RouteNetlinkMessage::SetLink(msg) } else { RouteNetlinkMessage::DelLink(msg) };
         let got = ours(payload, seq(&want));
         assert_eq!(got, want, "request for `{what}` differs from iproute2's");
         assert_eq!(cmd.to_string().replace("PORT", "tap0"), what);
@@ -488,13 +367,7 @@ mod tests {
 
     #[test]
     fn vlan_requests_match_iproute2_byte_for_byte() {
-        let c = |add, lo, hi, pvid, untagged| VlanCmd {
-            add,
-            lo,
-            hi,
-            pvid,
-            untagged,
-        };
+        let c = |add, lo, hi, pvid, untagged| VlanCmd { add, lo, hi, pvid, untagged };
         check("access_pvid_untagged", c(true, 10, 10, true, true));
         check("del_default", c(false, 1, 1, false, false));
         check("trunk_single", c(true, 20, 20, false, false));
@@ -506,10 +379,7 @@ mod tests {
     #[test]
     fn vlan_filtering_request_matches_iproute2() {
         let (what, want) = fixture("vlan_filtering");
-        let mut got = ours(
-            RouteNetlinkMessage::NewLink(vlan_filtering_message(20, true)),
-            seq(&want),
-        );
+        let mut got = ours(RouteNetlinkMessage::NewLink(vlan_filtering_message(20, true)), seq(&want));
         // The one difference: rtnetlink sends IFLA_INFO_KIND as "bridge\0" (nla_len 11),
         // iproute2 as "bridge" (nla_len 10); the kernel reads both with nla_strscpy, and the
         // attribute is padded to 12 bytes either way.
@@ -519,44 +389,26 @@ mod tests {
     }
 
     fn kv(vid: u16, pvid: bool, untagged: bool) -> KernelVlan {
-        KernelVlan {
-            vid,
-            pvid,
-            untagged,
-        }
+        KernelVlan { vid, pvid, untagged }
     }
 
     #[test]
     fn access_port_gets_its_vid_and_loses_vlan_1() {
         let mode = VlanMode::access(crate::switch::VlanId::new(10).unwrap());
-        let cmds: Vec<String> = plan_vlans(&mode, &[kv(1, true, true)])
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        assert_eq!(
-            cmds,
-            [
-                "bridge vlan add dev PORT vid 10 pvid untagged",
-                "bridge vlan del dev PORT vid 1"
-            ]
-        );
+        let cmds: Vec<String> = plan_vlans(&mode, &[kv(1, true, true)]).iter().map(ToString::to_string).collect();
+        assert_eq!(cmds, ["bridge vlan add dev PORT vid 10 pvid untagged", "bridge vlan del dev PORT vid 1"]);
         // Already right: nothing to do.
         assert!(plan_vlans(&mode, &[kv(10, true, true)]).is_empty());
     }
 
     #[test]
     fn trunk_with_native_and_ranges() {
-        let mode: VlanMode = VlanMode::Trunk {
-            vlans: "10,20-30,40".parse().unwrap(),
-            native: Some("1".parse().unwrap()),
-        };
-        let cmds: Vec<String> = plan_vlans(
-            &mode,
-            &[kv(1, true, true), kv(25, false, true), kv(99, false, false)],
-        )
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+        let mode: VlanMode =
+            VlanMode::Trunk { vlans: "10,20-30,40".parse().unwrap(), native: Some("1".parse().unwrap()) };
+        let cmds: Vec<String> = plan_vlans(&mode, &[kv(1, true, true), kv(25, false, true), kv(99, false, false)])
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         assert_eq!(
             cmds,
             [
@@ -566,25 +418,13 @@ mod tests {
                 "bridge vlan del dev PORT vid 99",
             ]
         );
-        let tagged: VlanMode = VlanMode::Trunk {
-            vlans: "5".parse().unwrap(),
-            native: Some("7:tagged".parse().unwrap()),
-        };
-        assert_eq!(
-            desired_vlans(&tagged),
-            vec![kv(5, false, false), kv(7, true, false)]
-        );
-        let cmds: Vec<String> = plan_vlans(&tagged, &[kv(1, true, true)])
-            .iter()
-            .map(ToString::to_string)
-            .collect();
+        let tagged: VlanMode =
+            VlanMode::Trunk { vlans: "5".parse().unwrap(), native: Some("7:tagged".parse().unwrap()) };
+        assert_eq!(desired_vlans(&tagged), vec![kv(5, false, false), kv(7, true, false)]);
+        let cmds: Vec<String> = plan_vlans(&tagged, &[kv(1, true, true)]).iter().map(ToString::to_string).collect();
         assert_eq!(
             cmds,
-            [
-                "bridge vlan add dev PORT vid 5",
-                "bridge vlan add dev PORT vid 7 pvid",
-                "bridge vlan del dev PORT vid 1"
-            ]
+            ["bridge vlan add dev PORT vid 5", "bridge vlan add dev PORT vid 7 pvid", "bridge vlan del dev PORT vid 1"]
         );
     }
 }

@@ -24,10 +24,7 @@ fn main() {
             let first = lines.next().unwrap_or("invalid command line");
             let mut msg = first.strip_prefix("error: ").unwrap_or(first).to_owned();
             if msg.ends_with(':') {
-                let items: Vec<&str> = lines
-                    .take_while(|l| l.starts_with(' '))
-                    .map(str::trim)
-                    .collect();
+                let items: Vec<&str> = lines.take_while(|l| l.starts_with(' ')).map(str::trim).collect();
                 msg = format!("{} {}", msg, items.join(", "));
             }
             eprintln!("vmnetd: {msg}");
@@ -59,10 +56,7 @@ fn main() {
     if let Err(f) = cli::run(cli) {
         eprintln!("vmnetd: {}", f.message);
         if json {
-            println!(
-                "{}",
-                serde_json::json!({"error": {"kind": f.kind, "message": f.message}})
-            );
+            println!("{}", serde_json::json!({"error": {"kind": f.kind, "message": f.message}}));
         }
         std::process::exit(f.exit_code());
     }

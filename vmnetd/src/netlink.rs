@@ -5,9 +5,7 @@
 
 use futures::TryStreamExt;
 use netlink_packet_core::Nla;
-use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoTun, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, State,
-};
+use netlink_packet_route::link::{InfoData, InfoKind, InfoTun, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, State};
 use rtnetlink::{Handle, LinkUnspec};
 
 use crate::ifname::IfName;
@@ -35,10 +33,7 @@ impl Error {
     /// The errno the kernel answered with, if this is a kernel NACK.
     pub fn errno(&self) -> Option<i32> {
         match self {
-            Error::Request {
-                source: rtnetlink::Error::NetlinkError(m),
-                ..
-            } => m.code.map(|c| -c.get()),
+            Error::Request { source: rtnetlink::Error::NetlinkError(m), .. } => m.code.map(|c| -c.get()),
             Error::Connect(e) => e.raw_os_error(),
             _ => None,
         }
@@ -77,9 +72,7 @@ impl TunInfo {
             let mut v = vec![0u8; nla.value_len()];
             nla.emit_value(&mut v);
             let u8v = v.first().copied().unwrap_or(0);
-            let u32v = v
-                .get(..4)
-                .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+            let u32v = v.get(..4).map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
             match nla.kind() {
                 IFLA_TUN_OWNER => t.owner = u32v,
                 IFLA_TUN_GROUP => t.group = u32v,
@@ -208,20 +201,11 @@ impl Netlink {
 
     /// `ip -d link show dev NAME`. `Ok(None)` if there is no such link.
     pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>> {
-        let mut s = self
-            .handle
-            .link()
-            .get()
-            .match_name(name.to_owned())
-            .execute();
+        let mut s = self.handle.link().get().match_name(name.to_owned()).execute();
         match s.try_next().await {
             Ok(Some(msg)) => Ok(Some(Link::from_message(&msg))),
             Ok(None) => Ok(None),
-            Err(rtnetlink::Error::NetlinkError(m))
-                if m.code.map(|c| -c.get()) == Some(libc::ENODEV) =>
-            {
-                Ok(None)
-            }
+            Err(rtnetlink::Error::NetlinkError(m)) if m.code.map(|c| -c.get()) == Some(libc::ENODEV) => Ok(None),
             Err(e) => Err(Error::request(format!("show link {name}"))(e)),
         }
     }
@@ -232,11 +216,7 @@ impl Netlink {
         match s.try_next().await {
             Ok(Some(msg)) => Ok(Some(Link::from_message(&msg))),
             Ok(None) => Ok(None),
-            Err(rtnetlink::Error::NetlinkError(m))
-                if m.code.map(|c| -c.get()) == Some(libc::ENODEV) =>
-            {
-                Ok(None)
-            }
+            Err(rtnetlink::Error::NetlinkError(m)) if m.code.map(|c| -c.get()) == Some(libc::ENODEV) => Ok(None),
             Err(e) => Err(Error::request(format!("show link #{index}"))(e)),
         }
     }
@@ -280,11 +260,7 @@ impl Netlink {
     pub async fn delete_link(&self, index: u32) -> Result<()> {
         match self.handle.link().del(index).execute().await {
             Ok(()) => Ok(()),
-            Err(rtnetlink::Error::NetlinkError(m))
-                if m.code.map(|c| -c.get()) == Some(libc::ENODEV) =>
-            {
-                Ok(())
-            }
+            Err(rtnetlink::Error::NetlinkError(m)) if m.code.map(|c| -c.get()) == Some(libc::ENODEV) => Ok(()),
             Err(e) => Err(Error::request(format!("delete link #{index}"))(e)),
         }
     }

@@ -55,10 +55,7 @@ mod tests {
         assert_eq!(&b[..4], &[0xd4, 0xc3, 0xb2, 0xa1]);
         assert_eq!(u32::from_le_bytes(b[16..20].try_into().unwrap()), 65535);
         assert_eq!(u32::from_le_bytes(b[20..24].try_into().unwrap()), 1);
-        assert_eq!(
-            u32::from_le_bytes(b[24..28].try_into().unwrap()),
-            1_700_000_000
-        );
+        assert_eq!(u32::from_le_bytes(b[24..28].try_into().unwrap()), 1_700_000_000);
         assert_eq!(u32::from_le_bytes(b[28..32].try_into().unwrap()), 123_456);
         assert_eq!(u32::from_le_bytes(b[32..36].try_into().unwrap()), 3);
         assert_eq!(u32::from_le_bytes(b[36..40].try_into().unwrap()), 60);

@@ -27,9 +27,7 @@ pub enum Error {
     Read(PathBuf, #[source] io::Error),
     #[error("State file {0} is not valid (fix it or move it aside to start from scratch)")]
     Parse(PathBuf, #[source] serde_json::Error),
-    #[error(
-        "State file {path} has version {found}; this vmnetd understands version {STATE_VERSION}"
-    )]
+    #[error("State file {path} has version {found}; this vmnetd understands version {STATE_VERSION}")]
     Version { path: PathBuf, found: u32 },
     #[error("Cannot write state file {0}")]
     Write(PathBuf, #[source] io::Error),
@@ -67,10 +65,7 @@ pub struct PortDecl {
 
 impl State {
     pub fn new() -> State {
-        State {
-            version: STATE_VERSION,
-            ..Default::default()
-        }
+        State { version: STATE_VERSION, ..Default::default() }
     }
 
     pub fn tap(&self, name: &str) -> Option<&TapDecl> {
@@ -91,9 +86,7 @@ impl Store {
             .mode(0o700)
             .create(dir)
             .map_err(|e| Error::CreateDir(dir.to_owned(), e))?;
-        Ok(Store {
-            dir: dir.to_owned(),
-        })
+        Ok(Store { dir: dir.to_owned() })
     }
 
     pub fn path(&self) -> PathBuf {
@@ -108,13 +101,9 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(State::new()),
             Err(e) => return Err(Error::Read(path, e)),
         };
-        let state: State =
-            serde_json::from_slice(&bytes).map_err(|e| Error::Parse(path.clone(), e))?;
+        let state: State = serde_json::from_slice(&bytes).map_err(|e| Error::Parse(path.clone(), e))?;
         if state.version != STATE_VERSION {
-            return Err(Error::Version {
-                path,
-                found: state.version,
-            });
+            return Err(Error::Version { path, found: state.version });
         }
         Ok(state)
     }
@@ -125,16 +114,9 @@ impl Store {
         let werr = |e| Error::Write(path.clone(), e);
         let mut bytes = serde_json::to_vec_pretty(state).map_err(|e| werr(io::Error::other(e)))?;
         bytes.push(b'\n');
-        let tmp = self
-            .dir
-            .join(format!(".{STATE_FILE}.{}.tmp", std::process::id()));
+        let tmp = self.dir.join(format!(".{STATE_FILE}.{}.tmp", std::process::id()));
         let write = || -> io::Result<()> {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
+            let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
             f.write_all(&bytes)?;
             f.sync_all()?;
             fs::rename(&tmp, &path)?;
@@ -175,10 +157,7 @@ mod tests {
         s.taps.pop();
         store.save(&s).unwrap();
         assert_eq!(store.load().unwrap(), s);
-        let names: Vec<_> = fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from(STATE_FILE)]);
     }
 
@@ -190,10 +169,7 @@ mod tests {
         let e = store.load().unwrap_err();
         assert!(matches!(e, Error::Parse(..)));
         assert!(e.to_string().contains("move it aside"));
-        assert_eq!(
-            fs::read(store.path()).unwrap(),
-            b"{\"version\":1,\"taps\":["
-        );
+        assert_eq!(fs::read(store.path()).unwrap(), b"{\"version\":1,\"taps\":[");
     }
 
     #[test]

@@ -36,19 +36,17 @@ pub enum Error {
     NoCapability,
     #[error("{0} exists and is a {1} device, not a TAP/TUN")]
     NotTun(IfName, String),
-    #[error(
-        "{name} exists with different flags ({diffs}); vmnetd will not change a device in place"
-    )]
+    #[error("{name} exists with different flags ({diffs}); vmnetd will not change a device in place")]
     FlagMismatch { name: IfName, diffs: String },
     #[error("{0} exists but is not persistent (a running process owns it); vmnetd will not take it over")]
     NotPersistent(IfName),
-    #[error(
-        "{name} exists with different settings ({diffs}); declare it as it is, or remove it first"
-    )]
+    #[error("{name} exists with different settings ({diffs}); declare it as it is, or remove it first")]
     SettingsMismatch { name: IfName, diffs: String },
     #[error("{0} was not created by vmnetd; add --force to delete it anyway")]
     NotOurs(IfName),
-    #[error("{name} is in use ({queues} queue(s) attached by a running process, e.g. QEMU); stop it first or add --force")]
+    #[error(
+        "{name} is in use ({queues} queue(s) attached by a running process, e.g. QEMU); stop it first or add --force"
+    )]
     InUse { name: IfName, queues: u32 },
     #[error("No TAP named {0}")]
     NoSuchTap(IfName),
@@ -82,16 +80,12 @@ impl Error {
             | Error::InUse { .. } => ErrorKind::Conflict,
             Error::NoSuchTap(_) => ErrorKind::NotFound,
             Error::BadMtu(_) | Error::BadMac(_) | Error::Users(_) => ErrorKind::InvalidArgument,
-            Error::Create(_, e) | Error::Configure(_, e)
-                if e.raw_os_error() == Some(libc::EPERM) =>
-            {
+            Error::Create(_, e) | Error::Configure(_, e) if e.raw_os_error() == Some(libc::EPERM) => {
                 ErrorKind::PermissionDenied
             }
-            Error::NoFreeName
-            | Error::Create(..)
-            | Error::Configure(..)
-            | Error::Delete(..)
-            | Error::Netlink(_) => ErrorKind::Internal,
+            Error::NoFreeName | Error::Create(..) | Error::Configure(..) | Error::Delete(..) | Error::Netlink(_) => {
+                ErrorKind::Internal
+            }
         }
     }
 }
@@ -135,11 +129,7 @@ impl TapDecl {
             }
         }
         let owner = spec.user.as_deref().map(users::resolve_user).transpose()?;
-        let group = spec
-            .group
-            .as_deref()
-            .map(users::resolve_group)
-            .transpose()?;
+        let group = spec.group.as_deref().map(users::resolve_group).transpose()?;
         Ok(TapDecl {
             name,
             mode: spec.mode,
@@ -154,11 +144,7 @@ impl TapDecl {
     }
 
     pub fn open_flags(&self) -> systap::OpenFlags {
-        systap::OpenFlags {
-            mode: self.mode,
-            multi_queue: self.multi_queue,
-            vnet_hdr: self.vnet_hdr,
-        }
+        systap::OpenFlags { mode: self.mode, multi_queue: self.multi_queue, vnet_hdr: self.vnet_hdr }
     }
 
     pub fn info(&self, link: Option<&Link>, source: crate::api::Source) -> TapInfo {
@@ -206,18 +192,10 @@ fn flag_diffs(decl: &TapDecl, link: &Link) -> Option<Vec<String>> {
         }
     }
     if tun.multi_queue != decl.multi_queue {
-        d.push(format!(
-            "multi_queue {}, declared {}",
-            on(tun.multi_queue),
-            on(decl.multi_queue)
-        ));
+        d.push(format!("multi_queue {}, declared {}", on(tun.multi_queue), on(decl.multi_queue)));
     }
     if tun.vnet_hdr != decl.vnet_hdr {
-        d.push(format!(
-            "vnet_hdr {}, declared {}",
-            on(tun.vnet_hdr),
-            on(decl.vnet_hdr)
-        ));
+        d.push(format!("vnet_hdr {}, declared {}", on(tun.vnet_hdr), on(decl.vnet_hdr)));
     }
     if tun.pi {
         d.push("pi on (packet information header), vmnetd uses pi off".to_owned());
@@ -231,33 +209,18 @@ fn setting_diffs(decl: &TapDecl, link: &Link) -> Vec<String> {
     let show = |p: Option<u32>| p.map_or("none".to_owned(), |v| v.to_string());
     let want_owner = decl.owner.as_ref().map(|p| p.id);
     if want_owner.is_some() && tun.owner != want_owner {
-        d.push(format!(
-            "owner {}, declared {}",
-            show(tun.owner),
-            show(want_owner)
-        ));
+        d.push(format!("owner {}, declared {}", show(tun.owner), show(want_owner)));
     }
     let want_group = decl.group.as_ref().map(|p| p.id);
     if want_group.is_some() && tun.group != want_group {
-        d.push(format!(
-            "group {}, declared {}",
-            show(tun.group),
-            show(want_group)
-        ));
+        d.push(format!("group {}, declared {}", show(tun.group), show(want_group)));
     }
     if decl.mtu.is_some() && link.mtu != decl.mtu {
-        d.push(format!(
-            "mtu {}, declared {}",
-            show(link.mtu),
-            show(decl.mtu)
-        ));
+        d.push(format!("mtu {}, declared {}", show(link.mtu), show(decl.mtu)));
     }
     if let Some(mac) = decl.mac {
         if link.mac != Some(mac) {
-            d.push(format!(
-                "mac {}, declared {mac}",
-                link.mac.map_or("none".to_owned(), |m| m.to_string())
-            ));
+            d.push(format!("mac {}, declared {mac}", link.mac.map_or("none".to_owned(), |m| m.to_string())));
         }
     }
     d
@@ -292,41 +255,22 @@ async fn create(nl: &Netlink, decl: &TapDecl) -> Result<()> {
     let name = &decl.name;
     // IFF_TUN_EXCL: if someone creates the name between our check and now, fail rather than
     // attach to their device.
-    let tap = systap::Tap::open(Some(name), decl.open_flags(), true)
-        .map_err(|e| Error::Create(name.clone(), e))?;
+    let tap = systap::Tap::open(Some(name), decl.open_flags(), true).map_err(|e| Error::Create(name.clone(), e))?;
     let configure = async {
         if let Some(o) = &decl.owner {
-            tap.set_owner(o.id)
-                .map_err(|e| Error::Configure(name.clone(), e))?;
+            tap.set_owner(o.id).map_err(|e| Error::Configure(name.clone(), e))?;
         }
         if let Some(g) = &decl.group {
-            tap.set_group(g.id)
-                .map_err(|e| Error::Configure(name.clone(), e))?;
+            tap.set_group(g.id).map_err(|e| Error::Configure(name.clone(), e))?;
         }
-        let link = nl
-            .link(name)
-            .await?
-            .ok_or_else(|| Error::NoSuchTap(name.clone()))?;
+        let link = nl.link(name).await?.ok_or_else(|| Error::NoSuchTap(name.clone()))?;
         nl.set_link(
             link.index,
-            &LinkChange {
-                mtu: decl.mtu,
-                mac: decl.mac,
-                alias: Some(MANAGED_ALIAS.to_owned()),
-                up: None,
-            },
+            &LinkChange { mtu: decl.mtu, mac: decl.mac, alias: Some(MANAGED_ALIAS.to_owned()), up: None },
         )
         .await?;
-        nl.set_link(
-            link.index,
-            &LinkChange {
-                up: Some(true),
-                ..Default::default()
-            },
-        )
-        .await?;
-        tap.set_persist(true)
-            .map_err(|e| Error::Configure(name.clone(), e))
+        nl.set_link(link.index, &LinkChange { up: Some(true), ..Default::default() }).await?;
+        tap.set_persist(true).map_err(|e| Error::Configure(name.clone(), e))
     };
     // Until TUNSETPERSIST succeeds the device lives only as long as `tap`: on any error,
     // dropping `tap` removes it, so nothing half-made is left behind.
@@ -336,18 +280,12 @@ async fn create(nl: &Netlink, decl: &TapDecl) -> Result<()> {
 async fn adopt(nl: &Netlink, decl: &TapDecl, link: &Link, policy: Policy) -> Result<()> {
     let name = &decl.name;
     if !link.is_tun() {
-        let kind = link
-            .kind
-            .clone()
-            .unwrap_or_else(|| "physical or unknown".to_owned());
+        let kind = link.kind.clone().unwrap_or_else(|| "physical or unknown".to_owned());
         return Err(Error::NotTun(name.clone(), kind));
     }
     if let Some(diffs) = flag_diffs(decl, link) {
         if !diffs.is_empty() {
-            return Err(Error::FlagMismatch {
-                name: name.clone(),
-                diffs: diffs.join(", "),
-            });
+            return Err(Error::FlagMismatch { name: name.clone(), diffs: diffs.join(", ") });
         }
     }
     let tun = link.tun.clone().unwrap_or_default();
@@ -358,40 +296,26 @@ async fn adopt(nl: &Netlink, decl: &TapDecl, link: &Link, policy: Policy) -> Res
     if diffs.is_empty() {
         if !link.up {
             require_cap()?;
-            nl.set_link(
-                link.index,
-                &LinkChange {
-                    up: Some(true),
-                    ..Default::default()
-                },
-            )
-            .await?;
+            nl.set_link(link.index, &LinkChange { up: Some(true), ..Default::default() }).await?;
         }
         return Ok(());
     }
     if policy == Policy::Declare {
-        return Err(Error::SettingsMismatch {
-            name: name.clone(),
-            diffs: diffs.join(", "),
-        });
+        return Err(Error::SettingsMismatch { name: name.clone(), diffs: diffs.join(", ") });
     }
     // Restore: bring the device back in line with its declaration.
     require_cap()?;
     let want_owner = decl.owner.as_ref().map(|p| p.id);
     let want_group = decl.group.as_ref().map(|p| p.id);
-    if (want_owner.is_some() && tun.owner != want_owner)
-        || (want_group.is_some() && tun.group != want_group)
-    {
+    if (want_owner.is_some() && tun.owner != want_owner) || (want_group.is_some() && tun.group != want_group) {
         // Same flags as the device has (checked above), so attaching changes nothing else.
-        let tap = systap::Tap::open(Some(name), decl.open_flags(), false)
-            .map_err(|e| Error::Configure(name.clone(), e))?;
+        let tap =
+            systap::Tap::open(Some(name), decl.open_flags(), false).map_err(|e| Error::Configure(name.clone(), e))?;
         if let Some(uid) = want_owner {
-            tap.set_owner(uid)
-                .map_err(|e| Error::Configure(name.clone(), e))?;
+            tap.set_owner(uid).map_err(|e| Error::Configure(name.clone(), e))?;
         }
         if let Some(gid) = want_group {
-            tap.set_group(gid)
-                .map_err(|e| Error::Configure(name.clone(), e))?;
+            tap.set_group(gid).map_err(|e| Error::Configure(name.clone(), e))?;
         }
     }
     nl.set_link(
@@ -419,20 +343,12 @@ pub fn is_ours(decl: Option<&TapDecl>, link: &Link) -> bool {
 
 /// Deletes the TAP `name`. Refuses (unless `force`) a device vmnetd did not create or one a
 /// process still has open. `Ok(false)`: the device was already gone.
-pub async fn remove(
-    nl: &Netlink,
-    name: &IfName,
-    decl: Option<&TapDecl>,
-    force: bool,
-) -> Result<bool> {
+pub async fn remove(nl: &Netlink, name: &IfName, decl: Option<&TapDecl>, force: bool) -> Result<bool> {
     let Some(link) = nl.link(name).await? else {
         return Ok(false);
     };
     if !link.is_tun() {
-        let kind = link
-            .kind
-            .clone()
-            .unwrap_or_else(|| "physical or unknown".to_owned());
+        let kind = link.kind.clone().unwrap_or_else(|| "physical or unknown".to_owned());
         return Err(Error::NotTun(name.clone(), kind));
     }
     if !force {
@@ -441,16 +357,11 @@ pub async fn remove(
         }
         let queues = link.tap_queues_attached();
         if queues > 0 {
-            return Err(Error::InUse {
-                name: name.clone(),
-                queues,
-            });
+            return Err(Error::InUse { name: name.clone(), queues });
         }
     }
     require_cap()?;
-    nl.delete_link(link.index)
-        .await
-        .map_err(|e| Error::Delete(name.clone(), e))?;
+    nl.delete_link(link.index).await.map_err(|e| Error::Delete(name.clone(), e))?;
     Ok(true)
 }
 
@@ -493,70 +404,32 @@ mod tests {
     fn flag_mismatch_is_reported_per_flag() {
         let mut d = decl();
         d.vnet_hdr = true;
-        let l = link(TunInfo {
-            mode: Some(systap::Mode::Tap),
-            multi_queue: true,
-            persist: true,
-            ..Default::default()
-        });
+        let l = link(TunInfo { mode: Some(systap::Mode::Tap), multi_queue: true, persist: true, ..Default::default() });
         let diffs = flag_diffs(&d, &l).unwrap();
-        assert_eq!(
-            diffs,
-            vec!["multi_queue on, declared off", "vnet_hdr off, declared on"]
-        );
+        assert_eq!(diffs, vec!["multi_queue on, declared off", "vnet_hdr off, declared on"]);
     }
 
     #[test]
     fn settings_only_compare_what_is_declared() {
         let mut d = decl();
-        let l = link(TunInfo {
-            owner: Some(1000),
-            ..Default::default()
-        });
-        assert!(
-            setting_diffs(&d, &l).is_empty(),
-            "undeclared owner must not count"
-        );
-        d.owner = Some(Principal {
-            id: 1001,
-            name: None,
-        });
+        let l = link(TunInfo { owner: Some(1000), ..Default::default() });
+        assert!(setting_diffs(&d, &l).is_empty(), "undeclared owner must not count");
+        d.owner = Some(Principal { id: 1001, name: None });
         d.mtu = Some(9000);
-        assert_eq!(
-            setting_diffs(&d, &l),
-            vec!["owner 1000, declared 1001", "mtu 1500, declared 9000"]
-        );
+        assert_eq!(setting_diffs(&d, &l), vec!["owner 1000, declared 1001", "mtu 1500, declared 9000"]);
     }
 
     #[test]
     fn spec_validation() {
         let name = IfName::new("t").unwrap();
-        let bad_mtu = TapSpec {
-            mtu: Some(67),
-            ..Default::default()
-        };
-        assert!(matches!(
-            TapDecl::from_spec(&bad_mtu, name.clone()),
-            Err(Error::BadMtu(67))
-        ));
-        let bad_mac = TapSpec {
-            mac: Some(MacAddr::BROADCAST),
-            ..Default::default()
-        };
-        assert!(matches!(
-            TapDecl::from_spec(&bad_mac, name.clone()),
-            Err(Error::BadMac(_))
-        ));
-        let bad_user = TapSpec {
-            user: Some("no-such-user-vmnetd".into()),
-            ..Default::default()
-        };
+        let bad_mtu = TapSpec { mtu: Some(67), ..Default::default() };
+        assert!(matches!(TapDecl::from_spec(&bad_mtu, name.clone()), Err(Error::BadMtu(67))));
+        let bad_mac = TapSpec { mac: Some(MacAddr::BROADCAST), ..Default::default() };
+        assert!(matches!(TapDecl::from_spec(&bad_mac, name.clone()), Err(Error::BadMac(_))));
+        let bad_user = TapSpec { user: Some("no-such-user-vmnetd".into()), ..Default::default() };
         let e = TapDecl::from_spec(&bad_user, name).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidArgument);
-        assert_eq!(
-            e.to_string(),
-            "Unknown user \"no-such-user-vmnetd\": neither a user name nor a numeric uid"
-        );
+        assert_eq!(e.to_string(), "Unknown user \"no-such-user-vmnetd\": neither a user name nor a numeric uid");
     }
 
     #[test]

@@ -32,16 +32,10 @@ fn numeric(s: &str) -> Option<u32> {
 
 pub fn resolve_user(spec: &str) -> Result<Principal, Error> {
     if let Some(id) = numeric(spec) {
-        return Ok(Principal {
-            id,
-            name: user_name(id),
-        });
+        return Ok(Principal { id, name: user_name(id) });
     }
     match User::from_name(spec) {
-        Ok(Some(u)) => Ok(Principal {
-            id: u.uid.as_raw(),
-            name: Some(u.name),
-        }),
+        Ok(Some(u)) => Ok(Principal { id: u.uid.as_raw(), name: Some(u.name) }),
         Ok(None) => Err(Error::UnknownUser(spec.to_owned())),
         Err(e) => Err(Error::Lookup(spec.to_owned(), e)),
     }
@@ -49,16 +43,10 @@ pub fn resolve_user(spec: &str) -> Result<Principal, Error> {
 
 pub fn resolve_group(spec: &str) -> Result<Principal, Error> {
     if let Some(id) = numeric(spec) {
-        return Ok(Principal {
-            id,
-            name: group_name(id),
-        });
+        return Ok(Principal { id, name: group_name(id) });
     }
     match Group::from_name(spec) {
-        Ok(Some(g)) => Ok(Principal {
-            id: g.gid.as_raw(),
-            name: Some(g.name),
-        }),
+        Ok(Some(g)) => Ok(Principal { id: g.gid.as_raw(), name: Some(g.name) }),
         Ok(None) => Err(Error::UnknownGroup(spec.to_owned())),
         Err(e) => Err(Error::Lookup(spec.to_owned(), e)),
     }
@@ -67,10 +55,7 @@ pub fn resolve_group(spec: &str) -> Result<Principal, Error> {
 /// The primary group of a user, for `--owner U` without `:G`.
 pub fn primary_group(uid: u32) -> Option<Principal> {
     let u = User::from_uid(Uid::from_raw(uid)).ok()??;
-    Some(Principal {
-        id: u.gid.as_raw(),
-        name: group_name(u.gid.as_raw()),
-    })
+    Some(Principal { id: u.gid.as_raw(), name: group_name(u.gid.as_raw()) })
 }
 
 pub fn user_name(uid: u32) -> Option<String> {
@@ -110,14 +95,8 @@ mod tests {
 
     #[test]
     fn unknown_names_are_refused() {
-        assert_eq!(
-            resolve_user("no-such-user-vmnetd"),
-            Err(Error::UnknownUser("no-such-user-vmnetd".into()))
-        );
-        assert_eq!(
-            resolve_group("no-such-group-vmnetd"),
-            Err(Error::UnknownGroup("no-such-group-vmnetd".into()))
-        );
+        assert_eq!(resolve_user("no-such-user-vmnetd"), Err(Error::UnknownUser("no-such-user-vmnetd".into())));
+        assert_eq!(resolve_group("no-such-group-vmnetd"), Err(Error::UnknownGroup("no-such-group-vmnetd".into())));
         // Not a number, not a name.
         assert!(resolve_user("12abc").is_err());
         assert!(resolve_user("").is_err());

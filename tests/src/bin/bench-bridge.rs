@@ -29,42 +29,26 @@ fn tcp(a: &Ns, b: &Ns, secs: u32) -> f64 {
     let _ = server.kill();
     let _ = server.wait();
     let v: serde_json::Value = serde_json::from_str(out.ok()).expect("iperf3 json");
-    v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .unwrap()
-        / 1e9
+    v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap() / 1e9
 }
 
 /// 64-byte frames A -> B for `secs`; (sent Mpps, received Mpps).
 fn pps(a: &Ns, b: &Ns, secs: u32) -> (f64, f64) {
-    let (ma, mb) = (
-        a.mac("eth0").replace(':', ""),
-        b.mac("eth0").replace(':', ""),
-    );
+    let (ma, mb) = (a.mac("eth0").replace(':', ""), b.mac("eth0").replace(':', ""));
     // Ethernet + IPv4 (10.0.0.1 -> 10.0.0.2, UDP to port 9 "discard") + 18 bytes: 60 bytes,
     // 64 on the wire. The IPv4 header checksum must be right: with br_netfilter the Linux
     // bridge validates it.
-    let ip_hdr: [u16; 10] = [
-        0x4500, 0x002e, 0, 0x4000, 0x4011, 0, 0x0a00, 0x0001, 0x0a00, 0x0002,
-    ];
+    let ip_hdr: [u16; 10] = [0x4500, 0x002e, 0, 0x4000, 0x4011, 0, 0x0a00, 0x0001, 0x0a00, 0x0002];
     let sum: u32 = ip_hdr.iter().map(|w| u32::from(*w)).sum();
     let csum = !(((sum & 0xffff) + (sum >> 16)) as u16);
-    let frame = format!(
-        "{mb}{ma}08004500002e000040004011{csum:04x}0a0000010a000002d4310009001a0000{}",
-        "00".repeat(18)
-    );
+    let frame =
+        format!("{mb}{ma}08004500002e000040004011{csum:04x}0a0000010a000002d4310009001a0000{}", "00".repeat(18));
     let before = rx_packets(b, "eth0");
-    let out = a.exec(
-        vmnetd_tests::bin("rawframe").to_str().unwrap(),
-        &["flood", "eth0", &secs.to_string(), &frame],
-    );
+    let out = a.exec(vmnetd_tests::bin("rawframe").to_str().unwrap(), &["flood", "eth0", &secs.to_string(), &frame]);
     std::thread::sleep(Duration::from_millis(200));
     let got = rx_packets(b, "eth0") - before;
     let sent: u64 = out.ok().trim().parse().unwrap();
-    (
-        sent as f64 / secs as f64 / 1e6,
-        got as f64 / secs as f64 / 1e6,
-    )
+    (sent as f64 / secs as f64 / 1e6, got as f64 / secs as f64 / 1e6)
 }
 
 struct Result {
@@ -77,11 +61,7 @@ fn measure(a: &Ns, b: &Ns, runs: usize, secs: u32) -> Result {
     assert!(a.ping("10.0.0.2", 2), "no connectivity");
     let tcp = median((0..runs).map(|_| tcp(a, b, secs)).collect());
     let p: Vec<(f64, f64)> = (0..runs).map(|_| pps(a, b, secs)).collect();
-    Result {
-        tcp,
-        pps_sent: median(p.iter().map(|x| x.0).collect()),
-        pps_recv: median(p.iter().map(|x| x.1).collect()),
-    }
+    Result { tcp, pps_sent: median(p.iter().map(|x| x.0).collect()), pps_recv: median(p.iter().map(|x| x.1).collect()) }
 }
 
 fn main() {
@@ -113,26 +93,15 @@ fn main() {
         let ours = measure(&a, &b, runs, secs);
 
         println!("bridge benchmark: {runs} runs of {secs} s each, medians; A -> B between two network namespaces over veth pairs");
-        println!(
-            "                        {:>14} {:>14} {:>8}",
-            "vmnetd builtin", "linux bridge", "ratio"
-        );
-        println!(
-            "TCP (iperf3) Gbit/s     {:>14.2} {:>14.2} {:>8.2}",
-            ours.tcp,
-            linux.tcp,
-            ours.tcp / linux.tcp
-        );
+        println!("                        {:>14} {:>14} {:>8}", "vmnetd builtin", "linux bridge", "ratio");
+        println!("TCP (iperf3) Gbit/s     {:>14.2} {:>14.2} {:>8.2}", ours.tcp, linux.tcp, ours.tcp / linux.tcp);
         println!(
             "64-byte frames Mpps     {:>14.3} {:>14.3} {:>8.2}",
             ours.pps_recv,
             linux.pps_recv,
             ours.pps_recv / linux.pps_recv
         );
-        println!(
-            "  (generator offered    {:>14.3} {:>14.3} Mpps)",
-            ours.pps_sent, linux.pps_sent
-        );
+        println!("  (generator offered    {:>14.3} {:>14.3} Mpps)", ours.pps_sent, linux.pps_sent);
         let st = d.cli(&["stats", "br0"]);
         println!("{}", st.stdout);
     });

@@ -15,10 +15,7 @@ fn pct(v: &mut [Duration], p: f64) -> Duration {
 }
 
 fn main() {
-    let n: usize = std::env::args()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1000);
+    let n: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(1000);
     in_netns(|| {
         let dir = test_dir();
         let d = Daemon::start(dir.path());
@@ -38,10 +35,7 @@ fn main() {
             create.push(t.elapsed());
         }
         for i in 0..n {
-            let rm = RmTap {
-                name: IfName::new(&format!("bt{i}")).unwrap(),
-                force: false,
-            };
+            let rm = RmTap { name: IfName::new(&format!("bt{i}")).unwrap(), force: false };
             let t = Instant::now();
             let _: TapInfo = c.call(Op::Rmtap(rm)).expect("rmtap");
             remove.push(t.elapsed());
@@ -52,9 +46,7 @@ fn main() {
         let mut ip_remove = Vec::with_capacity(n);
         for i in 0..n {
             let t = Instant::now();
-            vmnetd_tests::ip(&format!(
-                "tuntap add dev it{i} mode tap user nobody vnet_hdr"
-            ));
+            vmnetd_tests::ip(&format!("tuntap add dev it{i} mode tap user nobody vnet_hdr"));
             ip_create.push(t.elapsed());
             // vmnetd brings its TAPs up; do the same (untimed) so removal costs compare.
             vmnetd_tests::ip(&format!("link set it{i} up"));
@@ -64,15 +56,9 @@ fn main() {
             vmnetd_tests::ip(&format!("link del it{i}"));
             ip_remove.push(t.elapsed());
         }
-        println!(
-            "taps: {n} created and removed through the daemon in {:.2} s",
-            total.as_secs_f64()
-        );
+        println!("taps: {n} created and removed through the daemon in {:.2} s", total.as_secs_f64());
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
-        for (what, ours, theirs) in [
-            ("create", &mut create, &mut ip_create),
-            ("remove", &mut remove, &mut ip_remove),
-        ] {
+        for (what, ours, theirs) in [("create", &mut create, &mut ip_create), ("remove", &mut remove, &mut ip_remove)] {
             let (m, p90) = (pct(ours, 0.5), pct(ours, 0.9));
             let im = pct(theirs, 0.5);
             println!(

@@ -11,11 +11,8 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let name = IfName::new(args.first().expect("NAME")).expect("valid name");
     let has = |f: &str| args.iter().any(|a| a == f);
-    let hold = args
-        .iter()
-        .position(|a| a == "--hold")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|s| s.parse::<u64>().ok());
+    let hold =
+        args.iter().position(|a| a == "--hold").and_then(|i| args.get(i + 1)).and_then(|s| s.parse::<u64>().ok());
     let flags = OpenFlags {
         mode: if has("--tun") { Mode::Tun } else { Mode::Tap },
         multi_queue: has("--multi-queue"),
@@ -31,10 +28,7 @@ fn main() {
         }
         Err(e) => {
             let errno = e.raw_os_error().map(nix::errno::Errno::from_raw);
-            println!(
-                "error: {}",
-                errno.map_or_else(|| e.to_string(), |e| format!("{e:?}"))
-            );
+            println!("error: {}", errno.map_or_else(|| e.to_string(), |e| format!("{e:?}")));
             std::process::exit(1);
         }
     }

@@ -9,15 +9,14 @@
 use std::collections::HashSet;
 
 use crate::api::{
-    ApiError, BridgeDel, BridgeInfo, BridgeKind, BridgeRef, BridgeSpec, Counters, ErrorKind,
-    FdbRow, FdbShowReq, Flushed, PortInfo, PortKind, PortListReq, PortRef, PortSpec, PortStats,
-    Source, StatsReq,
+    ApiError, BridgeDel, BridgeInfo, BridgeKind, BridgeRef, BridgeSpec, Counters, ErrorKind, FdbRow, FdbShowReq,
+    Flushed, PortInfo, PortKind, PortListReq, PortRef, PortSpec, PortStats, Source, StatsReq, VhostInfo, VhostMode,
 };
 use crate::datapath::PortState;
 use crate::ifname::IfName;
 use crate::linuxbr::{self, KernelVlan};
 use crate::netlink::LinkChange;
-use crate::ports::{Edge, InternalPort, NetdevPort};
+use crate::ports::{Edge, InternalPort, NetdevPort, VhostPort};
 use crate::state::{BridgeDecl, PortDecl};
 use crate::switch::{FdbConfig, PortConfig, SwitchConfig, VlanMode};
 use crate::tap::{self, Policy, TapDecl};
@@ -41,37 +40,63 @@ fn internal<E: std::error::Error + 'static>(e: E) -> ApiError {
 }
 
 /// The kernel interface behind a port.
-pub fn port_ifname(spec: &PortSpec) -> IfName {
+pub fn port_ifname(spec: &PortSpec) -> Option<IfName> {
     match &spec.kind {
-        PortKind::Netdev { ifname } => ifname.clone(),
-        PortKind::Internal { ifname } => ifname.clone().unwrap_or_else(|| spec.name.clone()),
+        PortKind::Netdev { ifname } => Some(ifname.clone()),
+        PortKind::Internal { ifname } => Some(ifname.clone().unwrap_or_else(|| spec.name.clone())),
+        PortKind::VhostUser { .. } => None,
     }
+}
+
+/// What a port occupies that no other port may: its interface, or its socket.
+fn port_resource(spec: &PortSpec) -> String {
+    match (&spec.kind, port_ifname(spec)) {
+        (PortKind::VhostUser { path, .. }, _) => format!("socket {}", path.display()),
+        (_, Some(i)) => i.to_string(),
+        (_, None) => String::new(),
+    }
+}
+
+/// The interface of a netdev or internal port (vhost-user ports have none).
+fn iface(spec: &PortSpec) -> Result<IfName, ApiError> {
+    port_ifname(spec).ok_or_else(|| err(ErrorKind::InvalidArgument, format!("Port {} has no interface", spec.name)))
 }
 
 fn switch_config(spec: &BridgeSpec) -> SwitchConfig {
     let d = FdbConfig::default();
     SwitchConfig {
         fdb: FdbConfig {
-            ageing: spec
-                .ageing
-                .map_or(d.ageing, |s| std::time::Duration::from_secs(u64::from(s))),
+            ageing: spec.ageing.map_or(d.ageing, |s| std::time::Duration::from_secs(u64::from(s))),
             max_entries: spec.max_macs.unwrap_or(d.max_entries),
         },
     }
 }
 
+/// MTU of a vhost-user port: its guest's is not negotiated, and a guest with mergeable
+/// buffers takes any frame, so none is enforced on the way in.
+const VHOST_MTU: u32 = 65_000;
+
+/// `USER[:GROUP]` to uid and gid (the group defaults to the user's primary group).
+fn resolve_owner(spec: &str) -> Result<(u32, u32), ApiError> {
+    let invalid = |e: crate::users::Error| ApiError::from_chain(ErrorKind::InvalidArgument, &e);
+    let (u, g) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let user = crate::users::resolve_user(u).map_err(invalid)?;
+    let gid = match g {
+        Some(g) => crate::users::resolve_group(g).map_err(invalid)?.id,
+        None => crate::users::primary_group(user.id).map_or(user.id, |p| p.id),
+    };
+    Ok((user.id, gid))
+}
+
 fn validate_bridge(spec: &BridgeSpec) -> Result<(), ApiError> {
     if spec.max_macs == Some(0) {
-        return Err(err(
-            ErrorKind::InvalidArgument,
-            "--max-macs must be at least 1",
-        ));
+        return Err(err(ErrorKind::InvalidArgument, "--max-macs must be at least 1"));
     }
     if spec.ageing == Some(0) {
-        return Err(err(
-            ErrorKind::InvalidArgument,
-            "--ageing must be at least 1 second",
-        ));
+        return Err(err(ErrorKind::InvalidArgument, "--ageing must be at least 1 second"));
     }
     Ok(())
 }
@@ -79,23 +104,25 @@ fn validate_bridge(spec: &BridgeSpec) -> Result<(), ApiError> {
 fn validate_port(spec: &PortSpec) -> Result<(), ApiError> {
     if let VlanMode::Trunk { vlans, native } = &spec.vlan {
         if vlans.is_empty() && native.is_none() {
-            return Err(err(
-                ErrorKind::InvalidArgument,
-                "A trunk must carry at least one VLAN",
-            ));
+            return Err(err(ErrorKind::InvalidArgument, "A trunk must carry at least one VLAN"));
         }
     }
     if let Some(m) = spec.macs.iter().find(|m| !m.is_unicast()) {
-        return Err(err(
-            ErrorKind::InvalidArgument,
-            format!("MAC {m} is not a unicast address"),
-        ));
+        return Err(err(ErrorKind::InvalidArgument, format!("MAC {m} is not a unicast address")));
     }
     if spec.lock_mac && spec.macs.is_empty() {
-        return Err(err(
-            ErrorKind::InvalidArgument,
-            "--lock-mac needs the port's address (--mac)",
-        ));
+        return Err(err(ErrorKind::InvalidArgument, "--lock-mac needs the port's address (--mac)"));
+    }
+    if let PortKind::VhostUser { queues, path, .. } = &spec.kind {
+        if !(1..=vmnetd_vhost::device::MAX_QUEUE_PAIRS).contains(queues) {
+            return Err(err(
+                ErrorKind::InvalidArgument,
+                format!("--queues {queues} is out of range (1-{})", vmnetd_vhost::device::MAX_QUEUE_PAIRS),
+            ));
+        }
+        if path.as_os_str().is_empty() {
+            return Err(err(ErrorKind::InvalidArgument, "--vhost-user needs a socket path"));
+        }
     }
     Ok(())
 }
@@ -110,57 +137,35 @@ impl Core {
     }
 
     pub(crate) fn port_decls(&self) -> impl Iterator<Item = (&PortDecl, Source)> {
-        self.config_ports
-            .iter()
-            .map(|p| (p, Source::Config))
-            .chain(self.state.ports.iter().map(|p| (p, Source::State)))
+        self.config_ports.iter().map(|p| (p, Source::Config)).chain(self.state.ports.iter().map(|p| (p, Source::State)))
     }
 
     fn port_decl(&self, bridge: &str, name: &str) -> Option<(&PortDecl, Source)> {
-        self.port_decls()
-            .find(|(p, _)| p.spec.bridge.as_str() == bridge && p.spec.name.as_str() == name)
+        self.port_decls().find(|(p, _)| p.spec.bridge.as_str() == bridge && p.spec.name.as_str() == name)
     }
 
     /// Re-creates the declared bridges and ports (config first, then state). Failures are
     /// logged and leave the declaration in place, to be retried by [`Core::reconcile`].
     pub async fn restore_bridges(&mut self, config: &crate::config::Config) {
         for spec in &config.bridges {
-            self.config_bridges.push(BridgeDecl {
-                spec: spec.clone(),
-                created: false,
-            });
+            self.config_bridges.push(BridgeDecl { spec: spec.clone(), created: false });
         }
-        let names: HashSet<String> = self
-            .config_bridges
-            .iter()
-            .map(|b| b.spec.name.to_string())
-            .collect();
+        let names: HashSet<String> = self.config_bridges.iter().map(|b| b.spec.name.to_string()).collect();
         let origin = self.config_origin.clone();
         self.state.bridges.retain(|b| {
             let clash = names.contains(b.spec.name.as_str());
             if clash {
-                log::warn!(
-                    "bridge {}: declared in {origin} too; the config file's declaration is used",
-                    b.spec.name
-                );
+                log::warn!("bridge {}: declared in {origin} too; the config file's declaration is used", b.spec.name);
             }
             !clash
         });
-        let bridges: Vec<BridgeSpec> = self
-            .config_bridges
-            .iter()
-            .chain(&self.state.bridges)
-            .map(|b| b.spec.clone())
-            .collect();
+        let bridges: Vec<BridgeSpec> =
+            self.config_bridges.iter().chain(&self.state.bridges).map(|b| b.spec.clone()).collect();
         for spec in bridges {
             match self.start_bridge(&spec).await {
                 Ok(true) => {
                     // A kernel bridge that vanished (a reboot) was made again: it is ours.
-                    for b in self
-                        .config_bridges
-                        .iter_mut()
-                        .chain(self.state.bridges.iter_mut())
-                    {
+                    for b in self.config_bridges.iter_mut().chain(self.state.bridges.iter_mut()) {
                         if b.spec.name == spec.name {
                             b.created = true;
                         }
@@ -173,31 +178,15 @@ impl Core {
         }
         for spec in &config.ports {
             if self.bridge_decl(spec.bridge.as_str()).is_none() {
-                log::error!(
-                    "port {} in {}: no bridge {}",
-                    spec.name,
-                    self.config_origin,
-                    spec.bridge
-                );
+                log::error!("port {} in {}: no bridge {}", spec.name, self.config_origin, spec.bridge);
                 continue;
             }
-            self.config_ports.push(PortDecl {
-                spec: spec.clone(),
-                created: false,
-            });
+            self.config_ports.push(PortDecl { spec: spec.clone(), created: false });
         }
-        let keys: HashSet<(String, String)> = self
-            .config_ports
-            .iter()
-            .map(|p| (p.spec.bridge.to_string(), p.spec.name.to_string()))
-            .collect();
-        self.state
-            .ports
-            .retain(|p| !keys.contains(&(p.spec.bridge.to_string(), p.spec.name.to_string())));
-        let ports: Vec<(PortSpec, bool)> = self
-            .port_decls()
-            .map(|(p, _)| (p.spec.clone(), p.created))
-            .collect();
+        let keys: HashSet<(String, String)> =
+            self.config_ports.iter().map(|p| (p.spec.bridge.to_string(), p.spec.name.to_string())).collect();
+        self.state.ports.retain(|p| !keys.contains(&(p.spec.bridge.to_string(), p.spec.name.to_string())));
+        let ports: Vec<(PortSpec, bool)> = self.port_decls().map(|(p, _)| (p.spec.clone(), p.created)).collect();
         for (spec, created) in ports {
             match self.attach(&spec, Policy::Restore).await {
                 Ok(made) => {
@@ -206,12 +195,7 @@ impl Core {
                     }
                     log::info!("port {} of {}: attached", spec.name, spec.bridge);
                 }
-                Err(e) => log::warn!(
-                    "port {} of {}: {} (will retry)",
-                    spec.name,
-                    spec.bridge,
-                    e.message
-                ),
+                Err(e) => log::warn!("port {} of {}: {} (will retry)", spec.name, spec.bridge, e.message),
             }
         }
         if let Err(e) = self.store.save(&self.state) {
@@ -220,11 +204,7 @@ impl Core {
     }
 
     fn mark_port_created(&mut self, spec: &PortSpec) {
-        for p in self
-            .config_ports
-            .iter_mut()
-            .chain(self.state.ports.iter_mut())
-        {
+        for p in self.config_ports.iter_mut().chain(self.state.ports.iter_mut()) {
             if p.spec.bridge == spec.bridge && p.spec.name == spec.name {
                 p.created = true;
             }
@@ -248,9 +228,7 @@ impl Core {
                 Ok(false)
             }
             BridgeKind::Linux => {
-                let (_, created) = linuxbr::create_or_adopt(&self.nl, spec)
-                    .await
-                    .map_err(lb_err)?;
+                let (_, created) = linuxbr::create_or_adopt(&self.nl, spec).await.map_err(lb_err)?;
                 Ok(created)
             }
         }
@@ -266,28 +244,17 @@ impl Core {
             if existing.spec == spec {
                 return self.bridge_info(&existing.clone(), source).await;
             }
-            return Err(err(
-                ErrorKind::Conflict,
-                format!("Bridge {} already exists with other settings", spec.name),
-            ));
+            return Err(err(ErrorKind::Conflict, format!("Bridge {} already exists with other settings", spec.name)));
         }
         let created = self.start_bridge(&spec).await?;
-        let decl = BridgeDecl {
-            spec: spec.clone(),
-            created: created || spec.kind == BridgeKind::Builtin,
-        };
+        let decl = BridgeDecl { spec: spec.clone(), created: created || spec.kind == BridgeKind::Builtin };
         self.state.bridges.push(decl.clone());
         if let Err(e) = self.store.save(&self.state) {
             self.state.bridges.pop();
             self.stop_bridge(&decl).await;
             return Err(internal(e));
         }
-        log::info!(
-            "bridge {} ({}): {}",
-            spec.name,
-            spec.kind,
-            if decl.created { "added" } else { "adopted" }
-        );
+        log::info!("bridge {} ({}): {}", spec.name, spec.kind, if decl.created { "added" } else { "adopted" });
         self.bridge_info(&decl, Source::State).await
     }
 
@@ -298,44 +265,27 @@ impl Core {
         if source == Source::Config {
             return Err(err(
                 ErrorKind::Conflict,
-                format!(
-                    "Bridge {} is declared in {}; remove it there",
-                    req.name, self.config_origin
-                ),
+                format!("Bridge {} is declared in {}; remove it there", req.name, self.config_origin),
             ));
         }
         let decl = decl.clone();
         let info = self.bridge_info(&decl, source).await?;
-        let ports: Vec<PortSpec> = self
-            .port_decls()
-            .filter(|(p, _)| p.spec.bridge == req.name)
-            .map(|(p, _)| p.spec.clone())
-            .collect();
+        let ports: Vec<PortSpec> =
+            self.port_decls().filter(|(p, _)| p.spec.bridge == req.name).map(|(p, _)| p.spec.clone()).collect();
         if !ports.is_empty() && !req.force {
             return Err(err(
                 ErrorKind::Conflict,
-                format!(
-                    "Bridge {} has {} port(s); remove them first or add --force",
-                    req.name,
-                    ports.len()
-                ),
+                format!("Bridge {} has {} port(s); remove them first or add --force", req.name, ports.len()),
             ));
         }
         if self.config_ports.iter().any(|p| p.spec.bridge == req.name) {
             return Err(err(
                 ErrorKind::Conflict,
-                format!(
-                    "Bridge {} has ports declared in {}",
-                    req.name, self.config_origin
-                ),
+                format!("Bridge {} has ports declared in {}", req.name, self.config_origin),
             ));
         }
         for p in ports {
-            self.port_del(PortRef {
-                bridge: p.bridge,
-                name: p.name,
-            })
-            .await?;
+            self.port_del(PortRef { bridge: p.bridge, name: p.name }).await?;
         }
         self.stop_bridge(&decl).await;
         self.state.bridges.retain(|b| b.spec.name != req.name);
@@ -350,18 +300,12 @@ impl Core {
         let name = decl.spec.name.to_string();
         match decl.spec.kind {
             BridgeKind::Builtin => {
-                let _ = self
-                    .dp
-                    .call(move |dp| dp.remove_bridge(&name).map(drop))
-                    .await;
+                let _ = self.dp.call(move |dp| dp.remove_bridge(&name).map(drop)).await;
             }
             BridgeKind::Linux if decl.created => {
                 if let Ok(Some(l)) = self.nl.link(&decl.spec.name).await {
                     if let Err(e) = self.nl.delete_link(l.index).await {
-                        log::warn!(
-                            "bridge {name}: cannot delete it: {}",
-                            crate::api::error_chain(&e)
-                        );
+                        log::warn!("bridge {name}: cannot delete it: {}", crate::api::error_chain(&e));
                     }
                 }
             }
@@ -375,8 +319,7 @@ impl Core {
             .dp
             .call(move |dp| {
                 let now = dp.now();
-                dp.bridge(&name)
-                    .map_or(0, |b| b.switch.fdb().entries(now).count())
+                dp.bridge(&name).map_or(0, |b| b.switch.fdb().entries(now).count())
             })
             .await
             .map_err(gone)?;
@@ -384,10 +327,7 @@ impl Core {
         Ok(BridgeInfo {
             name: decl.spec.name.clone(),
             kind: decl.spec.kind,
-            ports: self
-                .port_decls()
-                .filter(|(p, _)| p.spec.bridge == decl.spec.name)
-                .count(),
+            ports: self.port_decls().filter(|(p, _)| p.spec.bridge == decl.spec.name).count(),
             fdb_entries,
             ageing: cfg.fdb.ageing.as_secs() as u32,
             max_macs: cfg.fdb.max_entries,
@@ -401,12 +341,7 @@ impl Core {
             .config_bridges
             .iter()
             .map(|b| (b.clone(), Source::Config))
-            .chain(
-                self.state
-                    .bridges
-                    .iter()
-                    .map(|b| (b.clone(), Source::State)),
-            )
+            .chain(self.state.bridges.iter().map(|b| (b.clone(), Source::State)))
             .collect();
         let mut out = Vec::new();
         for (d, s) in decls {
@@ -443,10 +378,7 @@ impl Core {
             .await
             .map_err(gone)?;
         res.map_err(|e| {
-            ApiError::new(
-                ErrorKind::Internal,
-                format!("Cannot add port {} to the datapath: {e}", spec.name),
-            )
+            ApiError::new(ErrorKind::Internal, format!("Cannot add port {} to the datapath: {e}", spec.name))
         })?;
         Ok(created)
     }
@@ -455,23 +387,26 @@ impl Core {
     /// kernel cannot filter them, refuses before changing anything; a VLAN step that fails
     /// after enslaving releases the port again.
     async fn attach_linux(&self, spec: &PortSpec) -> Result<(), ApiError> {
-        let PortKind::Netdev { ifname } = &spec.kind else {
-            return Err(err(
-                ErrorKind::Unsupported,
-                "Internal ports belong to built-in bridges; on a Linux bridge, give the bridge itself an address",
-            ));
-        };
+        let ifname =
+            match &spec.kind {
+                PortKind::Netdev { ifname } => ifname,
+                PortKind::Internal { .. } => return Err(err(
+                    ErrorKind::Unsupported,
+                    "Internal ports belong to built-in bridges; on a Linux bridge, give the bridge itself an address",
+                )),
+                PortKind::VhostUser { .. } => {
+                    return Err(err(
+                        ErrorKind::Unsupported,
+                        "vhost-user ports need a built-in bridge (the kernel bridge has no vhost-user backend here)",
+                    ))
+                }
+            };
         let br = self
             .nl
             .link(&spec.bridge)
             .await
             .map_err(internal)?
-            .ok_or_else(|| {
-                err(
-                    ErrorKind::NotFound,
-                    format!("Linux bridge {} does not exist", spec.bridge),
-                )
-            })?;
+            .ok_or_else(|| err(ErrorKind::NotFound, format!("Linux bridge {} does not exist", spec.bridge)))?;
         let link = self
             .nl
             .link(ifname)
@@ -479,38 +414,20 @@ impl Core {
             .map_err(internal)?
             .ok_or_else(|| err(ErrorKind::NotFound, format!("No interface {ifname}")))?;
         if link.name == "lo" || link.index == br.index {
-            return Err(err(
-                ErrorKind::InvalidArgument,
-                format!("{ifname} cannot be a port of {}", spec.bridge),
-            ));
+            return Err(err(ErrorKind::InvalidArgument, format!("{ifname} cannot be a port of {}", spec.bridge)));
         }
         let enslaved = link.controller == Some(br.index);
         if let (false, Some(c)) = (enslaved, link.controller) {
-            let owner = self
-                .nl
-                .link_by_index(c)
-                .await
-                .ok()
-                .flatten()
-                .map_or(c.to_string(), |l| l.name);
-            return Err(lb_err(linuxbr::Error::EnslavedElsewhere {
-                port: ifname.clone(),
-                owner,
-            }));
+            let owner = self.nl.link_by_index(c).await.ok().flatten().map_or(c.to_string(), |l| l.name);
+            return Err(lb_err(linuxbr::Error::EnslavedElsewhere { port: ifname.clone(), owner }));
         }
-        let filtering = linuxbr::filtering_enabled(&self.nl, br.index)
-            .await
-            .map_err(lb_err)?;
+        let filtering = linuxbr::filtering_enabled(&self.nl, br.index).await.map_err(lb_err)?;
         let needs_vlans = spec.vlan != VlanMode::default();
         if needs_vlans {
-            linuxbr::ensure_filtering(&self.nl, &br, ifname, &spec.vlan)
-                .await
-                .map_err(lb_err)?;
+            linuxbr::ensure_filtering(&self.nl, &br, ifname, &spec.vlan).await.map_err(lb_err)?;
         }
         if !enslaved {
-            linuxbr::enslave(&self.nl, &link, br.index)
-                .await
-                .map_err(lb_err)?;
+            linuxbr::enslave(&self.nl, &link, br.index).await.map_err(lb_err)?;
         }
         if needs_vlans || filtering {
             if let Err(e) = linuxbr::apply_vlans(&self.nl, ifname, link.index, &spec.vlan).await {
@@ -526,13 +443,13 @@ impl Core {
     /// Opens the I/O edge of a port: an AF_PACKET socket on a netdev, or the TAP of an
     /// internal port (created if missing). Returns the edge, the interface MTU, and whether
     /// the TAP was created now.
-    async fn open_edge(
-        &self,
-        spec: &PortSpec,
-        policy: Policy,
-    ) -> Result<(Edge, u32, bool), ApiError> {
-        let ifname = port_ifname(spec);
+    async fn open_edge(&self, spec: &PortSpec, policy: Policy) -> Result<(Edge, u32, bool), ApiError> {
+        if let PortKind::VhostUser { path, mode, owner, queues } = &spec.kind {
+            return self.open_vhost(spec, path, *mode, owner.as_deref(), *queues).map(|e| (e, VHOST_MTU, false));
+        }
+        let ifname = iface(spec)?;
         match &spec.kind {
+            PortKind::VhostUser { .. } => unreachable!("handled above"),
             PortKind::Netdev { .. } => {
                 let link = self
                     .nl
@@ -541,19 +458,10 @@ impl Core {
                     .map_err(internal)?
                     .ok_or_else(|| err(ErrorKind::NotFound, format!("No interface {ifname}")))?;
                 if link.name == "lo" {
-                    return Err(err(
-                        ErrorKind::InvalidArgument,
-                        "The loopback interface cannot be a bridge port",
-                    ));
+                    return Err(err(ErrorKind::InvalidArgument, "The loopback interface cannot be a bridge port"));
                 }
                 if let Some(c) = link.controller {
-                    let owner = self
-                        .nl
-                        .link_by_index(c)
-                        .await
-                        .ok()
-                        .flatten()
-                        .map_or(c.to_string(), |l| l.name);
+                    let owner = self.nl.link_by_index(c).await.ok().flatten().map_or(c.to_string(), |l| l.name);
                     return Err(err(
                         ErrorKind::Conflict,
                         format!("{ifname} is already a port of kernel device {owner}; release it first (ip link set {ifname} nomaster)"),
@@ -561,21 +469,12 @@ impl Core {
                 }
                 if !link.up {
                     self.nl
-                        .set_link(
-                            link.index,
-                            &LinkChange {
-                                up: Some(true),
-                                ..Default::default()
-                            },
-                        )
+                        .set_link(link.index, &LinkChange { up: Some(true), ..Default::default() })
                         .await
                         .map_err(internal)?;
                 }
                 let port = NetdevPort::open(ifname.clone(), link.index).map_err(|e| {
-                    err(
-                        ErrorKind::Internal,
-                        format!("Cannot open an AF_PACKET socket on {ifname}: {e}"),
-                    )
+                    err(ErrorKind::Internal, format!("Cannot open an AF_PACKET socket on {ifname}: {e}"))
                 })?;
                 Ok((Edge::Netdev(port), link.mtu.unwrap_or(1500), false))
             }
@@ -602,28 +501,79 @@ impl Core {
                 let outcome = tap::ensure(&self.nl, &decl, Policy::Restore)
                     .await
                     .map_err(|e| ApiError::from_chain(e.kind(), &e))?;
-                let port = InternalPort::open(ifname.clone())
-                    .map_err(|e| ApiError::from_chain(ErrorKind::Internal, &e))?;
-                let mtu = self
-                    .nl
-                    .link(&ifname)
-                    .await
-                    .ok()
-                    .flatten()
-                    .and_then(|l| l.mtu)
-                    .unwrap_or(1500);
+                let port =
+                    InternalPort::open(ifname.clone()).map_err(|e| ApiError::from_chain(ErrorKind::Internal, &e))?;
+                let mtu = self.nl.link(&ifname).await.ok().flatten().and_then(|l| l.mtu).unwrap_or(1500);
                 Ok((Edge::Internal(port), mtu, outcome == tap::Outcome::Created))
             }
         }
     }
 
+    /// The socket path of a vhost-user port: relative paths are in the run dir.
+    pub(crate) fn vhost_path(&self, path: &std::path::Path) -> std::path::PathBuf {
+        if path.is_absolute() {
+            path.to_owned()
+        } else {
+            self.paths.run_dir.join(path)
+        }
+    }
+
+    /// A spec with its socket path made absolute (to compare ports).
+    fn resolved(&self, spec: &PortSpec) -> PortSpec {
+        let mut s = spec.clone();
+        if let PortKind::VhostUser { path, .. } = &mut s.kind {
+            *path = self.vhost_path(path);
+        }
+        s
+    }
+
+    /// Starts a vhost-user port's device and socket.
+    fn open_vhost(
+        &self,
+        spec: &PortSpec,
+        path: &std::path::Path,
+        mode: VhostMode,
+        owner: Option<&str>,
+        queues: u16,
+    ) -> Result<Edge, ApiError> {
+        use std::os::unix::fs::FileTypeExt;
+        let path = self.vhost_path(path);
+        let owner = owner.map(resolve_owner).transpose()?;
+        if mode == VhostMode::Server {
+            // A live socket there belongs to someone (a frontend in server mode, say).
+            let live = std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_socket())
+                && std::os::unix::net::UnixStream::connect(&path).is_ok();
+            if live {
+                return Err(err(
+                    ErrorKind::Conflict,
+                    format!(
+                        "{} is in use by another process (is the frontend listening there? then use --mode client)",
+                        path.display()
+                    ),
+                ));
+            }
+        }
+        let shared = vmnetd_vhost::device::Shared::new(spec.name.as_str(), queues).map_err(internal)?;
+        let mode = match mode {
+            VhostMode::Server => vmnetd_vhost::server::Mode::Server,
+            VhostMode::Client => vmnetd_vhost::server::Mode::Client,
+        };
+        let ep = vmnetd_vhost::server::Endpoint { path, mode, owner };
+        let server = vmnetd_vhost::server::Server::start(shared.clone(), ep).map_err(|e| {
+            let kind = match &e {
+                vmnetd_vhost::server::Error::NotASocket(_) => ErrorKind::Conflict,
+                vmnetd_vhost::server::Error::PathTooLong(..) => ErrorKind::InvalidArgument,
+                _ => ErrorKind::Internal,
+            };
+            ApiError::from_chain(kind, &e)
+        })?;
+        Ok(Edge::Vhost(VhostPort::new(shared, server)))
+    }
+
     pub async fn port_add(&mut self, spec: PortSpec) -> Result<PortInfo, ApiError> {
         validate_port(&spec)?;
         if self.bridge_decl(spec.bridge.as_str()).is_none() {
-            return Err(err(
-                ErrorKind::NotFound,
-                format!("No bridge {}", spec.bridge),
-            ));
+            return Err(err(ErrorKind::NotFound, format!("No bridge {}", spec.bridge)));
         }
         if let Some((existing, source)) = self.port_decl(spec.bridge.as_str(), spec.name.as_str()) {
             if existing.spec == spec {
@@ -632,42 +582,24 @@ impl Core {
             }
             return Err(err(
                 ErrorKind::Conflict,
-                format!(
-                    "Bridge {} already has a port {} with other settings",
-                    spec.bridge, spec.name
-                ),
+                format!("Bridge {} already has a port {} with other settings", spec.bridge, spec.name),
             ));
         }
-        let ifname = port_ifname(&spec);
-        if let Some((other, _)) = self
-            .port_decls()
-            .find(|(p, _)| port_ifname(&p.spec) == ifname)
-        {
+        let res = port_resource(&self.resolved(&spec));
+        if let Some((other, _)) = self.port_decls().find(|(p, _)| port_resource(&self.resolved(&p.spec)) == res) {
             return Err(err(
                 ErrorKind::Conflict,
-                format!(
-                    "{ifname} is already port {} of bridge {}",
-                    other.spec.name, other.spec.bridge
-                ),
+                format!("{res} is already port {} of bridge {}", other.spec.name, other.spec.bridge),
             ));
         }
         let created = self.attach(&spec, Policy::Declare).await?;
-        self.state.ports.push(PortDecl {
-            spec: spec.clone(),
-            created,
-        });
+        self.state.ports.push(PortDecl { spec: spec.clone(), created });
         if let Err(e) = self.store.save(&self.state) {
             self.state.ports.pop();
             self.detach(&spec, created).await;
             return Err(internal(e));
         }
-        log::info!(
-            "port {} of {}: added ({}, {})",
-            spec.name,
-            spec.bridge,
-            spec.kind.type_name(),
-            spec.vlan
-        );
+        log::info!("port {} of {}: added ({}, {})", spec.name, spec.bridge, spec.kind.type_name(), spec.vlan);
         let d = PortDecl { spec, created };
         self.port_info(&d, Source::State).await
     }
@@ -676,11 +608,8 @@ impl Core {
     /// A Linux bridge port is released (`ip link set PORT nomaster`).
     async fn detach(&self, spec: &PortSpec, created: bool) {
         if self.bridge_kind(&spec.bridge) == Some(BridgeKind::Linux) {
-            let ifname = port_ifname(spec);
-            if let (Ok(Some(br)), Ok(Some(link))) = (
-                self.nl.link(&spec.bridge).await,
-                self.nl.link(&ifname).await,
-            ) {
+            let Some(ifname) = port_ifname(spec) else { return };
+            if let (Ok(Some(br)), Ok(Some(link))) = (self.nl.link(&spec.bridge).await, self.nl.link(&ifname).await) {
                 if link.controller == Some(br.index) {
                     if let Err(e) = linuxbr::release(&self.nl, link.index).await {
                         log::warn!("port {}: {}", spec.name, crate::api::error_chain(&e));
@@ -690,49 +619,45 @@ impl Core {
             return;
         }
         let (bridge, name) = (spec.bridge.to_string(), spec.name.to_string());
-        let removed = self
-            .dp
-            .call(move |dp| dp.remove_port(&bridge, &name))
-            .await
-            .ok()
-            .flatten();
-        if let (Some(port), true) = (removed, created) {
-            if let Edge::Internal(tap) = port.edge {
-                // Works wherever the TAP is now (even moved into another namespace): without
-                // persistence, the device goes away with our queue.
-                if let Err(e) = tap.unpersist() {
-                    log::warn!("port {}: cannot delete its TAP: {e}", spec.name);
+        let removed = self.dp.call(move |dp| dp.remove_port(&bridge, &name)).await.ok().flatten();
+        match (removed, created) {
+            (Some(port), true) => {
+                if let Edge::Internal(tap) = &port.edge {
+                    // Works wherever the TAP is now (even moved into another namespace):
+                    // without persistence, the device goes away with our queue.
+                    if let Err(e) = tap.unpersist() {
+                        log::warn!("port {}: cannot delete its TAP: {e}", spec.name);
+                    }
                 }
             }
-        } else if created {
-            // Not attached (missing): delete by name if it is here.
-            let ifname = port_ifname(spec);
-            let _ = tap::remove(&self.nl, &ifname, None, true).await;
+            (Some(port), false) => {
+                // A vhost-user port stops its connection thread (a short wait): not here.
+                let _ = tokio::task::spawn_blocking(move || drop(port)).await;
+            }
+            (None, true) => {
+                // Not attached (missing): delete by name if it is here.
+                if let Some(ifname) = port_ifname(spec) {
+                    let _ = tap::remove(&self.nl, &ifname, None, true).await;
+                }
+            }
+            (None, false) => {}
         }
     }
 
     pub async fn port_del(&mut self, req: PortRef) -> Result<PortInfo, ApiError> {
         let Some((decl, source)) = self.port_decl(req.bridge.as_str(), req.name.as_str()) else {
-            return Err(err(
-                ErrorKind::NotFound,
-                format!("Bridge {} has no port {}", req.bridge, req.name),
-            ));
+            return Err(err(ErrorKind::NotFound, format!("Bridge {} has no port {}", req.bridge, req.name)));
         };
         if source == Source::Config {
             return Err(err(
                 ErrorKind::Conflict,
-                format!(
-                    "Port {} is declared in {}; remove it there",
-                    req.name, self.config_origin
-                ),
+                format!("Port {} is declared in {}; remove it there", req.name, self.config_origin),
             ));
         }
         let decl = decl.clone();
         let info = self.port_info(&decl, source).await?;
         self.detach(&decl.spec, decl.created).await;
-        self.state
-            .ports
-            .retain(|p| !(p.spec.bridge == req.bridge && p.spec.name == req.name));
+        self.state.ports.retain(|p| !(p.spec.bridge == req.bridge && p.spec.name == req.name));
         self.store.save(&self.state).map_err(internal)?;
         log::info!("port {} of {}: removed", req.name, req.bridge);
         Ok(info)
@@ -740,40 +665,24 @@ impl Core {
 
     /// A Linux bridge port as the kernel has it: enslaved or not, and its VLANs.
     async fn linux_port_state(&self, spec: &PortSpec) -> (String, Option<Vec<KernelVlan>>) {
-        let ifname = port_ifname(spec);
+        let Some(ifname) = port_ifname(spec) else {
+            return ("missing: no interface".into(), None);
+        };
         let Ok(Some(br)) = self.nl.link(&spec.bridge).await else {
-            return (
-                format!("missing: Linux bridge {} does not exist", spec.bridge),
-                None,
-            );
+            return (format!("missing: Linux bridge {} does not exist", spec.bridge), None);
         };
         let Ok(Some(link)) = self.nl.link(&ifname).await else {
             return (format!("missing: no interface {ifname}"), None);
         };
         if link.controller != Some(br.index) {
-            return (
-                format!("detached: {ifname} is not a port of {}", spec.bridge),
-                None,
-            );
+            return (format!("detached: {ifname} is not a port of {}", spec.bridge), None);
         }
-        if !linuxbr::filtering_enabled(&self.nl, br.index)
-            .await
-            .unwrap_or(false)
-        {
+        if !linuxbr::filtering_enabled(&self.nl, br.index).await.unwrap_or(false) {
             return ("up".into(), None);
         }
-        let vlans = linuxbr::port_vlans(&self.nl, link.index)
-            .await
-            .unwrap_or_default();
+        let vlans = linuxbr::port_vlans(&self.nl, link.index).await.unwrap_or_default();
         let drift = vlans != linuxbr::desired_vlans(&spec.vlan);
-        (
-            if drift {
-                "up (vlan drift)".into()
-            } else {
-                "up".into()
-            },
-            Some(vlans),
-        )
+        (if drift { "up (vlan drift)".into() } else { "up".into() }, Some(vlans))
     }
 
     async fn port_info(&self, decl: &PortDecl, source: Source) -> Result<PortInfo, ApiError> {
@@ -786,11 +695,12 @@ impl Core {
                 vlan: decl.spec.vlan.clone(),
                 macs: decl.spec.macs.clone(),
                 lock_mac: decl.spec.lock_mac,
-                ifname: Some(port_ifname(&decl.spec)),
+                ifname: port_ifname(&decl.spec),
                 state,
                 source,
                 counters: None,
                 kernel_vlans,
+                vhost: None,
             });
         }
         let (bridge, name) = (decl.spec.bridge.to_string(), decl.spec.name.to_string());
@@ -799,21 +709,26 @@ impl Core {
             .call(move |dp| {
                 let b = dp.bridge(&bridge)?;
                 let id = b.port_id(&name)?;
-                let state = b.port(id)?.state.clone();
-                Some((state, b.switch.counters(id).map(Counters::from)))
+                let port = b.port(id)?;
+                Some((port.state.clone(), b.switch.counters(id).map(Counters::from), port.vhost().cloned()))
             })
             .await
             .map_err(gone)?;
+        let mut vhost = None;
         let (state, counters) = match live {
-            Some((PortState::Up, c)) => ("up".to_owned(), c),
-            Some((PortState::Down(why), c)) => (format!("down: {why}"), c),
-            None => (
-                format!(
-                    "missing: interface {} not attached",
-                    port_ifname(&decl.spec)
-                ),
-                None,
-            ),
+            Some((PortState::Up, c, Some(dev))) => {
+                let info = self.vhost_info(&decl.spec, &dev);
+                let st = match (info.connected, info.queue_pairs_active) {
+                    (false, _) => "waiting for frontend".to_owned(),
+                    (true, 0) => "connected, setting up".to_owned(),
+                    (true, n) => format!("up ({n}/{} queue pairs)", info.queue_pairs_max),
+                };
+                vhost = Some(info);
+                (st, c)
+            }
+            Some((PortState::Up, c, None)) => ("up".to_owned(), c),
+            Some((PortState::Down(why), c, _)) => (format!("down: {why}"), c),
+            None => (format!("missing: {} not attached", port_resource(&decl.spec)), None),
         };
         Ok(PortInfo {
             bridge: decl.spec.bridge.clone(),
@@ -822,12 +737,33 @@ impl Core {
             vlan: decl.spec.vlan.clone(),
             macs: decl.spec.macs.clone(),
             lock_mac: decl.spec.lock_mac,
-            ifname: Some(port_ifname(&decl.spec)),
+            ifname: port_ifname(&decl.spec),
             state,
             source,
             counters,
             kernel_vlans: None,
+            vhost,
         })
+    }
+
+    fn vhost_info(&self, spec: &PortSpec, dev: &vmnetd_vhost::device::Shared) -> VhostInfo {
+        let st = dev.lock();
+        let (path, mode) = match &spec.kind {
+            PortKind::VhostUser { path, mode, .. } => (self.vhost_path(path), *mode),
+            _ => (Default::default(), VhostMode::Server),
+        };
+        VhostInfo {
+            socket: path.display().to_string(),
+            mode,
+            connected: st.connected,
+            features: vmnetd_vhost::virtio_net::features::names(st.acked_features)
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
+            queue_pairs_active: st.active_pair_indices().count(),
+            queue_pairs_max: dev.queue_pairs,
+            guest_mac: st.guest_mac.map(crate::switch::MacAddr),
+        }
     }
 
     pub async fn port_list(&self, req: PortListReq) -> Result<Vec<PortInfo>, ApiError> {
@@ -891,11 +827,8 @@ impl Core {
     pub async fn fdb_flush(&self, req: BridgeRef) -> Result<Flushed, ApiError> {
         self.builtin(&req.bridge)?;
         let name = req.bridge.to_string();
-        let flushed = self
-            .dp
-            .call(move |dp| dp.bridge_mut(&name).map_or(0, |b| b.switch.flush_fdb()))
-            .await
-            .map_err(gone)?;
+        let flushed =
+            self.dp.call(move |dp| dp.bridge_mut(&name).map_or(0, |b| b.switch.flush_fdb())).await.map_err(gone)?;
         Ok(Flushed { flushed })
     }
 
@@ -906,10 +839,7 @@ impl Core {
             }
             if let Some(p) = &req.port {
                 if self.port_decl(b.as_str(), p.as_str()).is_none() {
-                    return Err(err(
-                        ErrorKind::NotFound,
-                        format!("Bridge {b} has no port {p}"),
-                    ));
+                    return Err(err(ErrorKind::NotFound, format!("Bridge {b} has no port {p}")));
                 }
             }
         }
@@ -919,10 +849,7 @@ impl Core {
             .filter(|(p, _)| req.port.as_ref().is_none_or(|n| &p.spec.name == n))
             .map(|(p, _)| p.spec.clone())
             .collect();
-        let wanted: Vec<(String, String)> = decls
-            .iter()
-            .map(|p| (p.bridge.to_string(), p.name.to_string()))
-            .collect();
+        let wanted: Vec<(String, String)> = decls.iter().map(|p| (p.bridge.to_string(), p.name.to_string())).collect();
         let counters = self
             .dp
             .call(move |dp| {
@@ -941,11 +868,7 @@ impl Core {
         Ok(decls
             .into_iter()
             .zip(counters)
-            .map(|(p, counters)| PortStats {
-                bridge: p.bridge,
-                port: p.name,
-                counters,
-            })
+            .map(|(p, counters)| PortStats { bridge: p.bridge, port: p.name, counters })
             .collect())
     }
 
@@ -956,26 +879,13 @@ impl Core {
         sink: crate::datapath::capture::Sink,
     ) -> Result<(), ApiError> {
         self.builtin(&req.bridge)?;
-        if self
-            .port_decl(req.bridge.as_str(), req.port.as_str())
-            .is_none()
-        {
-            return Err(err(
-                ErrorKind::NotFound,
-                format!("Bridge {} has no port {}", req.bridge, req.port),
-            ));
+        if self.port_decl(req.bridge.as_str(), req.port.as_str()).is_none() {
+            return Err(err(ErrorKind::NotFound, format!("Bridge {} has no port {}", req.bridge, req.port)));
         }
         let (b, p) = (req.bridge.to_string(), req.port.to_string());
-        let ok = self
-            .dp
-            .call(move |dp| dp.add_capture(&b, &p, sink))
-            .await
-            .map_err(gone)?;
+        let ok = self.dp.call(move |dp| dp.add_capture(&b, &p, sink)).await.map_err(gone)?;
         if !ok {
-            return Err(err(
-                ErrorKind::NotFound,
-                format!("Port {} is not attached (missing interface)", req.port),
-            ));
+            return Err(err(ErrorKind::NotFound, format!("Port {} is not attached (missing interface)", req.port)));
         }
         Ok(())
     }
@@ -1003,8 +913,7 @@ impl Core {
         let todo: Vec<(PortSpec, bool)> = self
             .port_decls()
             .filter(|(p, _)| {
-                self.bridge_decl(p.spec.bridge.as_str())
-                    .is_some_and(|(b, _)| b.spec.kind == BridgeKind::Builtin)
+                self.bridge_decl(p.spec.bridge.as_str()).is_some_and(|(b, _)| b.spec.kind == BridgeKind::Builtin)
                     && !present.contains(&(p.spec.bridge.to_string(), p.spec.name.to_string()))
             })
             .map(|(p, _)| (p.spec.clone(), p.created))
@@ -1020,11 +929,7 @@ impl Core {
             let (state, _) = self.linux_port_state(&spec).await;
             if state.starts_with("detached") || state.ends_with("(vlan drift)") {
                 match self.attach_linux(&spec).await {
-                    Ok(()) => log::info!(
-                        "port {} of {}: re-attached to the Linux bridge",
-                        spec.name,
-                        spec.bridge
-                    ),
+                    Ok(()) => log::info!("port {} of {}: re-attached to the Linux bridge", spec.name, spec.bridge),
                     Err(e) => log::debug!("port {} of {}: {}", spec.name, spec.bridge, e.message),
                 }
             }
@@ -1033,7 +938,7 @@ impl Core {
         for (spec, created) in todo {
             // A netdev port waits for its interface; it is not created.
             if matches!(spec.kind, PortKind::Netdev { .. })
-                && !matches!(self.nl.link(&port_ifname(&spec)).await, Ok(Some(_)))
+                && !matches!(self.nl.link(&iface(&spec).unwrap_or_else(|_| spec.name.clone())).await, Ok(Some(_)))
             {
                 continue;
             }

@@ -9,9 +9,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Mutex, Semaphore};
 
-use crate::api::{
-    parse_request, ApiError, CaptureEvent, CaptureReq, ErrorKind, Op, Response, MAX_REQUEST_BYTES,
-};
+use crate::api::{parse_request, ApiError, CaptureEvent, CaptureReq, ErrorKind, Op, Response, MAX_REQUEST_BYTES};
 
 use super::core::Core;
 
@@ -48,10 +46,7 @@ async fn connection(stream: UnixStream, core: Arc<Mutex<Core>>) -> std::io::Resu
     let mut line = Vec::with_capacity(1024);
     loop {
         line.clear();
-        let n = (&mut r)
-            .take(MAX_REQUEST_BYTES as u64)
-            .read_until(b'\n', &mut line)
-            .await?;
+        let n = (&mut r).take(MAX_REQUEST_BYTES as u64).read_until(b'\n', &mut line).await?;
         if n == 0 {
             return Ok(());
         }
@@ -65,10 +60,7 @@ async fn connection(stream: UnixStream, core: Arc<Mutex<Core>>) -> std::io::Resu
             continue;
         } else {
             match parse_request(&line) {
-                Ok(crate::api::Request {
-                    op: Op::Capture(req),
-                    ..
-                }) => {
+                Ok(crate::api::Request { op: Op::Capture(req), .. }) => {
                     capture(&core, req, &mut r, &mut w).await?;
                     continue;
                 }
@@ -91,10 +83,7 @@ async fn connection(stream: UnixStream, core: Arc<Mutex<Core>>) -> std::io::Resu
     }
 }
 
-async fn write_line<T: serde::Serialize>(
-    w: &mut tokio::net::unix::OwnedWriteHalf,
-    v: &T,
-) -> std::io::Result<()> {
+async fn write_line<T: serde::Serialize>(w: &mut tokio::net::unix::OwnedWriteHalf, v: &T) -> std::io::Result<()> {
     let mut out = serde_json::to_vec(v).map_err(std::io::Error::other)?;
     out.push(b'\n');
     w.write_all(&out).await
@@ -114,21 +103,12 @@ async fn capture(
     let (tx, mut rx) = tokio::sync::mpsc::channel(4096);
     let dropped = std::sync::Arc::new(AtomicU64::new(0));
     let snaplen = req.snaplen.unwrap_or(65535).clamp(64, 262_144) as usize;
-    let sink = crate::datapath::capture::Sink::new(
-        tx,
-        req.count.filter(|c| *c > 0),
-        snaplen,
-        dropped.clone(),
-    );
+    let sink = crate::datapath::capture::Sink::new(tx, req.count.filter(|c| *c > 0), snaplen, dropped.clone());
     let started = core.lock().await.start_capture(&req, sink).await;
     if let Err(e) = started {
         return write_line(w, &Response::err(e)).await;
     }
-    write_line(
-        w,
-        &Response::ok(serde_json::json!({ "capturing": true, "snaplen": snaplen })),
-    )
-    .await?;
+    write_line(w, &Response::ok(serde_json::json!({ "capturing": true, "snaplen": snaplen }))).await?;
     let mut frames = 0u64;
     let mut probe = [0u8; 64];
     let reason = loop {
@@ -157,15 +137,7 @@ async fn capture(
             }
         }
     };
-    write_line(
-        w,
-        &CaptureEvent::End {
-            frames,
-            dropped: dropped.load(Ordering::Relaxed),
-            reason: reason.into(),
-        },
-    )
-    .await
+    write_line(w, &CaptureEvent::End { frames, dropped: dropped.load(Ordering::Relaxed), reason: reason.into() }).await
 }
 
 /// Discards input up to and including the next newline (or EOF).

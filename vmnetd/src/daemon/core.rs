@@ -65,18 +65,10 @@ impl Core {
                     }
                     self.config_taps.push(decl);
                 }
-                Err(e) => log::error!(
-                    "tap {name} in {}: {}",
-                    self.config_origin,
-                    crate::api::error_chain(&e)
-                ),
+                Err(e) => log::error!("tap {name} in {}: {}", self.config_origin, crate::api::error_chain(&e)),
             }
         }
-        let config_names: HashSet<String> = self
-            .config_taps
-            .iter()
-            .map(|t| t.name.to_string())
-            .collect();
+        let config_names: HashSet<String> = self.config_taps.iter().map(|t| t.name.to_string()).collect();
         let before = self.state.taps.len();
         self.state.taps.retain(|t| {
             let clash = config_names.contains(t.name.as_str());
@@ -121,10 +113,9 @@ impl Core {
             Op::FdbShow(req) => to_value(self.fdb_show(req).await?),
             Op::FdbFlush(req) => to_value(self.fdb_flush(req).await?),
             Op::Stats(req) => to_value(self.stats(req).await?),
-            Op::Capture(_) => Err(ApiError::new(
-                ErrorKind::BadRequest,
-                "capture is served by the connection, not here",
-            )),
+            Op::Capture(_) => {
+                Err(ApiError::new(ErrorKind::BadRequest, "capture is served by the connection, not here"))
+            }
         }
     }
 
@@ -149,11 +140,7 @@ impl Core {
     }
 
     async fn info(&self, decl: &TapDecl, source: Source) -> Result<TapInfo, ApiError> {
-        let link = self
-            .nl
-            .link(&decl.name)
-            .await
-            .map_err(api(ErrorKind::Internal))?;
+        let link = self.nl.link(&decl.name).await.map_err(api(ErrorKind::Internal))?;
         Ok(decl.info(link.as_ref(), source))
     }
 
@@ -161,15 +148,9 @@ impl Core {
         let name = match &spec.name {
             Some(n) => n.clone(),
             None => {
-                let taken: HashSet<String> = self
-                    .config_taps
-                    .iter()
-                    .chain(&self.state.taps)
-                    .map(|t| t.name.to_string())
-                    .collect();
-                tap::pick_free_name(&self.nl, &taken)
-                    .await
-                    .map_err(tap_err)?
+                let taken: HashSet<String> =
+                    self.config_taps.iter().chain(&self.state.taps).map(|t| t.name.to_string()).collect();
+                tap::pick_free_name(&self.nl, &taken).await.map_err(tap_err)?
             }
         };
         let mut decl = TapDecl::from_spec(&spec, name.clone()).map_err(tap_err)?;
@@ -179,10 +160,7 @@ impl Core {
             } else {
                 Err(ApiError::new(
                     ErrorKind::Conflict,
-                    format!(
-                        "{name} is declared in {} with other settings; change it there",
-                        self.config_origin
-                    ),
+                    format!("{name} is declared in {} with other settings; change it there", self.config_origin),
                 ))
             };
         }
@@ -195,23 +173,17 @@ impl Core {
             }
             // Idempotent: make sure it is there (it may have been deleted by hand).
             let existing = existing.clone();
-            let outcome = tap::ensure(&self.nl, &existing, Policy::Restore)
-                .await
-                .map_err(tap_err)?;
+            let outcome = tap::ensure(&self.nl, &existing, Policy::Restore).await.map_err(tap_err)?;
             if outcome == tap::Outcome::Created && !existing.created {
                 if let Some(t) = self.state.taps.iter_mut().find(|t| t.name == name) {
                     t.created = true;
                 }
-                self.store
-                    .save(&self.state)
-                    .map_err(api(ErrorKind::Internal))?;
+                self.store.save(&self.state).map_err(api(ErrorKind::Internal))?;
             }
             let d = self.state.tap(name.as_str()).cloned().unwrap_or(existing);
             return self.info(&d, Source::State).await;
         }
-        let outcome = tap::ensure(&self.nl, &decl, Policy::Declare)
-            .await
-            .map_err(tap_err)?;
+        let outcome = tap::ensure(&self.nl, &decl, Policy::Declare).await.map_err(tap_err)?;
         decl.created = match outcome {
             tap::Outcome::Created => true,
             // A device left by an earlier run (created, then the daemon died before recording
@@ -234,12 +206,8 @@ impl Core {
         log::info!(
             "tap {name}: {} (owner {}, group {})",
             if decl.created { "created" } else { "adopted" },
-            decl.owner
-                .as_ref()
-                .map_or("-".to_owned(), |p| p.to_string()),
-            decl.group
-                .as_ref()
-                .map_or("-".to_owned(), |p| p.to_string()),
+            decl.owner.as_ref().map_or("-".to_owned(), |p| p.to_string()),
+            decl.group.as_ref().map_or("-".to_owned(), |p| p.to_string()),
         );
         self.info(&decl, Source::State).await
     }
@@ -249,33 +217,22 @@ impl Core {
         if self.config_tap(name.as_str()).is_some() {
             return Err(ApiError::new(
                 ErrorKind::Conflict,
-                format!(
-                    "{name} is declared in {}; remove it there",
-                    self.config_origin
-                ),
+                format!("{name} is declared in {}; remove it there", self.config_origin),
             ));
         }
         let decl = self.state.tap(name.as_str()).cloned();
         let info = match &decl {
             Some(d) => self.info(d, Source::State).await?,
             None => {
-                let link = self
-                    .nl
-                    .link(&name)
-                    .await
-                    .map_err(api(ErrorKind::Internal))?;
+                let link = self.nl.link(&name).await.map_err(api(ErrorKind::Internal))?;
                 let link = existing_tap(&name, link).map_err(tap_err)?;
                 undeclared_info(&name, &link)
             }
         };
-        tap::remove(&self.nl, &name, decl.as_ref(), rm.force)
-            .await
-            .map_err(tap_err)?;
+        tap::remove(&self.nl, &name, decl.as_ref(), rm.force).await.map_err(tap_err)?;
         if decl.is_some() {
             self.state.taps.retain(|t| t.name != name);
-            self.store
-                .save(&self.state)
-                .map_err(api(ErrorKind::Internal))?;
+            self.store.save(&self.state).map_err(api(ErrorKind::Internal))?;
         }
         log::info!("tap {name}: removed");
         Ok(info)
@@ -288,12 +245,7 @@ impl Core {
             .config_taps
             .iter()
             .map(|d| d.info(find(d.name.as_str()), Source::Config))
-            .chain(
-                self.state
-                    .taps
-                    .iter()
-                    .map(|d| d.info(find(d.name.as_str()), Source::State)),
-            )
+            .chain(self.state.taps.iter().map(|d| d.info(find(d.name.as_str()), Source::State)))
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
@@ -316,9 +268,8 @@ fn same_declaration(a: &TapDecl, b: &TapDecl) -> bool {
 /// A TAP that exists but that vmnetd has no declaration for.
 pub fn undeclared_info(name: &crate::ifname::IfName, link: &crate::netlink::Link) -> TapInfo {
     let tun = link.tun.clone().unwrap_or_default();
-    let principal = |id: Option<u32>, f: fn(u32) -> Option<String>| {
-        id.map(|id| crate::users::Principal { id, name: f(id) })
-    };
+    let principal =
+        |id: Option<u32>, f: fn(u32) -> Option<String>| id.map(|id| crate::users::Principal { id, name: f(id) });
     TapInfo {
         name: name.clone(),
         mode: tun.mode.unwrap_or_default(),
@@ -342,12 +293,9 @@ pub fn existing_tap(
 ) -> Result<crate::netlink::Link, tap::Error> {
     match link {
         None => Err(tap::Error::NoSuchTap(name.clone())),
-        Some(l) if !l.is_tun() => Err(tap::Error::NotTun(
-            name.clone(),
-            l.kind
-                .clone()
-                .unwrap_or_else(|| "physical or unknown".to_owned()),
-        )),
+        Some(l) if !l.is_tun() => {
+            Err(tap::Error::NotTun(name.clone(), l.kind.clone().unwrap_or_else(|| "physical or unknown".to_owned())))
+        }
         Some(l) => Ok(l),
     }
 }

@@ -69,26 +69,11 @@ pub struct Paths {
 impl Paths {
     pub fn resolve(opts: &Options, config: &Config) -> Paths {
         let d = &config.daemon;
-        let state_dir = opts
-            .state_dir
-            .clone()
-            .or_else(|| d.state_dir.clone())
-            .unwrap_or_else(|| DEFAULT_STATE_DIR.into());
-        let run_dir = opts
-            .run_dir
-            .clone()
-            .or_else(|| d.run_dir.clone())
-            .unwrap_or_else(|| DEFAULT_RUN_DIR.into());
-        let socket = opts
-            .socket
-            .clone()
-            .or_else(|| d.socket.clone())
-            .unwrap_or_else(|| run_dir.join(SOCKET_NAME));
-        Paths {
-            state_dir,
-            run_dir,
-            socket,
-        }
+        let state_dir =
+            opts.state_dir.clone().or_else(|| d.state_dir.clone()).unwrap_or_else(|| DEFAULT_STATE_DIR.into());
+        let run_dir = opts.run_dir.clone().or_else(|| d.run_dir.clone()).unwrap_or_else(|| DEFAULT_RUN_DIR.into());
+        let socket = opts.socket.clone().or_else(|| d.socket.clone()).unwrap_or_else(|| run_dir.join(SOCKET_NAME));
+        Paths { state_dir, run_dir, socket }
     }
 }
 
@@ -117,8 +102,7 @@ pub fn run(opts: Options) -> Result<(), Error> {
         .enable_all()
         .build()
         .map_err(Error::Runtime)?;
-    let dp =
-        std::sync::Arc::new(crate::datapath::DatapathHandle::spawn().map_err(Error::Datapath)?);
+    let dp = std::sync::Arc::new(crate::datapath::DatapathHandle::spawn().map_err(Error::Datapath)?);
     let dp2 = dp.clone();
     let res = rt.block_on(async move {
         let nl = Netlink::connect()?;
@@ -184,7 +168,9 @@ fn ensure_tun_node_usable() {
         Ok(m) if m.permissions().mode() & 0o666 != 0o666 => {
             let old = m.permissions().mode() & 0o7777;
             match fs::set_permissions(TUN, fs::Permissions::from_mode(0o666)) {
-                Ok(()) => log::warn!("{TUN} was mode {old:04o}; set it to 0666 as udev does, so TAP owners can open their TAPs"),
+                Ok(()) => log::warn!(
+                    "{TUN} was mode {old:04o}; set it to 0666 as udev does, so TAP owners can open their TAPs"
+                ),
                 Err(e) => log::warn!("{TUN} is mode {old:04o} and cannot be changed ({e}): only root can open TAPs"),
             }
         }
@@ -220,20 +206,15 @@ fn bind(path: &Path, group: Option<&str>) -> Result<tokio::net::UnixListener, Er
         Err(e) => return Err(Error::Listen(path.to_owned(), e)),
     }
     if let Some(parent) = path.parent() {
-        let _ = fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(parent);
+        let _ = fs::DirBuilder::new().recursive(true).mode(0o755).create(parent);
     }
-    let listener =
-        tokio::net::UnixListener::bind(path).map_err(|e| Error::Listen(path.to_owned(), e))?;
+    let listener = tokio::net::UnixListener::bind(path).map_err(|e| Error::Listen(path.to_owned(), e))?;
     if let Some(g) = group.and_then(|g| crate::users::resolve_group(g).ok()) {
         if let Err(e) = nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(g.id))) {
             log::warn!("cannot give {} to group {g}: {e}", path.display());
         }
     }
-    fs::set_permissions(path, fs::Permissions::from_mode(0o660))
-        .map_err(|e| Error::Listen(path.to_owned(), e))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o660)).map_err(|e| Error::Listen(path.to_owned(), e))?;
     Ok(listener)
 }
 
@@ -260,10 +241,7 @@ fn notify_ready() {
 
 async fn wait_for_shutdown() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         // Without signal handlers, run until killed.
         std::future::pending::<()>().await;
         return;

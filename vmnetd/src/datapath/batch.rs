@@ -6,9 +6,14 @@
 //! frame cannot change VLAN or destination between the decision and the copy, even when it
 //! lives in memory a guest can still write to.
 
-use std::io::IoSlice;
+use std::sync::Arc;
 
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+use vmnetd_vhost::device::Memory;
+use vmnetd_vhost::queue::{Part, Seg, TxFrame};
 use vmnetd_vhost::virtio_net::VnetHdr;
+
+use crate::sys::iov::{GuestPart, IoPart};
 
 use crate::switch::wire::{HEAD_LEN, TAG_OFFSET, VLAN_HLEN};
 use crate::switch::{FrameInfo, TagAction};
@@ -27,6 +32,8 @@ pub const OUT_HEAD_MAX: usize = HEAD_LEN + VLAN_HLEN;
 pub enum Tail {
     /// In `Batch::bufs[buf][off..off + len]`.
     Local { buf: u16, off: u32 },
+    /// In the source guest's memory (`Batch::mem`): `Batch::segs[seg..seg + nsegs]`.
+    Guest { seg: u32, nsegs: u16 },
 }
 
 /// One received frame.
@@ -51,11 +58,7 @@ impl Frame {
     }
 
     pub fn info(&self) -> FrameInfo<'_> {
-        FrameInfo {
-            head: self.head(),
-            len: self.len as usize,
-            gso: self.vnet.is_gso(),
-        }
+        FrameInfo { head: self.head(), len: self.len as usize, gso: self.vnet.is_gso() }
     }
 
     /// The output header for `action` written into `out`; returns its length.
@@ -76,23 +79,26 @@ impl Frame {
     }
 }
 
-/// A burst of frames from one port, with the buffers of the frames that live locally.
+/// A burst of frames from one port, with the buffers of the frames that live locally, or
+/// the guest memory and segments of the frames that live in a guest.
 #[derive(Debug, Default)]
 pub struct Batch {
     pub frames: Vec<Frame>,
     pub bufs: Vec<Box<[u8]>>,
+    /// Guest memory the `Tail::Guest` frames live in (held for the burst).
+    pub mem: Option<Arc<Memory>>,
+    pub segs: Vec<Seg>,
 }
 
 impl Batch {
     pub fn new() -> Self {
-        Batch {
-            frames: Vec::with_capacity(BURST),
-            bufs: Vec::new(),
-        }
+        Batch { frames: Vec::with_capacity(BURST), bufs: Vec::new(), mem: None, segs: Vec::new() }
     }
 
     pub fn clear(&mut self) {
         self.frames.clear();
+        self.segs.clear();
+        self.mem = None;
     }
 
     pub fn len(&self) -> usize {
@@ -107,8 +113,7 @@ impl Batch {
     /// pages untouched by small frames never become resident).
     pub fn ensure_bufs(&mut self, n: usize, extra: usize) {
         while self.bufs.len() < n {
-            self.bufs
-                .push(vec![0u8; MAX_FRAME + extra].into_boxed_slice());
+            self.bufs.push(vec![0u8; MAX_FRAME + extra].into_boxed_slice());
         }
     }
 
@@ -116,26 +121,64 @@ impl Batch {
         self.frames.iter().map(Frame::info)
     }
 
-    /// The bytes after the head of frame `f`.
-    pub fn tail(&self, f: &Frame) -> &[u8] {
+    /// The bytes after the head of a frame that lives locally.
+    fn local_tail(&self, f: &Frame) -> Option<&[u8]> {
         match f.tail {
             Tail::Local { buf, off } => {
                 let off = off as usize;
-                &self.bufs[usize::from(buf)][off..off + f.tail_len()]
+                Some(&self.bufs[usize::from(buf)][off..off + f.tail_len()])
+            }
+            Tail::Guest { .. } => None,
+        }
+    }
+
+    fn guest_segs(&self, f: &Frame) -> &[Seg] {
+        match f.tail {
+            Tail::Guest { seg, nsegs } => &self.segs[seg as usize..seg as usize + usize::from(nsegs)],
+            Tail::Local { .. } => &[],
+        }
+    }
+
+    /// Appends the tail of `f` to a kernel scatter list. `false` if a guest segment is no
+    /// longer valid guest memory (the frame must then be dropped).
+    pub fn tail_io<'a>(&'a self, f: &Frame, out: &mut Vec<IoPart<'a>>) -> bool {
+        if let Some(t) = self.local_tail(f) {
+            out.push(IoPart::Bytes(t));
+            return true;
+        }
+        let Some(mem) = self.mem.as_deref() else { return false };
+        for s in self.guest_segs(f) {
+            match mem.get_slice(GuestAddress(s.addr), s.len as usize) {
+                Ok(v) => out.push(IoPart::Guest(GuestPart::new(&v))),
+                Err(_) => return false,
             }
         }
+        true
+    }
+
+    /// Appends the tail of `f` to a vhost receive-queue write.
+    pub fn tail_parts<'a>(&'a self, f: &Frame, out: &mut Vec<Part<'a>>) {
+        if let Some(t) = self.local_tail(f) {
+            out.push(Part::Bytes(t));
+        } else if let Some(mem) = self.mem.as_deref() {
+            out.extend(self.guest_segs(f).iter().map(|s| Part::Guest(mem, *s)));
+        }
+    }
+
+    /// Adds a frame taken from a guest's transmit queue (its tail segments already in `segs`).
+    pub fn push_guest(&mut self, t: &TxFrame) {
+        self.frames.push(Frame {
+            head: t.head,
+            head_len: t.head_len,
+            len: t.len,
+            vnet: t.vnet,
+            tail: Tail::Guest { seg: t.first_seg, nsegs: t.nsegs },
+        });
     }
 
     /// Adds the frame held in `bufs[buf][at..at + len]`. A VLAN tag the kernel stripped off
     /// (`stripped`: TPID and TCI) is put back in the head, as if it had never left the frame.
-    pub fn push_local(
-        &mut self,
-        buf: u16,
-        at: usize,
-        len: usize,
-        vnet: VnetHdr,
-        stripped: Option<(u16, u16)>,
-    ) {
+    pub fn push_local(&mut self, buf: u16, at: usize, len: usize, vnet: VnetHdr, stripped: Option<(u16, u16)>) {
         let bytes = &self.bufs[usize::from(buf)][at..at + len];
         let mut head = [0u8; HEAD_LEN];
         let (head_len, tail_off, total, vnet) = match stripped {
@@ -144,12 +187,7 @@ impl Batch {
                 head[12..14].copy_from_slice(&tpid.to_be_bytes());
                 head[14..16].copy_from_slice(&tci.to_be_bytes());
                 head[16..18].copy_from_slice(&bytes[12..14]);
-                (
-                    HEAD_LEN,
-                    at + 14,
-                    len + VLAN_HLEN,
-                    vnet.shifted(VLAN_HLEN as isize),
-                )
+                (HEAD_LEN, at + 14, len + VLAN_HLEN, vnet.shifted(VLAN_HLEN as isize))
             }
             _ => {
                 let h = len.min(HEAD_LEN);
@@ -162,10 +200,7 @@ impl Batch {
             head_len: head_len as u8,
             len: total as u32,
             vnet,
-            tail: Tail::Local {
-                buf,
-                off: tail_off as u32,
-            },
+            tail: Tail::Local { buf, off: tail_off as u32 },
         });
     }
 
@@ -176,16 +211,22 @@ impl Batch {
         let n = f.out_head(action, &mut head);
         let mut v = Vec::with_capacity((n + f.tail_len()).min(snaplen));
         v.extend_from_slice(&head[..n]);
-        let tail = self.tail(f);
-        v.extend_from_slice(&tail[..tail.len().min(snaplen.saturating_sub(n))]);
+        if let Some(tail) = self.local_tail(f) {
+            v.extend_from_slice(&tail[..tail.len().min(snaplen.saturating_sub(n))]);
+        } else if let Some(mem) = self.mem.as_deref() {
+            for s in self.guest_segs(f) {
+                let at = v.len();
+                let take = (s.len as usize).min(snaplen.saturating_sub(at));
+                v.resize(at + take, 0);
+                if mem.read_slice(&mut v[at..], GuestAddress(s.addr)).is_err() {
+                    v.truncate(at);
+                    break;
+                }
+            }
+        }
         v.truncate(snaplen);
         v
     }
-}
-
-/// The scatter list of one output frame: `[vnet header, output head, tail]`.
-pub fn out_iov<'a>(vnet: &'a [u8], head: &'a [u8], tail: &'a [u8]) -> [IoSlice<'a>; 3] {
-    [IoSlice::new(vnet), IoSlice::new(head), IoSlice::new(tail)]
 }
 
 #[cfg(test)]
@@ -210,14 +251,11 @@ mod tests {
         batch.bufs.push(vec![0u8; 100].into_boxed_slice());
         let f = frame_bytes();
         batch.bufs[0][10..70].copy_from_slice(&f);
-        let vnet = VnetHdr {
-            flags: 1,
-            csum_start: 34,
-            ..Default::default()
-        };
+        let vnet = VnetHdr { flags: 1, csum_start: 34, ..Default::default() };
         batch.push_local(0, 10, 60, vnet, Some((0x8100, Tci::new(1, false, 42).0)));
         let fr = batch.frames[0];
         assert_eq!(fr.len, 64);
+        assert_eq!(batch.local_tail(&fr).unwrap(), &f[14..]);
         assert_eq!(fr.vnet.csum_start, 38);
         let out = batch.materialize(0, TagAction::Keep, 1 << 16);
         assert_eq!(&out[..12], &f[..12]);
@@ -242,6 +280,6 @@ mod tests {
         assert_eq!(pushed.len(), 64);
         assert_eq!(&pushed[16..], &f[12..]);
         assert_eq!(batch.frames[1].head_len, 10);
-        assert_eq!(batch.tail(&batch.frames[1]).len(), 0);
+        assert_eq!(batch.local_tail(&batch.frames[1]).unwrap().len(), 0);
     }
 }

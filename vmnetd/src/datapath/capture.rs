@@ -44,31 +44,16 @@ impl Sink {
         snaplen: usize,
         dropped: Arc<AtomicU64>,
     ) -> Sink {
-        Sink {
-            tx,
-            remaining: count,
-            snaplen,
-            dropped,
-        }
+        Sink { tx, remaining: count, snaplen, dropped }
     }
 
     /// Offers one frame; returns false when the session is over (reader gone, or count
     /// reached) and the sink should be removed.
-    pub fn offer(
-        &mut self,
-        dir: Dir,
-        orig_len: usize,
-        data: impl FnOnce(usize) -> Vec<u8>,
-    ) -> bool {
+    pub fn offer(&mut self, dir: Dir, orig_len: usize, data: impl FnOnce(usize) -> Vec<u8>) -> bool {
         if self.remaining == Some(0) || self.tx.is_closed() {
             return false;
         }
-        let c = Captured {
-            ts: SystemTime::now(),
-            dir,
-            data: data(self.snaplen),
-            orig_len: orig_len as u32,
-        };
+        let c = Captured { ts: SystemTime::now(), dir, data: data(self.snaplen), orig_len: orig_len as u32 };
         match self.tx.try_send(c) {
             Ok(()) => {
                 if let Some(r) = &mut self.remaining {

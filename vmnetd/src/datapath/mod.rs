@@ -10,6 +10,7 @@
 
 pub mod batch;
 pub mod capture;
+pub mod offload;
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -24,7 +25,7 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use crate::ports::Edge;
 use crate::switch::{BurstPlan, DropReason, PortConfig, PortId, Switch, SwitchConfig};
 
-use batch::Batch;
+use batch::{Batch, BURST};
 use capture::{Dir, Sink};
 
 const WAKE: u64 = u64::MAX;
@@ -48,10 +49,7 @@ pub struct DatapathHandle {
 impl DatapathHandle {
     /// Starts the datapath thread.
     pub fn spawn() -> io::Result<DatapathHandle> {
-        let wake = Arc::new(EventFd::from_value_and_flags(
-            0,
-            EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK,
-        )?);
+        let wake = Arc::new(EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?);
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
         epoll.add(wake.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, WAKE))?;
         let (tx, rx) = mpsc::channel::<Cmd>();
@@ -62,15 +60,10 @@ impl DatapathHandle {
             plan: BurstPlan::new(),
             start: Instant::now(),
             stopping: false,
+            pending: std::collections::VecDeque::new(),
         };
-        let thread = std::thread::Builder::new()
-            .name("vmnetd-dp".into())
-            .spawn(move || dp.run(rx))?;
-        Ok(DatapathHandle {
-            tx,
-            wake,
-            thread: Some(thread),
-        })
+        let thread = std::thread::Builder::new().name("vmnetd-dp".into()).spawn(move || dp.run(rx))?;
+        Ok(DatapathHandle { tx, wake, thread: Some(thread) })
     }
 
     fn send(&self, cmd: Cmd) -> Result<(), Gone> {
@@ -117,6 +110,16 @@ pub struct Port {
     registered: bool,
 }
 
+impl Port {
+    /// The device of a vhost-user port, for `port list`.
+    pub fn vhost(&self) -> Option<&std::sync::Arc<vmnetd_vhost::device::Shared>> {
+        match &self.edge {
+            Edge::Vhost(v) => Some(&v.shared),
+            _ => None,
+        }
+    }
+}
+
 pub struct Bridge {
     pub name: String,
     pub switch: Switch,
@@ -125,10 +128,7 @@ pub struct Bridge {
 
 impl Bridge {
     pub fn port_id(&self, name: &str) -> Option<PortId> {
-        self.ports
-            .iter()
-            .position(|p| p.as_ref().is_some_and(|p| p.name == name))
-            .map(PortId::from_index)
+        self.ports.iter().position(|p| p.as_ref().is_some_and(|p| p.name == name)).map(PortId::from_index)
     }
 
     pub fn port(&self, id: PortId) -> Option<&Port> {
@@ -151,10 +151,18 @@ pub struct Datapath {
     plan: BurstPlan,
     start: Instant,
     stopping: bool,
+    /// Work left over from a bounded burst loop: (bridge, port, sub-id).
+    pending: std::collections::VecDeque<(usize, PortId, u8)>,
 }
 
-fn token(b: usize, p: PortId) -> u64 {
-    ((b as u64) << 32) | p.index() as u64
+/// Epoll token: bridge (24 bits), port (32 bits), sub-id (8 bits: 0 = the port's main fd;
+/// for vhost-user ports 1..=16 = a transmit queue pair's kick, `CTRL_SUB` = the control queue).
+fn token(b: usize, p: PortId, sub: u8) -> u64 {
+    ((b as u64) << 40) | ((p.index() as u64) << 8) | u64::from(sub)
+}
+
+fn untoken(t: u64) -> (usize, PortId, u8) {
+    ((t >> 40) as usize, PortId::from_index(((t >> 8) & 0xffff_ffff) as usize), t as u8)
 }
 
 impl Datapath {
@@ -164,11 +172,7 @@ impl Datapath {
     }
 
     pub fn add_bridge(&mut self, name: &str, cfg: SwitchConfig) -> usize {
-        let b = Bridge {
-            name: name.to_owned(),
-            switch: Switch::new(cfg),
-            ports: Vec::new(),
-        };
+        let b = Bridge { name: name.to_owned(), switch: Switch::new(cfg), ports: Vec::new() };
         match self.bridges.iter().position(Option::is_none) {
             Some(i) => {
                 self.bridges[i] = Some(b);
@@ -182,9 +186,7 @@ impl Datapath {
     }
 
     pub fn bridge_index(&self, name: &str) -> Option<usize> {
-        self.bridges
-            .iter()
-            .position(|b| b.as_ref().is_some_and(|b| b.name == name))
+        self.bridges.iter().position(|b| b.as_ref().is_some_and(|b| b.name == name))
     }
 
     pub fn bridge(&self, name: &str) -> Option<&Bridge> {
@@ -217,28 +219,15 @@ impl Datapath {
     }
 
     fn register(&self, b: usize, id: PortId, fd: BorrowedFd<'_>) -> io::Result<()> {
-        self.epoll
-            .add(fd, EpollEvent::new(EpollFlags::EPOLLIN, token(b, id)))
-            .map_err(io::Error::from)
+        self.epoll.add(fd, EpollEvent::new(EpollFlags::EPOLLIN, token(b, id, 0))).map_err(io::Error::from)
     }
 
     /// Adds a port with its edge to bridge `bridge`; frames flow at once.
-    pub fn add_port(
-        &mut self,
-        bridge: &str,
-        name: &str,
-        edge: Edge,
-        cfg: PortConfig,
-    ) -> io::Result<PortId> {
-        let b = self.bridge_index(bridge).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("no built-in bridge {bridge}"),
-            )
-        })?;
-        let br = self.bridges[b]
-            .as_mut()
-            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+    pub fn add_port(&mut self, bridge: &str, name: &str, edge: Edge, cfg: PortConfig) -> io::Result<PortId> {
+        let b = self
+            .bridge_index(bridge)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no built-in bridge {bridge}")))?;
+        let br = self.bridges[b].as_mut().ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
         let id = br.switch.add_port(cfg);
         let i = id.index();
         if br.ports.len() <= i {
@@ -259,9 +248,7 @@ impl Datapath {
                 None => Ok(()),
             }
         };
-        let br = self.bridges[b]
-            .as_mut()
-            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        let br = self.bridges[b].as_mut().ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
         if let Err(e) = reg {
             br.ports[i] = None;
             br.switch.remove_port(id);
@@ -284,6 +271,11 @@ impl Datapath {
             let _ = self.epoll.delete(p.edge.as_fd());
             p.registered = false;
         }
+        if let Edge::Vhost(v) = &mut p.edge {
+            for (fd, _) in v.registered.drain(..) {
+                let _ = self.epoll.delete(&fd);
+            }
+        }
     }
 
     fn remove_port_at(&mut self, b: usize, id: PortId) -> Option<Port> {
@@ -303,9 +295,7 @@ impl Datapath {
 
     /// Gives a port a new edge (after its interface came back) and marks it up.
     pub fn replace_edge(&mut self, bridge: &str, name: &str, edge: Edge) -> io::Result<()> {
-        let b = self
-            .bridge_index(bridge)
-            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        let b = self.bridge_index(bridge).ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
         let id = self.bridges[b]
             .as_ref()
             .and_then(|br| br.port_id(name))
@@ -357,7 +347,8 @@ impl Datapath {
         let mut events = [EpollEvent::empty(); 64];
         let mut last_expire = Instant::now();
         while !self.stopping {
-            let n = match self.epoll.wait(&mut events, EpollTimeout::from(1000u16)) {
+            let timeout = if self.pending.is_empty() { 1000u16 } else { 0 };
+            let n = match self.epoll.wait(&mut events, EpollTimeout::from(timeout)) {
                 Ok(n) => n,
                 Err(nix::errno::Errno::EINTR) => 0,
                 Err(e) => {
@@ -374,15 +365,13 @@ impl Datapath {
                         cmd(&mut self);
                     }
                 } else {
-                    let (b, p) = (
-                        (t >> 32) as usize,
-                        PortId::from_index((t & 0xffff_ffff) as usize),
-                    );
-                    for _ in 0..BURSTS_PER_EVENT {
-                        if !self.rx_burst(b, p) {
-                            break;
-                        }
-                    }
+                    let (b, p, sub) = untoken(t);
+                    self.service(b, p, sub);
+                }
+            }
+            for _ in 0..self.pending.len() {
+                if let Some((b, p, sub)) = self.pending.pop_front() {
+                    self.service(b, p, sub);
                 }
             }
             if last_expire.elapsed() >= EXPIRE_EVERY {
@@ -393,6 +382,116 @@ impl Datapath {
                 }
             }
         }
+    }
+
+    /// Handles one readiness: a bounded number of bursts, the rest queued as pending.
+    fn service(&mut self, b: usize, p: PortId, sub: u8) {
+        let is_vhost = matches!(
+            self.bridges.get(b).and_then(Option::as_ref).and_then(|br| br.port(p)).map(|x| &x.edge),
+            Some(Edge::Vhost(_))
+        );
+        if !is_vhost {
+            for _ in 0..BURSTS_PER_EVENT {
+                if !self.rx_burst(b, p) {
+                    return;
+                }
+            }
+            return;
+        }
+        match sub {
+            0 => self.vhost_resync(b, p),
+            crate::ports::vhost::CTRL_SUB => self.vhost_ctrl(b, p),
+            pair => {
+                for _ in 0..BURSTS_PER_EVENT {
+                    if !self.vhost_burst(b, p, usize::from(pair - 1)) {
+                        return;
+                    }
+                }
+                self.pending.push_back((b, p, pair));
+            }
+        }
+    }
+
+    /// The device changed (kick fds, rings, memory, connection): watch the current kicks,
+    /// and look at every transmit queue once, since a kick may have come before we watched.
+    fn vhost_resync(&mut self, b: usize, p: PortId) {
+        let Some(Some(br)) = self.bridges.get_mut(b) else { return };
+        let Some(port) = br.port_mut(p) else { return };
+        let Edge::Vhost(v) = &mut port.edge else { return };
+        let _ = v.shared.notify.read();
+        for (fd, _) in v.registered.drain(..) {
+            let _ = self.epoll.delete(&fd);
+        }
+        let kicks = v.kicks();
+        for (fd, sub) in &kicks {
+            if let Err(e) = self.epoll.add(fd, EpollEvent::new(EpollFlags::EPOLLIN, token(b, p, *sub))) {
+                log::warn!("vhost-user {}: cannot watch a kick fd: {e}", v.shared.name);
+            }
+        }
+        v.registered = kicks;
+        for pair in 0..v.pairs() {
+            self.pending.push_back((b, p, (pair + 1) as u8));
+        }
+        self.pending.push_back((b, p, crate::ports::vhost::CTRL_SUB));
+    }
+
+    fn vhost_ctrl(&mut self, b: usize, p: PortId) {
+        use vm_memory::GuestAddressSpace;
+        let Some(Some(br)) = self.bridges.get_mut(b) else { return };
+        let Some(port) = br.port_mut(p) else { return };
+        let Edge::Vhost(v) = &port.edge else { return };
+        let shared = v.shared.clone();
+        let mut st = shared.lock();
+        let i = st.ctrl_index();
+        if !st.vrings[i].active() {
+            return;
+        }
+        st.vrings[i].clear_kick();
+        let mem = st.mem.memory();
+        vmnetd_vhost::ctrl::process(&mut st, &mem, shared.queue_pairs);
+    }
+
+    /// One burst from a guest's transmit queue pair, forwarded, then handed back to the guest
+    /// — all under the device lock. Returns whether more frames are waiting.
+    fn vhost_burst(&mut self, b: usize, p: PortId, pair: usize) -> bool {
+        use vm_memory::GuestAddressSpace;
+        let now = self.now();
+        let Some(Some(br)) = self.bridges.get_mut(b) else { return false };
+        let Some(port) = br.port_mut(p) else { return false };
+        let Edge::Vhost(v) = &mut port.edge else { return false };
+        let shared = v.shared.clone();
+        let mut heads = std::mem::take(&mut v.heads);
+        let mut batch = std::mem::take(&mut port.batch);
+        let mut st = shared.lock();
+        let txq = 2 * pair + 1;
+        if txq >= st.ctrl_index() || !st.vrings[txq].active() {
+            drop(st);
+            put_back(br, p, batch, heads);
+            return false;
+        }
+        st.vrings[txq].clear_kick();
+        let mem = st.mem.memory().into_inner();
+        batch.clear();
+        heads.clear();
+        let (n, bad) = crate::ports::vhost::pop_burst(&mut st, pair, &mem, &mut batch, &mut heads);
+        for _ in 0..bad {
+            br.switch.record_rx_error(p, 0);
+        }
+        if !batch.is_empty() {
+            if let Some(port) = br.port_mut(p) {
+                if !port.captures.is_empty() {
+                    let all = (0..batch.len()).map(|i| (i, crate::switch::TagAction::Keep));
+                    capture(&mut port.captures, Dir::Rx, &batch, all);
+                }
+            }
+            br.switch.ingress_burst(p, batch.infos(), now, &mut self.plan);
+            forward(br, &batch, &self.plan);
+        }
+        let more = crate::ports::vhost::finish_burst(&mut st, pair, &mem, &heads, n == BURST);
+        drop(st);
+        batch.clear();
+        put_back(br, p, batch, heads);
+        more
     }
 
     /// Reads one burst from a port and forwards it. Returns whether more may be waiting.
@@ -413,60 +512,58 @@ impl Datapath {
                 if e.kind() == io::ErrorKind::Interrupted {
                     return true;
                 }
-                log::warn!(
-                    "bridge {} port {}: receive failed, port down: {e}",
-                    br.name,
-                    port.name
-                );
+                log::warn!("bridge {} port {}: receive failed, port down: {e}", br.name, port.name);
                 port.state = PortState::Down(e.to_string());
                 self.deregister(b, p);
                 return false;
             }
         };
         for _ in 0..res.bad {
-            br.switch
-                .record_rx_error(p, (res.bad_bytes / res.bad.max(1)) as usize);
+            br.switch.record_rx_error(p, (res.bad_bytes / res.bad.max(1)) as usize);
         }
         if batch.is_empty() {
             port.batch = batch;
             return res.more;
         }
         if !port.captures.is_empty() {
-            capture(
-                &mut port.captures,
-                Dir::Rx,
-                &batch,
-                (0..batch.len()).map(|i| (i, crate::switch::TagAction::Keep)),
-            );
+            capture(&mut port.captures, Dir::Rx, &batch, (0..batch.len()).map(|i| (i, crate::switch::TagAction::Keep)));
         }
-        br.switch
-            .ingress_burst(p, batch.infos(), now, &mut self.plan);
-        for (dst, list) in self.plan.destinations() {
-            let Some(Some(dport)) = br.ports.get_mut(dst.index()) else {
-                continue;
-            };
-            let r = dport.edge.send(&batch, list);
-            if r.no_room.0 > 0 {
-                br.switch
-                    .record_tx_failure(dst, DropReason::NoRoom, r.no_room.0, r.no_room.1);
-            }
-            if r.errors.0 > 0 {
-                br.switch
-                    .record_tx_failure(dst, DropReason::TxError, r.errors.0, r.errors.1);
-            }
-            if !dport.captures.is_empty() {
-                capture(
-                    &mut dport.captures,
-                    Dir::Tx,
-                    &batch,
-                    list.iter().map(|e| (e.frame, e.action)),
-                );
-            }
-        }
+        br.switch.ingress_burst(p, batch.infos(), now, &mut self.plan);
+        forward(br, &batch, &self.plan);
         if let Some(Some(port)) = br.ports.get_mut(p.index()) {
             port.batch = batch;
         }
         res.more
+    }
+}
+
+/// Returns a vhost-user port's burst buffers after a burst.
+fn put_back(br: &mut Bridge, p: PortId, batch: Batch, heads: Vec<u16>) {
+    if let Some(port) = br.port_mut(p) {
+        port.batch = batch;
+        if let Edge::Vhost(v) = &mut port.edge {
+            v.heads = heads;
+        }
+    }
+}
+
+/// Sends each destination its share of a decided burst, and counts what its edge could not
+/// deliver.
+fn forward(br: &mut Bridge, batch: &Batch, plan: &BurstPlan) {
+    for (dst, list) in plan.destinations() {
+        let Some(Some(dport)) = br.ports.get_mut(dst.index()) else {
+            continue;
+        };
+        let r = dport.edge.send(batch, list);
+        if !dport.captures.is_empty() {
+            capture(&mut dport.captures, Dir::Tx, batch, list.iter().map(|e| (e.frame, e.action)));
+        }
+        if r.no_room.0 > 0 {
+            br.switch.record_tx_failure(dst, DropReason::NoRoom, r.no_room.0, r.no_room.1);
+        }
+        if r.errors.0 > 0 {
+            br.switch.record_tx_failure(dst, DropReason::TxError, r.errors.0, r.errors.1);
+        }
     }
 }
 
@@ -489,6 +586,7 @@ impl AsFd for Edge {
         match self {
             Edge::Netdev(p) => p.as_fd(),
             Edge::Internal(p) => p.as_fd(),
+            Edge::Vhost(p) => p.shared.notify.as_fd(),
         }
     }
 }

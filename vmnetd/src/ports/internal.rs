@@ -7,14 +7,15 @@
 //! them into MTU-sized frames, and takes them back the same way.
 
 use std::fs::File;
-use std::io::{self, IoSlice, Read};
+use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 
 use vmnetd_vhost::virtio_net::{VnetHdr, HDR_LEN};
 
-use crate::datapath::batch::{out_iov, Batch, BURST, OUT_HEAD_MAX};
+use crate::datapath::batch::{Batch, BURST, OUT_HEAD_MAX};
 use crate::ifname::IfName;
 use crate::switch::Egress;
+use crate::sys::iov::{writev, IoPart};
 use crate::sys::tap::{offload, Mode, OpenFlags, Tap};
 
 use super::{RecvResult, SendResult};
@@ -26,11 +27,7 @@ pub struct InternalPort {
 }
 
 /// How vmnetd opens the TAP of an internal port.
-pub const FLAGS: OpenFlags = OpenFlags {
-    mode: Mode::Tap,
-    multi_queue: false,
-    vnet_hdr: true,
-};
+pub const FLAGS: OpenFlags = OpenFlags { mode: Mode::Tap, multi_queue: false, vnet_hdr: true };
 
 impl InternalPort {
     /// Attaches to the (existing, persistent) TAP `ifname` and sets it up for the datapath.
@@ -39,10 +36,7 @@ impl InternalPort {
         tap.set_vnet_hdr_size(HDR_LEN as i32)?;
         tap.set_offload(offload::CSUM | offload::TSO4 | offload::TSO6 | offload::TSO_ECN)?;
         tap.set_nonblocking()?;
-        Ok(InternalPort {
-            ifname,
-            file: tap.into_file(),
-        })
+        Ok(InternalPort { ifname, file: tap.into_file() })
     }
 
     /// Makes the TAP non-persistent, so it disappears when this queue closes — wherever the
@@ -76,16 +70,23 @@ impl InternalPort {
 
     pub fn send(&mut self, src: &Batch, list: &[Egress]) -> SendResult {
         let mut res = SendResult::default();
-        let mut head = [0u8; OUT_HEAD_MAX];
         for e in list {
             let f = &src.frames[e.frame];
+            let mut head = [0u8; OUT_HEAD_MAX];
             let n = f.out_head(e.action, &mut head);
             let vnet = f.out_vnet(e.action).to_bytes(0);
-            let iov: [IoSlice<'_>; 3] = out_iov(&vnet, &head[..n], src.tail(f));
             let len = e.action.splice().out_len(f.len as usize) as u64;
-            match nix::sys::uio::writev(&self.file, &iov) {
-                Ok(_) => res.sent += 1,
-                Err(nix::errno::Errno::EAGAIN) => {
+            let mut parts = Vec::with_capacity(8);
+            parts.push(IoPart::Bytes(&vnet));
+            parts.push(IoPart::Bytes(&head[..n]));
+            if !src.tail_io(f, &mut parts) {
+                res.errors.0 += 1;
+                res.errors.1 += len;
+                continue;
+            }
+            match writev(&self.file, &parts) {
+                Ok(true) => res.sent += 1,
+                Ok(false) => {
                     res.no_room.0 += 1;
                     res.no_room.1 += len;
                 }

@@ -7,6 +7,7 @@
 
 pub mod internal;
 pub mod netdev;
+pub mod vhost;
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -16,6 +17,7 @@ use crate::switch::Egress;
 
 pub use internal::InternalPort;
 pub use netdev::NetdevPort;
+pub use vhost::VhostPort;
 
 /// What happened to the frames handed to [`Edge::send`].
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +44,7 @@ pub struct RecvResult {
 pub enum Edge {
     Netdev(NetdevPort),
     Internal(InternalPort),
+    Vhost(VhostPort),
 }
 
 impl Edge {
@@ -49,14 +52,17 @@ impl Edge {
         match self {
             Edge::Netdev(p) => p.as_raw_fd(),
             Edge::Internal(p) => p.as_raw_fd(),
+            Edge::Vhost(p) => p.shared.notify.as_raw_fd(),
         }
     }
 
-    /// Reads up to a burst of frames into `batch` (which the caller has cleared).
+    /// Reads up to a burst of frames into `batch` (which the caller has cleared). A vhost-user
+    /// port's frames are taken by the datapath itself, under the device lock.
     pub fn recv(&mut self, batch: &mut Batch) -> io::Result<RecvResult> {
         match self {
             Edge::Netdev(p) => p.recv(batch),
             Edge::Internal(p) => p.recv(batch),
+            Edge::Vhost(_) => Ok(RecvResult::default()),
         }
     }
 
@@ -65,14 +71,15 @@ impl Edge {
         match self {
             Edge::Netdev(p) => p.send(src, list),
             Edge::Internal(p) => p.send(src, list),
+            Edge::Vhost(p) => p.send(src, list),
         }
     }
 
-    /// Largest L3 MTU this edge carries without GSO.
     pub fn kind(&self) -> &'static str {
         match self {
             Edge::Netdev(_) => "netdev",
             Edge::Internal(_) => "internal",
+            Edge::Vhost(_) => "vhost-user",
         }
     }
 }

@@ -6,14 +6,15 @@
 //! into the skb come back from `PACKET_AUXDATA` and are put back into the frame. Frames this
 //! socket sends are never read back (`PACKET_IGNORE_OUTGOING`), so nothing loops.
 
-use std::io::{self, IoSlice, IoSliceMut};
+use std::io::{self, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 
 use vmnetd_vhost::virtio_net::{VnetHdr, HDR_LEN_LEGACY};
 
-use crate::datapath::batch::{out_iov, Batch, BURST, MAX_FRAME, OUT_HEAD_MAX};
+use crate::datapath::batch::{Batch, BURST, MAX_FRAME, OUT_HEAD_MAX};
 use crate::ifname::IfName;
 use crate::switch::Egress;
+use crate::sys::iov::IoPart;
 use crate::sys::packet::{PacketSocket, RecvInfo, CMSG_SPACE};
 
 use super::{RecvResult, SendResult};
@@ -50,14 +51,9 @@ impl NetdevPort {
             .zip(batch.bufs.iter_mut())
             .map(|(h, b)| [IoSliceMut::new(h), IoSliceMut::new(&mut b[..MAX_FRAME - 4])])
             .collect();
-        let n = self
-            .sock
-            .recv_batch(&mut iovs, &mut self.cmsgs, &mut self.infos)?;
+        let n = self.sock.recv_batch(&mut iovs, &mut self.cmsgs, &mut self.infos)?;
         drop(iovs);
-        let mut r = RecvResult {
-            more: n == BURST,
-            ..Default::default()
-        };
+        let mut r = RecvResult { more: n == BURST, ..Default::default() };
         for i in 0..n {
             let info = self.infos[i];
             if info.truncated || info.len < HDR_LEN_LEGACY {
@@ -82,36 +78,35 @@ impl NetdevPort {
                 lens[k] = f.out_head(e.action, &mut heads[k]);
                 vnets[k] = f.out_vnet(e.action).to_legacy_bytes();
             }
-            let iovs: Vec<[IoSlice<'_>; 3]> = chunk
-                .iter()
-                .enumerate()
-                .map(|(k, e)| {
-                    out_iov(
-                        &vnets[k],
-                        &heads[k][..lens[k]],
-                        src.tail(&src.frames[e.frame]),
-                    )
-                })
-                .collect();
-            let refs: Vec<&[IoSlice<'_>]> = iovs.iter().map(|v| &v[..]).collect();
-            let bytes = |from: usize| -> u64 {
-                chunk[from..]
-                    .iter()
-                    .map(|e| e.action.splice().out_len(src.frames[e.frame].len as usize) as u64)
-                    .sum()
-            };
+            let out_len = |e: &Egress| e.action.splice().out_len(src.frames[e.frame].len as usize) as u64;
+            // Each frame: vnet header, our head, its tail (local bytes or guest memory).
+            let mut parts: Vec<Vec<IoPart<'_>>> = Vec::with_capacity(chunk.len());
+            let mut sendable: Vec<&Egress> = Vec::with_capacity(chunk.len());
+            for (k, e) in chunk.iter().enumerate() {
+                let mut p = vec![IoPart::Bytes(&vnets[k]), IoPart::Bytes(&heads[k][..lens[k]])];
+                if src.tail_io(&src.frames[e.frame], &mut p) {
+                    parts.push(p);
+                    sendable.push(e);
+                } else {
+                    res.errors.0 += 1;
+                    res.errors.1 += out_len(e);
+                }
+            }
+            let refs: Vec<&[IoPart<'_>]> = parts.iter().map(|v| &v[..]).collect();
             match self.sock.send_batch(&refs) {
                 Ok(sent) => {
                     res.sent += sent as u64;
-                    if sent < chunk.len() {
-                        res.no_room.0 += (chunk.len() - sent) as u64;
-                        res.no_room.1 += bytes(sent);
+                    for e in &sendable[sent..] {
+                        res.no_room.0 += 1;
+                        res.no_room.1 += out_len(e);
                     }
                 }
-                Err(e) => {
-                    log::debug!("{}: send: {e}", self.ifname);
-                    res.errors.0 += chunk.len() as u64;
-                    res.errors.1 += bytes(0);
+                Err(err) => {
+                    log::debug!("{}: send: {err}", self.ifname);
+                    for e in &sendable {
+                        res.errors.0 += 1;
+                        res.errors.1 += out_len(e);
+                    }
                 }
             }
         }

@@ -75,10 +75,7 @@ pub const DEFAULT_MAX_ENTRIES: usize = 8192;
 
 impl Default for FdbConfig {
     fn default() -> Self {
-        FdbConfig {
-            ageing: DEFAULT_AGEING,
-            max_entries: DEFAULT_MAX_ENTRIES,
-        }
+        FdbConfig { ageing: DEFAULT_AGEING, max_entries: DEFAULT_MAX_ENTRIES }
     }
 }
 
@@ -115,10 +112,7 @@ pub enum Learn {
     /// Newly learned. `evicted`: the port that lost an entry to make room, if any.
     New { evicted: Option<PortId> },
     /// Moved here from another port.
-    Moved {
-        from: PortId,
-        evicted: Option<PortId>,
-    },
+    Moved { from: PortId, evicted: Option<PortId> },
     /// The address is a static entry of another port: not learned.
     StaticElsewhere(PortId),
     /// A static entry of this very port.
@@ -225,45 +219,23 @@ impl Fdb {
 
     /// Records that `mac` was seen as a source on `port` in `vlan`. `port_max` is the port's
     /// cap on learned entries (0: the port does not learn).
-    pub fn learn(
-        &mut self,
-        vlan: VlanId,
-        mac: MacAddr,
-        port: PortId,
-        port_max: usize,
-        now: Duration,
-    ) -> Learn {
+    pub fn learn(&mut self, vlan: VlanId, mac: MacAddr, port: PortId, port_max: usize, now: Duration) -> Learn {
         self.learn_ns(vlan, mac, port, port_max, nanos(now))
     }
 
     #[inline]
-    pub(crate) fn learn_ns(
-        &mut self,
-        vlan: VlanId,
-        mac: MacAddr,
-        port: PortId,
-        port_max: usize,
-        now: Nanos,
-    ) -> Learn {
+    pub(crate) fn learn_ns(&mut self, vlan: VlanId, mac: MacAddr, port: PortId, port_max: usize, now: Nanos) -> Learn {
         let k = key(vlan, mac);
         let ageing = self.ageing;
         if let Some(e) = self.map.get_mut(&k) {
             if e.is_static {
-                return if e.port == port {
-                    Learn::Static
-                } else {
-                    Learn::StaticElsewhere(e.port)
-                };
+                return if e.port == port { Learn::Static } else { Learn::StaticElsewhere(e.port) };
             }
             let fresh = now.saturating_sub(e.last_seen) < ageing;
             if e.port == port {
                 e.last_seen = now;
                 e.referenced = true;
-                return if fresh {
-                    Learn::Refreshed
-                } else {
-                    Learn::New { evicted: None }
-                };
+                return if fresh { Learn::Refreshed } else { Learn::New { evicted: None } };
             }
             // Move: drop it from the old port, then learn it anew below.
             let from = e.port;
@@ -273,11 +245,7 @@ impl Fdb {
             }
             let evicted = self.make_room(port, port_max, now);
             self.insert_learned(k, port, now);
-            return if fresh {
-                Learn::Moved { from, evicted }
-            } else {
-                Learn::New { evicted }
-            };
+            return if fresh { Learn::Moved { from, evicted } } else { Learn::New { evicted } };
         }
         if port_max == 0 {
             return Learn::Disabled;
@@ -290,16 +258,7 @@ impl Fdb {
     fn insert_learned(&mut self, k: Key, port: PortId, now: Nanos) {
         self.gen = self.gen.wrapping_add(1);
         let gen = self.gen;
-        self.map.insert(
-            k,
-            Entry {
-                port,
-                last_seen: now,
-                gen,
-                referenced: false,
-                is_static: false,
-            },
-        );
+        self.map.insert(k, Entry { port, last_seen: now, gen, referenced: false, is_static: false });
         let t = self.table(port);
         t.count += 1;
         t.queue.push_back((k, gen));
@@ -366,10 +325,7 @@ impl Fdb {
             let t = &mut self.ports[port.index()];
             if t.queue.len() > 2 * t.count + 64 {
                 let map = &self.map;
-                t.queue.retain(|(k, g)| {
-                    map.get(k)
-                        .is_some_and(|x| x.gen == *g && x.port == port && !x.is_static)
-                });
+                t.queue.retain(|(k, g)| map.get(k).is_some_and(|x| x.gen == *g && x.port == port && !x.is_static));
             }
         }
         Some(e)
@@ -379,16 +335,7 @@ impl Fdb {
     pub fn add_static(&mut self, vlan: VlanId, mac: MacAddr, port: PortId) {
         let k = key(vlan, mac);
         self.remove_key(k);
-        self.map.insert(
-            k,
-            Entry {
-                port,
-                last_seen: 0,
-                gen: 0,
-                referenced: false,
-                is_static: true,
-            },
-        );
+        self.map.insert(k, Entry { port, last_seen: 0, gen: 0, referenced: false, is_static: true });
     }
 
     /// Removes a static entry; learned entries are left alone.
@@ -404,12 +351,8 @@ impl Fdb {
 
     /// Removes entries matching `pred(vlan, port, is_static)`; returns how many went per port.
     fn remove_where(&mut self, mut pred: impl FnMut(VlanId, PortId, bool) -> bool) -> usize {
-        let keys: Vec<Key> = self
-            .map
-            .iter()
-            .filter(|(k, e)| pred(unkey(**k).0, e.port, e.is_static))
-            .map(|(k, _)| *k)
-            .collect();
+        let keys: Vec<Key> =
+            self.map.iter().filter(|(k, e)| pred(unkey(**k).0, e.port, e.is_static)).map(|(k, _)| *k).collect();
         for k in &keys {
             self.remove_key(*k);
         }
@@ -458,23 +401,16 @@ impl Fdb {
     /// Live entries, in no particular order.
     pub fn entries(&self, now: Duration) -> impl Iterator<Item = FdbEntry> + '_ {
         let now = nanos(now);
-        self.map
-            .iter()
-            .filter(move |(_, e)| self.alive(e, now))
-            .map(move |(k, e)| {
-                let (vlan, mac) = unkey(*k);
-                FdbEntry {
-                    vlan,
-                    mac,
-                    port: e.port,
-                    age: if e.is_static {
-                        Duration::ZERO
-                    } else {
-                        Duration::from_nanos(now.saturating_sub(e.last_seen))
-                    },
-                    is_static: e.is_static,
-                }
-            })
+        self.map.iter().filter(move |(_, e)| self.alive(e, now)).map(move |(k, e)| {
+            let (vlan, mac) = unkey(*k);
+            FdbEntry {
+                vlan,
+                mac,
+                port: e.port,
+                age: if e.is_static { Duration::ZERO } else { Duration::from_nanos(now.saturating_sub(e.last_seen)) },
+                is_static: e.is_static,
+            }
+        })
     }
 }
 
@@ -502,14 +438,8 @@ mod tests {
 
     #[test]
     fn learn_lookup_refresh_and_age() {
-        let mut f = Fdb::new(FdbConfig {
-            ageing: S(300),
-            max_entries: 100,
-        });
-        assert_eq!(
-            f.learn(v(10), m(1), p(0), 10, S(0)),
-            Learn::New { evicted: None }
-        );
+        let mut f = Fdb::new(FdbConfig { ageing: S(300), max_entries: 100 });
+        assert_eq!(f.learn(v(10), m(1), p(0), 10, S(0)), Learn::New { evicted: None });
         assert_eq!(f.lookup(v(10), m(1), S(1)), Some(p(0)));
         // Independent VLAN learning: another VLAN knows nothing.
         assert_eq!(f.lookup(v(20), m(1), S(1)), None);
@@ -527,34 +457,20 @@ mod tests {
     fn moves_are_reported_and_counted() {
         let mut f = Fdb::new(FdbConfig::default());
         f.learn(v(1), m(1), p(0), 10, S(0));
-        assert_eq!(
-            f.learn(v(1), m(1), p(1), 10, S(1)),
-            Learn::Moved {
-                from: p(0),
-                evicted: None
-            }
-        );
+        assert_eq!(f.learn(v(1), m(1), p(1), 10, S(1)), Learn::Moved { from: p(0), evicted: None });
         assert_eq!(f.lookup(v(1), m(1), S(1)), Some(p(1)));
         assert_eq!((f.port_count(p(0)), f.port_count(p(1)), f.len()), (0, 1, 1));
     }
 
     #[test]
     fn per_port_cap_evicts_own_lru() {
-        let mut f = Fdb::new(FdbConfig {
-            ageing: S(300),
-            max_entries: 1000,
-        });
+        let mut f = Fdb::new(FdbConfig { ageing: S(300), max_entries: 1000 });
         for i in 0..3 {
             f.learn(v(1), m(i), p(0), 3, S(u64::from(i)));
         }
         // m(0) is used again, so m(1) is the least recently used.
         f.learn(v(1), m(0), p(0), 3, S(5));
-        assert_eq!(
-            f.learn(v(1), m(9), p(0), 3, S(6)),
-            Learn::New {
-                evicted: Some(p(0))
-            }
-        );
+        assert_eq!(f.learn(v(1), m(9), p(0), 3, S(6)), Learn::New { evicted: Some(p(0)) });
         assert_eq!(f.port_count(p(0)), 3);
         assert_eq!(f.lookup(v(1), m(1), S(6)), None);
         assert!(f.lookup(v(1), m(0), S(6)).is_some());
@@ -565,10 +481,7 @@ mod tests {
     fn flooding_port_cannot_evict_other_ports() {
         // Bridge cap 100, per-port cap 100: port 0 floods 10 000 random sources while ports
         // 1..=4 hold 10 entries each.
-        let mut f = Fdb::new(FdbConfig {
-            ageing: S(300),
-            max_entries: 100,
-        });
+        let mut f = Fdb::new(FdbConfig { ageing: S(300), max_entries: 100 });
         for port in 1..=4 {
             for i in 0..10 {
                 f.learn(v(1), m(port * 1000 + i), p(port as usize), 100, S(0));
@@ -581,10 +494,7 @@ mod tests {
         for port in 1..=4 {
             assert_eq!(f.port_count(p(port)), 10, "port {port} lost entries");
             for i in 0..10 {
-                assert_eq!(
-                    f.lookup(v(1), m(port as u32 * 1000 + i), S(2)),
-                    Some(p(port))
-                );
+                assert_eq!(f.lookup(v(1), m(port as u32 * 1000 + i), S(2)), Some(p(port)));
             }
         }
         assert_eq!(f.port_count(p(0)), 60);
@@ -592,15 +502,9 @@ mod tests {
 
     #[test]
     fn static_entries_do_not_age_move_or_count() {
-        let mut f = Fdb::new(FdbConfig {
-            ageing: S(10),
-            max_entries: 2,
-        });
+        let mut f = Fdb::new(FdbConfig { ageing: S(10), max_entries: 2 });
         f.add_static(v(5), m(7), p(3));
-        assert_eq!(
-            f.learn(v(5), m(7), p(1), 10, S(0)),
-            Learn::StaticElsewhere(p(3))
-        );
+        assert_eq!(f.learn(v(5), m(7), p(1), 10, S(0)), Learn::StaticElsewhere(p(3)));
         assert_eq!(f.learn(v(5), m(7), p(3), 10, S(0)), Learn::Static);
         assert_eq!(f.len(), 0);
         f.expire(S(1000), |_| panic!("static aged"));
@@ -634,20 +538,11 @@ mod tests {
 
     #[test]
     fn lowering_the_cap_evicts() {
-        let mut f = Fdb::new(FdbConfig {
-            ageing: S(300),
-            max_entries: 10,
-        });
+        let mut f = Fdb::new(FdbConfig { ageing: S(300), max_entries: 10 });
         for i in 0..10 {
             f.learn(v(1), m(i), p(0), 100, S(0));
         }
-        f.set_config(
-            FdbConfig {
-                ageing: S(300),
-                max_entries: 4,
-            },
-            S(1),
-        );
+        f.set_config(FdbConfig { ageing: S(300), max_entries: 4 }, S(1));
         assert_eq!(f.len(), 4);
     }
 

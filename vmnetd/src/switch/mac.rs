@@ -88,11 +88,7 @@ impl MacAddr {
 impl fmt::Display for MacAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            b[0], b[1], b[2], b[3], b[4], b[5]
-        )
+        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3], b[4], b[5])
     }
 }
 
@@ -149,14 +145,9 @@ mod tests {
 
     #[test]
     fn parse_rejects_malformed() {
-        for bad in [
-            "",
-            "52:54:00:ab:cd",
-            "52:54:00:ab:cd:0f:00",
-            "5:54:00:ab:cd:0f",
-            "zz:54:00:ab:cd:0f",
-            "525400abcd0f",
-        ] {
+        for bad in
+            ["", "52:54:00:ab:cd", "52:54:00:ab:cd:0f:00", "5:54:00:ab:cd:0f", "zz:54:00:ab:cd:0f", "525400abcd0f"]
+        {
             assert!(bad.parse::<MacAddr>().is_err(), "{bad} accepted");
         }
     }

@@ -43,11 +43,7 @@ pub struct FrameInfo<'a> {
 impl<'a> FrameInfo<'a> {
     /// A frame whose bytes are all in `bytes`.
     pub fn whole(bytes: &'a [u8]) -> Self {
-        FrameInfo {
-            head: bytes,
-            len: bytes.len(),
-            gso: false,
-        }
+        FrameInfo { head: bytes, len: bytes.len(), gso: false }
     }
 }
 
@@ -110,9 +106,7 @@ impl BurstPlan {
 
     /// Destinations in the order they were first used, each with its frames in burst order.
     pub fn destinations(&self) -> impl Iterator<Item = (PortId, &[Egress])> {
-        self.touched
-            .iter()
-            .map(|p| (*p, self.out[p.index()].as_slice()))
+        self.touched.iter().map(|p| (*p, self.out[p.index()].as_slice()))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -186,11 +180,7 @@ impl Default for Switch {
 
 impl Switch {
     pub fn new(cfg: SwitchConfig) -> Switch {
-        Switch {
-            ports: Vec::new(),
-            fdb: Fdb::new(cfg.fdb),
-            flood: vec![Vec::new(); 4096],
-        }
+        Switch { ports: Vec::new(), fdb: Fdb::new(cfg.fdb), flood: vec![Vec::new(); 4096] }
     }
 
     pub fn fdb(&self) -> &Fdb {
@@ -200,9 +190,7 @@ impl Switch {
     pub fn set_fdb_config(&mut self, cfg: FdbConfig, now: Duration) {
         let mut evicted = Vec::new();
         // Evictions by a lower cap are counted on the ports that lost entries.
-        let before: Vec<usize> = (0..self.ports.len())
-            .map(|i| self.fdb.port_count(PortId::from_index(i)))
-            .collect();
+        let before: Vec<usize> = (0..self.ports.len()).map(|i| self.fdb.port_count(PortId::from_index(i))).collect();
         self.fdb.set_config(cfg, now);
         for (i, b) in before.into_iter().enumerate() {
             let after = self.fdb.port_count(PortId::from_index(i));
@@ -219,19 +207,12 @@ impl Switch {
 
     /// Adds a port and returns its id (the lowest free one).
     pub fn add_port(&mut self, cfg: PortConfig) -> PortId {
-        let i = self
-            .ports
-            .iter()
-            .position(Option::is_none)
-            .unwrap_or_else(|| {
-                self.ports.push(None);
-                self.ports.len() - 1
-            });
-        let id = PortId::from_index(i);
-        self.ports[i] = Some(PortState {
-            cfg,
-            counters: PortCounters::default(),
+        let i = self.ports.iter().position(Option::is_none).unwrap_or_else(|| {
+            self.ports.push(None);
+            self.ports.len() - 1
         });
+        let id = PortId::from_index(i);
+        self.ports[i] = Some(PortState { cfg, counters: PortCounters::default() });
         self.install_statics(id);
         self.rebuild_flood();
         id
@@ -291,10 +272,7 @@ impl Switch {
     }
 
     pub fn ports(&self) -> impl Iterator<Item = (PortId, &PortConfig)> {
-        self.ports
-            .iter()
-            .enumerate()
-            .filter_map(|(i, p)| p.as_ref().map(|p| (PortId::from_index(i), &p.cfg)))
+        self.ports.iter().enumerate().filter_map(|(i, p)| p.as_ref().map(|p| (PortId::from_index(i), &p.cfg)))
     }
 
     pub fn counters(&self, id: PortId) -> Option<&PortCounters> {
@@ -315,14 +293,11 @@ impl Switch {
         except: PortId,
         in_tci: Option<Tci>,
     ) -> impl Iterator<Item = (PortId, TagAction)> + '_ {
-        self.flood[usize::from(vlan.get())]
-            .iter()
-            .filter(move |p| **p != except)
-            .filter_map(move |p| {
-                let cfg = self.port(*p)?;
-                let t = cfg.mode.egress(vlan)?;
-                Some((*p, tag_action(t, vlan, in_tci)))
-            })
+        self.flood[usize::from(vlan.get())].iter().filter(move |p| **p != except).filter_map(move |p| {
+            let cfg = self.port(*p)?;
+            let t = cfg.mode.egress(vlan)?;
+            Some((*p, tag_action(t, vlan, in_tci)))
+        })
     }
 
     /// An edge could not deliver `frames` frames (`bytes` bytes) it was handed for `port`.
@@ -446,13 +421,7 @@ impl Switch {
 
     /// Decides how a frame of `vlan` leaves `port` and counts it there.
     #[inline]
-    fn egress_to(
-        &mut self,
-        port: PortId,
-        vlan: VlanId,
-        in_tci: Option<Tci>,
-        f: &FrameInfo<'_>,
-    ) -> EgressOutcome {
+    fn egress_to(&mut self, port: PortId, vlan: VlanId, in_tci: Option<Tci>, f: &FrameInfo<'_>) -> EgressOutcome {
         let Some(Some(st)) = self.ports.get_mut(port.index()) else {
             return EgressOutcome::NotMember;
         };
@@ -526,9 +495,7 @@ impl Switch {
                         plan.push(port, Egress { frame: idx, action });
                         return Decision::Unicast { vlan, port, action };
                     }
-                    EgressOutcome::Dropped(action) => {
-                        return Decision::Unicast { vlan, port, action }
-                    }
+                    EgressOutcome::Dropped(action) => return Decision::Unicast { vlan, port, action },
                     // Learned in a VLAN the port has since left: treat as unknown.
                     EgressOutcome::NotMember => {}
                 }

@@ -24,12 +24,7 @@ impl Rng {
 
 #[test]
 fn seeded_five_port_simulation() {
-    let mut sw = Switch::new(SwitchConfig {
-        fdb: FdbConfig {
-            ageing: Duration::from_secs(60),
-            max_entries: 8,
-        },
-    });
+    let mut sw = Switch::new(SwitchConfig { fdb: FdbConfig { ageing: Duration::from_secs(60), max_entries: 8 } });
     let v = |n| VlanId::new(n).unwrap();
     let ports = [
         ("vm-a", VlanMode::access(v(10))),
@@ -37,25 +32,13 @@ fn seeded_five_port_simulation() {
         ("vm-c", VlanMode::access(v(20))),
         (
             "uplink",
-            VlanMode::Trunk {
-                vlans: "10,20".parse().unwrap(),
-                native: Some(Native {
-                    vid: v(1),
-                    tagged: false,
-                }),
-            },
+            VlanMode::Trunk { vlans: "10,20".parse().unwrap(), native: Some(Native { vid: v(1), tagged: false }) },
         ),
         ("host", VlanMode::access(v(1))),
     ];
     let ids: Vec<PortId> = ports
         .iter()
-        .map(|(_, m)| {
-            sw.add_port(PortConfig {
-                mode: m.clone(),
-                max_macs: 4,
-                ..Default::default()
-            })
-        })
+        .map(|(_, m)| sw.add_port(PortConfig { mode: m.clone(), max_macs: 4, ..Default::default() }))
         .collect();
     // Stations: (port index, MAC, tag they send with).
     let stations: Vec<(usize, MacAddr, Option<u16>)> = vec![
@@ -80,17 +63,8 @@ fn seeded_five_port_simulation() {
             _ => stations[rng.below(stations.len() as u64) as usize].1,
         };
         // The uplink sometimes floods random sources (a misbehaving segment).
-        let src = if p == 3 && rng.below(8) == 0 {
-            MacAddr([0x02, 0x66, 0, 0, 0, rng.below(200) as u8])
-        } else {
-            src
-        };
-        let repr = EthernetRepr {
-            dst,
-            src,
-            tci: tag.map(|t| Tci::new(0, false, t)),
-            ethertype: wire::ETHERTYPE_ARP,
-        };
+        let src = if p == 3 && rng.below(8) == 0 { MacAddr([0x02, 0x66, 0, 0, 0, rng.below(200) as u8]) } else { src };
+        let repr = EthernetRepr { dst, src, tci: tag.map(|t| Tci::new(0, false, t)), ethertype: wire::ETHERTYPE_ARP };
         let mut b = vec![0u8; repr.header_len() + 46];
         repr.emit(&mut b);
         sw.ingress_burst(ids[p], [FrameInfo::whole(&b)], now, &mut plan);
@@ -120,7 +94,14 @@ fn seeded_five_port_simulation() {
         writeln!(
             log,
             "  {name:<6} rx {:>3} tx {:>3} flooded {:>3} learned {:>3} evicted {:>3} aged {:>3} moved {:>2} drops {:?}",
-            c.rx_packets, c.tx_packets, c.rx_flooded, c.learned, c.evicted, c.aged, c.moved_in, c.drop_list()
+            c.rx_packets,
+            c.tx_packets,
+            c.rx_flooded,
+            c.learned,
+            c.evicted,
+            c.aged,
+            c.moved_in,
+            c.drop_list()
         )
         .unwrap();
     }

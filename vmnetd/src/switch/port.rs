@@ -141,10 +141,7 @@ impl DropReason {
 
     /// Whether this drop is counted on the egress port (else on the ingress port).
     pub fn is_egress(self) -> bool {
-        matches!(
-            self,
-            DropReason::Mtu | DropReason::NoRoom | DropReason::TxError
-        )
+        matches!(self, DropReason::Mtu | DropReason::NoRoom | DropReason::TxError)
     }
 }
 
@@ -186,28 +183,16 @@ impl PortCounters {
     }
 
     pub fn rx_drops(&self) -> u64 {
-        DropReason::ALL
-            .iter()
-            .filter(|r| !r.is_egress())
-            .map(|r| self.dropped(*r))
-            .sum()
+        DropReason::ALL.iter().filter(|r| !r.is_egress()).map(|r| self.dropped(*r)).sum()
     }
 
     pub fn tx_drops(&self) -> u64 {
-        DropReason::ALL
-            .iter()
-            .filter(|r| r.is_egress())
-            .map(|r| self.dropped(*r))
-            .sum()
+        DropReason::ALL.iter().filter(|r| r.is_egress()).map(|r| self.dropped(*r)).sum()
     }
 
     /// Non-zero drop counters by name, for display.
     pub fn drop_list(&self) -> Vec<(&'static str, u64)> {
-        DropReason::ALL
-            .iter()
-            .filter(|r| self.dropped(**r) > 0)
-            .map(|r| (r.name(), self.dropped(*r)))
-            .collect()
+        DropReason::ALL.iter().filter(|r| self.dropped(**r) > 0).map(|r| (r.name(), self.dropped(*r))).collect()
     }
 }
 

@@ -26,23 +26,18 @@ struct Topo {
 fn vlan_mode() -> impl Strategy<Value = VlanMode> {
     prop_oneof![
         (1u16..=4).prop_map(|v| VlanMode::access(VlanId::new(v).unwrap())),
-        (
-            proptest::collection::btree_set(1u16..=4, 1..=3),
-            proptest::option::of((1u16..=4, any::<bool>()))
-        )
-            .prop_map(|(set, native)| {
+        (proptest::collection::btree_set(1u16..=4, 1..=3), proptest::option::of((1u16..=4, any::<bool>()))).prop_map(
+            |(set, native)| {
                 let mut vlans = VlanSet::new();
                 for v in set {
                     vlans.insert(VlanId::new(v).unwrap());
                 }
                 VlanMode::Trunk {
                     vlans,
-                    native: native.map(|(v, tagged)| Native {
-                        vid: VlanId::new(v).unwrap(),
-                        tagged,
-                    }),
+                    native: native.map(|(v, tagged)| Native { vid: VlanId::new(v).unwrap(), tagged }),
                 }
-            }),
+            }
+        ),
     ]
 }
 
@@ -177,15 +172,8 @@ impl Model {
             (Some(4095), _) => return Verdict::Drop(ReservedVid),
             (None | Some(0), VlanMode::Access { vlan }) => vlan.get(),
             (Some(_), VlanMode::Access { .. }) => return Verdict::Drop(VlanNotAllowed),
-            (
-                None | Some(0),
-                VlanMode::Trunk {
-                    native: Some(n), ..
-                },
-            ) => n.vid.get(),
-            (None | Some(0), VlanMode::Trunk { native: None, .. }) => {
-                return Verdict::Drop(UntaggedOnTrunk)
-            }
+            (None | Some(0), VlanMode::Trunk { native: Some(n), .. }) => n.vid.get(),
+            (None | Some(0), VlanMode::Trunk { native: None, .. }) => return Verdict::Drop(UntaggedOnTrunk),
             (Some(v), VlanMode::Trunk { vlans, native }) => {
                 if vlans.contains_raw(v) || native.is_some_and(|n| n.vid.get() == v) {
                     v
@@ -223,26 +211,14 @@ fn run(topo: Topo, frames: Vec<Gen>, burst: usize) -> Result<(), TestCaseError> 
         .modes
         .iter()
         .zip(&topo.mtus)
-        .map(|(m, mtu)| {
-            sw.add_port(PortConfig {
-                mode: m.clone(),
-                mtu: *mtu,
-                ..Default::default()
-            })
-        })
+        .map(|(m, mtu)| sw.add_port(PortConfig { mode: m.clone(), mtu: *mtu, ..Default::default() }))
         .collect();
-    let mut model = Model {
-        topo: topo.clone(),
-        fdb: HashMap::new(),
-    };
+    let mut model = Model { topo: topo.clone(), fdb: HashMap::new() };
     let mut plan = BurstPlan::new();
     let mut want_tx = vec![0u64; n];
     let mut want_drops = vec![[0u64; DropReason::COUNT]; n];
     let mut fanout_total = 0u64;
-    let frames: Vec<(usize, Vec<u8>, bool)> = frames
-        .iter()
-        .map(|g| (g.port % n, build(g), g.gso))
-        .collect();
+    let frames: Vec<(usize, Vec<u8>, bool)> = frames.iter().map(|g| (g.port % n, build(g), g.gso)).collect();
     let mut i = 0;
     while i < frames.len() {
         // A burst: consecutive frames from the same port, at most `burst`.
@@ -254,11 +230,7 @@ fn run(topo: Topo, frames: Vec<Gen>, burst: usize) -> Result<(), TestCaseError> 
         let chunk = &frames[i..j];
         let infos: Vec<FrameInfo<'_>> = chunk
             .iter()
-            .map(|(_, b, gso)| FrameInfo {
-                head: &b[..b.len().min(18)],
-                len: b.len(),
-                gso: *gso && b.len() >= 18,
-            })
+            .map(|(_, b, gso)| FrameInfo { head: &b[..b.len().min(18)], len: b.len(), gso: *gso && b.len() >= 18 })
             .collect();
         sw.ingress_burst(ids[port], infos.iter().copied(), Duration::ZERO, &mut plan);
 
@@ -268,11 +240,7 @@ fn run(topo: Topo, frames: Vec<Gen>, burst: usize) -> Result<(), TestCaseError> 
             prop_assert!(dest != ids[port], "frame sent back to its ingress port");
             let mut seen = BTreeSet::new();
             for e in list {
-                prop_assert!(
-                    seen.insert(e.frame),
-                    "frame {} twice to port {dest}",
-                    e.frame
-                );
+                prop_assert!(seen.insert(e.frame), "frame {} twice to port {dest}", e.frame);
                 got[e.frame].push((dest.index(), e.action));
             }
         }
@@ -281,11 +249,7 @@ fn run(topo: Topo, frames: Vec<Gen>, burst: usize) -> Result<(), TestCaseError> 
             let verdict = model.verdict(port, bytes);
             match verdict {
                 Verdict::Drop(r) => {
-                    prop_assert!(
-                        got[k].is_empty(),
-                        "dropped ({r:?}) frame was sent to {:?}",
-                        got[k]
-                    );
+                    prop_assert!(got[k].is_empty(), "dropped ({r:?}) frame was sent to {:?}", got[k]);
                     want_drops[port][r as usize] += 1;
                 }
                 Verdict::To(vlan, targets) => {
@@ -308,19 +272,10 @@ fn run(topo: Topo, frames: Vec<Gen>, burst: usize) -> Result<(), TestCaseError> 
                     let mut got_ports: Vec<usize> = got[k].iter().map(|(q, _)| *q).collect();
                     got_ports.sort();
                     expect.sort();
-                    prop_assert_eq!(
-                        &got_ports,
-                        &expect,
-                        "frame {:?} vlan {}",
-                        bytes.get(..18),
-                        vlan
-                    );
+                    prop_assert_eq!(&got_ports, &expect, "frame {:?} vlan {}", bytes.get(..18), vlan);
                     // Learned unicast: exactly one port.
                     let dst = MacAddr::from_slice(&bytes[..6]).unwrap();
-                    if !dst.is_multicast()
-                        && targets.len() == 1
-                        && model.fdb.contains_key(&(vlan, dst))
-                    {
+                    if !dst.is_multicast() && targets.len() == 1 && model.fdb.contains_key(&(vlan, dst)) {
                         prop_assert!(got_ports.len() <= 1);
                     }
                     // Membership and tagging on the wire, checked on the bytes.
@@ -334,10 +289,7 @@ fn run(topo: Topo, frames: Vec<Gen>, burst: usize) -> Result<(), TestCaseError> 
                             Some(EgressTagging::Untagged) => prop_assert_eq!(f.tci(), None),
                             _ => prop_assert_eq!(f.tci().map(|t| t.vid()), Some(vlan)),
                         }
-                        prop_assert_eq!(
-                            f.payload(),
-                            &bytes[if bytes[12] == 0x81 { 18 } else { 14 }..]
-                        );
+                        prop_assert_eq!(f.payload(), &bytes[if bytes[12] == 0x81 { 18 } else { 14 }..]);
                     }
                 }
             }

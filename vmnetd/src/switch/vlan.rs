@@ -59,11 +59,7 @@ impl fmt::Display for VlanId {
 impl FromStr for VlanId {
     type Err = VlanError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        s.trim()
-            .parse::<u16>()
-            .ok()
-            .and_then(VlanId::new)
-            .ok_or_else(|| VlanError::OutOfRange(s.trim().to_owned()))
+        s.trim().parse::<u16>().ok().and_then(VlanId::new).ok_or_else(|| VlanError::OutOfRange(s.trim().to_owned()))
     }
 }
 
@@ -138,9 +134,7 @@ impl VlanSet {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = VlanId> + '_ {
-        (VID_MIN..=VID_MAX)
-            .filter(|v| self.contains_raw(*v))
-            .map(VlanId)
+        (VID_MIN..=VID_MAX).filter(|v| self.contains_raw(*v)).map(VlanId)
     }
 
     /// Maximal runs of consecutive VLANs, as (first, last).
@@ -159,17 +153,8 @@ impl VlanSet {
 impl fmt::Display for VlanSet {
     /// `10,20-30,100`, the form [`VlanSet::from_str`] parses.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let parts: Vec<String> = self
-            .ranges()
-            .into_iter()
-            .map(|(a, b)| {
-                if a == b {
-                    a.to_string()
-                } else {
-                    format!("{a}-{b}")
-                }
-            })
-            .collect();
+        let parts: Vec<String> =
+            self.ranges().into_iter().map(|(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") }).collect();
         f.write_str(&parts.join(","))
     }
 }
@@ -238,18 +223,10 @@ impl FromStr for Native {
         let (v, t) = match s.split_once(':') {
             Some((v, "tagged")) => (v, true),
             Some((v, "untagged")) => (v, false),
-            Some(_) => {
-                return Err(VlanError::BadList(
-                    s.to_owned(),
-                    "expected VID, VID:tagged or VID:untagged".into(),
-                ))
-            }
+            Some(_) => return Err(VlanError::BadList(s.to_owned(), "expected VID, VID:tagged or VID:untagged".into())),
             None => (s, false),
         };
-        Ok(Native {
-            vid: v.parse()?,
-            tagged: t,
-        })
+        Ok(Native { vid: v.parse()?, tagged: t })
     }
 }
 
@@ -272,9 +249,7 @@ pub enum VlanMode {
 
 impl Default for VlanMode {
     fn default() -> Self {
-        VlanMode::Access {
-            vlan: VlanId::DEFAULT,
-        }
+        VlanMode::Access { vlan: VlanId::DEFAULT }
     }
 }
 
@@ -313,12 +288,7 @@ impl VlanMode {
         match (self, vid) {
             (VlanMode::Access { vlan }, None) => Ingress::Vlan(*vlan),
             (VlanMode::Access { .. }, Some(_)) => Ingress::NotMember,
-            (
-                VlanMode::Trunk {
-                    native: Some(n), ..
-                },
-                None,
-            ) => Ingress::Vlan(n.vid),
+            (VlanMode::Trunk { native: Some(n), .. }, None) => Ingress::Vlan(n.vid),
             (VlanMode::Trunk { native: None, .. }, None) => Ingress::UntaggedOnTrunk,
             (VlanMode::Trunk { vlans, native }, Some(v)) => {
                 if vlans.contains_raw(v) || native.is_some_and(|n| n.vid.0 == v) {
@@ -337,11 +307,7 @@ impl VlanMode {
         match self {
             VlanMode::Access { vlan } => (*vlan == v).then_some(EgressTagging::Untagged),
             VlanMode::Trunk { vlans, native } => match native {
-                Some(n) if n.vid == v => Some(if n.tagged {
-                    EgressTagging::Tagged
-                } else {
-                    EgressTagging::Untagged
-                }),
+                Some(n) if n.vid == v => Some(if n.tagged { EgressTagging::Tagged } else { EgressTagging::Untagged }),
                 _ => vlans.contains(v).then_some(EgressTagging::Tagged),
             },
         }
@@ -370,19 +336,10 @@ impl fmt::Display for VlanMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             VlanMode::Access { vlan } => write!(f, "access {vlan}"),
-            VlanMode::Trunk {
-                vlans,
-                native: None,
-            } => write!(f, "trunk {vlans}"),
-            VlanMode::Trunk {
-                vlans,
-                native: Some(n),
-            } => write!(
-                f,
-                "trunk {vlans} native {}{}",
-                n.vid,
-                if n.tagged { ":tagged" } else { "" }
-            ),
+            VlanMode::Trunk { vlans, native: None } => write!(f, "trunk {vlans}"),
+            VlanMode::Trunk { vlans, native: Some(n) } => {
+                write!(f, "trunk {vlans} native {}{}", n.vid, if n.tagged { ":tagged" } else { "" })
+            }
         }
     }
 }
@@ -426,37 +383,16 @@ mod tests {
 
     #[test]
     fn native_parse() {
-        assert_eq!(
-            "5".parse::<Native>().unwrap(),
-            Native {
-                vid: v(5),
-                tagged: false
-            }
-        );
-        assert_eq!(
-            "5:tagged".parse::<Native>().unwrap(),
-            Native {
-                vid: v(5),
-                tagged: true
-            }
-        );
+        assert_eq!("5".parse::<Native>().unwrap(), Native { vid: v(5), tagged: false });
+        assert_eq!("5:tagged".parse::<Native>().unwrap(), Native { vid: v(5), tagged: true });
         assert!("5:maybe".parse::<Native>().is_err());
     }
 
     #[test]
     fn mode_serde_is_readable() {
-        let m = VlanMode::Trunk {
-            vlans: "10,20".parse().unwrap(),
-            native: Some(Native {
-                vid: v(1),
-                tagged: false,
-            }),
-        };
+        let m = VlanMode::Trunk { vlans: "10,20".parse().unwrap(), native: Some(Native { vid: v(1), tagged: false }) };
         let j = serde_json::to_string(&m).unwrap();
-        assert_eq!(
-            j,
-            r#"{"mode":"trunk","vlans":"10,20","native":{"vid":1,"tagged":false}}"#
-        );
+        assert_eq!(j, r#"{"mode":"trunk","vlans":"10,20","native":{"vid":1,"tagged":false}}"#);
         assert_eq!(serde_json::from_str::<VlanMode>(&j).unwrap(), m);
         assert_eq!(m.to_string(), "trunk 10,20 native 1");
     }

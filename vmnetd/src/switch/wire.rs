@@ -181,12 +181,7 @@ pub struct EthernetRepr {
 impl EthernetRepr {
     pub fn parse<T: AsRef<[u8]>>(f: &EthernetFrame<T>) -> Result<Self, WireError> {
         f.check_len()?;
-        Ok(EthernetRepr {
-            dst: f.dst(),
-            src: f.src(),
-            tci: f.tci(),
-            ethertype: f.ethertype(),
-        })
+        Ok(EthernetRepr { dst: f.dst(), src: f.src(), tci: f.tci(), ethertype: f.ethertype() })
     }
 
     pub fn header_len(&self) -> usize {
@@ -271,22 +266,10 @@ impl Splice {
 impl TagAction {
     pub fn splice(self) -> Splice {
         match self {
-            TagAction::Keep => Splice {
-                insert: None,
-                skip: 0,
-            },
-            TagAction::Push(t) => Splice {
-                insert: Some(t.tag_bytes()),
-                skip: 0,
-            },
-            TagAction::Pop => Splice {
-                insert: None,
-                skip: VLAN_HLEN,
-            },
-            TagAction::SetTci(t) => Splice {
-                insert: Some(t.tag_bytes()),
-                skip: VLAN_HLEN,
-            },
+            TagAction::Keep => Splice { insert: None, skip: 0 },
+            TagAction::Push(t) => Splice { insert: Some(t.tag_bytes()), skip: 0 },
+            TagAction::Pop => Splice { insert: None, skip: VLAN_HLEN },
+            TagAction::SetTci(t) => Splice { insert: Some(t.tag_bytes()), skip: VLAN_HLEN },
         }
     }
 }
@@ -296,14 +279,12 @@ mod tests {
     use super::*;
 
     // An untagged ARP request from 52:54:00:00:00:01 (first bytes only).
-    static UNTAGGED: [u8; 16] = [
-        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x52, 0x54, 0x00, 0x00, 0x00, 0x01, 0x08, 0x06, 0x00,
-        0x01,
-    ];
+    static UNTAGGED: [u8; 16] =
+        [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x52, 0x54, 0x00, 0x00, 0x00, 0x01, 0x08, 0x06, 0x00, 0x01];
     // The same, tagged PCP 5 DEI 0 VID 10.
     static TAGGED: [u8; 20] = [
-        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x52, 0x54, 0x00, 0x00, 0x00, 0x01, 0x81, 0x00, 0xa0,
-        0x0a, 0x08, 0x06, 0x00, 0x01,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x52, 0x54, 0x00, 0x00, 0x00, 0x01, 0x81, 0x00, 0xa0, 0x0a, 0x08, 0x06,
+        0x00, 0x01,
     ];
 
     #[test]
@@ -339,18 +320,9 @@ mod tests {
 
     #[test]
     fn short_frames_are_named() {
-        assert_eq!(
-            EthernetFrame::new_checked(&UNTAGGED[..13]).unwrap_err(),
-            WireError::Runt(13)
-        );
-        assert_eq!(
-            EthernetFrame::new_checked(&[][..]).unwrap_err(),
-            WireError::Runt(0)
-        );
-        assert_eq!(
-            EthernetFrame::new_checked(&TAGGED[..17]).unwrap_err(),
-            WireError::TruncatedTag(17)
-        );
+        assert_eq!(EthernetFrame::new_checked(&UNTAGGED[..13]).unwrap_err(), WireError::Runt(13));
+        assert_eq!(EthernetFrame::new_checked(&[][..]).unwrap_err(), WireError::Runt(0));
+        assert_eq!(EthernetFrame::new_checked(&TAGGED[..17]).unwrap_err(), WireError::TruncatedTag(17));
         // An untagged header alone (no payload) is fine.
         assert!(EthernetFrame::new_checked(&UNTAGGED[..14]).is_ok());
     }
@@ -367,10 +339,7 @@ mod tests {
     fn splices_push_pop_and_retag() {
         let mut out = [0u8; 32];
         // Push VID 10 PCP 5 onto the untagged frame: the tagged frame.
-        let n = TagAction::Push(Tci::new(5, false, 10))
-            .splice()
-            .copy(&UNTAGGED, &mut out)
-            .unwrap();
+        let n = TagAction::Push(Tci::new(5, false, 10)).splice().copy(&UNTAGGED, &mut out).unwrap();
         assert_eq!(&out[..n], &TAGGED[..]);
         // Pop: back to untagged.
         let n2 = TagAction::Pop.splice().copy(&TAGGED, &mut out).unwrap();
@@ -379,25 +348,11 @@ mod tests {
         let s = TagAction::SetTci(Tci::new(5, false, 20)).splice();
         let n3 = s.copy(&TAGGED, &mut out).unwrap();
         assert_eq!(n3, TAGGED.len());
-        assert_eq!(
-            EthernetFrame::new_unchecked(&out[..n3])
-                .tci()
-                .unwrap()
-                .vid(),
-            20
-        );
+        assert_eq!(EthernetFrame::new_unchecked(&out[..n3]).tci().unwrap().vid(), 20);
         assert_eq!(s.delta(), 0);
         assert!(TagAction::Keep.splice().is_identity());
         // Too small a destination, or popping what is not there.
-        assert_eq!(
-            TagAction::Push(Tci(1))
-                .splice()
-                .copy(&UNTAGGED, &mut [0u8; 16]),
-            None
-        );
-        assert_eq!(
-            TagAction::Pop.splice().copy(&UNTAGGED[..14], &mut out),
-            None
-        );
+        assert_eq!(TagAction::Push(Tci(1)).splice().copy(&UNTAGGED, &mut [0u8; 16]), None);
+        assert_eq!(TagAction::Pop.splice().copy(&UNTAGGED[..14], &mut out), None);
     }
 }

@@ -5,6 +5,7 @@
 //! at once, and returns an error naming the request that failed.
 #![allow(unsafe_code)]
 
+pub mod iov;
 pub mod packet;
 pub mod tap;
 

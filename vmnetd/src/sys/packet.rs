@@ -4,7 +4,9 @@
 //! `PACKET_AUXDATA`, our own transmissions never read back (`PACKET_IGNORE_OUTGOING`), and
 //! batched I/O with `recvmmsg`/`sendmmsg`.
 
-use std::io::{self, IoSlice, IoSliceMut};
+use std::io::{self, IoSliceMut};
+
+use super::iov::IoPart;
 use std::mem::{size_of, zeroed};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
@@ -94,8 +96,7 @@ impl PacketSocket {
         // Best effort: skipping the qdisc only makes transmission cheaper.
         let _ = s.setsockopt_int(PACKET_QDISC_BYPASS, 1, "PACKET_QDISC_BYPASS");
         let mreq = PacketMreq {
-            mr_ifindex: libc::c_int::try_from(ifindex)
-                .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?,
+            mr_ifindex: libc::c_int::try_from(ifindex).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?,
             mr_type: PACKET_MR_PROMISC,
             mr_alen: 0,
             mr_address: [0; 8],
@@ -197,11 +198,7 @@ impl PacketSocket {
         };
         if ret < 0 {
             let e = io::Error::last_os_error();
-            return if e.kind() == io::ErrorKind::WouldBlock {
-                Ok(0)
-            } else {
-                Err(e)
-            };
+            return if e.kind() == io::ErrorKind::WouldBlock { Ok(0) } else { Err(e) };
         }
         let got = ret as usize;
         for (i, m) in msgs.iter().enumerate().take(got) {
@@ -217,26 +214,22 @@ impl PacketSocket {
     /// Sends each scatter list of `frames` as one frame (vnet header first) with one
     /// `sendmmsg`. Returns how many were accepted; the rest had no room (or an error the
     /// caller sees as fewer sent). Errors other than "no room" are returned.
-    pub fn send_batch(&self, frames: &[&[IoSlice<'_>]]) -> io::Result<usize> {
+    pub fn send_batch(&self, frames: &[&[IoPart<'_>]]) -> io::Result<usize> {
         if frames.is_empty() {
             return Ok(0);
         }
+        let iovs: Vec<Vec<libc::iovec>> = frames.iter().map(|f| f.iter().map(IoPart::iovec).collect()).collect();
         // SAFETY: an all-zero mmsghdr is valid.
         let mut msgs: Vec<libc::mmsghdr> = (0..frames.len()).map(|_| unsafe { zeroed() }).collect();
-        for (m, iov) in msgs.iter_mut().zip(frames) {
-            // `IoSlice` is ABI-compatible with `struct iovec`; the kernel only reads it.
+        for (m, iov) in msgs.iter_mut().zip(&iovs) {
             m.msg_hdr.msg_iov = iov.as_ptr() as *mut libc::iovec;
             m.msg_hdr.msg_iovlen = iov.len();
         }
-        // SAFETY: every header points at an iovec array borrowed from `frames` for the call;
-        // sendmmsg only reads them. The return value is checked.
+        // SAFETY: every header points at an iovec array in `iovs`, alive for the call, whose
+        // entries point at memory borrowed by `frames` (slices, or guest memory held by the
+        // caller's borrow); sendmmsg only reads them. The return value is checked.
         let ret = unsafe {
-            libc::sendmmsg(
-                self.fd.as_raw_fd(),
-                msgs.as_mut_ptr(),
-                msgs.len() as libc::c_uint,
-                libc::MSG_DONTWAIT,
-            )
+            libc::sendmmsg(self.fd.as_raw_fd(), msgs.as_mut_ptr(), msgs.len() as libc::c_uint, libc::MSG_DONTWAIT)
         };
         if ret < 0 {
             let e = io::Error::last_os_error();
@@ -263,11 +256,7 @@ fn parse_auxdata(h: &libc::msghdr) -> Option<(u16, u16)> {
             {
                 let aux: TpacketAuxdata = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
                 if aux.tp_status & TP_STATUS_VLAN_VALID != 0 || aux.tp_vlan_tci != 0 {
-                    let tpid = if aux.tp_status & TP_STATUS_VLAN_TPID_VALID != 0 {
-                        aux.tp_vlan_tpid
-                    } else {
-                        0x8100
-                    };
+                    let tpid = if aux.tp_status & TP_STATUS_VLAN_TPID_VALID != 0 { aux.tp_vlan_tpid } else { 0x8100 };
                     return Some((tpid, aux.tp_vlan_tci));
                 }
                 return None;

@@ -59,9 +59,7 @@ impl Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 /// Layer of a TUN/TAP device.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     #[default]
@@ -145,9 +143,7 @@ impl Tap {
             .open(TUN_PATH)
             .map_err(Error::OpenTun)?;
         let mut req = IfReqFlags {
-            name: name
-                .map(IfName::to_ifr_name)
-                .unwrap_or([0; MAX_IFNAME_LEN + 1]),
+            name: name.map(IfName::to_ifr_name).unwrap_or([0; MAX_IFNAME_LEN + 1]),
             flags: flags.ifr_flags(exclusive),
             _pad: [0; 22],
         };
@@ -157,17 +153,9 @@ impl Tap {
         let ret = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut req) };
         let shown = name.map_or_else(|| "<new>".to_owned(), |n| n.to_string());
         if ret < 0 {
-            return Err(Error::Ioctl {
-                req: "TUNSETIFF",
-                ifname: shown,
-                source: io::Error::last_os_error(),
-            });
+            return Err(Error::Ioctl { req: "TUNSETIFF", ifname: shown, source: io::Error::last_os_error() });
         }
-        let len = req
-            .name
-            .iter()
-            .position(|&b| b == 0)
-            .unwrap_or(req.name.len());
+        let len = req.name.iter().position(|&b| b == 0).unwrap_or(req.name.len());
         let kname = std::str::from_utf8(&req.name[..len]).map_err(|_| Error::BadKernelName)?;
         let name = IfName::new(kname).map_err(|_| Error::BadKernelName)?;
         Ok(Tap { file, name })
@@ -186,12 +174,7 @@ impl Tap {
     }
 
     /// An ioctl whose argument is an integer passed by value.
-    fn ioctl_val(
-        &self,
-        req: libc::Ioctl,
-        req_name: &'static str,
-        arg: libc::c_ulong,
-    ) -> Result<()> {
+    fn ioctl_val(&self, req: libc::Ioctl, req_name: &'static str, arg: libc::c_ulong) -> Result<()> {
         // SAFETY: `self.file` is an open TUN/TAP descriptor attached by TUNSETIFF; the requests
         // passed here (TUNSETPERSIST/OWNER/GROUP/OFFLOAD) take an integer by value and do not
         // dereference it. The return value is checked.
@@ -200,12 +183,7 @@ impl Tap {
     }
 
     /// An ioctl whose argument is a pointer to an `int` the kernel reads.
-    fn ioctl_int_ptr(
-        &self,
-        req: libc::Ioctl,
-        req_name: &'static str,
-        arg: libc::c_int,
-    ) -> Result<()> {
+    fn ioctl_int_ptr(&self, req: libc::Ioctl, req_name: &'static str, arg: libc::c_int) -> Result<()> {
         // SAFETY: `self.file` is an open TUN/TAP descriptor; the request reads one `int`
         // through the pointer, which points at `arg`, alive for the call. The return value is
         // checked.
@@ -215,11 +193,7 @@ impl Tap {
 
     fn check(&self, ret: libc::c_int, req: &'static str) -> Result<()> {
         if ret < 0 {
-            Err(Error::Ioctl {
-                req,
-                ifname: self.name.to_string(),
-                source: io::Error::last_os_error(),
-            })
+            Err(Error::Ioctl { req, ifname: self.name.to_string(), source: io::Error::last_os_error() })
         } else {
             Ok(())
         }
@@ -253,20 +227,14 @@ impl Tap {
     /// Puts the queue in non-blocking mode (for epoll-driven readers).
     pub fn set_nonblocking(&self) -> Result<()> {
         let fd = self.file.as_fd();
-        let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL)
-            .map_err(|e| self.nix_err("F_GETFL", e))?;
+        let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL).map_err(|e| self.nix_err("F_GETFL", e))?;
         let flags = nix::fcntl::OFlag::from_bits_retain(flags) | nix::fcntl::OFlag::O_NONBLOCK;
-        nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(flags))
-            .map_err(|e| self.nix_err("F_SETFL", e))?;
+        nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(flags)).map_err(|e| self.nix_err("F_SETFL", e))?;
         Ok(())
     }
 
     fn nix_err(&self, req: &'static str, e: nix::Error) -> Error {
-        Error::Ioctl {
-            req,
-            ifname: self.name.to_string(),
-            source: io::Error::from(e),
-        }
+        Error::Ioctl { req, ifname: self.name.to_string(), source: io::Error::from(e) }
     }
 }
 
@@ -274,13 +242,7 @@ impl Tap {
 pub fn set_persist_fd(file: &File, ifname: &IfName, persist: bool) -> Result<()> {
     // SAFETY: `file` is an open TUN/TAP queue; TUNSETPERSIST takes its argument by value and
     // dereferences nothing. The return value is checked.
-    let ret = unsafe {
-        libc::ioctl(
-            file.as_raw_fd(),
-            libc::TUNSETPERSIST,
-            libc::c_ulong::from(persist),
-        )
-    };
+    let ret = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETPERSIST, libc::c_ulong::from(persist)) };
     if ret < 0 {
         return Err(Error::Ioctl {
             req: "TUNSETPERSIST",
@@ -309,21 +271,10 @@ mod tests {
 
     #[test]
     fn flags_encode_like_if_tun_h() {
-        let f = OpenFlags {
-            mode: Mode::Tap,
-            multi_queue: true,
-            vnet_hdr: true,
-        };
+        let f = OpenFlags { mode: Mode::Tap, multi_queue: true, vnet_hdr: true };
         assert_eq!(f.ifr_flags(false) as u16, 0x0002 | 0x1000 | 0x0100 | 0x4000);
-        assert_eq!(
-            f.ifr_flags(true) as u16,
-            0x0002 | 0x1000 | 0x0100 | 0x4000 | 0x8000
-        );
-        let f = OpenFlags {
-            mode: Mode::Tun,
-            multi_queue: false,
-            vnet_hdr: false,
-        };
+        assert_eq!(f.ifr_flags(true) as u16, 0x0002 | 0x1000 | 0x0100 | 0x4000 | 0x8000);
+        let f = OpenFlags { mode: Mode::Tun, multi_queue: false, vnet_hdr: false };
         assert_eq!(f.ifr_flags(false) as u16, 0x0001 | 0x1000);
     }
 }

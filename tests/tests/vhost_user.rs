@@ -1,0 +1,260 @@
+//! vhost-user ports through the daemon, with the in-process virtio-net driver of the
+//! `vmnetd-vhost` crate playing the guests (real QEMU and DPDK frontends are in
+//! `vhost_peers.rs`).
+#![cfg(feature = "root-tests")]
+
+use std::time::Duration;
+
+use vmnetd_tests::topo::Ns;
+use vmnetd_tests::*;
+use vmnetd_vhost::driver::{Config, Driver};
+use vmnetd_vhost::virtio_net::{features, VnetHdr};
+
+fn mac(n: u8) -> [u8; 6] {
+    [0x52, 0x54, 0, 0, 0x10, n]
+}
+
+/// An Ethernet frame of `len` bytes, ethertype 0x88b5, filled with `n`.
+fn frame(dst: [u8; 6], src: [u8; 6], len: usize, n: u8) -> Vec<u8> {
+    let mut f = vec![n; len];
+    f[..6].copy_from_slice(&dst);
+    f[6..12].copy_from_slice(&src);
+    f[12..14].copy_from_slice(&[0x88, 0xb5]);
+    f
+}
+
+fn state(d: &Daemon, port: &str) -> serde_json::Value {
+    let list = d.cli(&["--json", "port", "list"]).json();
+    list.as_array().unwrap().iter().find(|p| p["name"] == port).cloned().unwrap()
+}
+
+fn connect(path: &std::path::Path, cfg: &Config) -> Driver {
+    let mut last = None;
+    for _ in 0..100 {
+        match Driver::connect(path, cfg) {
+            Ok(d) => return d,
+            Err(e) => last = Some(e),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("cannot connect to {}: {:?}", path.display(), last);
+}
+
+#[test]
+fn guests_exchange_frames_within_a_vlan_and_never_across() {
+    in_netns(|| {
+        let dir = test_dir();
+        let d = Daemon::start(dir.path());
+        d.cli(&["bridge", "add", "br0"]).ok();
+        let run = dir.path().join("run");
+        for (p, v) in [("va", "10"), ("vb", "10"), ("vc", "20")] {
+            d.cli(&["port", "add", "br0", p, "--vhost-user", &format!("{p}.sock"), "--vlan", v]).ok();
+        }
+        assert_eq!(state(&d, "va")["state"], "waiting for frontend");
+        let cfg = Config::default();
+        let mut a = connect(&run.join("va.sock"), &cfg);
+        let mut b = connect(&run.join("vb.sock"), &cfg);
+        let mut c = connect(&run.join("vc.sock"), &cfg);
+        assert!(wait_until(Duration::from_secs(5), || state(&d, "vc")["state"] == "up (1/1 queue pairs)"));
+        let info = state(&d, "va")["vhost"].clone();
+        assert_eq!(info["connected"], true);
+        assert!(info["features"].as_array().unwrap().iter().any(|f| f == "mrg_rxbuf"), "{info}");
+        assert_eq!(info["socket"], run.join("va.sock").display().to_string());
+
+        // A broadcast from A reaches B, not C.
+        let bc = frame([0xff; 6], mac(1), 60, 1);
+        assert_eq!(a.send(0, &VnetHdr::default(), &[&bc]), 1);
+        let got = b.recv_n(0, 1, Duration::from_secs(5));
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].1, bc);
+        // B answers by unicast (A is learned now); big and small frames alike.
+        let sizes = [60usize, 1514, 2000];
+        let replies: Vec<Vec<u8>> = sizes.iter().map(|l| frame(mac(1), mac(2), *l, 2)).collect();
+        let refs: Vec<&[u8]> = replies.iter().map(|f| f.as_slice()).collect();
+        assert_eq!(b.send(0, &VnetHdr::default(), &refs), 3);
+        let got = a.recv_n(0, 3, Duration::from_secs(5));
+        assert_eq!(got.iter().map(|x| x.1.clone()).collect::<Vec<_>>(), replies);
+        std::thread::sleep(Duration::from_millis(200));
+        let mut none = Vec::new();
+        c.recv(0, &mut none);
+        assert!(none.is_empty(), "C on VLAN 20 received {} frame(s)", none.len());
+        let fdb = d.cli(&["--json", "fdb", "show", "br0"]).json();
+        assert!(fdb.as_array().unwrap().iter().any(|r| r["port"] == "va" && r["vlan"] == 10));
+        let st = d.cli(&["--json", "stats", "br0", "vc"]).json();
+        assert_eq!(st[0]["counters"]["tx_packets"], 0, "{st}");
+    });
+}
+
+#[test]
+fn bad_descriptors_are_counted_and_the_guest_vanishing_keeps_the_rest() {
+    in_netns(|| {
+        let dir = test_dir();
+        let d = Daemon::start(dir.path());
+        d.cli(&["bridge", "add", "br0"]).ok();
+        let run = dir.path().join("run");
+        for p in ["va", "vb"] {
+            d.cli(&["port", "add", "br0", p, "--vhost-user", &format!("{p}.sock")]).ok();
+        }
+        let cfg = Config::default();
+        let mut a = connect(&run.join("va.sock"), &cfg);
+        let mut b = connect(&run.join("vb.sock"), &cfg);
+        // Out of guest memory, shorter than the header, device-writable: refused, counted.
+        a.send_raw_desc(0, 0x7fff_0000_0000, 128, 0);
+        a.send_raw_desc(0, 0, 4, 0);
+        a.send_raw_desc(0, 0, 128, 2);
+        assert!(wait_until(Duration::from_secs(5), || {
+            d.cli(&["--json", "stats", "br0", "va"]).json()[0]["counters"]["drops"]["rx_error"] == 3
+        }));
+        assert!(wait_until(Duration::from_secs(5), || a.tx_pending(0) == 0), "refused chains are handed back");
+        // Traffic still flows.
+        let f = frame([0xff; 6], mac(1), 100, 7);
+        assert_eq!(a.send(0, &VnetHdr::default(), &[&f]), 1);
+        assert_eq!(b.recv_n(0, 1, Duration::from_secs(5))[0].1, f);
+        // A vanishes: its port waits; B is unaffected; A comes back.
+        drop(a);
+        assert!(wait_until(Duration::from_secs(5), || state(&d, "va")["state"] == "waiting for frontend"));
+        assert_eq!(state(&d, "vb")["state"], "up (1/1 queue pairs)");
+        let mut a = connect(&run.join("va.sock"), &cfg);
+        assert!(wait_until(Duration::from_secs(5), || state(&d, "va")["state"] == "up (1/1 queue pairs)"));
+        let g = frame([0xff; 6], mac(2), 100, 8);
+        assert_eq!(b.send(0, &VnetHdr::default(), &[&g]), 1);
+        let got = a.recv_n(0, 1, Duration::from_secs(5));
+        assert_eq!(got.len(), 1, "{}\n{}", d.cli(&["stats"]).stdout, d.cli(&["port", "list"]).stdout);
+        assert_eq!(got[0].1, g);
+        assert!(!d.log_text().contains("panicked"));
+        // Removing the port closes its socket.
+        d.cli(&["port", "del", "br0", "va"]).ok();
+        assert!(!run.join("va.sock").exists());
+    });
+}
+
+#[test]
+fn guests_talk_to_namespaces_and_gso_is_cut_for_a_guest_without_tso() {
+    in_netns(|| {
+        let dir = test_dir();
+        let d = Daemon::start(dir.path());
+        d.cli(&["bridge", "add", "br0"]).ok();
+        let ns = Ns::new("n");
+        ns.veth("vn", "eth0", Some("10.0.0.1/24"));
+        d.cli(&["port", "add", "br0", "pn", "--netdev", "vn"]).ok();
+        d.cli(&["port", "add", "br0", "g", "--vhost-user", "g.sock"]).ok();
+        // A guest that acks neither GUEST_TSO4 nor GUEST_CSUM.
+        let cfg = Config {
+            features: features::VERSION_1
+                | features::MRG_RXBUF
+                | features::RING_EVENT_IDX
+                | features::PROTOCOL_FEATURES,
+            ..Default::default()
+        };
+        let mut g = connect(&dir.path().join("run/g.sock"), &cfg);
+        // The guest asks who has 10.0.0.1; the namespace answers through the bridge.
+        let gm = mac(9);
+        let mut arp = vec![0xff; 6];
+        arp.extend(gm);
+        arp.extend([0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+        arp.extend(gm);
+        arp.extend([10, 0, 0, 2]);
+        arp.extend([0; 6]);
+        arp.extend([10, 0, 0, 1]);
+        arp.resize(60, 0);
+        assert_eq!(g.send(0, &VnetHdr::default(), &[&arp]), 1);
+        let got = g.recv_n(0, 1, Duration::from_secs(5));
+        assert!(!got.is_empty(), "no ARP reply");
+        assert_eq!(&got[0].1[12..14], &[0x08, 0x06]);
+        assert_eq!(&got[0].1[..6], &gm, "reply addressed to the guest");
+        let nsmac: Vec<u8> = ns.mac("eth0").split(':').map(|x| u8::from_str_radix(x, 16).unwrap()).collect();
+
+        // A 5000-byte TCP segment leaves the namespace as one GSO frame; the guest gets
+        // MSS-sized frames with correct checksums.
+        let payload = 5000usize;
+        let mut f = gm.to_vec();
+        f.extend(&nsmac);
+        f.extend([0x08, 0x00]);
+        let tot = (20 + 20 + payload) as u16;
+        f.extend([0x45, 0, (tot >> 8) as u8, tot as u8, 0, 1, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2]);
+        let ipc = vmnetd::datapath::offload::csum_fold(vmnetd::datapath::offload::csum_add(0, &f[14..34]));
+        f[24..26].copy_from_slice(&ipc.to_be_bytes());
+        f.extend([0x13, 0x88, 0x00, 0x50, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x18, 0xff, 0xff, 0, 0, 0, 0]);
+        f.extend((0..payload).map(|i| (i % 253) as u8));
+        let hex: String = f.iter().map(|b| format!("{b:02x}")).collect();
+        ns.exec(bin("rawframe").to_str().unwrap(), &["send-gso", "eth0", "1400", &hex]).ok();
+        let segs = g.recv_n(0, 4, Duration::from_secs(5));
+        assert_eq!(segs.len(), 4, "5000 bytes at MSS 1400 make 4 frames");
+        let mut data = Vec::new();
+        for (h, s) in &segs {
+            assert_eq!(h.gso_type, 0, "no GSO toward this guest");
+            assert_eq!(h.flags, 0, "no partial checksum toward this guest");
+            assert!(s.len() <= 14 + 20 + 20 + 1400);
+            use vmnetd::datapath::offload::{csum_add, csum_fold};
+            assert_eq!(csum_fold(csum_add(0, &s[14..34])), 0, "IPv4 header checksum");
+            let l4 = &s[34..];
+            let pseudo = csum_add(csum_add(0, &s[26..34]), &[0, 6]).wrapping_add(l4.len() as u32);
+            assert_eq!(csum_fold(csum_add(pseudo, l4)), 0, "TCP checksum");
+            data.extend_from_slice(&s[54..]);
+        }
+        assert_eq!(data, &f[54..]);
+    });
+}
+
+#[test]
+fn client_mode_connects_to_a_listening_frontend_and_retries() {
+    in_netns(|| {
+        let dir = test_dir();
+        let d = Daemon::start(dir.path());
+        d.cli(&["bridge", "add", "br0"]).ok();
+        let sock = dir.path().join("qemu-a.sock");
+        d.cli(&["port", "add", "br0", "ca", "--vhost-user", sock.to_str().unwrap(), "--mode", "client"]).ok();
+        d.cli(&["port", "add", "br0", "sb", "--vhost-user", "sb.sock"]).ok();
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(state(&d, "ca")["state"], "waiting for frontend");
+        let l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let (s, _) = l.accept().unwrap();
+        let mut a = Driver::from_stream(s, &Config::default()).unwrap();
+        let mut b = connect(&dir.path().join("run/sb.sock"), &Config::default());
+        assert!(wait_until(Duration::from_secs(5), || state(&d, "ca")["state"] == "up (1/1 queue pairs)"));
+        let f = frame([0xff; 6], mac(3), 80, 3);
+        assert_eq!(a.send(0, &VnetHdr::default(), &[&f]), 1);
+        assert_eq!(b.recv_n(0, 1, Duration::from_secs(5))[0].1, f);
+    });
+}
+
+#[test]
+fn bad_vhost_port_input_is_refused() {
+    in_netns(|| {
+        let dir = test_dir();
+        let d = Daemon::start(dir.path());
+        d.cli(&["bridge", "add", "br0"]).ok();
+        d.cli(&["bridge", "add", "lbr", "--kind", "linux"]).ok();
+        std::fs::write(dir.path().join("plain"), b"x").unwrap();
+        d.cli(&["port", "add", "br0", "p1", "--vhost-user", "p1.sock"]).ok();
+        let long = format!("/tmp/{}", "x".repeat(120));
+        let cases: Vec<(Vec<String>, &str)> = vec![
+            (vec!["--vhost-user".into(), "p1.sock".into()], "is already port p1"),
+            (vec!["--vhost-user".into(), dir.path().join("plain").display().to_string()], "is not a socket"),
+            (vec!["--vhost-user".into(), long], "longer than a Unix socket address"),
+            (vec!["--vhost-user".into(), "q.sock".into(), "--queues".into(), "17".into()], "out of range (1-16)"),
+            (vec!["--vhost-user".into(), "q.sock".into(), "--owner".into(), "no-such-user-x".into()], "Unknown user"),
+            (
+                vec!["--vhost-user".into(), "q.sock".into(), "--owner".into(), "nobody:no-such-group-x".into()],
+                "Unknown group",
+            ),
+            (vec!["--vhost-user".into(), "q.sock".into(), "--mode".into(), "peer".into()], "invalid value 'peer'"),
+        ];
+        for (extra, want) in cases {
+            let mut args = vec!["port".to_string(), "add".into(), "br0".into(), "p2".into()];
+            args.extend(extra);
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            let o = d.cli(&refs);
+            assert!(o.failed_one_line().contains(want), "{args:?}: {}", o.stderr);
+        }
+        let o = d.cli(&["port", "add", "lbr", "p3", "--vhost-user", "p3.sock"]);
+        assert!(o.failed_one_line().contains("vhost-user ports need a built-in bridge"));
+        // Owner and mode of a server socket.
+        d.cli(&["port", "add", "br0", "p4", "--vhost-user", "own/p4.sock", "--owner", "nobody"]).ok();
+        let m = std::fs::metadata(dir.path().join("run/own/p4.sock")).unwrap();
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        assert_eq!((m.uid(), m.permissions().mode() & 0o777), (65534, 0o660));
+        let dm = std::fs::metadata(dir.path().join("run/own")).unwrap();
+        assert_eq!((dm.uid(), dm.permissions().mode() & 0o777), (65534, 0o770));
+    });
+}

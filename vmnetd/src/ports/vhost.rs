@@ -1,0 +1,249 @@
+//! `vhost-user` ports: a QEMU guest (or any vhost-user frontend) on the built-in bridge.
+//!
+//! The device and its socket live in the `vmnetd-vhost` crate; this edge moves frames
+//! between the guest's virtqueues and the datapath. A guest's transmit burst is taken under
+//! the device's lock, decided on, copied to every destination — straight from this guest's
+//! memory into another guest's receive buffers when the destination is a guest too — and
+//! only then handed back to the guest, so GET_VRING_BASE (which takes the same lock) never
+//! sees a half-processed ring.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+
+use vm_memory::GuestAddressSpace;
+use vmnetd_vhost::device::{DevState, Memory, Shared};
+use vmnetd_vhost::queue::{self, Part, RxError, RxWriter};
+use vmnetd_vhost::server::Server;
+use vmnetd_vhost::virtio_net::{features, VnetHdr, F_DATA_VALID, F_NEEDS_CSUM, GSO_ECN, GSO_TCPV4, GSO_TCPV6};
+
+use crate::datapath::batch::{Batch, BURST, MAX_FRAME, OUT_HEAD_MAX};
+use crate::datapath::offload;
+use crate::switch::Egress;
+
+use super::SendResult;
+
+/// Epoll sub-id of a port's control queue kick (transmit queue pairs use 1..=16).
+pub const CTRL_SUB: u8 = 250;
+
+pub struct VhostPort {
+    pub shared: Arc<Shared>,
+    /// The socket and its connection thread; stopped when the port is dropped.
+    pub server: Option<Server>,
+    /// Our duplicates of the kick eventfds we watch, with their sub-ids.
+    pub registered: Vec<(OwnedFd, u8)>,
+    /// Where the switch's view of this port's frames is copied for software offloads.
+    scratch: Vec<u8>,
+    /// Transmit chains of the burst in progress.
+    pub heads: Vec<u16>,
+}
+
+impl std::fmt::Debug for VhostPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "VhostPort({})", self.shared.name)
+    }
+}
+
+impl VhostPort {
+    pub fn new(shared: Arc<Shared>, server: Server) -> VhostPort {
+        VhostPort {
+            shared,
+            server: Some(server),
+            registered: Vec::new(),
+            scratch: Vec::new(),
+            heads: Vec::with_capacity(BURST),
+        }
+    }
+
+    /// The kick eventfds to watch now, duplicated (so the frontend replacing them cannot
+    /// pull an fd out from under epoll): transmit queues of started pairs, and the control
+    /// queue.
+    pub fn kicks(&self) -> Vec<(OwnedFd, u8)> {
+        let st = self.shared.lock();
+        let mut out = Vec::new();
+        for (i, v) in st.vrings.iter().enumerate() {
+            let sub = if i == st.ctrl_index() {
+                CTRL_SUB
+            } else if i % 2 == 1 {
+                (i / 2 + 1) as u8
+            } else {
+                continue;
+            };
+            if let (true, Some(k)) = (v.started, v.kick.as_ref()) {
+                if let Ok(fd) = k.as_fd().try_clone_to_owned() {
+                    out.push((fd, sub));
+                }
+            }
+        }
+        out
+    }
+
+    /// Queue pairs of this port.
+    pub fn pairs(&self) -> usize {
+        usize::from(self.shared.queue_pairs)
+    }
+
+    /// Writes frames of `src` into this guest's receive queues.
+    pub fn send(&mut self, src: &Batch, list: &[Egress]) -> SendResult {
+        let mut res = SendResult::default();
+        let shared = self.shared.clone();
+        let mut st = shared.lock();
+        let out_len = |e: &Egress| e.action.splice().out_len(src.frames[e.frame].len as usize) as u64;
+        let pairs: Vec<usize> = st.active_pair_indices().collect();
+        if pairs.is_empty() {
+            for e in list {
+                res.no_room.0 += 1;
+                res.no_room.1 += out_len(e);
+            }
+            return res;
+        }
+        let mem = st.mem.memory();
+        let caps = Caps::of(&st);
+        for (k, &pair) in pairs.iter().enumerate() {
+            // Spread flows over the pairs by their addresses.
+            let mine: Vec<&Egress> = list
+                .iter()
+                .filter(|e| pairs.len() == 1 || flow(&src.frames[e.frame].head) % pairs.len() == k)
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let vring = &mut st.vrings[2 * pair];
+            let mut w = RxWriter::new(&mut vring.queue, &mem, caps.mrg, caps.hdr_len);
+            for e in mine {
+                match write_one(&mut w, &mut self.scratch, &caps, src, e) {
+                    Ok(()) => res.sent += 1,
+                    Err(RxError::NoBuffers) => {
+                        res.no_room.0 += 1;
+                        res.no_room.1 += out_len(e);
+                    }
+                    Err(_) => {
+                        res.errors.0 += 1;
+                        res.errors.1 += out_len(e);
+                    }
+                }
+            }
+            if w.needs_notification() {
+                vring.signal();
+            }
+        }
+        res
+    }
+}
+
+/// What a guest accepted.
+struct Caps {
+    mrg: bool,
+    hdr_len: usize,
+    csum: bool,
+    tso4: bool,
+    tso6: bool,
+    ecn: bool,
+}
+
+impl Caps {
+    fn of(st: &DevState) -> Caps {
+        Caps {
+            mrg: st.has(features::MRG_RXBUF),
+            hdr_len: st.hdr_len(),
+            csum: st.has(features::GUEST_CSUM),
+            tso4: st.has(features::GUEST_TSO4),
+            tso6: st.has(features::GUEST_TSO6),
+            ecn: st.has(features::GUEST_ECN),
+        }
+    }
+
+    fn takes_gso(&self, v: &VnetHdr) -> bool {
+        if v.gso_type & GSO_ECN != 0 && !self.ecn {
+            return false;
+        }
+        match v.gso_type & !GSO_ECN {
+            GSO_TCPV4 => self.tso4 && self.csum,
+            GSO_TCPV6 => self.tso6 && self.csum,
+            _ => false,
+        }
+    }
+}
+
+fn flow(head: &[u8]) -> usize {
+    head.iter().take(12).fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(usize::from(*b)))
+}
+
+/// Writes one frame into a guest's receive queue, cutting it into segments or completing its
+/// checksum first if the guest cannot take it as it is.
+fn write_one(w: &mut RxWriter<'_>, scratch: &mut Vec<u8>, caps: &Caps, src: &Batch, e: &Egress) -> Result<(), RxError> {
+    let f = &src.frames[e.frame];
+    let mut vnet = f.out_vnet(e.action);
+    let gso = vnet.is_gso();
+    if (gso && !caps.takes_gso(&vnet)) || (vnet.needs_csum() && !caps.csum) {
+        *scratch = src.materialize(e.frame, e.action, MAX_FRAME);
+        if gso {
+            let mut r = Ok(());
+            let cut = offload::segment(scratch, &vnet, &mut |seg| {
+                if r.is_ok() {
+                    r = w.write(&VnetHdr::default(), &[Part::Bytes(seg)]);
+                }
+            });
+            return cut.map_err(|_| RxError::BadSource).and(r);
+        }
+        offload::complete_csum(scratch, usize::from(vnet.csum_start), usize::from(vnet.csum_offset))
+            .map_err(|_| RxError::BadSource)?;
+        return w.write(&VnetHdr::default(), &[Part::Bytes(scratch)]);
+    }
+    if !caps.csum {
+        vnet.flags &= !(F_NEEDS_CSUM | F_DATA_VALID);
+    }
+    let mut head = [0u8; OUT_HEAD_MAX];
+    let n = f.out_head(e.action, &mut head);
+    let mut parts: Vec<Part<'_>> = Vec::with_capacity(4);
+    parts.push(Part::Bytes(&head[..n]));
+    src.tail_parts(f, &mut parts);
+    w.write(&vnet, &parts)
+}
+
+/// Takes up to a burst of frames from transmit pair `pair` into `batch`; the chains go to
+/// `heads` (all of them, refused ones too, to be handed back by [`finish_burst`]). Returns
+/// (chains taken, chains refused).
+pub fn pop_burst(
+    st: &mut DevState,
+    pair: usize,
+    mem: &Arc<Memory>,
+    batch: &mut Batch,
+    heads: &mut Vec<u16>,
+) -> (usize, usize) {
+    let hl = st.hdr_len();
+    let q = &mut st.vrings[2 * pair + 1].queue;
+    queue::disable_notification(q, mem);
+    batch.mem = Some(mem.clone());
+    let mut bad = 0;
+    let mut frames = Vec::with_capacity(BURST);
+    let n = queue::pop_tx(q, mem, hl, BURST, &mut batch.segs, |h, r| {
+        heads.push(h);
+        match r {
+            Ok(f) => frames.push(f),
+            Err(e) => {
+                log::debug!("refused a transmit chain: {e}");
+                bad += 1;
+            }
+        }
+    });
+    for f in &frames {
+        batch.push_guest(f);
+    }
+    (n, bad)
+}
+
+/// Hands the burst's chains back to the guest, interrupts it if it wants, and re-arms
+/// notifications. Returns whether more frames are waiting.
+pub fn finish_burst(st: &mut DevState, pair: usize, mem: &Memory, heads: &[u16], full: bool) -> bool {
+    let v = &mut st.vrings[2 * pair + 1];
+    for h in heads {
+        queue::complete_tx(&mut v.queue, mem, *h);
+    }
+    if !heads.is_empty() && queue::needs_notification(&mut v.queue, mem) {
+        v.signal();
+    }
+    if full {
+        return true;
+    }
+    queue::enable_notification(&mut v.queue, mem)
+}

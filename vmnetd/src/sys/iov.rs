@@ -1,0 +1,76 @@
+//! Scatter lists that may point into guest memory.
+//!
+//! A frame leaving for the kernel (a TAP, an AF_PACKET socket) is its virtio-net header, its
+//! output head (our copy) and its tail — which, for a frame from a vhost-user guest, lies in
+//! that guest's memory. Making a `&[u8]` of guest memory would be unsound (the guest may write
+//! it at any time), so guest pieces are carried as [`GuestPart`]s built from vm-memory's
+//! `VolatileSlice`, and handed to the kernel as raw `iovec`s: the kernel copies them, no Rust
+//! reference to guest memory is ever made.
+
+use std::io;
+use std::marker::PhantomData;
+use std::os::fd::{AsFd, AsRawFd};
+
+/// A piece of guest memory, valid for `'a` (the borrow of the guest memory it came from).
+#[derive(Debug, Clone, Copy)]
+pub struct GuestPart<'a> {
+    ptr: *const u8,
+    len: usize,
+    _life: PhantomData<&'a ()>,
+}
+
+impl<'a> GuestPart<'a> {
+    /// From a volatile slice of guest memory; the part lives no longer than the slice's borrow.
+    pub fn new<B: vm_memory::bitmap::BitmapSlice>(s: &vm_memory::VolatileSlice<'a, B>) -> GuestPart<'a> {
+        GuestPart { ptr: s.ptr_guard().as_ptr(), len: s.len(), _life: PhantomData }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// One piece of an output frame.
+#[derive(Debug, Clone, Copy)]
+pub enum IoPart<'a> {
+    Bytes(&'a [u8]),
+    Guest(GuestPart<'a>),
+}
+
+impl IoPart<'_> {
+    pub fn len(&self) -> usize {
+        match self {
+            IoPart::Bytes(b) => b.len(),
+            IoPart::Guest(g) => g.len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub(crate) fn iovec(&self) -> libc::iovec {
+        match self {
+            IoPart::Bytes(b) => libc::iovec { iov_base: b.as_ptr() as *mut libc::c_void, iov_len: b.len() },
+            IoPart::Guest(g) => libc::iovec { iov_base: g.ptr as *mut libc::c_void, iov_len: g.len },
+        }
+    }
+}
+
+/// `writev(2)` of one frame's parts; `Ok(false)` when the peer has no room (EAGAIN).
+pub fn writev<F: AsFd>(fd: &F, parts: &[IoPart<'_>]) -> io::Result<bool> {
+    let iov: Vec<libc::iovec> = parts.iter().map(IoPart::iovec).collect();
+    // SAFETY: every iovec points to memory that stays valid for the call: `Bytes` parts are
+    // borrowed slices, `Guest` parts come from volatile slices whose borrow outlives `parts`.
+    // writev only reads them. The fd is borrowed and open. The return value is checked.
+    let ret = unsafe { libc::writev(fd.as_fd().as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int) };
+    if ret < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::WouldBlock { Ok(false) } else { Err(e) };
+    }
+    Ok(true)
+}
