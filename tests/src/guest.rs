@@ -68,10 +68,46 @@ pub fn initramfs(dir: &Path, name: &str, script: &str) -> PathBuf {
     out
 }
 
-/// A running QEMU guest whose serial console is collected; killed on drop.
+/// QEMU arguments for a virtio-net NIC on a vhost-user socket. `qemu_listens`: QEMU is the
+/// server (`server=on`, vmnetd in client mode); else QEMU connects and reconnects.
+/// `vectors=0`: QEMU 7.2 under TCG crashes on vhost-user with MSI-X (DESIGN §6).
+pub fn vhost_user_args(id: &str, sock: &Path, qemu_listens: bool, mac: &str) -> Vec<String> {
+    let chardev = if qemu_listens {
+        format!("socket,id=c{id},path={},server=on,wait=off", sock.display())
+    } else {
+        format!("socket,id=c{id},path={},reconnect=1", sock.display())
+    };
+    vec![
+        "-chardev".into(),
+        chardev,
+        "-netdev".into(),
+        format!("vhost-user,id=n{id},chardev=c{id}"),
+        "-device".into(),
+        format!("virtio-net-pci,netdev=n{id},mac={mac},vectors=0"),
+    ]
+}
+
+/// QEMU arguments for a virtio-net NIC on an existing TAP (`script=no`, no vhost-net).
+pub fn tap_args(id: &str, ifname: &str, mac: &str) -> Vec<String> {
+    vec![
+        "-netdev".into(),
+        format!("tap,id=n{id},ifname={ifname},script=no,downscript=no,vhost=off,vnet_hdr=on"),
+        "-device".into(),
+        format!("virtio-net-pci,netdev=n{id},mac={mac}"),
+    ]
+}
+
+/// A guest script that configures `eth0` with `addr` and says READY.
+pub fn script_up(addr: &str) -> String {
+    format!("ip link set eth0 up\nip addr add {addr} dev eth0\necho GUEST-READY\n")
+}
+
+/// A running QEMU guest whose serial console is collected (with arrival times); killed on
+/// drop.
 pub struct Guest {
     child: Child,
     pub console: Arc<Mutex<String>>,
+    pub lines: Arc<Mutex<Vec<(Instant, String)>>>,
     pub name: String,
 }
 
@@ -82,6 +118,8 @@ impl Guest {
         let g = guest_dir();
         let mut c = Command::new("qemu-system-x86_64");
         c.args(["-accel", "tcg", "-m", "256", "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio"])
+            // Shared memory: what a vhost-user backend maps (harmless for TAP guests).
+            .args(["-object", "memory-backend-memfd,id=mem,size=256M,share=on", "-machine", "memory-backend=mem"])
             .arg("-kernel")
             .arg(g.join("vmlinuz"))
             .arg("-initrd")
@@ -97,20 +135,22 @@ impl Guest {
         }
         let mut child = c.spawn().expect("qemu-system-x86_64 (package qemu-system-x86)");
         let console = Arc::new(Mutex::new(String::new()));
+        let lines = Arc::new(Mutex::new(Vec::new()));
         for stream in [
             Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
             Box::new(child.stderr.take().unwrap()),
         ] {
-            let console = console.clone();
+            let (console, lines) = (console.clone(), lines.clone());
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    lines.lock().unwrap().push((Instant::now(), line.clone()));
                     let mut c = console.lock().unwrap();
                     c.push_str(&line);
                     c.push('\n');
                 }
             });
         }
-        Guest { child, console, name: name.to_owned() }
+        Guest { child, console, lines, name: name.to_owned() }
     }
 
     pub fn output(&self) -> String {
@@ -144,6 +184,11 @@ impl Guest {
     /// Waits for the guest's script to finish and returns the console.
     pub fn wait_done(&mut self, timeout: Duration) -> String {
         self.wait_for("VMNETD-GUEST-DONE", timeout)
+    }
+
+    /// Console lines that arrived after `t`, with their arrival times.
+    pub fn lines_after(&self, t: Instant) -> Vec<(Instant, String)> {
+        self.lines.lock().unwrap().iter().filter(|(at, _)| *at > t).cloned().collect()
     }
 
     pub fn is_running(&mut self) -> bool {

@@ -258,3 +258,36 @@ fn bad_vhost_port_input_is_refused() {
         assert_eq!((dm.uid(), dm.permissions().mode() & 0o777), (65534, 0o770));
     });
 }
+
+#[test]
+fn multiqueue_pairs_carry_frames() {
+    in_netns(|| {
+        let dir = test_dir();
+        let d = Daemon::start(dir.path());
+        d.cli(&["bridge", "add", "br0"]).ok();
+        d.cli(&["port", "add", "br0", "mq", "--vhost-user", "mq.sock", "--queues", "2"]).ok();
+        d.cli(&["port", "add", "br0", "sq", "--vhost-user", "sq.sock"]).ok();
+        let run = dir.path().join("run");
+        let mut m = connect(&run.join("mq.sock"), &Config { pairs: 2, ..Default::default() });
+        let mut s = connect(&run.join("sq.sock"), &Config::default());
+        assert!(wait_until(Duration::from_secs(5), || state(&d, "mq")["state"] == "up (2/2 queue pairs)"));
+        // Frames sent on the second pair's transmit queue cross too.
+        let f = frame([0xff; 6], mac(5), 64, 5);
+        assert_eq!(m.send(1, &VnetHdr::default(), &[&f, &f]), 2);
+        assert_eq!(s.recv_n(0, 2, Duration::from_secs(5)).len(), 2);
+        // And frames toward the multiqueue guest arrive on one of its pairs.
+        let g = frame([0xff; 6], mac(6), 64, 6);
+        assert_eq!(s.send(0, &VnetHdr::default(), &[&g]), 1);
+        let got: usize = (0..50)
+            .map(|_| {
+                std::thread::sleep(Duration::from_millis(20));
+                let mut v = Vec::new();
+                m.recv(0, &mut v) + m.recv(1, &mut v)
+            })
+            .sum();
+        assert_eq!(got, 1);
+        // More queue pairs than the port offers are refused by the frontend's device.
+        let o = d.cli(&["--json", "port", "list", "br0"]).json();
+        assert_eq!(o[0]["vhost"]["queue_pairs_max"], 2);
+    });
+}

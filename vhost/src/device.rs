@@ -48,6 +48,8 @@ pub struct Vring {
     pub started: bool,
     /// SET_VRING_ENABLE (always, without protocol features).
     pub enabled: bool,
+    /// The frontend said SET_VRING_ENABLE for this ring (after SET_FEATURES).
+    pub enable_said: bool,
 }
 
 impl Vring {
@@ -59,6 +61,7 @@ impl Vring {
             call: None,
             started: false,
             enabled: false,
+            enable_said: false,
         }
     }
 
@@ -274,16 +277,22 @@ impl VhostUserBackendReqHandlerMut for Handler {
     }
 
     fn set_features(&mut self, f: u64) -> VuResult<()> {
+        log::debug!("vhost-user {}: SET_FEATURES {f:#x} ({:?})", self.shared.name, features::names(f));
         if f & !features::OFFERED != 0 {
             return Err(VuError::InvalidParam);
         }
         let mut st = self.shared.lock();
         st.acked_features = f;
         let event_idx = f & features::RING_EVENT_IDX != 0;
-        for v in &mut st.vrings {
+        let with_protocol = f & features::PROTOCOL_FEATURES != 0;
+        for (i, v) in st.vrings.iter_mut().enumerate() {
             v.queue.set_event_idx(event_idx);
-            // Without protocol features, rings are enabled as soon as they start.
-            if f & features::PROTOCOL_FEATURES == 0 {
+            // Without protocol features, rings are enabled as soon as they start. With them,
+            // rings start disabled — except the first pair: QEMU enables it with
+            // SET_VRING_ENABLE *before* SET_FEATURES, which the vhost crate refuses (it wants
+            // the feature acked first), and does not say it again. Other pairs wait for the
+            // frontend, which enables them once its guest picks a queue count.
+            if !with_protocol || (i < 2 && !v.enable_said) {
                 v.enabled = true;
             }
         }
@@ -297,6 +306,7 @@ impl VhostUserBackendReqHandlerMut for Handler {
         files: Vec<File>,
         postcopy: Option<bool>,
     ) -> VuResult<Option<Vec<VhostUserMemoryRegionBase>>> {
+        log::debug!("vhost-user {}: SET_MEM_TABLE ({} regions)", self.shared.name, ctx.len());
         if postcopy.is_some() {
             return Err(unsupported("postcopy"));
         }
@@ -359,6 +369,7 @@ impl VhostUserBackendReqHandlerMut for Handler {
     }
 
     fn get_vring_base(&mut self, index: u32) -> VuResult<VhostUserVringState> {
+        log::debug!("vhost-user {}: GET_VRING_BASE {index}", self.shared.name);
         // Holding the state lock means the datapath is not inside a burst on this ring.
         self.with_vring(index as usize, |st, i| {
             let v = &mut st.vrings[i];
@@ -371,6 +382,7 @@ impl VhostUserBackendReqHandlerMut for Handler {
     }
 
     fn set_vring_kick(&mut self, index: u8, fd: Option<File>) -> VuResult<()> {
+        log::debug!("vhost-user {}: SET_VRING_KICK {index} (fd: {})", self.shared.name, fd.is_some());
         self.with_vring(usize::from(index), |st, i| {
             let v = &mut st.vrings[i];
             v.started = fd.is_some();
@@ -408,11 +420,13 @@ impl VhostUserBackendReqHandlerMut for Handler {
     }
 
     fn set_vring_enable(&mut self, index: u32, enable: bool) -> VuResult<()> {
+        log::debug!("vhost-user {}: SET_VRING_ENABLE {index} {enable}", self.shared.name);
         if self.shared.lock().acked_features & features::PROTOCOL_FEATURES == 0 {
             return Err(VuError::InvalidOperation("SET_VRING_ENABLE without protocol features"));
         }
         self.with_vring(index as usize, |st, i| {
             st.vrings[i].enabled = enable;
+            st.vrings[i].enable_said = true;
             Ok(())
         })
     }

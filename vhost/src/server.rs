@@ -199,6 +199,22 @@ fn serve_client(shared: &Arc<Shared>, path: &Path, stop: &AtomicBool, conn: &Mut
     }
 }
 
+/// Errors after which the message stream cannot be trusted to be in step.
+fn fatal(e: &VuError) -> bool {
+    matches!(
+        e,
+        VuError::InvalidMessage
+            | VuError::OversizedMsg
+            | VuError::IncorrectFds
+            | VuError::InvalidSocketFd(_)
+            | VuError::NotUnixSocket
+            | VuError::NotStreamSocket
+            | VuError::SocketError(_)
+            | VuError::SocketRetry(_)
+            | VuError::SocketConnect(_)
+    )
+}
+
 /// Answers one frontend until it goes away.
 fn serve(shared: &Arc<Shared>, s: UnixStream, stop: &AtomicBool, conn: &Mutex<Option<UnixStream>>) {
     if let Ok(c) = s.try_clone() {
@@ -211,7 +227,11 @@ fn serve(shared: &Arc<Shared>, s: UnixStream, stop: &AtomicBool, conn: &Mutex<Op
         match req.handle_request() {
             Ok(()) => {}
             Err(VuError::Disconnected | VuError::SocketBroken(_) | VuError::PartialMessage) => break None,
-            Err(e) => break Some(e),
+            Err(e) if fatal(&e) => break Some(e),
+            // A refused request (answered, if the frontend asked for an answer) leaves the
+            // stream in step: keep serving. QEMU, for one, sends SET_VRING_ENABLE before
+            // SET_FEATURES, which the vhost crate refuses, and enables the rings again later.
+            Err(e) => log::debug!("vhost-user {}: request refused: {e}", shared.name),
         }
     };
     match why {
