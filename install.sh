@@ -39,3 +39,7 @@ until vmnetd status >/dev/null 2>&1; do
     sleep 0.1
 done
 vmnetd status
+# libvirt present: install the hook (it leaves domains that do not use vmnetd alone).
+if [ -d /etc/libvirt ]; then
+    vmnetd-libvirt-hook install
+fi

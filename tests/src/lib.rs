@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 pub mod guest;
+pub mod libvirt;
 pub mod netns;
 pub mod topo;
 pub use netns::in_netns;

@@ -321,6 +321,32 @@ fn existing_devices_are_adopted_and_vanished_ones_recreated() {
     });
 }
 
+#[test]
+fn external_ids_are_kept_shown_and_checked() {
+    in_netns(|| {
+        let dir = test_dir();
+        let mut d = Daemon::start(dir.path());
+        d.cli(&["mktap", "lab0", "--external-id", "vm-name=web", "--external-id", "owner=ops"]).ok();
+        d.cli(&["bridge", "add", "br0"]).ok();
+        d.cli(&["port", "add", "br0", "p0", "--internal", "--external-id", "iface-id=42"]).ok();
+        d.kill();
+        d.restart();
+        let taps = d.cli(&["--json", "tap", "list"]).json();
+        assert_eq!(taps[0]["external_ids"], serde_json::json!({"owner": "ops", "vm-name": "web"}));
+        let ports = d.cli(&["--json", "port", "list"]).json();
+        assert_eq!(ports[0]["external_ids"], serde_json::json!({"iface-id": "42"}));
+        // The same declaration again is idempotent; other labels are other settings.
+        d.cli(&["mktap", "lab0", "--external-id", "vm-name=web", "--external-id", "owner=ops"]).ok();
+        let o = d.cli(&["mktap", "lab0", "--external-id", "vm-name=db"]);
+        assert!(o.failed_one_line().contains("already declared with other settings"), "{o:?}");
+        let o = d.cli(&["mktap", "lab1", "--external-id", "bad key=1"]);
+        assert!(o.failed_one_line().contains("external id key \"bad key\""), "{o:?}");
+        assert!(!link_exists("lab1"));
+        let o = d.cli(&["port", "add", "br0", "p1", "--internal", "--external-id", "novalue"]);
+        assert!(o.failed_one_line().contains("is not KEY=VALUE"), "{o:?}");
+    });
+}
+
 /// Changes keep0's owner to root with iproute2's help: delete-free, via `ip tuntap`? iproute2
 /// cannot re-own an existing TAP, so attach and set it through vmnetd's own ioctl wrapper.
 fn tun_attach_as_root_set_owner(name: &str) {

@@ -11,7 +11,7 @@
 //! When a frontend goes away (or breaks the protocol), the device forgets what it set up and
 //! the port waits for the next connection; nothing else is affected.
 
-use std::io;
+use std::io::{self, Write};
 use std::os::fd::AsFd;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use nix::poll::PollTimeout;
 use vhost::vhost_user::{BackendReqHandler, Error as VuError};
 
 use crate::device::{Handler, Shared};
@@ -65,6 +66,9 @@ pub struct Server {
     conn: Arc<Mutex<Option<UnixStream>>>,
     thread: Option<JoinHandle<()>>,
     endpoint: Endpoint,
+    /// Written on stop: wakes the thread out of `accept`'s poll or a reconnect back-off at
+    /// once (a port removal should not wait for a timer).
+    wake: UnixStream,
 }
 
 fn chown(path: &Path, owner: Option<(u32, u32)>) -> Result<(), Error> {
@@ -114,16 +118,17 @@ impl Server {
             Mode::Server => Some(listen(&endpoint)?),
             Mode::Client => None,
         };
+        let (wake, woken) = UnixStream::pair().map_err(Error::Thread)?;
         let (s2, c2, ep2) = (stop.clone(), conn.clone(), endpoint.clone());
         let thread = std::thread::Builder::new()
             .name(format!("vhu-{}", shared.name))
             .stack_size(256 * 1024)
             .spawn(move || match listener {
-                Some(l) => serve_listener(&shared, &l, &s2, &c2),
-                None => serve_client(&shared, &ep2.path, &s2, &c2),
+                Some(l) => serve_listener(&shared, &l, &woken, &s2, &c2),
+                None => serve_client(&shared, &ep2.path, &woken, &s2, &c2),
             })
             .map_err(Error::Thread)?;
-        Ok(Server { stop, conn, thread: Some(thread), endpoint })
+        Ok(Server { stop, conn, thread: Some(thread), endpoint, wake })
     }
 
     pub fn endpoint(&self) -> &Endpoint {
@@ -133,6 +138,7 @@ impl Server {
     /// Ends the connection and the thread.
     pub fn stop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
+        let _ = (&self.wake).write(&[1]);
         if let Some(c) = self.conn.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
             let _ = c.shutdown(std::net::Shutdown::Both);
         }
@@ -151,16 +157,28 @@ impl Drop for Server {
     }
 }
 
-/// Waits up to 200 ms for `fd` to become readable.
-fn readable<F: AsFd>(fd: &F) -> bool {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
-    matches!(poll(&mut fds, PollTimeout::from(200u16)), Ok(n) if n > 0)
+/// Waits until `fd` is readable (true), `woken` is (false), or `timeout` passes (false).
+fn readable<F: AsFd>(fd: Option<&F>, woken: &UnixStream, timeout: PollTimeout) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags};
+    let mut fds = vec![PollFd::new(woken.as_fd(), PollFlags::POLLIN)];
+    if let Some(fd) = fd {
+        fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+    }
+    match poll(&mut fds, timeout) {
+        Ok(n) if n > 0 => fds.get(1).and_then(|f| f.revents()).is_some_and(|r| !r.is_empty()),
+        _ => false,
+    }
 }
 
-fn serve_listener(shared: &Arc<Shared>, l: &UnixListener, stop: &AtomicBool, conn: &Mutex<Option<UnixStream>>) {
+fn serve_listener(
+    shared: &Arc<Shared>,
+    l: &UnixListener,
+    woken: &UnixStream,
+    stop: &AtomicBool,
+    conn: &Mutex<Option<UnixStream>>,
+) {
     while !stop.load(Ordering::SeqCst) {
-        if !readable(l) {
+        if !readable(Some(l), woken, PollTimeout::NONE) {
             continue;
         }
         match l.accept() {
@@ -173,7 +191,13 @@ fn serve_listener(shared: &Arc<Shared>, l: &UnixListener, stop: &AtomicBool, con
     }
 }
 
-fn serve_client(shared: &Arc<Shared>, path: &Path, stop: &AtomicBool, conn: &Mutex<Option<UnixStream>>) {
+fn serve_client(
+    shared: &Arc<Shared>,
+    path: &Path,
+    woken: &UnixStream,
+    stop: &AtomicBool,
+    conn: &Mutex<Option<UnixStream>>,
+) {
     let mut backoff = Duration::from_millis(100);
     let mut said = false;
     while !stop.load(Ordering::SeqCst) {
@@ -188,11 +212,8 @@ fn serve_client(shared: &Arc<Shared>, path: &Path, stop: &AtomicBool, conn: &Mut
                     log::info!("vhost-user {}: waiting for {} ({e}); retrying", shared.name, path.display());
                     said = true;
                 }
-                let mut slept = Duration::ZERO;
-                while slept < backoff && !stop.load(Ordering::SeqCst) {
-                    std::thread::sleep(Duration::from_millis(50));
-                    slept += Duration::from_millis(50);
-                }
+                let ms = u16::try_from(backoff.as_millis()).unwrap_or(u16::MAX);
+                readable(None::<&UnixStream>, woken, PollTimeout::from(ms));
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }
         }

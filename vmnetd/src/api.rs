@@ -23,6 +23,46 @@ pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// Default control socket path.
 pub const DEFAULT_SOCKET: &str = "/run/vmnetd/vmnetd.sock";
 
+/// Free-form `key=value` labels a client attaches to a TAP or port, like OVS's `external_ids`:
+/// vmnetd stores and shows them and never interprets them. The libvirt hook marks what it
+/// creates with the domain's UUID, so it can remove exactly that at `release`.
+pub type ExternalIds = std::collections::BTreeMap<String, String>;
+
+/// Most labels on one TAP or port.
+pub const MAX_EXTERNAL_IDS: usize = 16;
+
+/// Checks labels: at most [`MAX_EXTERNAL_IDS`]; keys of 1-64 characters from `[A-Za-z0-9._:-]`;
+/// values up to 256 characters without control characters.
+pub fn validate_external_ids(ids: &ExternalIds) -> Result<(), ApiError> {
+    if ids.len() > MAX_EXTERNAL_IDS {
+        return Err(ApiError::new(
+            ErrorKind::InvalidArgument,
+            format!("{} external ids; at most {MAX_EXTERNAL_IDS} are kept", ids.len()),
+        ));
+    }
+    for (k, v) in ids {
+        let key_ok = (1..=64).contains(&k.len())
+            && k.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
+        if !key_ok {
+            return Err(ApiError::new(
+                ErrorKind::InvalidArgument,
+                format!("external id key {k:?} must be 1-64 characters from A-Z a-z 0-9 . _ : -"),
+            ));
+        }
+        if v.chars().count() > 256 || v.chars().any(char::is_control) {
+            return Err(ApiError::new(
+                ErrorKind::InvalidArgument,
+                format!("external id {k}: the value must be at most 256 characters, without control characters"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn no_ids(ids: &ExternalIds) -> bool {
+    ids.is_empty()
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Request {
     pub v: u32,
@@ -219,6 +259,9 @@ pub struct PortSpec {
     /// Accept frames only from `macs`.
     #[serde(default)]
     pub lock_mac: bool,
+    /// Labels kept with the declaration (see [`ExternalIds`]).
+    #[serde(default, skip_serializing_if = "no_ids")]
+    pub external_ids: ExternalIds,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -311,6 +354,8 @@ pub struct PortInfo {
     /// vhost-user ports: the device's negotiation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vhost: Option<VhostInfo>,
+    #[serde(default, skip_serializing_if = "no_ids")]
+    pub external_ids: ExternalIds,
 }
 
 /// Port counters with drops by reason name.
@@ -380,6 +425,9 @@ pub struct TapSpec {
     pub vnet_hdr: bool,
     pub mtu: Option<u32>,
     pub mac: Option<MacAddr>,
+    /// Labels kept with the declaration (see [`ExternalIds`]).
+    #[serde(skip_serializing_if = "no_ids")]
+    pub external_ids: ExternalIds,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -421,6 +469,8 @@ pub struct TapInfo {
     pub present: bool,
     /// Queues attached by processes (QEMU, ...) right now.
     pub queues_attached: u32,
+    #[serde(default, skip_serializing_if = "no_ids")]
+    pub external_ids: ExternalIds,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -158,6 +158,14 @@ pub struct PortAddArgs {
     /// Accept frames only from the --mac addresses.
     #[arg(long, requires = "mac")]
     pub lock_mac: bool,
+    /// A label kept with the port (repeatable), like OVS external_ids.
+    #[arg(long = "external-id", value_name = "KEY=VALUE", value_parser = parse_external_id)]
+    pub external_ids: Vec<(String, String)>,
+}
+
+fn parse_external_id(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("{s:?} is not KEY=VALUE"))?;
+    Ok((k.to_owned(), v.to_owned()))
 }
 
 #[derive(Debug, Subcommand)]
@@ -226,6 +234,9 @@ pub struct MktapArgs {
     pub mtu: Option<u32>,
     #[arg(long)]
     pub mac: Option<MacAddr>,
+    /// A label kept with the declaration (repeatable), like OVS external_ids.
+    #[arg(long = "external-id", value_name = "KEY=VALUE", value_parser = parse_external_id)]
+    pub external_ids: Vec<(String, String)>,
 }
 
 #[derive(Debug, Args)]
@@ -368,6 +379,7 @@ fn mktap(ctx: &Ctx, a: MktapArgs) -> Result<(), Failure> {
         vnet_hdr: a.vnet_hdr,
         mtu: a.mtu,
         mac: a.mac,
+        external_ids: a.external_ids.into_iter().collect(),
     };
     let info: TapInfo = match ctx.client() {
         Ok(mut c) => c.call(Op::Mktap(spec))?,
@@ -492,7 +504,15 @@ fn port_cmd(ctx: &Ctx, cmd: PortCommand) -> Result<(), Failure> {
                 (Some(v), None) => VlanMode::access(v),
                 (None, None) => VlanMode::default(),
             };
-            let spec = PortSpec { bridge: a.bridge, name: a.port, kind, vlan, macs: a.mac, lock_mac: a.lock_mac };
+            let spec = PortSpec {
+                bridge: a.bridge,
+                name: a.port,
+                kind,
+                vlan,
+                macs: a.mac,
+                lock_mac: a.lock_mac,
+                external_ids: a.external_ids.into_iter().collect(),
+            };
             let info: PortInfo = ctx.call(Op::PortAdd(Box::new(spec)))?;
             if ctx.json {
                 ctx.print_json(&info);

@@ -81,6 +81,12 @@ impl Client {
         serde_json::from_str(&line).map(Some).map_err(|e| Error::BadResponse(e.to_string()))
     }
 
+    /// Bounds how long a reply may take (default two minutes).
+    pub fn set_timeout(&mut self, t: Duration) -> Result<()> {
+        self.writer.set_read_timeout(Some(t)).map_err(Error::Io)?;
+        self.writer.set_write_timeout(Some(t)).map_err(Error::Io)
+    }
+
     /// Waits without a read timeout (for long-running streams).
     pub fn no_timeout(&mut self) -> Result<()> {
         self.writer.set_read_timeout(None).map_err(Error::Io)

@@ -54,6 +54,8 @@ pub enum Error {
     BadMtu(u32),
     #[error("MAC {0} is not a unicast address")]
     BadMac(MacAddr),
+    #[error("{0}")]
+    BadExternalIds(String),
     #[error("No free {AUTO_PREFIX}N name left")]
     NoFreeName,
     #[error("Cannot create TAP {0}")]
@@ -79,7 +81,9 @@ impl Error {
             | Error::NotOurs(_)
             | Error::InUse { .. } => ErrorKind::Conflict,
             Error::NoSuchTap(_) => ErrorKind::NotFound,
-            Error::BadMtu(_) | Error::BadMac(_) | Error::Users(_) => ErrorKind::InvalidArgument,
+            Error::BadMtu(_) | Error::BadMac(_) | Error::BadExternalIds(_) | Error::Users(_) => {
+                ErrorKind::InvalidArgument
+            }
             Error::Create(_, e) | Error::Configure(_, e) if e.raw_os_error() == Some(libc::EPERM) => {
                 ErrorKind::PermissionDenied
             }
@@ -113,6 +117,8 @@ pub struct TapDecl {
     /// vmnetd created the device (rather than adopting it), so may delete it.
     #[serde(default)]
     pub created: bool,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub external_ids: crate::api::ExternalIds,
 }
 
 impl TapDecl {
@@ -128,6 +134,7 @@ impl TapDecl {
                 return Err(Error::BadMac(mac));
             }
         }
+        crate::api::validate_external_ids(&spec.external_ids).map_err(|e| Error::BadExternalIds(e.message))?;
         let owner = spec.user.as_deref().map(users::resolve_user).transpose()?;
         let group = spec.group.as_deref().map(users::resolve_group).transpose()?;
         Ok(TapDecl {
@@ -140,6 +147,7 @@ impl TapDecl {
             mtu: spec.mtu,
             mac: spec.mac,
             created: false,
+            external_ids: spec.external_ids.clone(),
         })
     }
 
@@ -161,6 +169,7 @@ impl TapDecl {
             source,
             present: link.is_some(),
             queues_attached: link.map_or(0, Link::tap_queues_attached),
+            external_ids: self.external_ids.clone(),
         }
     }
 }

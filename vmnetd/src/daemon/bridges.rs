@@ -102,6 +102,7 @@ fn validate_bridge(spec: &BridgeSpec) -> Result<(), ApiError> {
 }
 
 fn validate_port(spec: &PortSpec) -> Result<(), ApiError> {
+    crate::api::validate_external_ids(&spec.external_ids)?;
     if let VlanMode::Trunk { vlans, native } = &spec.vlan {
         if vlans.is_empty() && native.is_none() {
             return Err(err(ErrorKind::InvalidArgument, "A trunk must carry at least one VLAN"));
@@ -489,6 +490,7 @@ impl Core {
                     mtu: None,
                     mac: spec.macs.first().copied(),
                     created: false,
+                    external_ids: Default::default(),
                 };
                 if let Some(link) = self.nl.link(&ifname).await.map_err(internal)? {
                     if policy == Policy::Declare && !tap::is_ours(None, &link) {
@@ -701,6 +703,7 @@ impl Core {
                 counters: None,
                 kernel_vlans,
                 vhost: None,
+                external_ids: decl.spec.external_ids.clone(),
             });
         }
         let (bridge, name) = (decl.spec.bridge.to_string(), decl.spec.name.to_string());
@@ -743,6 +746,7 @@ impl Core {
             counters,
             kernel_vlans: None,
             vhost,
+            external_ids: decl.spec.external_ids.clone(),
         })
     }
 

@@ -263,6 +263,7 @@ fn same_declaration(a: &TapDecl, b: &TapDecl) -> bool {
         && a.vnet_hdr == b.vnet_hdr
         && a.mtu == b.mtu
         && a.mac == b.mac
+        && a.external_ids == b.external_ids
 }
 
 /// A TAP that exists but that vmnetd has no declaration for.
@@ -283,6 +284,7 @@ pub fn undeclared_info(name: &crate::ifname::IfName, link: &crate::netlink::Link
         source: Source::None,
         present: true,
         queues_attached: link.tap_queues_attached(),
+        external_ids: Default::default(),
     }
 }
 

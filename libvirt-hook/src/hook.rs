@@ -1,0 +1,342 @@
+//! The hook itself: `NAME OP SUBOP EXTRA`, domain XML on stdin.
+//!
+//! Contract with libvirt: exit 0 lets the domain go on; a non-zero exit at `prepare`,
+//! `start` or `started` stops it, and libvirt shows our one stderr line to the user. So:
+//! - calls that change nothing (`start`, `stopped`, `migrate`, `restore`, ...) return at
+//!   once, without reading the XML or talking to the daemon;
+//! - a domain without anything vmnetd manages never fails, even with the daemon down;
+//! - `release` and `reconnect` never fail: a failure at `reconnect` kills a running VM, and
+//!   nothing in vmnetd's state makes a running guest unable to work (a lost port comes back
+//!   on the next `reconnect` or start); problems are reported on stderr, which libvirt logs;
+//! - the hook never calls libvirt (libvirtd waits for the hook: it would deadlock).
+//!
+//! Concurrent hooks for different domains do not race: every change is one atomic daemon
+//! request on resources named and labelled per domain, and the daemon serialises requests.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use vmnetd::api::{
+    BridgeInfo, Op, PortInfo, PortKind, PortListReq, PortRef, PortSpec, RmTap, Status, TapInfo, TapSpec,
+};
+use vmnetd::client::{self, Client};
+use vmnetd::ifname::IfName;
+
+use crate::config::HookConfig;
+use crate::domain::{self, Domain};
+use crate::plan::{self, Facts, Phase, PlanError, Want};
+
+/// How long one daemon request may take before the hook gives up (libvirt waits for us).
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One change to make, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    DelPort(PortRef),
+    AddTap(TapSpec),
+    MakeDir(PathBuf, String),
+    AddPort(Box<PortSpec>),
+}
+
+/// A port as declared, comparable with a [`PortSpec`].
+fn same(info: &PortInfo, spec: &PortSpec) -> bool {
+    info.bridge == spec.bridge
+        && info.name == spec.name
+        && info.kind == spec.kind
+        && info.vlan == spec.vlan
+        && info.macs == spec.macs
+        && info.lock_mac == spec.lock_mac
+        && info.external_ids == spec.external_ids
+}
+
+/// What the port stands on: a kernel interface or a socket path.
+fn resource(kind: &PortKind) -> Option<String> {
+    match kind {
+        PortKind::Netdev { ifname } => Some(format!("interface {ifname}")),
+        PortKind::VhostUser { path, .. } => Some(format!("socket {}", path.display())),
+        PortKind::Internal { .. } => None,
+    }
+}
+
+/// Turns wants into steps against what the daemon has. `tap_exists` says whether a kernel
+/// device of that name exists (an undeclared TAP is used as it is, never adopted).
+pub fn reconcile(
+    key: &str,
+    phase: Phase,
+    wants: &[Want],
+    ports: &[PortInfo],
+    taps: &[TapInfo],
+    tap_exists: &dyn Fn(&IfName) -> bool,
+) -> Result<Vec<Step>, PlanError> {
+    let mut steps = Vec::new();
+    let del = |p: &PortInfo| Step::DelPort(PortRef { bridge: p.bridge.clone(), name: p.name.clone() });
+    let mut gone: Vec<(IfName, IfName)> = Vec::new();
+    if phase == Phase::Prepare {
+        // The domain is not running: anything still labelled for it is a leftover of a run
+        // whose `release` never came (libvirtd crashed, host lost power).
+        for p in ports.iter().filter(|p| plan::is_ours(&p.external_ids, key)) {
+            if !wants.iter().any(|w| same(p, &w.port)) {
+                steps.push(del(p));
+                gone.push((p.bridge.clone(), p.name.clone()));
+            }
+        }
+    }
+    for w in wants {
+        let live = |p: &&PortInfo| !gone.iter().any(|(b, n)| *b == p.bridge && *n == p.name);
+        if let Some(t) = &w.tap {
+            let name = t.name.as_ref().expect("planned TAPs are named");
+            if !taps.iter().any(|x| &x.name == name) && !tap_exists(name) {
+                steps.push(Step::AddTap(t.clone()));
+            }
+        }
+        if let Some((dir, owner)) = &w.socket_dir {
+            steps.push(Step::MakeDir(dir.clone(), owner.clone()));
+        }
+        let spec = &w.port;
+        let res = resource(&spec.kind);
+        let by_name = ports.iter().filter(live).find(|p| p.bridge == spec.bridge && p.name == spec.name);
+        let by_res = ports.iter().filter(live).find(|p| resource(&p.kind) == res && res.is_some());
+        let replace = match (by_name, by_res) {
+            (Some(p), _) if same(p, spec) => continue,
+            (Some(p), _) if plan::is_ours(&p.external_ids, key) => Some(p),
+            (Some(p), _) => {
+                return Err(PlanError(format!(
+                "bridge {} already has a port {} that was not made for this domain; remove it (vmnetd port del {} {})",
+                p.bridge, p.name, p.bridge, p.name
+            )))
+            }
+            (None, Some(p)) if plan::is_ours(&p.external_ids, key) => Some(p),
+            (None, Some(p)) => {
+                // Declared by hand: fine when it already is what the domain asks for.
+                if p.bridge == spec.bridge && p.vlan == spec.vlan {
+                    continue;
+                }
+                return Err(PlanError(format!(
+                    "{} is already port {} of bridge {} ({}), but the domain wants it on {} ({}); \
+                     remove that port or change the domain's vmnetd metadata",
+                    res.unwrap_or_default(),
+                    p.name,
+                    p.bridge,
+                    p.vlan,
+                    spec.bridge,
+                    spec.vlan
+                )));
+            }
+            (None, None) => None,
+        };
+        if let Some(p) = replace {
+            steps.push(del(p));
+            gone.push((p.bridge.clone(), p.name.clone()));
+        }
+        steps.push(Step::AddPort(Box::new(spec.clone())));
+    }
+    Ok(steps)
+}
+
+/// The result of one hook call.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Exit 0; lines go to stderr as warnings (libvirt logs them).
+    Ok(Vec<String>),
+    /// Exit 1: libvirt refuses the domain and shows the line.
+    Refuse(String),
+}
+
+fn connect(socket: &Path) -> client::Result<Client> {
+    let mut c = Client::connect(socket)?;
+    c.set_timeout(CALL_TIMEOUT)?;
+    Ok(c)
+}
+
+/// Runs one hook call. `xml` is read only when the phase needs it.
+pub fn run(name: &str, op: &str, sub: &str, xml: &mut dyn Read, cfg: &HookConfig) -> Outcome {
+    let phase = Phase::from_args(op, sub);
+    if phase == Phase::Other {
+        return Outcome::Ok(Vec::new());
+    }
+    let mut text = String::new();
+    // libvirt writes the XML and closes the pipe; cap what we take from a broken caller.
+    if let Err(e) = xml.take(crate::xml::MAX_INPUT as u64 + 1).read_to_string(&mut text) {
+        return fail(phase, name, format!("cannot read the domain XML on stdin: {e}"));
+    }
+    let d = match domain::parse(&text) {
+        Ok((d, _)) => d,
+        Err(e) => return fail(phase, name, e.to_string()),
+    };
+    if phase == Phase::Release {
+        return Outcome::Ok(release(&d, cfg));
+    }
+    if !plan::may_need_daemon(&d) {
+        return Outcome::Ok(Vec::new());
+    }
+    let mut c = match connect(&cfg.socket) {
+        Ok(c) => c,
+        // Nothing here surely is vmnetd's: a plain bridge domain starts without vmnetd.
+        Err(e) if e.is_not_running() && !plan::needs_daemon(&d) => return Outcome::Ok(Vec::new()),
+        Err(e) => return fail(phase, &d.name, vmnetd::api::error_chain(&e)),
+    };
+    match ensure(&mut c, &d, phase, cfg) {
+        Ok(()) => Outcome::Ok(Vec::new()),
+        Err(e) => fail(phase, &d.name, e),
+    }
+}
+
+/// A failure: refused where libvirt should stop the domain, a warning elsewhere.
+fn fail(phase: Phase, domain: &str, msg: String) -> Outcome {
+    let line = format!("vmnetd: domain {domain}: {msg}");
+    match phase {
+        Phase::Prepare | Phase::Started => Outcome::Refuse(line),
+        _ => Outcome::Ok(vec![line]),
+    }
+}
+
+fn err_str(e: client::Error) -> String {
+    vmnetd::api::error_chain(&e)
+}
+
+fn ensure(c: &mut Client, d: &Domain, phase: Phase, cfg: &HookConfig) -> Result<(), String> {
+    let status: Status = c.call(Op::Status).map_err(err_str)?;
+    let bridges: Vec<BridgeInfo> = c.call(Op::BridgeList).map_err(err_str)?;
+    let facts = Facts {
+        bridges: bridges.iter().map(|b| (b.name.to_string(), b.kind)).collect(),
+        run_dir: PathBuf::from(&status.run_dir),
+        qemu_owner: numeric_owner(&cfg.qemu_owner())?,
+    };
+    let wants = plan::plan(d, phase, &facts).map_err(|e| e.0)?;
+    if wants.is_empty() && phase != Phase::Prepare {
+        return Ok(());
+    }
+    let ports: Vec<PortInfo> = c.call(Op::PortList(PortListReq::default())).map_err(err_str)?;
+    let taps: Vec<TapInfo> =
+        if wants.iter().any(|w| w.tap.is_some()) { c.call(Op::TapList).map_err(err_str)? } else { Vec::new() };
+    // In the hook's own network namespace (sysfs may show another one).
+    let exists = |n: &IfName| nix::net::if_::if_nametoindex(n.as_str()).is_ok();
+    let steps = reconcile(d.key(), phase, &wants, &ports, &taps, &exists).map_err(|e| e.0)?;
+    let mut added_ports = Vec::new();
+    let mut added_taps = Vec::new();
+    let res = (|| {
+        for s in steps {
+            match s {
+                Step::DelPort(r) => {
+                    let _: PortInfo = c.call(Op::PortDel(r)).map_err(err_str)?;
+                }
+                Step::AddTap(t) => {
+                    let info: TapInfo = c.call(Op::Mktap(t)).map_err(err_str)?;
+                    added_taps.push(info.name);
+                }
+                Step::MakeDir(dir, owner) => make_socket_dir(&dir, &owner)?,
+                Step::AddPort(p) => {
+                    let r = PortRef { bridge: p.bridge.clone(), name: p.name.clone() };
+                    let _: PortInfo = c.call(Op::PortAdd(p)).map_err(err_str)?;
+                    added_ports.push(r);
+                }
+            }
+        }
+        Ok(())
+    })();
+    if res.is_err() && phase != Phase::Reconnect {
+        // The domain will not start: take back what this call added, so a refused start
+        // leaves nothing behind even if libvirt never calls `release`.
+        for r in added_ports.into_iter().rev() {
+            let _ = c.call::<PortInfo>(Op::PortDel(r));
+        }
+        for name in added_taps {
+            let _ = c.call::<TapInfo>(Op::Rmtap(RmTap { name, force: false }));
+        }
+    }
+    res
+}
+
+/// `USER:GROUP` as `UID:GID`, so the same owner reads the same however it was named (the DAC
+/// label says `+64055:+64055`, qemu.conf says `libvirt-qemu`).
+fn numeric_owner(owner: &str) -> Result<String, String> {
+    let (u, g) = owner.split_once(':').unwrap_or((owner, owner));
+    let uid = vmnetd::users::resolve_user(u).map_err(|e| format!("the qemu user: {e}"))?.id;
+    let gid = vmnetd::users::resolve_group(g).map_err(|e| format!("the qemu group: {e}"))?.id;
+    Ok(format!("{uid}:{gid}"))
+}
+
+/// A directory QEMU (running as `owner`) creates its server socket in: 0750, its owner's.
+fn make_socket_dir(dir: &Path, owner: &str) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let (u, g) = owner.split_once(':').unwrap_or((owner, owner));
+    let uid = vmnetd::users::resolve_user(u).map_err(|e| e.to_string())?.id;
+    let gid = vmnetd::users::resolve_group(g).map_err(|e| e.to_string())?.id;
+    if let Some(parent) = dir.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(parent)
+            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    }
+    match std::fs::DirBuilder::new().mode(0o750).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => {}
+        Err(e) => return Err(format!("cannot create {}: {e}", dir.display())),
+    }
+    std::os::unix::fs::chown(dir, Some(uid), Some(gid)).map_err(|e| format!("cannot chown {}: {e}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))
+        .map_err(|e| format!("cannot chmod {}: {e}", dir.display()))
+}
+
+/// Removes every port and TAP labelled for the domain, and its socket directory.
+fn release(d: &Domain, cfg: &HookConfig) -> Vec<String> {
+    let mut warnings = Vec::new();
+    let mut warn = |m: String| warnings.push(format!("vmnetd: domain {}: {m}", d.name));
+    let mut c = match connect(&cfg.socket) {
+        Ok(c) => c,
+        Err(e) if e.is_not_running() => return Vec::new(),
+        Err(e) => {
+            warn(err_str(e));
+            return warnings;
+        }
+    };
+    let key = d.key();
+    match c.call::<Vec<PortInfo>>(Op::PortList(PortListReq::default())) {
+        Ok(ports) => {
+            for p in ports.into_iter().filter(|p| plan::is_ours(&p.external_ids, key)) {
+                if let Err(e) = c.call::<PortInfo>(Op::PortDel(PortRef { bridge: p.bridge, name: p.name.clone() })) {
+                    warn(format!("cannot remove port {}: {}", p.name, err_str(e)));
+                }
+            }
+        }
+        Err(e) => warn(err_str(e)),
+    }
+    match c.call::<Vec<TapInfo>>(Op::TapList) {
+        Ok(taps) => {
+            for t in taps.into_iter().filter(|t| plan::is_ours(&t.external_ids, key)) {
+                if let Err(e) = c.call::<TapInfo>(Op::Rmtap(RmTap { name: t.name.clone(), force: false })) {
+                    warn(format!("cannot remove TAP {}: {}", t.name, err_str(e)));
+                }
+            }
+        }
+        Err(e) => warn(err_str(e)),
+    }
+    if let Ok(st) = c.call::<Status>(Op::Status) {
+        let dir = plan::domain_socket_dir(Path::new(&st.run_dir), &d.name);
+        if let Err(e) = remove_socket_dir(&dir) {
+            warn(format!("cannot remove {}: {e}", dir.display()));
+        }
+    }
+    warnings
+}
+
+/// Removes the sockets QEMU left and the directory; anything else in it stays.
+fn remove_socket_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for e in entries.flatten() {
+        if e.file_type().is_ok_and(|t| t.is_socket()) {
+            std::fs::remove_file(e.path())?;
+        }
+    }
+    match std::fs::remove_dir(dir) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => Ok(()),
+        r => r,
+    }
+}

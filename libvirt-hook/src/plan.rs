@@ -1,0 +1,357 @@
+//! What vmnetd must hold for a domain at a given hook phase: pure, so every rule is unit-tested
+//! without a daemon.
+//!
+//! Rules (DESIGN §5):
+//! - `vhostuser` with vmnetd metadata → a vhost-user port on a built-in bridge at `prepare`, in
+//!   the opposite role to QEMU's, its socket owned by the qemu user. Refused without shared
+//!   guest memory.
+//! - `ethernet` with metadata: `<target managed='no'>` → the TAP (made if missing) and its
+//!   port at `prepare`; a TAP libvirt makes → its port at `started`.
+//! - `bridge` (and `network` once libvirt names its bridge) on a vmnetd Linux bridge with a
+//!   VLAN → the VLAN of the `vnetN` tap at `started`. On a vmnetd built-in bridge: refused,
+//!   with the way out (`translate`), since libvirt cannot enslave a TAP to it.
+//! - Everything else is left alone: interfaces without metadata, bridges vmnetd does not know.
+
+use std::path::{Path, PathBuf};
+
+use vmnetd::api::{BridgeKind, ExternalIds, PortKind, PortSpec, TapSpec, VhostMode};
+use vmnetd::ifname::IfName;
+use vmnetd::switch::{MacAddr, VlanMode};
+
+use crate::domain::{Domain, Interface, Sharing};
+
+/// The hook phases that change something.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// `prepare begin`: before QEMU starts; resources QEMU opens must exist.
+    Prepare,
+    /// `started begin`: QEMU runs; libvirt's TAPs exist and carry names.
+    Started,
+    /// `release end`: the domain is gone; remove what was made for it.
+    Release,
+    /// `reconnect begin`: libvirtd restarted and found the domain running.
+    Reconnect,
+    /// Every other call (`start`, `stopped`, `migrate`, `restore`, `attach`...): nothing to do.
+    Other,
+}
+
+impl Phase {
+    pub fn from_args(op: &str, sub: &str) -> Phase {
+        match (op, sub) {
+            ("prepare", "begin") => Phase::Prepare,
+            ("started", "begin") => Phase::Started,
+            ("release", "end") => Phase::Release,
+            ("reconnect", "begin") => Phase::Reconnect,
+            _ => Phase::Other,
+        }
+    }
+}
+
+/// What the daemon and the host say, gathered once per call.
+#[derive(Debug, Clone)]
+pub struct Facts {
+    pub bridges: Vec<(String, BridgeKind)>,
+    pub run_dir: PathBuf,
+    /// `USER:GROUP` QEMU runs as when the domain does not say (qemu.conf, or libvirt-qemu).
+    pub qemu_owner: String,
+}
+
+impl Facts {
+    fn bridge(&self, name: &str) -> Option<BridgeKind> {
+        self.bridges.iter().find(|(n, _)| n == name).map(|&(_, k)| k)
+    }
+}
+
+/// One thing the domain needs from vmnetd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Want {
+    /// Make this TAP unless a TAP of that name is declared or exists.
+    pub tap: Option<TapSpec>,
+    pub port: PortSpec,
+    /// Make this directory (owned by `.1`) for a socket QEMU creates.
+    pub socket_dir: Option<(PathBuf, String)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct PlanError(pub String);
+
+/// Labels on everything the hook creates, so `release` finds exactly that.
+pub const ID_VM: &str = "vm-uuid";
+pub const ID_NAME: &str = "vm-name";
+pub const ID_MAC: &str = "attached-mac";
+pub const ID_BY: &str = "created-by";
+pub const CREATOR: &str = "vmnetd-libvirt-hook";
+
+pub fn external_ids(d: &Domain, mac: MacAddr) -> ExternalIds {
+    let mut ids = ExternalIds::new();
+    ids.insert(ID_VM.into(), d.key().to_owned());
+    ids.insert(ID_NAME.into(), d.name.chars().take(256).collect());
+    ids.insert(ID_MAC.into(), mac.to_string());
+    ids.insert(ID_BY.into(), CREATOR.into());
+    ids
+}
+
+/// True for what the hook made for the domain keyed `key`.
+pub fn is_ours(ids: &ExternalIds, key: &str) -> bool {
+    ids.get(ID_BY).map(String::as_str) == Some(CREATOR) && ids.get(ID_VM).map(String::as_str) == Some(key)
+}
+
+/// FNV-1a, 64 bit: stable across builds and hosts (unlike std's hasher).
+pub fn fnv64(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for &b in p.iter().chain(b"\0") {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// Name of the vhost-user port of (domain, MAC): `lv` + 8 hex digits, stable across calls.
+pub fn vhost_port_name(domain: &str, mac: MacAddr) -> IfName {
+    let h = fnv64(&[domain.as_bytes(), &mac.octets()]);
+    IfName::new(&format!("lv{:08x}", (h >> 32) ^ (h & 0xffff_ffff))).expect("10 ASCII characters")
+}
+
+/// The directory under the run dir where QEMU-created sockets of a domain live.
+pub fn domain_socket_dir(run_dir: &Path, domain: &str) -> PathBuf {
+    let safe = !domain.is_empty()
+        && domain.len() <= 40
+        && !domain.starts_with('.')
+        && domain.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'+'));
+    let leaf = if safe { domain.to_owned() } else { format!("dom-{:016x}", fnv64(&[domain.as_bytes()])) };
+    run_dir.join("libvirt").join(leaf)
+}
+
+/// Both VLAN sources agree, or only one speaks.
+fn merge_vlan(i: &Interface, meta: Option<&VlanMode>) -> Result<Option<VlanMode>, PlanError> {
+    let xml = i.vlan.as_ref().map(|v| &v.mode);
+    match (xml, meta) {
+        (Some(a), Some(b)) if a != b => {
+            Err(PlanError(format!("{}: <vlan> says {a} but the vmnetd metadata says {b}; keep one", i.label())))
+        }
+        (a, b) => Ok(a.or(b).cloned()),
+    }
+}
+
+fn ifname(s: &str, what: &str) -> Result<IfName, PlanError> {
+    IfName::new(s).map_err(|e| PlanError(format!("{what}: {e}")))
+}
+
+/// The ports (and TAPs, directories) the domain needs at `phase`. Only `Prepare`, `Started`
+/// and `Reconnect` need anything.
+pub fn plan(d: &Domain, phase: Phase, f: &Facts) -> Result<Vec<Want>, PlanError> {
+    if !matches!(phase, Phase::Prepare | Phase::Started | Phase::Reconnect) {
+        return Ok(Vec::new());
+    }
+    let early = matches!(phase, Phase::Prepare | Phase::Reconnect);
+    let late = matches!(phase, Phase::Started | Phase::Reconnect);
+    let mut out = Vec::new();
+    for i in &d.interfaces {
+        let meta = i.mac.and_then(|m| d.metadata.port(m));
+        let label = i.label();
+        match i.kind.as_str() {
+            "vhostuser" => {
+                let Some(meta) = meta else { continue };
+                if !early {
+                    continue;
+                }
+                let mac = meta.mac;
+                let bridge = meta_bridge(meta.bridge.as_deref(), &label)?;
+                match f.bridge(&bridge) {
+                    Some(BridgeKind::Builtin) => {}
+                    Some(BridgeKind::Linux) => {
+                        return Err(PlanError(format!(
+                            "{label}: bridge {bridge} is a Linux bridge; vhost-user ports need a vmnetd built-in bridge"
+                        )))
+                    }
+                    None => return Err(unknown_bridge(&bridge, &label)),
+                }
+                if d.memory != Sharing::Shared {
+                    return Err(PlanError(format!(
+                        "{label} is vhost-user, which needs guest memory shared with vmnetd: add \
+                         <memoryBacking><source type='memfd'/><access mode='shared'/></memoryBacking> \
+                         to the domain (vmnetd-libvirt-hook translate does this)"
+                    )));
+                }
+                let path = i
+                    .source
+                    .path
+                    .as_deref()
+                    .filter(|p| p.starts_with('/'))
+                    .ok_or_else(|| PlanError(format!("{label}: <source path> must be an absolute socket path")))?;
+                // QEMU's role on the socket decides ours.
+                let mode = match i.source.mode.as_deref() {
+                    Some("server") => VhostMode::Client,
+                    _ => VhostMode::Server,
+                };
+                let queues = i.queues.unwrap_or(1);
+                if queues > vmnetd_max_queues() {
+                    return Err(PlanError(format!(
+                        "{label}: <driver queues='{queues}'> is more than vmnetd offers ({})",
+                        vmnetd_max_queues()
+                    )));
+                }
+                let owner = d
+                    .dac_label
+                    .as_deref()
+                    .and_then(crate::domain::owner_from_label)
+                    .unwrap_or_else(|| f.qemu_owner.clone());
+                let path = PathBuf::from(path);
+                let socket_dir = match (mode, path.parent()) {
+                    (VhostMode::Client, Some(parent)) if parent.starts_with(f.run_dir.join("libvirt")) => {
+                        Some((parent.to_owned(), owner.clone()))
+                    }
+                    _ => None,
+                };
+                out.push(Want {
+                    tap: None,
+                    port: PortSpec {
+                        bridge: ifname(&bridge, &label)?,
+                        name: vhost_port_name(&d.name, mac),
+                        kind: PortKind::VhostUser {
+                            path,
+                            mode,
+                            owner: (mode == VhostMode::Server).then_some(owner),
+                            queues,
+                        },
+                        vlan: merge_vlan(i, meta.vlan.as_ref())?.unwrap_or_default(),
+                        macs: vec![mac],
+                        lock_mac: meta.lock_mac,
+                        external_ids: external_ids(d, mac),
+                    },
+                    socket_dir,
+                });
+            }
+            "ethernet" => {
+                let Some(meta) = meta else { continue };
+                let mac = meta.mac;
+                let bridge = meta_bridge(meta.bridge.as_deref(), &label)?;
+                let kind = f.bridge(&bridge).ok_or_else(|| unknown_bridge(&bridge, &label))?;
+                let wanted_now = if i.unmanaged_target { early } else { late };
+                if !wanted_now {
+                    continue;
+                }
+                let Some(dev) = i.target.as_deref() else {
+                    if i.unmanaged_target {
+                        return Err(PlanError(format!("{label}: <target managed='no'> needs dev='TAPNAME'")));
+                    }
+                    continue;
+                };
+                let dev = ifname(dev, &label)?;
+                let tap = i.unmanaged_target.then(|| TapSpec {
+                    name: Some(dev.clone()),
+                    multi_queue: i.queues.unwrap_or(1) > 1,
+                    external_ids: external_ids(d, mac),
+                    ..Default::default()
+                });
+                let builtin = kind == BridgeKind::Builtin;
+                out.push(Want {
+                    tap,
+                    port: PortSpec {
+                        bridge: ifname(&bridge, &label)?,
+                        name: dev.clone(),
+                        kind: PortKind::Netdev { ifname: dev },
+                        vlan: merge_vlan(i, meta.vlan.as_ref())?.unwrap_or_default(),
+                        macs: if builtin { vec![mac] } else { Vec::new() },
+                        lock_mac: builtin && meta.lock_mac,
+                        external_ids: external_ids(d, mac),
+                    },
+                    socket_dir: None,
+                });
+            }
+            "bridge" | "network" => {
+                // A `network` interface names its bridge only once libvirt resolved it.
+                let Some(sb) = i.source.bridge.as_deref() else { continue };
+                if let Some(mb) = meta.and_then(|m| m.bridge.as_deref()) {
+                    if mb != sb {
+                        return Err(PlanError(format!(
+                            "{label} is on bridge {sb} but the vmnetd metadata says bridge {mb}"
+                        )));
+                    }
+                }
+                let vlan = merge_vlan(i, meta.and_then(|m| m.vlan.as_ref()))?;
+                match f.bridge(sb) {
+                    Some(BridgeKind::Builtin) => {
+                        return Err(PlanError(format!(
+                            "{label}: {sb} is a vmnetd built-in bridge, not a kernel bridge libvirt can put a TAP on; \
+                             convert the domain with `virsh dumpxml {name} | vmnetd-libvirt-hook translate > new.xml && \
+                             virsh define new.xml` (vhost-user), or use type='ethernet' with vmnetd metadata",
+                            name = d.name
+                        )))
+                    }
+                    Some(BridgeKind::Linux) => {
+                        // Without a VLAN, libvirt's own enslaving is all there is to do.
+                        let Some(vlan) = vlan else { continue };
+                        if !late {
+                            continue;
+                        }
+                        let Some(dev) = i.target.as_deref() else {
+                            return Err(PlanError(format!("{label}: libvirt did not name its TAP (<target dev>)")));
+                        };
+                        let dev = ifname(dev, &label)?;
+                        let mac = i.mac.unwrap_or_default();
+                        out.push(Want {
+                            tap: None,
+                            port: PortSpec {
+                                bridge: ifname(sb, &label)?,
+                                name: dev.clone(),
+                                kind: PortKind::Netdev { ifname: dev },
+                                vlan,
+                                macs: Vec::new(),
+                                lock_mac: false,
+                                external_ids: external_ids(d, mac),
+                            },
+                            socket_dir: None,
+                        });
+                    }
+                    None if meta.is_some_and(|m| m.vlan.is_some()) => {
+                        return Err(PlanError(format!(
+                            "{label}: bridge {sb} is not a vmnetd bridge, so vmnetd cannot set its VLAN; \
+                             declare it with `vmnetd bridge add {sb} --kind linux`"
+                        )))
+                    }
+                    None => {}
+                }
+            }
+            other => {
+                if meta.is_some() {
+                    return Err(PlanError(format!(
+                        "{label}: type '{other}' cannot be a vmnetd port (use vhostuser, ethernet or bridge)"
+                    )));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn vmnetd_max_queues() -> u16 {
+    vmnetd_vhost::device::MAX_QUEUE_PAIRS
+}
+
+fn meta_bridge(b: Option<&str>, label: &str) -> Result<String, PlanError> {
+    b.map(str::to_owned)
+        .ok_or_else(|| PlanError(format!("{label}: the vmnetd metadata for it needs bridge='NAME' (a vmnetd bridge)")))
+}
+
+fn unknown_bridge(b: &str, label: &str) -> PlanError {
+    PlanError(format!("{label}: vmnetd has no bridge {b} (see `vmnetd bridge list`)"))
+}
+
+/// Whether the domain could need vmnetd at all: any metadata entry matching an interface,
+/// or a `bridge`/`network` interface (which may be on a vmnetd bridge). A domain that
+/// cannot is left alone without talking to the daemon.
+pub fn may_need_daemon(d: &Domain) -> bool {
+    d.interfaces.iter().any(|i| {
+        i.mac.is_some_and(|m| d.metadata.port(m).is_some())
+            || (matches!(i.kind.as_str(), "bridge" | "network") && i.source.bridge.is_some())
+    })
+}
+
+/// Whether the domain surely needs the daemon: some interface carries vmnetd metadata.
+pub fn needs_daemon(d: &Domain) -> bool {
+    d.interfaces.iter().any(|i| i.mac.is_some_and(|m| d.metadata.port(m).is_some()))
+}
