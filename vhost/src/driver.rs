@@ -22,7 +22,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::device::Memory;
 use crate::virtio_net::{features, VnetHdr, HDR_LEN};
 
-/// Bytes of one buffer (virtio-net header included).
+/// Bytes of one buffer (virtio-net header included), unless [`Config::buf_len`] says more.
 pub const BUF_LEN: usize = 2048;
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +46,11 @@ pub struct Config {
     pub features: u64,
     /// Enable the rings (SET_VRING_ENABLE) right after setting them up.
     pub enable: bool,
+    /// Bytes of each buffer (one per descriptor, header included).
+    pub buf_len: usize,
+    /// Back the "guest memory" with 2 MiB huge pages (as QEMU guests of vhost-user switches
+    /// usually are), instead of 4 KiB pages.
+    pub hugepages: bool,
 }
 
 impl Default for Config {
@@ -60,6 +65,8 @@ impl Default for Config {
                 | features::CSUM
                 | features::GUEST_CSUM,
             enable: true,
+            buf_len: BUF_LEN,
+            hugepages: false,
         }
     }
 }
@@ -78,6 +85,8 @@ struct Vq {
     kick: EventFd,
     call: EventFd,
     is_rx: bool,
+    /// Buffers still to come of the frame [`Driver::drain_rx`] is counting.
+    rx_left: u16,
 }
 
 pub struct Driver {
@@ -88,6 +97,7 @@ pub struct Driver {
     pub acked: u64,
     event_idx: bool,
     pub kicks: u64,
+    buf_len: usize,
 }
 
 fn align(x: u64, a: u64) -> u64 {
@@ -110,9 +120,13 @@ impl Driver {
         let nq = usize::from(cfg.pairs) * 2;
         let qs = u64::from(cfg.queue_size);
         let ring_bytes = align(16 * qs, 4096) + align(6 + 2 * qs, 4096) + align(6 + 8 * qs, 4096);
-        let size = align(nq as u64 * (ring_bytes + qs * BUF_LEN as u64), 2 << 20);
-        let memfd = nix::sys::memfd::memfd_create("vmnetd-driver", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
-            .map_err(|e| Error::Memory(e.to_string()))?;
+        let buf_len = cfg.buf_len.max(64);
+        let size = align(nq as u64 * (ring_bytes + qs * buf_len as u64), 2 << 20);
+        let mut flags = nix::sys::memfd::MFdFlags::MFD_CLOEXEC;
+        if cfg.hugepages {
+            flags |= nix::sys::memfd::MFdFlags::MFD_HUGETLB;
+        }
+        let memfd = nix::sys::memfd::memfd_create("vmnetd-driver", flags).map_err(|e| Error::Memory(e.to_string()))?;
         let memfd = File::from(memfd);
         memfd.set_len(size)?;
         let region = MmapRegion::<()>::from_file(FileOffset::new(memfd.try_clone()?, 0), size as usize)
@@ -145,7 +159,7 @@ impl Driver {
             let avail = desc + align(16 * qs, 4096);
             let used = avail + align(6 + 2 * qs, 4096);
             let bufs = used + align(6 + 8 * qs, 4096);
-            at = bufs + qs * BUF_LEN as u64;
+            at = bufs + qs * buf_len as u64;
             let vq = Vq {
                 size: cfg.queue_size,
                 desc,
@@ -158,6 +172,7 @@ impl Driver {
                 kick: EventFd::new(EFD_NONBLOCK)?,
                 call: EventFd::new(EFD_NONBLOCK)?,
                 is_rx: i % 2 == 0,
+                rx_left: 0,
             };
             frontend.set_vring_num(i, cfg.queue_size)?;
             frontend.set_vring_addr(
@@ -185,6 +200,7 @@ impl Driver {
             acked,
             event_idx: acked & features::RING_EVENT_IDX != 0,
             kicks: 0,
+            buf_len,
         };
         for i in 0..nq {
             if d.vqs[i].is_rx {
@@ -224,8 +240,8 @@ impl Driver {
         &self.mem
     }
 
-    fn buf(vq: &Vq, i: u16) -> u64 {
-        vq.bufs + u64::from(i) * BUF_LEN as u64
+    fn buf(&self, vq: &Vq, i: u16) -> u64 {
+        vq.bufs + u64::from(i) * self.buf_len as u64
     }
 
     fn write_desc(&self, vq: &Vq, i: u16, addr: u64, len: u32, flags: u16) {
@@ -266,7 +282,7 @@ impl Driver {
         let old = self.vqs[q].avail_idx;
         while let Some(i) = self.vqs[q].free.pop() {
             let vq = &self.vqs[q];
-            self.write_desc(vq, i, Self::buf(vq, i), BUF_LEN as u32, 2 /* WRITE */);
+            self.write_desc(vq, i, self.buf(vq, i), self.buf_len as u32, 2 /* WRITE */);
             let slot = vq.avail + 4 + 2 * u64::from(vq.avail_idx % vq.size);
             let _ = self.mem.write_obj(i.to_le(), GuestAddress(slot));
             self.vqs[q].avail_idx = self.vqs[q].avail_idx.wrapping_add(1);
@@ -303,8 +319,8 @@ impl Driver {
                 break;
             };
             let vq = &self.vqs[q];
-            let b = Self::buf(vq, i);
-            let len = (hl + f.len()).min(BUF_LEN);
+            let b = self.buf(vq, i);
+            let len = (hl + f.len()).min(self.buf_len);
             let _ = self.mem.write_slice(&hdr[..hl], GuestAddress(b));
             let _ = self.mem.write_slice(&f[..len - hl], GuestAddress(b + hl as u64));
             self.write_desc(vq, i, b, len as u32, 0);
@@ -355,8 +371,8 @@ impl Driver {
             let slot = vq.used + 4 + 8 * u64::from(vq.last_used % vq.size);
             let id: u32 = self.mem.read_obj(GuestAddress(slot)).map(u32::from_le).unwrap_or(0);
             let len: u32 = self.mem.read_obj(GuestAddress(slot + 4)).map(u32::from_le).unwrap_or(0);
-            let b = Self::buf(vq, id as u16);
-            let mut data = vec![0u8; (len as usize).min(BUF_LEN)];
+            let b = self.buf(vq, id as u16);
+            let mut data = vec![0u8; (len as usize).min(self.buf_len)];
             let _ = self.mem.read_slice(&mut data, GuestAddress(b));
             self.vqs[q].free.push(id as u16);
             self.vqs[q].last_used = self.vqs[q].last_used.wrapping_add(1);
@@ -381,6 +397,113 @@ impl Driver {
         }
         self.fill_rx(pair);
         n
+    }
+
+    /// Benchmarks: writes `vnet` + `frame` into every transmit buffer of `pair` and points
+    /// every descriptor at its buffer, once; [`Driver::refill_tx`] then only moves ring
+    /// indices. Returns how many bytes each descriptor carries.
+    pub fn prime_tx(&mut self, pair: usize, vnet: &VnetHdr, frame: &[u8]) -> usize {
+        let q = 2 * pair + 1;
+        let hl = self.hdr_len();
+        let hdr = vnet.to_bytes(0);
+        let len = (hl + frame.len()).min(self.buf_len);
+        for i in 0..self.vqs[q].size {
+            let vq = &self.vqs[q];
+            let b = self.buf(vq, i);
+            let _ = self.mem.write_slice(&hdr[..hl], GuestAddress(b));
+            let _ = self.mem.write_slice(&frame[..len - hl], GuestAddress(b + hl as u64));
+            self.write_desc(vq, i, b, len as u32, 0);
+        }
+        len
+    }
+
+    /// Benchmarks: hands every transmit buffer of `pair` the device has used back to it
+    /// (they still hold the primed frame). Returns how many. Works on whole-ring slices (one
+    /// guest-memory lookup per call, not per entry) so the generator stays cheap.
+    pub fn refill_tx(&mut self, pair: usize) -> usize {
+        let q = 2 * pair + 1;
+        let vq = &self.vqs[q];
+        let size = usize::from(vq.size);
+        let (Ok(used), Ok(avail)) = (
+            self.mem.get_slice(GuestAddress(vq.used), 4 + 8 * size),
+            self.mem.get_slice(GuestAddress(vq.avail), 4 + 2 * size),
+        ) else {
+            return 0;
+        };
+        let used_idx = u16::from_le(used.load::<u16>(2, Ordering::Acquire).unwrap_or(0));
+        let old = vq.avail_idx;
+        let (mut last_used, mut avail_idx) = (vq.last_used, vq.avail_idx);
+        let mut n = 0;
+        while last_used != used_idx {
+            let slot = 4 + 8 * usize::from(last_used % vq.size);
+            let id = u32::from_le(used.load::<u32>(slot, Ordering::Relaxed).unwrap_or(0)) as u16;
+            let _ = avail.store(id.to_le(), 4 + 2 * usize::from(avail_idx % vq.size), Ordering::Relaxed);
+            last_used = last_used.wrapping_add(1);
+            avail_idx = avail_idx.wrapping_add(1);
+            n += 1;
+        }
+        let vq = &mut self.vqs[q];
+        vq.last_used = last_used;
+        vq.avail_idx = avail_idx;
+        // The first call after priming: buffers never handed out yet.
+        while let Some(i) = vq.free.pop() {
+            let _ = avail.store(i.to_le(), 4 + 2 * usize::from(vq.avail_idx % vq.size), Ordering::Relaxed);
+            vq.avail_idx = vq.avail_idx.wrapping_add(1);
+            n += 1;
+        }
+        if n > 0 {
+            self.publish(q, old);
+        }
+        n
+    }
+
+    /// Benchmarks: counts what arrived on `pair` without copying it — (frames, payload bytes
+    /// without virtio-net headers) — and gives the buffers back.
+    pub fn drain_rx(&mut self, pair: usize) -> (u64, u64) {
+        let q = 2 * pair;
+        let hl = self.hdr_len();
+        let mrg = hl == HDR_LEN && self.acked & features::MRG_RXBUF != 0;
+        let vq = &mut self.vqs[q];
+        let size = usize::from(vq.size);
+        // Whole-ring and whole-buffer-area slices: one guest-memory lookup per call.
+        let (Ok(used), Ok(avail), Ok(bufs)) = (
+            self.mem.get_slice(GuestAddress(vq.used), 4 + 8 * size),
+            self.mem.get_slice(GuestAddress(vq.avail), 4 + 2 * size),
+            self.mem.get_slice(GuestAddress(vq.bufs), size * self.buf_len),
+        ) else {
+            return (0, 0);
+        };
+        let used_idx = u16::from_le(used.load::<u16>(2, Ordering::Acquire).unwrap_or(0));
+        let old = vq.avail_idx;
+        let (mut frames, mut bytes) = (0u64, 0u64);
+        let mut left = vq.rx_left;
+        while vq.last_used != used_idx {
+            let slot = 4 + 8 * usize::from(vq.last_used % vq.size);
+            let id = u32::from_le(used.load::<u32>(slot, Ordering::Relaxed).unwrap_or(0)) as u16;
+            let len = u32::from_le(used.load::<u32>(slot + 4, Ordering::Relaxed).unwrap_or(0));
+            if left == 0 {
+                frames += 1;
+                bytes += u64::from(len).saturating_sub(hl as u64);
+                if mrg {
+                    // num_buffers, as a guest reads it from the header.
+                    let at = usize::from(id) * self.buf_len + 10;
+                    let nb = u16::from_le(bufs.load::<u16>(at, Ordering::Relaxed).unwrap_or(1));
+                    left = nb.max(1) - 1;
+                }
+            } else {
+                bytes += u64::from(len);
+                left -= 1;
+            }
+            // The descriptor still points at its buffer: republish it as it is.
+            let _ = avail.store(id.to_le(), 4 + 2 * usize::from(vq.avail_idx % vq.size), Ordering::Relaxed);
+            vq.avail_idx = vq.avail_idx.wrapping_add(1);
+            vq.last_used = vq.last_used.wrapping_add(1);
+        }
+        vq.rx_left = left;
+        if self.vqs[q].avail_idx != old {
+            self.publish(q, old);
+        }
+        (frames, bytes)
     }
 
     /// Waits until at least `n` frames have arrived on `pair` or `timeout` passes.

@@ -12,5 +12,6 @@ pub mod ctrl;
 pub mod device;
 pub mod driver;
 pub mod queue;
+pub mod ring;
 pub mod server;
 pub mod virtio_net;

@@ -11,9 +11,10 @@
 //! backend never reads or writes outside guest memory and never panics on guest input.
 
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+use vm_memory::Bytes;
 
 use crate::device::Memory;
+use crate::ring::{self, ChainError, Ring, Xlate};
 use crate::virtio_net::VnetHdr;
 
 /// Bytes of a frame copied out at TX for the decision: Ethernet header + 802.1Q tag.
@@ -56,11 +57,14 @@ pub enum TxError {
     BadAddress,
     #[error("frame has more than {MAX_SEGS} segments")]
     TooManySegments,
+    #[error(transparent)]
+    Chain(#[from] ChainError),
 }
 
-/// Pops up to `max` chains from `queue`. `out` gets each chain's head index and either the
-/// frame (its tail segments appended to `segs`) or why it was refused. Either way the chain
-/// is consumed: the caller marks it used once done with the frame. Returns how many chains.
+/// Pops up to `max` chains from `queue` (reading the available index once). `out` gets each
+/// chain's head index and either the frame (its tail segments appended to `segs`) or why it
+/// was refused. Either way the chain is consumed: the caller hands it back with
+/// [`complete_tx`] once done with the frame. Returns how many chains.
 pub fn pop_tx(
     queue: &mut Queue,
     mem: &Memory,
@@ -69,89 +73,156 @@ pub fn pop_tx(
     segs: &mut Vec<Seg>,
     mut out: impl FnMut(u16, Result<TxFrame, TxError>),
 ) -> usize {
-    let mut n = 0;
-    while n < max {
-        let Some(chain) = queue.pop_descriptor_chain(mem) else {
-            break;
-        };
-        n += 1;
-        let head_index = chain.head_index();
+    let Some(ring) = Ring::new(queue, mem) else { return 0 };
+    let start = queue.next_avail();
+    let Some(avail) = ring::pending(&ring, start) else {
+        log::warn!("transmit queue: the driver's available index is beyond the queue size; ignoring it");
+        return 0;
+    };
+    let n = usize::from(avail).min(max);
+    let mut x = Xlate::new(mem);
+    // First the whole burst's buffers are requested (their first two lines: the header and
+    // the frame's head), so the misses overlap instead of coming one frame at a time.
+    for k in 0..n {
+        let head = ring.avail_head(start.wrapping_add(k as u16));
+        if let Some(s) = ring.first_buf(head).and_then(|a| x.slice(a, 128)) {
+            let p = s.ptr_guard().as_ptr();
+            ring::prefetch_read(p);
+            ring::prefetch_read(p.wrapping_add(64));
+        }
+    }
+    for k in 0..n {
+        let head = ring.avail_head(start.wrapping_add(k as u16));
         let first_seg = segs.len();
-        let r = parse_tx(chain, mem, hdr_len, segs, first_seg).map(|f| TxFrame { head_index, ..f });
+        let r = parse_tx(&ring, head, &mut x, hdr_len, segs, first_seg).map(|f| TxFrame { head_index: head, ..f });
         if r.is_err() {
             segs.truncate(first_seg);
         }
-        out(head_index, r);
+        out(head, r);
     }
+    queue.set_next_avail(start.wrapping_add(n as u16));
     n
 }
 
-fn parse_tx<I>(
-    chain: I,
-    mem: &Memory,
+fn parse_tx(
+    ring: &Ring<'_>,
+    head: u16,
+    x: &mut Xlate<'_>,
     hdr_len: usize,
     segs: &mut Vec<Seg>,
     first_seg: usize,
-) -> Result<TxFrame, TxError>
-where
-    I: Iterator<Item = virtio_queue::desc::split::Descriptor>,
-{
-    let mut hdr = [0u8; crate::virtio_net::HDR_LEN];
-    let mut head = [0u8; HEAD_LEN];
-    let (mut hdr_got, mut head_got, mut total) = (0usize, 0usize, 0usize);
-    for desc in chain {
-        if desc.is_write_only() {
-            return Err(TxError::WritableDescriptor);
-        }
-        let (mut addr, mut len) = (desc.addr().0, desc.len() as usize);
-        if !mem.check_range(desc.addr(), len) {
-            return Err(TxError::BadAddress);
-        }
-        total += len;
-        if total > MAX_FRAME + hdr_len {
-            return Err(TxError::TooLong(total.saturating_sub(hdr_len)));
-        }
-        // The header first...
-        if hdr_got < hdr_len {
-            let n = len.min(hdr_len - hdr_got);
-            mem.read_slice(&mut hdr[hdr_got..hdr_got + n], GuestAddress(addr)).map_err(|_| TxError::BadAddress)?;
-            hdr_got += n;
-            addr += n as u64;
-            len -= n;
-        }
-        // ...then the bytes the switch decides on...
-        if len > 0 && head_got < HEAD_LEN {
-            let n = len.min(HEAD_LEN - head_got);
-            mem.read_slice(&mut head[head_got..head_got + n], GuestAddress(addr)).map_err(|_| TxError::BadAddress)?;
-            head_got += n;
-            addr += n as u64;
-            len -= n;
-        }
-        // ...and the rest stays where it is.
-        if len > 0 {
-            if segs.len() - first_seg >= MAX_SEGS {
-                return Err(TxError::TooManySegments);
+) -> Result<TxFrame, TxError> {
+    // The common case: one descriptor with the header and at least the decision bytes.
+    if let Some(b) = ring.single(head) {
+        let len = b.len as usize;
+        if !b.write && len >= hdr_len + HEAD_LEN && len <= MAX_FRAME + hdr_len {
+            let s = x.slice(b.addr, len).ok_or(TxError::BadAddress)?;
+            let mut hdr = [0u8; crate::virtio_net::HDR_LEN];
+            let mut head_bytes = [0u8; HEAD_LEN];
+            s.subslice(0, hdr_len).map_err(|_| TxError::BadAddress)?.copy_to(&mut hdr[..hdr_len]);
+            s.subslice(hdr_len, HEAD_LEN).map_err(|_| TxError::BadAddress)?.copy_to(&mut head_bytes);
+            let rest = len - hdr_len - HEAD_LEN;
+            if rest > 0 {
+                segs.push(Seg { addr: b.addr + (hdr_len + HEAD_LEN) as u64, len: rest as u32 });
             }
-            segs.push(Seg { addr, len: len as u32 });
+            return Ok(TxFrame {
+                head_index: head,
+                vnet: VnetHdr::parse(&hdr).unwrap_or_default(),
+                len: (len - hdr_len) as u32,
+                head: head_bytes,
+                head_len: HEAD_LEN as u8,
+                first_seg: first_seg as u32,
+                nsegs: u16::from(rest > 0),
+            });
         }
     }
+    let mut hdr = [0u8; crate::virtio_net::HDR_LEN];
+    let mut head_bytes = [0u8; HEAD_LEN];
+    let (mut hdr_got, mut head_got, mut total) = (0usize, 0usize, 0usize);
+    let mut err = None;
+    let walked = ring.walk(head, |b| {
+        let r = (|| {
+            if b.write {
+                return Err(TxError::WritableDescriptor);
+            }
+            let (mut addr, mut len) = (b.addr, b.len as usize);
+            let slice = x.slice(addr, len).ok_or(TxError::BadAddress)?;
+            total += len;
+            if total > MAX_FRAME + hdr_len {
+                return Err(TxError::TooLong(total.saturating_sub(hdr_len)));
+            }
+            let mut at = 0usize;
+            // The header first...
+            if hdr_got < hdr_len {
+                let n = len.min(hdr_len - hdr_got);
+                slice.subslice(0, n).map_err(|_| TxError::BadAddress)?.copy_to(&mut hdr[hdr_got..hdr_got + n]);
+                hdr_got += n;
+                at += n;
+                len -= n;
+            }
+            // ...then the bytes the switch decides on...
+            if len > 0 && head_got < HEAD_LEN {
+                let n = len.min(HEAD_LEN - head_got);
+                slice
+                    .subslice(at, n)
+                    .map_err(|_| TxError::BadAddress)?
+                    .copy_to(&mut head_bytes[head_got..head_got + n]);
+                head_got += n;
+                at += n;
+                len -= n;
+            }
+            addr += at as u64;
+            // ...and the rest stays where it is.
+            if len > 0 {
+                if segs.len() - first_seg >= MAX_SEGS {
+                    return Err(TxError::TooManySegments);
+                }
+                segs.push(Seg { addr, len: len as u32 });
+            }
+            Ok(())
+        })();
+        match r {
+            Ok(()) => true,
+            Err(e) => {
+                err = Some(e);
+                false
+            }
+        }
+    });
+    if let Some(e) = err {
+        return Err(e);
+    }
+    walked.map_err(TxError::Chain)?;
     if hdr_got < hdr_len {
         return Err(TxError::TooShort(total));
     }
     Ok(TxFrame {
-        head_index: 0,
+        head_index: head,
         vnet: VnetHdr::parse(&hdr).unwrap_or_default(),
         len: (total - hdr_len) as u32,
-        head,
+        head: head_bytes,
         head_len: head_got as u8,
         first_seg: first_seg as u32,
         nsegs: (segs.len() - first_seg) as u16,
     })
 }
 
-/// Returns a transmit chain to the driver.
-pub fn complete_tx(queue: &mut Queue, mem: &Memory, head_index: u16) -> bool {
-    queue.add_used(mem, head_index, 0).is_ok()
+/// Hands transmit chains back to the driver: their used elements, then the used index once.
+/// Returns whether the driver wants an interrupt.
+pub fn complete_tx(queue: &mut Queue, mem: &Memory, heads: &[u16]) -> bool {
+    if heads.is_empty() {
+        return false;
+    }
+    let Some(ring) = Ring::new(queue, mem) else { return false };
+    let old = queue.next_used();
+    let mut pos = old;
+    for &h in heads {
+        ring.put_used(pos, h, 0);
+        pos = pos.wrapping_add(1);
+    }
+    ring.publish_used(pos);
+    queue.set_next_used(pos);
+    ring.needs_interrupt(old, pos)
 }
 
 /// A source of frame bytes for [`RxWriter::write`].
@@ -160,6 +231,8 @@ pub enum Part<'a> {
     Bytes(&'a [u8]),
     /// Bytes in (another) guest's memory.
     Guest(&'a Memory, Seg),
+    /// Bytes in (another) guest's memory, already translated (see [`Xlate`]).
+    Slice(ring::Slice<'a>),
 }
 
 impl Part<'_> {
@@ -167,6 +240,7 @@ impl Part<'_> {
         match self {
             Part::Bytes(b) => b.len(),
             Part::Guest(_, s) => s.len as usize,
+            Part::Slice(s) => s.len(),
         }
     }
 }
@@ -183,57 +257,141 @@ pub enum RxError {
     BadSource,
 }
 
-/// A writable receive chain.
+/// A popped receive chain: its buffers are `RxScratch::descs[first..first + n]`.
+#[derive(Debug, Clone, Copy)]
 struct RxChain {
     head: u16,
-    descs: Vec<(u64, u32)>,
+    first: u32,
+    n: u16,
     cap: usize,
-    written: u32,
 }
 
-/// Writes frames into a receive queue. Used elements are published frame by frame; the
-/// caller signals the driver once per burst with [`RxWriter::needs_notification`].
+/// Buffers an [`RxWriter`] reuses from burst to burst (so writing allocates nothing).
+#[derive(Debug, Default)]
+pub struct RxScratch {
+    chains: Vec<RxChain>,
+    descs: Vec<(u64, u32)>,
+}
+
+/// Writes frames into a receive queue, a burst at a time: chains are taken with one read of
+/// the available index (read again only when they run out), used elements are written as
+/// frames complete, and the used index is published once, by [`RxWriter::finish`] (or on
+/// drop), which also says whether the driver wants an interrupt.
 pub struct RxWriter<'a> {
+    ring: Option<Ring<'a>>,
     queue: &'a mut Queue,
-    mem: &'a Memory,
+    /// Translations into this guest's memory.
+    x: Xlate<'a>,
     mrg: bool,
     hdr_len: usize,
-    chains: Vec<RxChain>,
-    spare: Vec<Vec<(u64, u32)>>,
+    s: &'a mut RxScratch,
+    next_avail: u16,
+    avail_end: u16,
+    next_used: u16,
+    old_used: u16,
+    done: bool,
     pub written: usize,
 }
 
 impl<'a> RxWriter<'a> {
-    pub fn new(queue: &'a mut Queue, mem: &'a Memory, mrg: bool, hdr_len: usize) -> Self {
-        RxWriter { queue, mem, mrg, hdr_len, chains: Vec::new(), spare: Vec::new(), written: 0 }
+    pub fn new(queue: &'a mut Queue, mem: &'a Memory, mrg: bool, hdr_len: usize, s: &'a mut RxScratch) -> Self {
+        let ring = Ring::new(queue, mem);
+        let next_avail = queue.next_avail();
+        let next_used = queue.next_used();
+        let avail_end = match &ring {
+            Some(r) => next_avail.wrapping_add(ring::pending(r, next_avail).unwrap_or(0)),
+            None => next_avail,
+        };
+        s.chains.clear();
+        s.descs.clear();
+        RxWriter {
+            ring,
+            queue,
+            x: Xlate::new(mem),
+            mrg,
+            hdr_len,
+            s,
+            next_avail,
+            avail_end,
+            next_used,
+            old_used: next_used,
+            done: false,
+            written: 0,
+        }
     }
 
-    /// Pops the next chain; `Ok(None)` when the ring is empty.
-    fn pop_chain(&mut self) -> Result<Option<RxChain>, RxError> {
-        let Some(chain) = self.queue.pop_descriptor_chain(self.mem) else {
-            return Ok(None);
-        };
-        let head = chain.head_index();
-        let mut descs = self.spare.pop().unwrap_or_default();
-        descs.clear();
+    /// Pops the next chain; `Ok(false)` when the ring is empty.
+    fn pop_chain(&mut self) -> Result<bool, RxError> {
+        let Some(ring) = &self.ring else { return Ok(false) };
+        if self.next_avail == self.avail_end {
+            // Out of what we saw: look once more.
+            let more = ring::pending(ring, self.next_avail).unwrap_or(0);
+            if more == 0 {
+                return Ok(false);
+            }
+            self.avail_end = self.next_avail.wrapping_add(more);
+        }
+        let head = ring.avail_head(self.next_avail);
+        self.next_avail = self.next_avail.wrapping_add(1);
+        let first = self.s.descs.len();
+        // The common case: one writable buffer.
+        if let Some(b) = ring.single(head) {
+            if !b.write || self.x.slice(b.addr, b.len as usize).is_none() {
+                self.put_used(head, 0);
+                return Err(RxError::BadChain);
+            }
+            self.s.descs.push((b.addr, b.len));
+            self.s.chains.push(RxChain { head, first: first as u32, n: 1, cap: b.len as usize });
+            return Ok(true);
+        }
         let mut cap = 0usize;
         let mut bad = false;
-        for d in chain {
-            if !d.is_write_only() || !self.mem.check_range(d.addr(), d.len() as usize) {
+        let x = &mut self.x;
+        let descs = &mut self.s.descs;
+        let walked = ring.walk(head, |b| {
+            if !b.write || x.slice(b.addr, b.len as usize).is_none() {
                 bad = true;
-                break;
+                return false;
             }
-            cap += d.len() as usize;
-            descs.push((d.addr().0, d.len()));
-        }
-        let c = RxChain { head, descs, cap, written: 0 };
-        if bad {
+            cap += b.len as usize;
+            descs.push((b.addr, b.len));
+            true
+        });
+        if bad || walked.is_err() {
             // Give it back empty: the driver sees a zero-length buffer and moves on.
-            let _ = self.queue.add_used(self.mem, c.head, 0);
-            self.spare.push(c.descs);
+            self.s.descs.truncate(first);
+            self.put_used(head, 0);
             return Err(RxError::BadChain);
         }
-        Ok(Some(c))
+        let n = (self.s.descs.len() - first) as u16;
+        self.s.chains.push(RxChain { head, first: first as u32, n, cap });
+        Ok(true)
+    }
+
+    /// Prefetches the first buffers of the next `n` available chains (nothing is taken).
+    pub fn prefetch(&mut self, n: usize) {
+        let Some(ring) = &self.ring else { return };
+        // What the available index said when the writer was made: reading it again would be
+        // one more miss on a line the driver keeps writing.
+        let avail = self.avail_end.wrapping_sub(self.next_avail).min(n.min(usize::from(u16::MAX)) as u16);
+        for k in 0..avail {
+            let head = ring.avail_head(self.next_avail.wrapping_add(k));
+            if let Some(addr) = ring.first_buf(head) {
+                // Two lines: the header and a minimum-size frame already straddle them.
+                if let Some(s) = self.x.slice(addr, 128) {
+                    let p = s.ptr_guard_mut().as_ptr();
+                    ring::prefetch_write(p);
+                    ring::prefetch_write(p.wrapping_add(64));
+                }
+            }
+        }
+    }
+
+    fn put_used(&mut self, head: u16, len: u32) {
+        if let Some(r) = &self.ring {
+            r.put_used(self.next_used, head, len);
+            self.next_used = self.next_used.wrapping_add(1);
+        }
     }
 
     /// Writes one frame made of `parts` (the virtio-net header `hdr` is prepended).
@@ -242,15 +400,12 @@ impl<'a> RxWriter<'a> {
         let need = self.hdr_len + frame_len;
         let mut cap = 0;
         while cap < need {
-            if !self.mrg && !self.chains.is_empty() {
+            if !self.mrg && !self.s.chains.is_empty() {
                 break;
             }
             match self.pop_chain() {
-                Ok(Some(c)) => {
-                    cap += c.cap;
-                    self.chains.push(c);
-                }
-                Ok(None) => {
+                Ok(true) => cap += self.s.chains.last().map_or(0, |c| c.cap),
+                Ok(false) => {
                     self.rollback();
                     return Err(RxError::NoBuffers);
                 }
@@ -264,6 +419,9 @@ impl<'a> RxWriter<'a> {
             self.rollback();
             return Err(RxError::TooBig);
         }
+        if self.s.chains.len() == 1 && self.s.chains[0].n == 1 {
+            return self.write_flat(hdr, parts, need);
+        }
         // The frame after the header.
         let mut cursor = Cursor { chain: 0, desc: 0, off: self.hdr_len };
         for p in parts {
@@ -273,57 +431,138 @@ impl<'a> RxWriter<'a> {
             }
         }
         // The header last: only now is the number of buffers known.
-        let n = self.chains.len() as u16;
-        let bytes = hdr.to_bytes(if self.mrg { n } else { 1 });
-        let mut hc = Cursor { chain: 0, desc: 0, off: 0 };
-        if self.copy_bytes_at(&mut hc, &bytes[..self.hdr_len]).is_err() {
+        let n = self.s.chains.len() as u16;
+        if !self.write_header(hdr, if self.mrg { n } else { 1 }) {
             self.consume_empty();
             return Err(RxError::BadChain);
         }
         // Account what each chain holds: the header counts in the first.
         let mut left = need;
-        for c in &mut self.chains {
+        for i in 0..self.s.chains.len() {
+            let c = self.s.chains[i];
             let w = left.min(c.cap);
-            c.written = w as u32;
             left -= w;
+            self.put_used(c.head, w as u32);
         }
-        for c in self.chains.drain(..) {
-            let _ = self.queue.add_used(self.mem, c.head, c.written);
-            self.spare.push(c.descs);
-        }
+        self.s.chains.clear();
+        self.s.descs.clear();
         self.written += 1;
         Ok(())
     }
 
+    /// [`RxWriter::write`] when the frame fits the first buffer of the one chain popped: one
+    /// translation, then straight copies.
+    fn write_flat(&mut self, hdr: &VnetHdr, parts: &[Part<'_>], need: usize) -> Result<(), RxError> {
+        let c = self.s.chains[0];
+        let (addr, _) = self.s.descs[c.first as usize];
+        let Some(d) = self.x.slice(addr, need) else {
+            self.consume_empty();
+            return Err(RxError::BadChain);
+        };
+        let mut at = self.hdr_len;
+        for p in parts {
+            let n = p.len();
+            let Ok(dst) = d.subslice(at, n) else {
+                self.consume_empty();
+                return Err(RxError::BadChain);
+            };
+            match p {
+                Part::Bytes(b) => dst.copy_from(b),
+                Part::Guest(src, seg) => match Xlate::new(src).slice(seg.addr, n) {
+                    Some(s) => s.copy_to_volatile_slice(dst),
+                    None => {
+                        self.consume_empty();
+                        return Err(RxError::BadSource);
+                    }
+                },
+                Part::Slice(s) => s.copy_to_volatile_slice(dst),
+            }
+            at += n;
+        }
+        if !self.write_header(hdr, 1) {
+            self.consume_empty();
+            return Err(RxError::BadChain);
+        }
+        self.put_used(c.head, need as u32);
+        self.s.chains.clear();
+        self.s.descs.clear();
+        self.written += 1;
+        Ok(())
+    }
+
+    /// Writes the virtio-net header at the start of the first chain. When the first buffer
+    /// holds it (always, in practice), as two stores of values built in registers: a header
+    /// assembled on the stack and copied would be reloaded right after its bytes were stored,
+    /// and that reload stalls behind the stores of the frame still waiting for their lines.
+    fn write_header(&mut self, hdr: &VnetHdr, num_buffers: u16) -> bool {
+        let w0 = u64::from(hdr.flags)
+            | u64::from(hdr.gso_type) << 8
+            | u64::from(hdr.hdr_len) << 16
+            | u64::from(hdr.gso_size) << 32
+            | u64::from(hdr.csum_start) << 48;
+        let w1 = u32::from(hdr.csum_offset) | u32::from(num_buffers) << 16;
+        let first = self.s.chains.first().map(|c| self.s.descs[c.first as usize]);
+        if let Some((addr, len)) = first.filter(|&(_, l)| l as usize >= self.hdr_len) {
+            if let Some(d) = self.x.slice(addr, self.hdr_len) {
+                let ok = d.write_obj(w0.to_le_bytes(), 0).is_ok();
+                let ok = ok
+                    && match self.hdr_len {
+                        crate::virtio_net::HDR_LEN => d.write_obj(w1.to_le_bytes(), 8).is_ok(),
+                        // The legacy 10-byte header has no num_buffers.
+                        _ => d.write_obj((w1 as u16).to_le_bytes(), 8).is_ok(),
+                    };
+                let _ = len;
+                return ok;
+            }
+        }
+        let bytes = hdr.to_bytes(num_buffers);
+        let mut hc = Cursor { chain: 0, desc: 0, off: 0 };
+        let hl = self.hdr_len;
+        self.copy_bytes_at(&mut hc, &bytes[..hl]).is_ok()
+    }
+
     /// Puts the popped (unused) chains back at the head of the ring.
     fn rollback(&mut self) {
-        let n = self.chains.len() as u16;
-        let next = self.queue.next_avail().wrapping_sub(n);
-        self.queue.set_next_avail(next);
-        for c in self.chains.drain(..) {
-            self.spare.push(c.descs);
-        }
+        self.next_avail = self.next_avail.wrapping_sub(self.s.chains.len() as u16);
+        self.s.chains.clear();
+        self.s.descs.clear();
     }
 
     /// Returns the popped chains to the driver with nothing in them.
     fn consume_empty(&mut self) {
-        for c in self.chains.drain(..) {
-            let _ = self.queue.add_used(self.mem, c.head, 0);
-            self.spare.push(c.descs);
+        for i in 0..self.s.chains.len() {
+            let h = self.s.chains[i].head;
+            self.put_used(h, 0);
         }
+        self.s.chains.clear();
+        self.s.descs.clear();
     }
 
-    fn copy_part(&self, cur: &mut Cursor, p: &Part<'_>) -> Result<(), RxError> {
+    fn copy_part(&mut self, cur: &mut Cursor, p: &Part<'_>) -> Result<(), RxError> {
         match p {
             Part::Bytes(b) => self.copy_bytes_at(cur, b),
+            Part::Slice(s) => {
+                let mut at = 0;
+                while at < s.len() {
+                    let (daddr, room) = self.room(cur).ok_or(RxError::BadChain)?;
+                    let n = room.min(s.len() - at);
+                    let src = s.subslice(at, n).map_err(|_| RxError::BadSource)?;
+                    let d = self.x.slice(daddr, n).ok_or(RxError::BadChain)?;
+                    src.copy_to_volatile_slice(d);
+                    at += n;
+                    cur.off += n;
+                }
+                Ok(())
+            }
             Part::Guest(src, seg) => {
+                let mut src_x = Xlate::new(src);
                 let mut addr = seg.addr;
                 let mut left = seg.len as usize;
                 while left > 0 {
                     let (daddr, room) = self.room(cur).ok_or(RxError::BadChain)?;
                     let n = room.min(left);
-                    let s = src.get_slice(GuestAddress(addr), n).map_err(|_| RxError::BadSource)?;
-                    let d = self.mem.get_slice(GuestAddress(daddr), n).map_err(|_| RxError::BadChain)?;
+                    let s = src_x.slice(addr, n).ok_or(RxError::BadSource)?;
+                    let d = self.x.slice(daddr, n).ok_or(RxError::BadChain)?;
                     s.copy_to_volatile_slice(d);
                     addr += n as u64;
                     left -= n;
@@ -334,11 +573,11 @@ impl<'a> RxWriter<'a> {
         }
     }
 
-    fn copy_bytes_at(&self, cur: &mut Cursor, mut b: &[u8]) -> Result<(), RxError> {
+    fn copy_bytes_at(&mut self, cur: &mut Cursor, mut b: &[u8]) -> Result<(), RxError> {
         while !b.is_empty() {
             let (daddr, room) = self.room(cur).ok_or(RxError::BadChain)?;
             let n = room.min(b.len());
-            self.mem.write_slice(&b[..n], GuestAddress(daddr)).map_err(|_| RxError::BadChain)?;
+            self.x.slice(daddr, n).ok_or(RxError::BadChain)?.copy_from(&b[..n]);
             b = &b[n..];
             cur.off += n;
         }
@@ -348,26 +587,46 @@ impl<'a> RxWriter<'a> {
     /// Where the cursor points and how many bytes fit before the descriptor ends.
     fn room(&self, cur: &mut Cursor) -> Option<(u64, usize)> {
         loop {
-            let c = self.chains.get(cur.chain)?;
-            match c.descs.get(cur.desc) {
-                Some(&(addr, len)) if cur.off < len as usize => {
+            let c = self.s.chains.get(cur.chain)?;
+            if cur.desc < usize::from(c.n) {
+                let (addr, len) = self.s.descs[c.first as usize + cur.desc];
+                if cur.off < len as usize {
                     return Some((addr + cur.off as u64, len as usize - cur.off));
                 }
-                Some(&(_, len)) => {
-                    cur.off -= len as usize;
-                    cur.desc += 1;
-                }
-                None => {
-                    cur.chain += 1;
-                    cur.desc = 0;
-                }
+                cur.off -= len as usize;
+                cur.desc += 1;
+            } else {
+                cur.chain += 1;
+                cur.desc = 0;
             }
         }
     }
 
-    /// Whether the driver wants an interrupt for what was used (EVENT_IDX aware).
-    pub fn needs_notification(&mut self) -> bool {
-        self.written > 0 && self.queue.needs_notification(self.mem).unwrap_or(true)
+    fn publish(&mut self) -> bool {
+        if self.done {
+            return false;
+        }
+        self.done = true;
+        self.queue.set_next_avail(self.next_avail);
+        self.queue.set_next_used(self.next_used);
+        match &self.ring {
+            Some(r) if self.next_used != self.old_used => {
+                r.publish_used(self.next_used);
+                r.needs_interrupt(self.old_used, self.next_used)
+            }
+            _ => false,
+        }
+    }
+
+    /// Makes everything written visible to the driver. Returns whether it wants an interrupt.
+    pub fn finish(mut self) -> bool {
+        self.publish()
+    }
+}
+
+impl Drop for RxWriter<'_> {
+    fn drop(&mut self) {
+        self.publish();
     }
 }
 
@@ -376,11 +635,6 @@ struct Cursor {
     chain: usize,
     desc: usize,
     off: usize,
-}
-
-/// Whether the driver wants an interrupt after used buffers were added to `queue`.
-pub fn needs_notification(queue: &mut Queue, mem: &Memory) -> bool {
-    queue.needs_notification(mem).unwrap_or(true)
 }
 
 /// Re-arms notifications on a queue after draining it (EVENT_IDX aware). Returns true when
@@ -406,6 +660,7 @@ mod tests {
     use virtio_queue::desc::split::Descriptor as Desc;
     use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::GuestAddress;
 
     const NEXT: u16 = VRING_DESC_F_NEXT as u16;
     const WRITE: u16 = VRING_DESC_F_WRITE as u16;
@@ -465,7 +720,7 @@ mod tests {
         let f = out[0].1.unwrap();
         assert_eq!((f.len, f.vnet, f.head_len), (1514, vnet, HEAD_LEN as u8));
         assert_eq!(gather(&m, &f, &segs), frame);
-        assert!(complete_tx(&mut q, &m, out[0].0));
+        complete_tx(&mut q, &m, &[out[0].0]);
         assert_eq!(vq.used().idx().load(), 1);
     }
 
@@ -530,9 +785,8 @@ mod tests {
         );
         assert!(segs.is_empty());
         // They are still handed back, so the driver does not leak them.
-        for (h, _) in out {
-            assert!(complete_tx(&mut q, &m, h));
-        }
+        let heads: Vec<u16> = out.iter().map(|(h, _)| *h).collect();
+        complete_tx(&mut q, &m, &heads);
         assert_eq!(vq.used().idx().load(), 4);
     }
 
@@ -583,11 +837,12 @@ mod tests {
     #[test]
     fn test_rx_frame_into_one_chain() {
         let m = mem();
+        let mut sc0 = RxScratch::default();
         let vq = MockSplitQueue::create(&m, GuestAddress(0x10_0000), 16);
         rx_chain(&vq, 0, &[(0x2000, 2048)]);
         let mut q: Queue = vq.create_queue().unwrap();
         let frame: Vec<u8> = (0..100u8).collect();
-        let mut w = RxWriter::new(&mut q, &m, true, HDR_LEN);
+        let mut w = RxWriter::new(&mut q, &m, true, HDR_LEN, &mut sc0);
         let vnet = VnetHdr { flags: F_NEEDS_CSUM, csum_start: 34, csum_offset: 6, ..Default::default() };
         w.write(&vnet, &[Part::Bytes(&frame[..18]), Part::Bytes(&frame[18..])]).unwrap();
         assert_eq!(used(&vq, 0), (0, (HDR_LEN + 100) as u32));
@@ -603,6 +858,7 @@ mod tests {
     #[test]
     fn test_rx_mergeable_buffers_span_chains() {
         let m = mem();
+        let mut sc0 = RxScratch::default();
         let vq = MockSplitQueue::create(&m, GuestAddress(0x10_0000), 16);
         // Three chains of 1000 bytes (the second made of two descriptors).
         rx_chain(&vq, 0, &[(0x2000, 1000)]);
@@ -610,9 +866,9 @@ mod tests {
         rx_chain(&vq, 3, &[(0x5000, 1000)]);
         let mut q: Queue = vq.create_queue().unwrap();
         let frame: Vec<u8> = (0..2500u32).map(|i| (i % 251) as u8).collect();
-        let mut w = RxWriter::new(&mut q, &m, true, HDR_LEN);
+        let mut w = RxWriter::new(&mut q, &m, true, HDR_LEN, &mut sc0);
         w.write(&VnetHdr::default(), &[Part::Bytes(&frame)]).unwrap();
-        assert!(w.needs_notification());
+        assert!(w.finish(), "no EVENT_IDX: every burst interrupts");
         assert_eq!((used(&vq, 0), used(&vq, 1), used(&vq, 2)), ((0, 1000), (1, 1000), (3, 512)));
         let mut hdr = [0u8; HDR_LEN];
         m.read_slice(&mut hdr, GuestAddress(0x2000)).unwrap();
@@ -630,11 +886,12 @@ mod tests {
     #[test]
     fn test_rx_without_mergeable_too_small_is_not_consumed() {
         let m = mem();
+        let mut sc0 = RxScratch::default();
         let vq = MockSplitQueue::create(&m, GuestAddress(0x10_0000), 16);
         rx_chain(&vq, 0, &[(0x2000, 1000)]);
         let mut q: Queue = vq.create_queue().unwrap();
         let big = vec![7u8; 1500];
-        let mut w = RxWriter::new(&mut q, &m, false, HDR_LEN);
+        let mut w = RxWriter::new(&mut q, &m, false, HDR_LEN, &mut sc0);
         assert_eq!(w.write(&VnetHdr::default(), &[Part::Bytes(&big)]), Err(RxError::TooBig));
         // A small frame still fits the chain that was put back.
         w.write(&VnetHdr::default(), &[Part::Bytes(&big[..60])]).unwrap();
@@ -644,17 +901,19 @@ mod tests {
     #[test]
     fn test_rx_no_buffers_and_read_only_descriptor() {
         let m = mem();
+        let mut sc0 = RxScratch::default();
+        let mut sc1 = RxScratch::default();
         let vq = MockSplitQueue::create(&m, GuestAddress(0x10_0000), 16);
         let mut q: Queue = vq.create_queue().unwrap();
         let f = [1u8; 60];
         assert_eq!(
-            RxWriter::new(&mut q, &m, true, HDR_LEN).write(&VnetHdr::default(), &[Part::Bytes(&f)]),
+            RxWriter::new(&mut q, &m, true, HDR_LEN, &mut sc0).write(&VnetHdr::default(), &[Part::Bytes(&f)]),
             Err(RxError::NoBuffers)
         );
         // A read-only descriptor in a receive chain: refused, handed back empty.
         vq.add_desc_chains(&[d(0x2000, 2048, 0, 0)], 0).unwrap();
         rx_chain(&vq, 1, &[(0x3000, 2048)]);
-        let mut w = RxWriter::new(&mut q, &m, true, HDR_LEN);
+        let mut w = RxWriter::new(&mut q, &m, true, HDR_LEN, &mut sc1);
         assert_eq!(w.write(&VnetHdr::default(), &[Part::Bytes(&f)]), Err(RxError::BadChain));
         assert_eq!(used(&vq, 0), (0, 0));
         w.write(&VnetHdr::default(), &[Part::Bytes(&f)]).unwrap();
@@ -664,21 +923,24 @@ mod tests {
     #[test]
     fn test_rx_copies_straight_from_another_guest() {
         let (src, dst) = (mem(), mem());
+        let mut sc0 = RxScratch::default();
+        let mut sc1 = RxScratch::default();
         let payload: Vec<u8> = (0..300u16).map(|i| (i * 7) as u8).collect();
         src.write_slice(&payload, GuestAddress(0x9000)).unwrap();
         let vq = MockSplitQueue::create(&dst, GuestAddress(0x10_0000), 16);
         rx_chain(&vq, 0, &[(0x2000, 4096)]);
         let mut q: Queue = vq.create_queue().unwrap();
         let head = [0xaau8; 18];
-        let mut w = RxWriter::new(&mut q, &dst, true, HDR_LEN);
+        let mut w = RxWriter::new(&mut q, &dst, true, HDR_LEN, &mut sc0);
         w.write(&VnetHdr::default(), &[Part::Bytes(&head), Part::Guest(&src, Seg { addr: 0x9000, len: 300 })]).unwrap();
         let mut got = vec![0u8; 318];
         dst.read_slice(&mut got, GuestAddress(0x2000 + HDR_LEN as u64)).unwrap();
         assert_eq!(&got[..18], &head);
         assert_eq!(&got[18..], &payload[..]);
+        drop(w);
         // A source segment outside the source's memory is refused.
         rx_chain(&vq, 1, &[(0x3000, 4096)]);
-        let mut w = RxWriter::new(&mut q, &dst, true, HDR_LEN);
+        let mut w = RxWriter::new(&mut q, &dst, true, HDR_LEN, &mut sc1);
         assert_eq!(
             w.write(&VnetHdr::default(), &[Part::Guest(&src, Seg { addr: 0x7000_0000, len: 10 })]),
             Err(RxError::BadSource)

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use vm_memory::GuestAddressSpace;
 use vmnetd_vhost::device::Shared;
 use vmnetd_vhost::driver::{Config, Driver};
-use vmnetd_vhost::queue::{complete_tx, pop_tx, Part, RxWriter};
+use vmnetd_vhost::queue::{complete_tx, pop_tx, Part, RxScratch, RxWriter};
 use vmnetd_vhost::server::{Endpoint, Mode, Server};
 use vmnetd_vhost::virtio_net::{features, VnetHdr};
 
@@ -29,7 +29,8 @@ fn echo(shared: Arc<Shared>, stop: Arc<AtomicBool>, bad: Arc<AtomicU64>) -> std:
                     let mut frames = Vec::new();
                     pop_tx(&mut st.vrings[1].queue, &mem, hl, 64, &mut segs, |h, r| frames.push((h, r)));
                     let (rx, tx) = st.vrings.split_at_mut(1);
-                    let mut w = RxWriter::new(&mut rx[0].queue, &mem, mrg, hl);
+                    let mut scratch = RxScratch::default();
+                    let mut w = RxWriter::new(&mut rx[0].queue, &mem, mrg, hl, &mut scratch);
                     for (_, r) in &frames {
                         match r {
                             Ok(f) => {
@@ -44,14 +45,13 @@ fn echo(shared: Arc<Shared>, stop: Arc<AtomicBool>, bad: Arc<AtomicU64>) -> std:
                             }
                         }
                     }
-                    let notify = w.needs_notification();
-                    for (h, _) in &frames {
-                        complete_tx(&mut tx[0].queue, &mem, *h);
-                    }
+                    let notify = w.finish();
+                    let heads: Vec<u16> = frames.iter().map(|(h, _)| *h).collect();
+                    let tx_notify = complete_tx(&mut tx[0].queue, &mem, &heads);
                     if notify {
                         rx[0].signal();
                     }
-                    if !frames.is_empty() {
+                    if tx_notify {
                         tx[0].signal();
                     }
                 }

@@ -39,11 +39,39 @@ pub struct DaemonSection {
     pub socket_group: Option<String>,
 }
 
+/// `[datapath]`: how the datapath thread waits for frames.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatapathSection {
+    /// After the last frame, keep polling the vhost-user rings (no guest kicks, no wake-up
+    /// latency) for this long before sleeping on eventfds. 0: sleep at once. An idle daemon
+    /// sleeps either way.
+    #[serde(default = "default_busy_poll_us")]
+    pub busy_poll_us: u32,
+    /// Pin the datapath thread to this CPU (like OVS's `pmd-cpu-mask`).
+    #[serde(default)]
+    pub cpu: Option<usize>,
+}
+
+pub const DEFAULT_BUSY_POLL_US: u32 = 50;
+
+fn default_busy_poll_us() -> u32 {
+    DEFAULT_BUSY_POLL_US
+}
+
+impl Default for DatapathSection {
+    fn default() -> Self {
+        DatapathSection { busy_poll_us: DEFAULT_BUSY_POLL_US, cpu: None }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
     pub daemon: DaemonSection,
+    #[serde(default)]
+    pub datapath: DatapathSection,
     #[serde(default, rename = "tap")]
     pub taps: Vec<TapSpec>,
     #[serde(default, rename = "bridge")]

@@ -102,7 +102,11 @@ pub fn run(opts: Options) -> Result<(), Error> {
         .enable_all()
         .build()
         .map_err(Error::Runtime)?;
-    let dp = std::sync::Arc::new(crate::datapath::DatapathHandle::spawn().map_err(Error::Datapath)?);
+    let dp_cfg = crate::datapath::Settings {
+        busy_poll: std::time::Duration::from_micros(u64::from(loaded.config.datapath.busy_poll_us)),
+        cpu: loaded.config.datapath.cpu,
+    };
+    let dp = std::sync::Arc::new(crate::datapath::DatapathHandle::spawn(dp_cfg).map_err(Error::Datapath)?);
     let dp2 = dp.clone();
     let res = rt.block_on(async move {
         let nl = Netlink::connect()?;

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use vmnetd_vhost::device::Memory;
 use vmnetd_vhost::queue::{Part, Seg, TxFrame};
+use vmnetd_vhost::ring::Xlate;
 use vmnetd_vhost::virtio_net::VnetHdr;
 
 use crate::sys::iov::{GuestPart, IoPart};
@@ -18,8 +19,17 @@ use crate::sys::iov::{GuestPart, IoPart};
 use crate::switch::wire::{HEAD_LEN, TAG_OFFSET, VLAN_HLEN};
 use crate::switch::{FrameInfo, TagAction};
 
-/// Frames per burst: the unit of receiving, deciding and sending.
+/// Frames per burst from a kernel edge (AF_PACKET, TAP): the unit of receiving, deciding and
+/// sending. Each may be a 64 KiB GSO frame in a local buffer, so this stays small.
 pub const BURST: usize = 32;
+
+/// Frames per burst from a vhost-user queue. These stay in the guest's memory until they are
+/// copied out, so a burst costs no buffers; a larger one amortises the per-burst ring work
+/// (index loads, the used-index publish, the notification check) and the cache lines the two
+/// sides pass back and forth. Measured with bench/vhost.sh on 64-byte frames: 32 -> 7.9 Mpps,
+/// 64 -> 9.2, 128 -> 10.3, 256 -> 10.3. It only bounds a burst: a light load still goes
+/// through in bursts of one.
+pub const VHOST_BURST: usize = 128;
 
 /// Largest frame a local buffer holds: a 64 KiB GSO super-frame plus an 802.1Q tag.
 pub const MAX_FRAME: usize = 65536 + VLAN_HLEN;
@@ -49,6 +59,17 @@ pub struct Frame {
 }
 
 impl Frame {
+    /// A frame taken from a guest's transmit queue.
+    pub fn guest(t: &TxFrame) -> Frame {
+        Frame {
+            head: t.head,
+            head_len: t.head_len,
+            len: t.len,
+            vnet: t.vnet,
+            tail: Tail::Guest { seg: t.first_seg, nsegs: t.nsegs },
+        }
+    }
+
     pub fn head(&self) -> &[u8] {
         &self.head[..usize::from(self.head_len)]
     }
@@ -92,7 +113,7 @@ pub struct Batch {
 
 impl Batch {
     pub fn new() -> Self {
-        Batch { frames: Vec::with_capacity(BURST), bufs: Vec::new(), mem: None, segs: Vec::new() }
+        Batch { frames: Vec::with_capacity(VHOST_BURST), bufs: Vec::new(), mem: None, segs: Vec::new() }
     }
 
     pub fn clear(&mut self) {
@@ -156,24 +177,31 @@ impl Batch {
         true
     }
 
-    /// Appends the tail of `f` to a vhost receive-queue write.
-    pub fn tail_parts<'a>(&'a self, f: &Frame, out: &mut Vec<Part<'a>>) {
+    /// Appends the tail of `f` to a vhost receive-queue write; guest segments are translated
+    /// with `x` (made by [`Batch::xlate`] for this burst) when given.
+    pub fn tail_parts<'a, 'x: 'a>(&'a self, f: &Frame, x: Option<&mut Xlate<'x>>, out: &mut impl Extend<Part<'a>>) {
         if let Some(t) = self.local_tail(f) {
-            out.push(Part::Bytes(t));
+            out.extend(std::iter::once(Part::Bytes(t)));
         } else if let Some(mem) = self.mem.as_deref() {
-            out.extend(self.guest_segs(f).iter().map(|s| Part::Guest(mem, *s)));
+            match x {
+                Some(x) => out.extend(self.guest_segs(f).iter().map(|s| match x.slice(s.addr, s.len as usize) {
+                    Some(v) => Part::Slice(v),
+                    // Not guest memory (any more): the write reports it.
+                    None => Part::Guest(mem, *s),
+                })),
+                None => out.extend(self.guest_segs(f).iter().map(|s| Part::Guest(mem, *s))),
+            }
         }
+    }
+
+    /// A translator for the guest memory this burst's frames live in.
+    pub fn xlate(&self) -> Option<Xlate<'_>> {
+        self.mem.as_deref().map(Xlate::new)
     }
 
     /// Adds a frame taken from a guest's transmit queue (its tail segments already in `segs`).
     pub fn push_guest(&mut self, t: &TxFrame) {
-        self.frames.push(Frame {
-            head: t.head,
-            head_len: t.head_len,
-            len: t.len,
-            vnet: t.vnet,
-            tail: Tail::Guest { seg: t.first_seg, nsegs: t.nsegs },
-        });
+        self.frames.push(Frame::guest(t));
     }
 
     /// Adds the frame held in `bufs[buf][at..at + len]`. A VLAN tag the kernel stripped off

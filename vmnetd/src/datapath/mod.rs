@@ -25,12 +25,15 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use crate::ports::Edge;
 use crate::switch::{BurstPlan, DropReason, PortConfig, PortId, Switch, SwitchConfig};
 
-use batch::{Batch, BURST};
+use batch::{Batch, VHOST_BURST};
 use capture::{Dir, Sink};
 
 const WAKE: u64 = u64::MAX;
 /// Bursts read from one port per event before others get their turn.
 const BURSTS_PER_EVENT: usize = 8;
+/// The same for a vhost-user queue, whose bursts are four times larger: either way a port
+/// gives up its turn after 256 frames.
+const VHOST_BURSTS_PER_EVENT: usize = 2;
 const EXPIRE_EVERY: Duration = Duration::from_secs(1);
 
 type Cmd = Box<dyn FnOnce(&mut Datapath) + Send>;
@@ -46,9 +49,18 @@ pub struct DatapathHandle {
     thread: Option<JoinHandle<()>>,
 }
 
+/// How the datapath thread runs (`[datapath]` in the config).
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// How long to keep polling rings after the last frame before sleeping.
+    pub busy_poll: Duration,
+    /// The CPU to pin the thread to.
+    pub cpu: Option<usize>,
+}
+
 impl DatapathHandle {
     /// Starts the datapath thread.
-    pub fn spawn() -> io::Result<DatapathHandle> {
+    pub fn spawn(settings: Settings) -> io::Result<DatapathHandle> {
         let wake = Arc::new(EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?);
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
         epoll.add(wake.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, WAKE))?;
@@ -61,8 +73,20 @@ impl DatapathHandle {
             start: Instant::now(),
             stopping: false,
             pending: std::collections::VecDeque::new(),
+            settings: settings.clone(),
+            polled: Vec::new(),
+            last_frame: Instant::now(),
         };
-        let thread = std::thread::Builder::new().name("vmnetd-dp".into()).spawn(move || dp.run(rx))?;
+        let thread = std::thread::Builder::new().name("vmnetd-dp".into()).spawn(move || {
+            if let Some(cpu) = settings.cpu {
+                let mut set = nix::sched::CpuSet::new();
+                match set.set(cpu).and_then(|()| nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)) {
+                    Ok(()) => log::info!("datapath: pinned to CPU {cpu}"),
+                    Err(e) => log::warn!("datapath: cannot pin to CPU {cpu}: {e}"),
+                }
+            }
+            dp.run(rx)
+        })?;
         Ok(DatapathHandle { tx, wake, thread: Some(thread) })
     }
 
@@ -153,7 +177,16 @@ pub struct Datapath {
     stopping: bool,
     /// Work left over from a bounded burst loop: (bridge, port, sub-id).
     pending: std::collections::VecDeque<(usize, PortId, u8)>,
+    settings: Settings,
+    /// Busy-poll mode: vhost-user transmit queues polled without waiting for kicks (their
+    /// notifications off) until no frame came for `settings.busy_poll`.
+    polled: Vec<(usize, PortId, u8)>,
+    /// When a polled queue last had a frame.
+    last_frame: Instant,
 }
+
+/// How often a busy datapath still looks at epoll (control commands, other ports).
+const EPOLL_EVERY: u32 = 16;
 
 /// Epoll token: bridge (24 bits), port (32 bits), sub-id (8 bits: 0 = the port's main fd;
 /// for vhost-user ports 1..=16 = a transmit queue pair's kick, `CTRL_SUB` = the control queue).
@@ -346,33 +379,42 @@ impl Datapath {
     fn run(mut self, rx: mpsc::Receiver<Cmd>) {
         let mut events = [EpollEvent::empty(); 64];
         let mut last_expire = Instant::now();
+        let mut iter = 0u32;
         while !self.stopping {
-            let timeout = if self.pending.is_empty() { 1000u16 } else { 0 };
-            let n = match self.epoll.wait(&mut events, EpollTimeout::from(timeout)) {
-                Ok(n) => n,
-                Err(nix::errno::Errno::EINTR) => 0,
-                Err(e) => {
-                    log::error!("datapath: epoll_wait: {e}");
-                    std::thread::sleep(Duration::from_millis(100));
-                    0
-                }
-            };
-            for ev in &events[..n] {
-                let t = ev.data();
-                if t == WAKE {
-                    let _ = self.wake.read();
-                    while let Ok(cmd) = rx.try_recv() {
-                        cmd(&mut self);
+            iter = iter.wrapping_add(1);
+            let hot = !self.pending.is_empty() || !self.polled.is_empty();
+            // While frames flow, epoll is only looked at now and then: the rings are polled.
+            if !hot || iter % EPOLL_EVERY == 0 {
+                let timeout = if hot { 0u16 } else { 1000 };
+                let n = match self.epoll.wait(&mut events, EpollTimeout::from(timeout)) {
+                    Ok(n) => n,
+                    Err(nix::errno::Errno::EINTR) => 0,
+                    Err(e) => {
+                        log::error!("datapath: epoll_wait: {e}");
+                        std::thread::sleep(Duration::from_millis(100));
+                        0
                     }
-                } else {
-                    let (b, p, sub) = untoken(t);
-                    self.service(b, p, sub);
+                };
+                for ev in &events[..n] {
+                    let t = ev.data();
+                    if t == WAKE {
+                        let _ = self.wake.read();
+                        while let Ok(cmd) = rx.try_recv() {
+                            cmd(&mut self);
+                        }
+                    } else {
+                        let (b, p, sub) = untoken(t);
+                        self.service(b, p, sub, true);
+                    }
                 }
             }
             for _ in 0..self.pending.len() {
                 if let Some((b, p, sub)) = self.pending.pop_front() {
-                    self.service(b, p, sub);
+                    self.service(b, p, sub, false);
                 }
+            }
+            if !self.polled.is_empty() {
+                self.poll_idle_queues();
             }
             if last_expire.elapsed() >= EXPIRE_EVERY {
                 last_expire = Instant::now();
@@ -384,8 +426,55 @@ impl Datapath {
         }
     }
 
-    /// Handles one readiness: a bounded number of bursts, the rest queued as pending.
-    fn service(&mut self, b: usize, p: PortId, sub: u8) {
+    /// Busy-poll mode: one burst from every polled queue; past the budget without frames,
+    /// their kicks are turned back on and the thread may sleep.
+    fn poll_idle_queues(&mut self) {
+        let mut i = 0;
+        while i < self.polled.len() {
+            let (b, p, sub) = self.polled[i];
+            match self.vhost_burst(b, p, usize::from(sub - 1), true) {
+                None => {
+                    self.polled.swap_remove(i);
+                    continue;
+                }
+                Some((got, more)) => {
+                    if got > 0 {
+                        self.last_frame = Instant::now();
+                    }
+                    if more {
+                        self.pending.push_back((b, p, sub));
+                    }
+                }
+            }
+            i += 1;
+        }
+        if self.last_frame.elapsed() >= self.settings.busy_poll {
+            for (b, p, sub) in std::mem::take(&mut self.polled) {
+                if self.rearm(b, p, usize::from(sub - 1)) {
+                    self.pending.push_back((b, p, sub));
+                }
+            }
+        }
+    }
+
+    /// Turns a transmit queue's kicks back on; true if frames arrived meanwhile.
+    fn rearm(&mut self, b: usize, p: PortId, pair: usize) -> bool {
+        use vm_memory::GuestAddressSpace;
+        let Some(Some(br)) = self.bridges.get_mut(b) else { return false };
+        let Some(port) = br.port_mut(p) else { return false };
+        let Edge::Vhost(v) = &port.edge else { return false };
+        let mut st = v.shared.lock();
+        let txq = 2 * pair + 1;
+        if txq >= st.ctrl_index() || !st.vrings[txq].active() {
+            return false;
+        }
+        let mem = st.mem.memory();
+        vmnetd_vhost::queue::enable_notification(&mut st.vrings[txq].queue, &mem)
+    }
+
+    /// Handles one readiness (`from_event`: epoll said so) or pending work: a bounded number
+    /// of bursts, the rest queued as pending.
+    fn service(&mut self, b: usize, p: PortId, sub: u8, from_event: bool) {
         let is_vhost = matches!(
             self.bridges.get(b).and_then(Option::as_ref).and_then(|br| br.port(p)).map(|x| &x.edge),
             Some(Edge::Vhost(_))
@@ -402,13 +491,39 @@ impl Datapath {
             0 => self.vhost_resync(b, p),
             crate::ports::vhost::CTRL_SUB => self.vhost_ctrl(b, p),
             pair => {
-                for _ in 0..BURSTS_PER_EVENT {
-                    if !self.vhost_burst(b, p, usize::from(pair - 1)) {
-                        return;
+                if from_event {
+                    self.clear_kick(b, p, usize::from(pair - 1));
+                }
+                let poll = !self.settings.busy_poll.is_zero();
+                for _ in 0..VHOST_BURSTS_PER_EVENT {
+                    match self.vhost_burst(b, p, usize::from(pair - 1), poll) {
+                        None => return,
+                        Some((got, more)) => {
+                            if got > 0 {
+                                self.last_frame = Instant::now();
+                            }
+                            if !more {
+                                if poll && !self.polled.contains(&(b, p, pair)) {
+                                    self.polled.push((b, p, pair));
+                                }
+                                return;
+                            }
+                        }
                     }
                 }
                 self.pending.push_back((b, p, pair));
             }
+        }
+    }
+
+    /// Reads a transmit queue's kick eventfd (epoll said it fired).
+    fn clear_kick(&mut self, b: usize, p: PortId, pair: usize) {
+        let Some(Some(br)) = self.bridges.get_mut(b) else { return };
+        let Some(port) = br.port_mut(p) else { return };
+        let Edge::Vhost(v) = &port.edge else { return };
+        let st = v.shared.lock();
+        if let Some(v) = st.vrings.get(2 * pair + 1) {
+            v.clear_kick();
         }
     }
 
@@ -452,13 +567,14 @@ impl Datapath {
     }
 
     /// One burst from a guest's transmit queue pair, forwarded, then handed back to the guest
-    /// — all under the device lock. Returns whether more frames are waiting.
-    fn vhost_burst(&mut self, b: usize, p: PortId, pair: usize) -> bool {
+    /// — all under the device lock. Returns (frames taken, whether more are waiting), `None`
+    /// if the port or queue is gone. `poll`: leave the queue's kicks off (busy-poll mode).
+    fn vhost_burst(&mut self, b: usize, p: PortId, pair: usize, poll: bool) -> Option<(usize, bool)> {
         use vm_memory::GuestAddressSpace;
         let now = self.now();
-        let Some(Some(br)) = self.bridges.get_mut(b) else { return false };
-        let Some(port) = br.port_mut(p) else { return false };
-        let Edge::Vhost(v) = &mut port.edge else { return false };
+        let br = self.bridges.get_mut(b)?.as_mut()?;
+        let port = br.port_mut(p)?;
+        let Edge::Vhost(v) = &mut port.edge else { return None };
         let shared = v.shared.clone();
         let mut heads = std::mem::take(&mut v.heads);
         let mut batch = std::mem::take(&mut port.batch);
@@ -467,9 +583,8 @@ impl Datapath {
         if txq >= st.ctrl_index() || !st.vrings[txq].active() {
             drop(st);
             put_back(br, p, batch, heads);
-            return false;
+            return None;
         }
-        st.vrings[txq].clear_kick();
         let mem = st.mem.memory().into_inner();
         batch.clear();
         heads.clear();
@@ -487,11 +602,11 @@ impl Datapath {
             br.switch.ingress_burst(p, batch.infos(), now, &mut self.plan);
             forward(br, &batch, &self.plan);
         }
-        let more = crate::ports::vhost::finish_burst(&mut st, pair, &mem, &heads, n == BURST);
+        let more = crate::ports::vhost::finish_burst(&mut st, pair, &mem, &heads, n == VHOST_BURST, poll);
         drop(st);
         batch.clear();
         put_back(br, p, batch, heads);
-        more
+        Some((n, more))
     }
 
     /// Reads one burst from a port and forwards it. Returns whether more may be waiting.

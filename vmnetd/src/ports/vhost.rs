@@ -10,13 +10,14 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
+use smallvec::SmallVec;
 use vm_memory::GuestAddressSpace;
 use vmnetd_vhost::device::{DevState, Memory, Shared};
-use vmnetd_vhost::queue::{self, Part, RxError, RxWriter};
+use vmnetd_vhost::queue::{self, Part, RxError, RxScratch, RxWriter};
 use vmnetd_vhost::server::Server;
 use vmnetd_vhost::virtio_net::{features, VnetHdr, F_DATA_VALID, F_NEEDS_CSUM, GSO_ECN, GSO_TCPV4, GSO_TCPV6};
 
-use crate::datapath::batch::{Batch, BURST, MAX_FRAME, OUT_HEAD_MAX};
+use crate::datapath::batch::{Batch, MAX_FRAME, OUT_HEAD_MAX, VHOST_BURST};
 use crate::datapath::offload;
 use crate::switch::Egress;
 
@@ -35,6 +36,8 @@ pub struct VhostPort {
     scratch: Vec<u8>,
     /// Transmit chains of the burst in progress.
     pub heads: Vec<u16>,
+    /// Receive-chain bookkeeping, reused burst after burst.
+    rx: RxScratch,
 }
 
 impl std::fmt::Debug for VhostPort {
@@ -50,7 +53,8 @@ impl VhostPort {
             server: Some(server),
             registered: Vec::new(),
             scratch: Vec::new(),
-            heads: Vec::with_capacity(BURST),
+            heads: Vec::with_capacity(VHOST_BURST),
+            rx: RxScratch::default(),
         }
     }
 
@@ -82,14 +86,20 @@ impl VhostPort {
         usize::from(self.shared.queue_pairs)
     }
 
-    /// Writes frames of `src` into this guest's receive queues.
+    /// Writes frames of `src` into this guest's receive queues: per queue pair, one pass
+    /// over the ring and one used-index update and interrupt decision for the whole burst.
     pub fn send(&mut self, src: &Batch, list: &[Egress]) -> SendResult {
         let mut res = SendResult::default();
-        let shared = self.shared.clone();
+        let VhostPort { shared, scratch, rx, .. } = self;
         let mut st = shared.lock();
         let out_len = |e: &Egress| e.action.splice().out_len(src.frames[e.frame].len as usize) as u64;
-        let pairs: Vec<usize> = st.active_pair_indices().collect();
-        if pairs.is_empty() {
+        let mut pairs = [0usize; vmnetd_vhost::device::MAX_QUEUE_PAIRS as usize];
+        let mut np = 0;
+        for p in st.active_pair_indices().take(pairs.len()) {
+            pairs[np] = p;
+            np += 1;
+        }
+        if np == 0 {
             for e in list {
                 res.no_room.0 += 1;
                 res.no_room.1 += out_len(e);
@@ -98,19 +108,14 @@ impl VhostPort {
         }
         let mem = st.mem.memory();
         let caps = Caps::of(&st);
-        for (k, &pair) in pairs.iter().enumerate() {
-            // Spread flows over the pairs by their addresses.
-            let mine: Vec<&Egress> = list
-                .iter()
-                .filter(|e| pairs.len() == 1 || flow(&src.frames[e.frame].head) % pairs.len() == k)
-                .collect();
-            if mine.is_empty() {
-                continue;
-            }
+        let mut sx = src.xlate();
+        for (k, &pair) in pairs[..np].iter().enumerate() {
             let vring = &mut st.vrings[2 * pair];
-            let mut w = RxWriter::new(&mut vring.queue, &mem, caps.mrg, caps.hdr_len);
-            for e in mine {
-                match write_one(&mut w, &mut self.scratch, &caps, src, e) {
+            let mut w = RxWriter::new(&mut vring.queue, &mem, caps.mrg, caps.hdr_len, rx);
+            w.prefetch(if np == 1 { list.len() } else { list.len() / np + 1 });
+            // Flows spread over the pairs by their addresses.
+            for e in list.iter().filter(|e| np == 1 || flow(&src.frames[e.frame].head) % np == k) {
+                match write_one(&mut w, scratch, &caps, src, sx.as_mut(), e) {
                     Ok(()) => res.sent += 1,
                     Err(RxError::NoBuffers) => {
                         res.no_room.0 += 1;
@@ -122,7 +127,7 @@ impl VhostPort {
                     }
                 }
             }
-            if w.needs_notification() {
+            if w.finish() {
                 vring.signal();
             }
         }
@@ -170,7 +175,14 @@ fn flow(head: &[u8]) -> usize {
 
 /// Writes one frame into a guest's receive queue, cutting it into segments or completing its
 /// checksum first if the guest cannot take it as it is.
-fn write_one(w: &mut RxWriter<'_>, scratch: &mut Vec<u8>, caps: &Caps, src: &Batch, e: &Egress) -> Result<(), RxError> {
+fn write_one<'s>(
+    w: &mut RxWriter<'_>,
+    scratch: &mut Vec<u8>,
+    caps: &Caps,
+    src: &'s Batch,
+    sx: Option<&mut vmnetd_vhost::ring::Xlate<'s>>,
+    e: &Egress,
+) -> Result<(), RxError> {
     let f = &src.frames[e.frame];
     let mut vnet = f.out_vnet(e.action);
     let gso = vnet.is_gso();
@@ -193,10 +205,15 @@ fn write_one(w: &mut RxWriter<'_>, scratch: &mut Vec<u8>, caps: &Caps, src: &Bat
         vnet.flags &= !(F_NEEDS_CSUM | F_DATA_VALID);
     }
     let mut head = [0u8; OUT_HEAD_MAX];
-    let n = f.out_head(e.action, &mut head);
-    let mut parts: Vec<Part<'_>> = Vec::with_capacity(4);
-    parts.push(Part::Bytes(&head[..n]));
-    src.tail_parts(f, &mut parts);
+    let mut parts: SmallVec<[Part<'_>; 4]> = SmallVec::new();
+    if e.action == crate::switch::TagAction::Keep {
+        // Straight from the burst (bytes written long ago): no fresh stack copy to reload.
+        parts.push(Part::Bytes(f.head()));
+    } else {
+        let n = f.out_head(e.action, &mut head);
+        parts.push(Part::Bytes(&head[..n]));
+    }
+    src.tail_parts(f, sx, &mut parts);
     w.write(&vnet, &parts)
 }
 
@@ -215,35 +232,33 @@ pub fn pop_burst(
     queue::disable_notification(q, mem);
     batch.mem = Some(mem.clone());
     let mut bad = 0;
-    let mut frames = Vec::with_capacity(BURST);
-    let n = queue::pop_tx(q, mem, hl, BURST, &mut batch.segs, |h, r| {
+    let frames = &mut batch.frames;
+    let n = queue::pop_tx(q, mem, hl, VHOST_BURST, &mut batch.segs, |h, r| {
         heads.push(h);
         match r {
-            Ok(f) => frames.push(f),
+            Ok(f) => frames.push(crate::datapath::batch::Frame::guest(&f)),
             Err(e) => {
                 log::debug!("refused a transmit chain: {e}");
                 bad += 1;
             }
         }
     });
-    for f in &frames {
-        batch.push_guest(f);
-    }
     (n, bad)
 }
 
-/// Hands the burst's chains back to the guest, interrupts it if it wants, and re-arms
-/// notifications. Returns whether more frames are waiting.
-pub fn finish_burst(st: &mut DevState, pair: usize, mem: &Memory, heads: &[u16], full: bool) -> bool {
+/// Hands the burst's chains back to the guest, interrupts it if it wants, and (unless
+/// `poll`, or the burst was full) re-arms notifications. Returns whether more frames are
+/// waiting.
+pub fn finish_burst(st: &mut DevState, pair: usize, mem: &Memory, heads: &[u16], full: bool, poll: bool) -> bool {
     let v = &mut st.vrings[2 * pair + 1];
-    for h in heads {
-        queue::complete_tx(&mut v.queue, mem, *h);
-    }
-    if !heads.is_empty() && queue::needs_notification(&mut v.queue, mem) {
+    if queue::complete_tx(&mut v.queue, mem, heads) {
         v.signal();
     }
     if full {
         return true;
+    }
+    if poll {
+        return false;
     }
     queue::enable_notification(&mut v.queue, mem)
 }

@@ -72,6 +72,15 @@ pub struct Egress {
     pub action: TagAction,
 }
 
+/// What one burst's decisions remember from the previous frame: frames of a burst usually
+/// share a source (learned once per burst) and a destination (looked up once until learning
+/// changes the table).
+#[derive(Debug, Default)]
+struct BurstMemo {
+    src: Option<(VlanId, MacAddr)>,
+    dst: Option<(VlanId, u64, Option<PortId>)>,
+}
+
 /// The output of [`Switch::ingress_burst`]: per-destination lists of frames, reused across
 /// bursts so the steady state allocates nothing.
 #[derive(Debug, Default)]
@@ -444,8 +453,8 @@ impl Switch {
     /// whose MTU the frame exceeds (counted there as an `mtu` drop).
     pub fn ingress(&mut self, in_port: PortId, f: FrameInfo<'_>, now: Duration) -> Decision {
         let mut plan = BurstPlan::new();
-        let mut last_src = None;
-        self.decide(in_port, 0, &f, fdb::nanos(now), &mut plan, &mut last_src)
+        let mut memo = BurstMemo::default();
+        self.decide(in_port, 0, &f, fdb::nanos(now), &mut plan, &mut memo)
     }
 
     /// Decides on a burst of frames from one port. Afterwards `plan` lists, per destination
@@ -460,10 +469,9 @@ impl Switch {
     ) {
         plan.clear();
         let now = fdb::nanos(now);
-        // Frames of a burst usually share a source: learn it once per burst.
-        let mut last_src = None;
+        let mut memo = BurstMemo::default();
         for (i, f) in frames.into_iter().enumerate() {
-            self.decide(in_port, i, &f, now, plan, &mut last_src);
+            self.decide(in_port, i, &f, now, plan, &mut memo);
         }
     }
 
@@ -475,17 +483,30 @@ impl Switch {
         f: &FrameInfo<'_>,
         now: fdb::Nanos,
         plan: &mut BurstPlan,
-        last_src: &mut Option<(VlanId, MacAddr)>,
+        memo: &mut BurstMemo,
     ) -> Decision {
-        let (vlan, in_tci, dst) = match self.classify(in_port, f, now, last_src) {
+        let src_before = memo.src;
+        let (vlan, in_tci, dst) = match self.classify(in_port, f, now, &mut memo.src) {
             Ok(x) => x,
             Err(r) => {
                 self.count_drop(in_port, r);
                 return Decision::Drop(r);
             }
         };
+        if memo.src != src_before {
+            // Learning may have changed the table: forget the remembered lookup.
+            memo.dst = None;
+        }
         if dst >> 40 & 1 == 0 {
-            if let Some(port) = self.fdb.lookup_raw(vlan, dst, now) {
+            let found = match memo.dst {
+                Some((v, d, port)) if v == vlan && d == dst => port,
+                _ => {
+                    let port = self.fdb.lookup_raw(vlan, dst, now);
+                    memo.dst = Some((vlan, dst, port));
+                    port
+                }
+            };
+            if let Some(port) = found {
                 if port == in_port {
                     self.count_drop(in_port, DropReason::SamePort);
                     return Decision::Drop(DropReason::SamePort);

@@ -377,6 +377,33 @@ fn burst_plan_groups_frames_per_destination_in_order() {
 }
 
 #[test]
+fn a_burst_sees_what_its_own_earlier_frames_taught_the_table() {
+    let mut sw = Switch::default();
+    let p: Vec<PortId> = (0..3).map(|_| sw.add_port(port(access(1)))).collect();
+    sw.ingress(p[1], FrameInfo::whole(&frame(MacAddr::BROADCAST, mac(11), Tag::None, 46)), T0);
+    let frames = [
+        // To mac(11), known on p1.
+        frame(mac(11), mac(1), Tag::None, 46),
+        frame(mac(11), mac(1), Tag::None, 46),
+        // mac(11) now speaks from p0: it moves here...
+        frame(mac(1), mac(11), Tag::None, 46),
+        // ...so frames to it are no longer sent to p1 (they would come back to p0: dropped).
+        frame(mac(11), mac(1), Tag::None, 46),
+        // To mac(12), unknown: flooded; then mac(12) appears on p0 and the next is dropped.
+        frame(mac(12), mac(1), Tag::None, 46),
+        frame(mac(1), mac(12), Tag::None, 46),
+        frame(mac(12), mac(1), Tag::None, 46),
+    ];
+    let mut plan = BurstPlan::new();
+    sw.ingress_burst(p[0], frames.iter().map(|f| FrameInfo::whole(f)), T0, &mut plan);
+    let got: Vec<(PortId, Vec<usize>)> =
+        plan.destinations().map(|(p, l)| (p, l.iter().map(|e| e.frame).collect())).collect();
+    assert_eq!(got, vec![(p[1], vec![0, 1, 4]), (p[2], vec![4])]);
+    // 3 and 6, and 2 and 5 (addressed to mac(1), which lives on p0 since frame 0).
+    assert_eq!(sw.counters(p[0]).unwrap().dropped(DropReason::SamePort), 4);
+}
+
+#[test]
 fn edge_failures_adjust_counters() {
     let mut sw = Switch::default();
     let a = sw.add_port(port(access(1)));

@@ -1,0 +1,665 @@
+//! Benchmark driver (run by `bench/vhost.sh`): frames per second between two vhost-user ports
+//! of (a) vmnetd's built-in bridge, (b) OVS-DPDK (netdev bridge, two `dpdkvhostuserclient` ports on
+//! access VLAN 10, NORMAL), (c) `dpdk-testpmd` io-forwarding between two vhost PMD ports (the
+//! plumbing limit) — in one run, on the same generator and sink.
+//!
+//! The generator and the sink are this process, pinned to CPU 0: an in-process virtio-net
+//! driver (`vmnetd_vhost::driver`, memfd guest memory) on each socket. Transmit buffers are
+//! written once; in the loop only ring indices move, so the generator costs a few ns per
+//! frame. Each backend gets CPU 1 for its datapath. The destination MAC is learned first, so
+//! nothing floods. Frame sizes count the FCS (RFC 2544): a "64-byte" frame is 60 bytes in
+//! the ring. Every number is the median of several runs.
+//!
+//! `bench-vhost [--runs N] [--secs S] [--sizes 64,512,1518] [--backends vmnetd,ovs,testpmd]
+//!  [--busy-poll-us US] [--no-mrg-rxbuf] [--guest-hugepages]`
+//! `bench-vhost --gso` : 64 KiB TSO frames guest to guest (vmnetd and OVS-DPDK with
+//! userspace TSO), Gbit/s.
+//! `bench-vhost --idle` : an idle daemon with 100 vhost-user ports (10 of them connected,
+//! after a burst of traffic): CPU and RSS.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use vmnetd_tests::{bin, test_dir, Daemon};
+use vmnetd_vhost::driver::{Config, Driver};
+use vmnetd_vhost::virtio_net::{features, VnetHdr};
+
+const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
+const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
+
+fn pin_self(cpu: usize) {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu).unwrap();
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).expect("pin to CPU");
+}
+
+/// Pins every thread of `pid` to `cpu`.
+fn pin_process(pid: u32, cpu: usize) {
+    let o = Command::new("taskset").args(["-a", "-c", "-p", &cpu.to_string(), &pid.to_string()]).output().unwrap();
+    assert!(o.status.success(), "taskset: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// An Ethernet/IPv4/UDP frame of `len` bytes (no FCS) from `src` to `dst`.
+fn frame(src: [u8; 6], dst: [u8; 6], len: usize) -> Vec<u8> {
+    let mut f = vec![0u8; len.max(60)];
+    f[..6].copy_from_slice(&dst);
+    f[6..12].copy_from_slice(&src);
+    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let ip_len = (f.len() - 14) as u16;
+    let ip = &mut f[14..34];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = 17;
+    ip[12..16].copy_from_slice(&[10, 0, 0, 1]);
+    ip[16..20].copy_from_slice(&[10, 0, 0, 2]);
+    let sum = !ip.chunks(2).fold(0u32, |s, c| s + u32::from(u16::from_be_bytes([c[0], c[1]])));
+    let sum = (sum & 0xffff) + (sum >> 16);
+    ip[10..12].copy_from_slice(&(!((!sum & 0xffff) as u16)).to_be_bytes());
+    let udp_len = ip_len - 20;
+    f[34..36].copy_from_slice(&1234u16.to_be_bytes());
+    f[36..38].copy_from_slice(&5678u16.to_be_bytes());
+    f[38..40].copy_from_slice(&udp_len.to_be_bytes());
+    f
+}
+
+/// A 64 KiB TCP/IPv4 super-frame with a TSO virtio-net header.
+fn tso_frame() -> (VnetHdr, Vec<u8>) {
+    let payload = 65000;
+    let mut f = vec![0u8; 14 + 20 + 20 + payload];
+    f[..6].copy_from_slice(&MAC_B);
+    f[6..12].copy_from_slice(&MAC_A);
+    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let ip_len = (20 + 20 + payload) as u16;
+    f[14] = 0x45;
+    f[16..18].copy_from_slice(&ip_len.to_be_bytes());
+    f[22] = 64;
+    f[23] = 6;
+    f[26..30].copy_from_slice(&[10, 0, 0, 1]);
+    f[30..34].copy_from_slice(&[10, 0, 0, 2]);
+    f[34..36].copy_from_slice(&40000u16.to_be_bytes());
+    f[36..38].copy_from_slice(&5201u16.to_be_bytes());
+    f[46] = 5 << 4;
+    f[47] = 0x10;
+    let v = VnetHdr {
+        flags: vmnetd_vhost::virtio_net::F_NEEDS_CSUM,
+        gso_type: vmnetd_vhost::virtio_net::GSO_TCPV4,
+        hdr_len: 54,
+        gso_size: 1448,
+        csum_start: 34,
+        csum_offset: 16,
+    };
+    (v, f)
+}
+
+/// One backend with two vhost-user sockets.
+trait Backend {
+    fn name(&self) -> &'static str;
+    /// Connects the generator (port A) and the sink (port B).
+    fn connect(&mut self, cfg: &Config) -> Result<(Driver, Driver)>;
+    /// Whether the backend learns MACs (io-forwarding does not).
+    fn learns(&self) -> bool {
+        true
+    }
+    fn pid(&self) -> Option<u32>;
+    /// What the backend says about its ports, shown when a run moved nothing.
+    fn diagnose(&self) -> String {
+        String::new()
+    }
+}
+
+fn connect_retry(path: &Path, cfg: &Config) -> Result<Driver> {
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        match Driver::connect(path, cfg) {
+            Ok(d) => return Ok(d),
+            Err(e) if Instant::now() > end => bail!("cannot connect to {}: {e:?}", path.display()),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+struct Vmnetd {
+    daemon: Daemon,
+    _dir: tempfile::TempDir,
+}
+
+impl Vmnetd {
+    fn start(busy_poll_us: Option<u32>) -> Result<Vmnetd> {
+        let dir = test_dir();
+        let daemon = match busy_poll_us {
+            Some(us) => {
+                let cfg = dir.path().join("vmnetd.toml");
+                std::fs::write(&cfg, format!("[datapath]\nbusy_poll_us = {us}\n"))?;
+                Daemon::start_with(dir.path(), &["--config", cfg.to_str().unwrap()])
+            }
+            None => Daemon::start(dir.path()),
+        };
+        pin_process(daemon.pid().unwrap(), 1);
+        daemon.cli(&["bridge", "add", "br0"]).ok();
+        for p in ["a", "b"] {
+            daemon.cli(&["port", "add", "br0", p, "--vhost-user", &format!("{p}.sock"), "--vlan", "10"]).ok();
+        }
+        Ok(Vmnetd { daemon, _dir: dir })
+    }
+}
+
+impl Backend for Vmnetd {
+    fn name(&self) -> &'static str {
+        "vmnetd"
+    }
+    fn connect(&mut self, cfg: &Config) -> Result<(Driver, Driver)> {
+        let run = self.daemon.root.join("run");
+        Ok((connect_retry(&run.join("a.sock"), cfg)?, connect_retry(&run.join("b.sock"), cfg)?))
+    }
+    fn pid(&self) -> Option<u32> {
+        self.daemon.pid()
+    }
+}
+
+/// A private OVS-DPDK: its own database, run and log dirs and DPDK file prefix.
+struct Ovs {
+    dir: tempfile::TempDir,
+    /// The generator's and the sink's sockets: OVS's `dpdkvhostuserclient` ports connect to
+    /// them (OVS 3.1 offers guest-to-host TSO only on client ports).
+    listeners: Vec<std::os::unix::net::UnixListener>,
+    db_sock: PathBuf,
+    vswitchd: Option<u32>,
+    ovsdb: Option<u32>,
+}
+
+impl Ovs {
+    fn vsctl(&self, args: &[&str]) -> Result<String> {
+        let o = Command::new("ovs-vsctl")
+            .arg(format!("--db=unix:{}", self.db_sock.display()))
+            .args(["--timeout=30"])
+            .args(args)
+            .output()?;
+        if !o.status.success() {
+            bail!("ovs-vsctl {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        }
+        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+    }
+
+    fn start(tso: bool) -> Result<Ovs> {
+        let dir = test_dir();
+        let d = dir.path().to_owned();
+        let db = d.join("conf.db");
+        let env = |c: &mut Command| {
+            c.env("OVS_RUNDIR", &d).env("OVS_LOGDIR", &d).env("OVS_DBDIR", &d).env("OVS_SYSCONFDIR", &d);
+        };
+        let run = |c: &mut Command| -> Result<()> {
+            env(c);
+            let o = c.output()?;
+            if !o.status.success() {
+                bail!("{c:?}: {}", String::from_utf8_lossy(&o.stderr));
+            }
+            Ok(())
+        };
+        run(Command::new("ovsdb-tool").arg("create").arg(&db).arg("/usr/share/openvswitch/vswitch.ovsschema"))?;
+        let db_sock = d.join("db.sock");
+        run(Command::new("ovsdb-server")
+            .arg(&db)
+            .arg(format!("--remote=punix:{}", db_sock.display()))
+            .arg(format!("--pidfile={}", d.join("ovsdb-server.pid").display()))
+            .arg(format!("--log-file={}", d.join("ovsdb-server.log").display()))
+            .arg("--detach"))?;
+        let ovsdb = read_pid(&d.join("ovsdb-server.pid"));
+        let mut ovs = Ovs { db_sock, vswitchd: None, ovsdb, dir, listeners: Vec::new() };
+        ovs.vsctl(&["--no-wait", "init"])?;
+        ovs.vsctl(&[
+            "--no-wait",
+            "set",
+            "Open_vSwitch",
+            ".",
+            "other_config:dpdk-init=true",
+            "other_config:dpdk-socket-mem=1024",
+            "other_config:dpdk-lcore-mask=0x1",
+            "other_config:pmd-cpu-mask=0x2",
+            "other_config:dpdk-extra=--file-prefix=vmnetd-bench-ovs --no-pci",
+            &format!("other_config:userspace-tso-enable={tso}"),
+        ])?;
+        run(Command::new("/usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk")
+            .arg(format!("unix:{}", ovs.db_sock.display()))
+            .arg(format!("--pidfile={}", d.join("ovs-vswitchd.pid").display()))
+            .arg(format!("--log-file={}", d.join("ovs-vswitchd.log").display()))
+            .arg("--detach"))?;
+        ovs.vswitchd = read_pid(&d.join("ovs-vswitchd.pid"));
+        ovs.vsctl(&["add-br", "br0", "--", "set", "bridge", "br0", "datapath_type=netdev"])?;
+        for p in ["a", "b"] {
+            let path = d.join(format!("{p}.sock"));
+            ovs.listeners.push(std::os::unix::net::UnixListener::bind(&path)?);
+            ovs.vsctl(&[
+                "add-port",
+                "br0",
+                p,
+                "tag=10",
+                "--",
+                "set",
+                "Interface",
+                p,
+                "type=dpdkvhostuserclient",
+                &format!("options:vhost-server-path={}", path.display()),
+            ])?;
+        }
+        Ok(ovs)
+    }
+}
+
+/// Accepts one connection, or fails after `timeout`.
+fn accept_timeout(
+    l: &std::os::unix::net::UnixListener,
+    timeout: Duration,
+) -> Result<(std::os::unix::net::UnixStream, std::os::unix::net::SocketAddr)> {
+    l.set_nonblocking(true)?;
+    let end = Instant::now() + timeout;
+    loop {
+        match l.accept() {
+            Ok((s, a)) => {
+                s.set_nonblocking(false)?;
+                return Ok((s, a));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < end => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => bail!("no connection from OVS: {e}"),
+        }
+    }
+}
+
+fn read_pid(p: &Path) -> Option<u32> {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(pid) = std::fs::read_to_string(p).ok().and_then(|s| s.trim().parse().ok()) {
+            return Some(pid);
+        }
+        if Instant::now() > end {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn kill_wait(pid: u32) {
+    let p = nix::unistd::Pid::from_raw(pid as i32);
+    let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGTERM);
+    let end = Instant::now() + Duration::from_secs(10);
+    while nix::sys::signal::kill(p, None).is_ok() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
+}
+
+impl Drop for Ovs {
+    fn drop(&mut self) {
+        for pid in [self.vswitchd, self.ovsdb].into_iter().flatten() {
+            kill_wait(pid);
+        }
+        // DPDK's runtime files for our prefix only.
+        let _ = std::fs::remove_dir_all("/var/run/dpdk/vmnetd-bench-ovs");
+    }
+}
+
+impl Backend for Ovs {
+    fn name(&self) -> &'static str {
+        "ovs-dpdk"
+    }
+    fn connect(&mut self, cfg: &Config) -> Result<(Driver, Driver)> {
+        let mut drivers = Vec::new();
+        for l in &self.listeners {
+            let (s, _) = accept_timeout(l, Duration::from_secs(30))?;
+            drivers.push(Driver::from_stream(s, cfg).map_err(|e| anyhow::anyhow!("{e:?}"))?);
+        }
+        let b = drivers.pop().unwrap();
+        Ok((drivers.pop().unwrap(), b))
+    }
+    fn pid(&self) -> Option<u32> {
+        self.vswitchd
+    }
+    fn diagnose(&self) -> String {
+        let mut out = String::new();
+        for p in ["a", "b"] {
+            let st = self.vsctl(&["get", "Interface", p, "statistics", "status"]).unwrap_or_else(|e| e.to_string());
+            out.push_str(&format!("OVS interface {p}: {st}"));
+        }
+        let log = std::fs::read_to_string(self.dir.path().join("ovs-vswitchd.log")).unwrap_or_default();
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERR") || l.to_lowercase().contains("tso"))
+            .collect();
+        out.push_str(&lines[lines.len().saturating_sub(10)..].join("\n"));
+        out
+    }
+}
+
+/// `dpdk-testpmd` io-forwarding between two vhost PMD ports: the plumbing limit.
+struct Testpmd {
+    dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl Testpmd {
+    fn start() -> Result<Testpmd> {
+        let dir = test_dir();
+        let d = dir.path();
+        let child = Command::new("dpdk-testpmd")
+            .args(["-l", "0,1", "--main-lcore", "0", "--no-pci", "--in-memory", "-m", "512"])
+            .args(["--file-prefix", "vmnetd-bench-tp"])
+            .arg("--vdev")
+            .arg(format!("net_vhost0,iface={},queues=1", d.join("a.sock").display()))
+            .arg("--vdev")
+            .arg(format!("net_vhost1,iface={},queues=1", d.join("b.sock").display()))
+            .args(["--", "--forward-mode=io", "--nb-cores=1", "--auto-start", "--stats-period=0"])
+            .stdin(Stdio::piped())
+            .stdout(std::fs::File::create(d.join("testpmd.log"))?)
+            .stderr(std::fs::File::create(d.join("testpmd.err"))?)
+            .spawn()
+            .context("dpdk-testpmd (package dpdk)")?;
+        Ok(Testpmd { dir, child })
+    }
+}
+
+impl Drop for Testpmd {
+    fn drop(&mut self) {
+        kill_wait(self.child.id());
+        let _ = self.child.wait();
+    }
+}
+
+impl Backend for Testpmd {
+    fn name(&self) -> &'static str {
+        "testpmd-io"
+    }
+    fn connect(&mut self, cfg: &Config) -> Result<(Driver, Driver)> {
+        let d = self.dir.path();
+        let a = connect_retry(&d.join("a.sock"), cfg)?;
+        let b = connect_retry(&d.join("b.sock"), cfg)?;
+        Ok((a, b))
+    }
+    fn learns(&self) -> bool {
+        false
+    }
+    fn pid(&self) -> Option<u32> {
+        Some(self.child.id())
+    }
+}
+
+/// CPU time (user + system) of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = s.rsplit_once(')').map_or("", |x| x.1);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    f.get(11).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+struct Sample {
+    mpps: f64,
+    gbps: f64,
+    /// Backend CPU use during the run, in cores.
+    cpu: f64,
+}
+
+/// Sends from `a`, counts at `b` for `secs`.
+fn measure(a: &mut Driver, b: &mut Driver, wire_len: usize, secs: f64, pid: Option<u32>) -> Sample {
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
+    let c0 = pid.map(cpu_ticks).unwrap_or(0);
+    let t0 = Instant::now();
+    let (mut frames, mut bytes) = (0u64, 0u64);
+    let mut i = 0u32;
+    loop {
+        a.refill_tx(0);
+        let (f, by) = b.drain_rx(0);
+        frames += f;
+        bytes += by;
+        i = i.wrapping_add(1);
+        if i.is_multiple_of(256) && t0.elapsed().as_secs_f64() >= secs {
+            break;
+        }
+    }
+    let el = t0.elapsed().as_secs_f64();
+    let c1 = pid.map(cpu_ticks).unwrap_or(0);
+    let _ = bytes;
+    Sample {
+        mpps: frames as f64 / el / 1e6,
+        gbps: frames as f64 * wire_len as f64 * 8.0 / el / 1e9,
+        cpu: (c1 - c0) as f64 / ticks / el,
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// The switch learns both MACs (A's and B's) before the run, so nothing floods.
+fn learn(a: &mut Driver, b: &mut Driver) {
+    let vnet = VnetHdr::default();
+    for _ in 0..3 {
+        b.send(0, &vnet, &[&frame(MAC_B, MAC_A, 60)]);
+        a.send(0, &vnet, &[&frame(MAC_A, MAC_B, 60)]);
+        std::thread::sleep(Duration::from_millis(50));
+        a.drain_rx(0);
+        b.drain_rx(0);
+    }
+}
+
+struct Opts {
+    runs: usize,
+    secs: f64,
+    sizes: Vec<usize>,
+    backends: Vec<String>,
+    /// vmnetd's `[datapath] busy_poll_us` (default: the daemon's own default).
+    busy_poll_us: Option<u32>,
+    /// Do not ack VIRTIO_NET_F_MRG_RXBUF (one RX descriptor per frame, as DPDK without it).
+    no_mrg_rxbuf: bool,
+    /// Back the generator's "guest memory" with 2 MiB huge pages.
+    guest_hugepages: bool,
+}
+
+fn throughput(o: &Opts) -> Result<()> {
+    pin_self(0);
+    // name -> size -> samples
+    let mut results: BTreeMap<&'static str, BTreeMap<usize, Vec<Sample>>> = BTreeMap::new();
+    let mut cfg = Config { queue_size: 1024, ..Default::default() };
+    if o.no_mrg_rxbuf {
+        cfg.features &= !features::MRG_RXBUF;
+    }
+    cfg.hugepages = o.guest_hugepages;
+    for name in &o.backends {
+        let mut be: Box<dyn Backend> = match name.as_str() {
+            "vmnetd" => Box::new(Vmnetd::start(o.busy_poll_us)?),
+            "ovs" => Box::new(Ovs::start(false)?),
+            "testpmd" => Box::new(Testpmd::start()?),
+            other => bail!("unknown backend {other}"),
+        };
+        let (mut a, mut b) = be.connect(&cfg)?;
+        std::thread::sleep(Duration::from_millis(500));
+        if be.learns() {
+            learn(&mut a, &mut b);
+        }
+        for &size in &o.sizes {
+            a.prime_tx(0, &VnetHdr::default(), &frame(MAC_A, MAC_B, size - 4));
+            // Warm up: caches, learning, the backend's polling.
+            measure(&mut a, &mut b, size, 0.5, None);
+            for _ in 0..o.runs {
+                let s = measure(&mut a, &mut b, size, o.secs, be.pid());
+                eprintln!("  {:<10} {size:>5} B: {:.3} Mpps {:.2} Gbit/s cpu {:.2}", be.name(), s.mpps, s.gbps, s.cpu);
+                results.entry(be.name()).or_default().entry(size).or_default().push(s);
+            }
+        }
+        drop((a, b));
+        drop(be);
+    }
+    println!();
+    println!(
+        "vhost-user port to port, 1 datapath core (CPU 1), generator+sink on CPU 0; medians of {} runs of {} s",
+        o.runs, o.secs
+    );
+    println!("{:<12} {:>6} {:>10} {:>10} {:>8}", "backend", "frame", "Mpps", "Gbit/s", "cores");
+    let mut med: BTreeMap<(&str, usize), (f64, f64)> = BTreeMap::new();
+    for (name, by) in &results {
+        for (size, samples) in by {
+            let mut m: Vec<f64> = samples.iter().map(|s| s.mpps).collect();
+            let mut g: Vec<f64> = samples.iter().map(|s| s.gbps).collect();
+            let mut c: Vec<f64> = samples.iter().map(|s| s.cpu).collect();
+            let (mm, gg, cc) = (median(&mut m), median(&mut g), median(&mut c));
+            med.insert((name, *size), (mm, gg));
+            println!("{name:<12} {size:>6} {mm:>10.3} {gg:>10.2} {cc:>8.2}");
+        }
+    }
+    println!();
+    for &size in &o.sizes {
+        let v = med.get(&("vmnetd", size));
+        let ovs = med.get(&("ovs-dpdk", size));
+        let tp = med.get(&("testpmd-io", size));
+        if let Some(v) = v {
+            let mut line = format!("{size:>5} B:");
+            if let Some(x) = ovs {
+                line.push_str(&format!(" vmnetd/OVS-DPDK {:.2}x", v.0 / x.0));
+            }
+            if let Some(x) = tp {
+                line.push_str(&format!("  vmnetd/testpmd-io {:.2}x", v.0 / x.0));
+            }
+            println!("{line}");
+        }
+    }
+    Ok(())
+}
+
+fn gso(o: &Opts) -> Result<()> {
+    pin_self(0);
+    let feats = Config::default().features
+        | features::HOST_TSO4
+        | features::GUEST_TSO4
+        | features::HOST_TSO6
+        | features::GUEST_TSO6;
+    let cfg = Config { queue_size: 256, features: feats, buf_len: 65536 + 128, ..Default::default() };
+    let (vnet, f) = tso_frame();
+    let mut out = Vec::new();
+    for name in &o.backends {
+        let mut be: Box<dyn Backend> = match name.as_str() {
+            "vmnetd" => Box::new(Vmnetd::start(o.busy_poll_us)?),
+            "ovs" => Box::new(Ovs::start(true)?),
+            _ => continue,
+        };
+        let (mut a, mut b) = be.connect(&cfg)?;
+        eprintln!("  {}: generator acked {:#x}, sink acked {:#x}", be.name(), a.acked, b.acked);
+        std::thread::sleep(Duration::from_millis(500));
+        learn(&mut a, &mut b);
+        a.prime_tx(0, &vnet, &f);
+        measure(&mut a, &mut b, f.len(), 0.5, None);
+        let mut g = Vec::new();
+        for _ in 0..o.runs {
+            let s = measure(&mut a, &mut b, f.len(), o.secs, be.pid());
+            eprintln!(
+                "  {:<10} 64 KiB TSO: {:.0} frames/s {:.2} Gbit/s cpu {:.2}",
+                be.name(),
+                s.mpps * 1e6,
+                s.gbps,
+                s.cpu
+            );
+            if s.mpps == 0.0 {
+                eprintln!("{}", be.diagnose());
+            }
+            g.push(s.gbps);
+        }
+        out.push((be.name(), median(&mut g)));
+    }
+    println!();
+    println!("64 KiB TSO super-frames guest to guest (both sides ack TSO): medians of {} runs", o.runs);
+    for (n, g) in &out {
+        println!("{n:<12} {g:>8.2} Gbit/s");
+    }
+    if let (Some(v), Some(x)) = (out.iter().find(|x| x.0 == "vmnetd"), out.iter().find(|x| x.0 == "ovs-dpdk")) {
+        println!("vmnetd/OVS-DPDK {:.2}x", v.1 / x.1);
+    }
+    Ok(())
+}
+
+fn idle() -> Result<()> {
+    let dir = test_dir();
+    let d = Daemon::start(dir.path());
+    d.cli(&["bridge", "add", "br0"]).ok();
+    let pid = d.pid().unwrap();
+    let base = rss_kib(pid);
+    for i in 0..100 {
+        d.cli(&["port", "add", "br0", &format!("p{i}"), "--vhost-user", &format!("p{i}.sock"), "--vlan", "10"]).ok();
+    }
+    // Ten of them get a frontend and carry a burst of traffic, then go quiet: the datapath
+    // must fall back from busy polling to eventfd waits.
+    let cfg = Config::default();
+    let run = d.root.join("run");
+    let mut drivers = Vec::new();
+    for i in 0..10 {
+        drivers.push(connect_retry(&run.join(format!("p{i}.sock")), &cfg)?);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let vnet = VnetHdr::default();
+    for _ in 0..100 {
+        for (i, drv) in drivers.iter_mut().enumerate() {
+            let mut src = MAC_A;
+            src[5] = i as u8;
+            drv.send(0, &vnet, &[&frame(src, [0xff; 6], 60)]);
+        }
+        for drv in drivers.iter_mut() {
+            drv.drain_rx(0);
+        }
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    for drv in drivers.iter_mut() {
+        drv.drain_rx(0);
+    }
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
+    let c0 = cpu_ticks(pid);
+    let secs = 10.0;
+    std::thread::sleep(Duration::from_secs_f64(secs));
+    let cpu = (cpu_ticks(pid) - c0) as f64 / ticks / secs * 100.0;
+    let rss = rss_kib(pid);
+    drop(drivers);
+    println!("idle daemon, 1 bridge, 100 vhost-user ports (10 connected, quiet): RSS {:.1} MiB (empty daemon {:.1} MiB), CPU {cpu:.2}% over {secs} s",
+        rss as f64 / 1024.0, base as f64 / 1024.0);
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let get = |k: &str| args.iter().position(|a| a == k).and_then(|i| args.get(i + 1)).cloned();
+    let o = Opts {
+        runs: get("--runs").and_then(|s| s.parse().ok()).unwrap_or(5),
+        secs: get("--secs").and_then(|s| s.parse().ok()).unwrap_or(3.0),
+        sizes: get("--sizes")
+            .unwrap_or_else(|| "64,512,1518".into())
+            .split(',')
+            .map(|s| s.parse().expect("frame size"))
+            .collect(),
+        backends: get("--backends")
+            .unwrap_or_else(|| "vmnetd,ovs,testpmd".into())
+            .split(',')
+            .map(str::to_owned)
+            .collect(),
+        busy_poll_us: get("--busy-poll-us").map(|s| s.parse().expect("--busy-poll-us N")),
+        no_mrg_rxbuf: args.iter().any(|a| a == "--no-mrg-rxbuf"),
+        guest_hugepages: args.iter().any(|a| a == "--guest-hugepages"),
+    };
+    let _ = bin("vmnetd");
+    if args.iter().any(|a| a == "--idle") {
+        return idle();
+    }
+    if args.iter().any(|a| a == "--gso") {
+        return gso(&o);
+    }
+    throughput(&o)
+}
