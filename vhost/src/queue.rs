@@ -856,6 +856,47 @@ mod tests {
     }
 
     #[test]
+    fn test_rx_interrupts_follow_used_event_and_no_interrupt() {
+        // (EVENT_IDX, used_event or NO_INTERRUPT flag, frames written) -> interrupt wanted.
+        // Three frames move the used index 0 -> 3: the driver asked to hear about entry
+        // `used_event`, so 0, 1 and 2 ring the bell and 3 (not yet reached) does not.
+        for (event_idx, value, want) in [
+            (true, 0u16, true),
+            (true, 2, true),
+            (true, 3, false),
+            (true, 9, false),
+            (false, 0, true),
+            (false, 1, false),
+        ] {
+            let m = mem();
+            let mut sc0 = RxScratch::default();
+            let vq = MockSplitQueue::create(&m, GuestAddress(0x10_0000), 16);
+            for i in 0..3u16 {
+                rx_chain(&vq, i, &[(0x2000 + 0x1000 * u64::from(i), 2048)]);
+            }
+            let mut q: Queue = vq.create_queue().unwrap();
+            // The mock packs the used ring right after the avail ring, with no room for
+            // used_event: move the used ring out of the way.
+            let used_at = 0x20_0000u64;
+            q.set_used_ring_address(Some(used_at as u32), Some(0));
+            q.set_event_idx(event_idx);
+            if event_idx {
+                // used_event sits after the avail ring's 16 entries.
+                m.write_obj(value.to_le(), GuestAddress(vq.avail_addr().0 + 4 + 2 * 16)).unwrap();
+            } else {
+                m.write_obj(value.to_le(), vq.avail_addr()).unwrap();
+            }
+            let mut w = RxWriter::new(&mut q, &m, true, HDR_LEN, &mut sc0);
+            for _ in 0..3 {
+                w.write(&VnetHdr::default(), &[Part::Bytes(&[0xab; 60])]).unwrap();
+            }
+            assert_eq!(w.finish(), want, "event_idx {event_idx}, value {value}");
+            let idx: u16 = m.read_obj(GuestAddress(used_at + 2)).unwrap();
+            assert_eq!(idx, 3, "one publish covers the burst");
+        }
+    }
+
+    #[test]
     fn test_rx_mergeable_buffers_span_chains() {
         let m = mem();
         let mut sc0 = RxScratch::default();
