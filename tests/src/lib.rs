@@ -344,3 +344,30 @@ pub fn require_root() -> Result<()> {
 pub fn read(path: &Path) -> String {
     std::fs::read_to_string(path).with_context(|| path.display().to_string()).unwrap()
 }
+
+/// CPU time (user + system, in clock ticks) process `pid` has used so far.
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_else(|e| panic!("/proc/{pid}/stat: {e}"));
+    let after = s.rsplit_once(')').map_or("", |x| x.1);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let field =
+        |i: usize| -> u64 { f.get(i).and_then(|x| x.parse().ok()).unwrap_or_else(|| panic!("/proc/{pid}/stat: {s}")) };
+    field(11) + field(12)
+}
+
+/// Connects the in-process virtio-net driver to a vhost-user socket, retrying for up to
+/// `timeout` while the listener comes up.
+pub fn connect_vhost(
+    path: &Path,
+    cfg: &vmnetd_vhost::driver::Config,
+    timeout: Duration,
+) -> Result<vmnetd_vhost::driver::Driver> {
+    let end = Instant::now() + timeout;
+    loop {
+        match vmnetd_vhost::driver::Driver::connect(path, cfg) {
+            Ok(d) => return Ok(d),
+            Err(e) if Instant::now() > end => bail!("cannot connect to {}: {e:?}", path.display()),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}

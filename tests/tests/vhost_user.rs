@@ -29,15 +29,7 @@ fn state(d: &Daemon, port: &str) -> serde_json::Value {
 }
 
 fn connect(path: &std::path::Path, cfg: &Config) -> Driver {
-    let mut last = None;
-    for _ in 0..100 {
-        match Driver::connect(path, cfg) {
-            Ok(d) => return d,
-            Err(e) => last = Some(e),
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("cannot connect to {}: {:?}", path.display(), last);
+    connect_vhost(path, cfg, Duration::from_secs(5)).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 #[test]
@@ -99,9 +91,9 @@ fn bad_descriptors_are_counted_and_the_guest_vanishing_keeps_the_rest() {
         let mut a = connect(&run.join("va.sock"), &cfg);
         let mut b = connect(&run.join("vb.sock"), &cfg);
         // Out of guest memory, shorter than the header, device-writable: refused, counted.
-        a.send_raw_desc(0, 0x7fff_0000_0000, 128, 0);
-        a.send_raw_desc(0, 0, 4, 0);
-        a.send_raw_desc(0, 0, 128, 2);
+        assert!(a.send_raw_desc(0, 0x7fff_0000_0000, 128, 0), "transmit ring full");
+        assert!(a.send_raw_desc(0, 0, 4, 0), "transmit ring full");
+        assert!(a.send_raw_desc(0, 0, 128, 2), "transmit ring full");
         assert!(wait_until(Duration::from_secs(5), || {
             d.cli(&["--json", "stats", "br0", "va"]).json()[0]["counters"]["drops"]["rx_error"] == 3
         }));
@@ -290,13 +282,6 @@ fn multiqueue_pairs_carry_frames() {
         let o = d.cli(&["--json", "port", "list", "br0"]).json();
         assert_eq!(o[0]["vhost"]["queue_pairs_max"], 2);
     });
-}
-
-/// CPU time (user + system, clock ticks) the process has used.
-fn cpu_ticks(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let f: Vec<&str> = s.rsplit_once(')').unwrap().1.split_whitespace().collect();
-    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
 }
 
 #[test]

@@ -20,6 +20,7 @@ use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestRegion
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::device::Memory;
+use crate::ring::Slice;
 use crate::virtio_net::{features, VnetHdr, HDR_LEN};
 
 /// Bytes of one buffer (virtio-net header included), unless [`Config::buf_len`] says more.
@@ -87,6 +88,14 @@ struct Vq {
     is_rx: bool,
     /// Buffers still to come of the frame [`Driver::drain_rx`] is counting.
     rx_left: u16,
+}
+
+/// The avail and used rings of `vq`, each as one slice of guest memory.
+fn ring_slices<'m>(mem: &'m Memory, vq: &Vq) -> Option<(Slice<'m>, Slice<'m>)> {
+    let n = usize::from(vq.size);
+    let avail = mem.get_slice(GuestAddress(vq.avail), 4 + 2 * n).ok()?;
+    let used = mem.get_slice(GuestAddress(vq.used), 4 + 8 * n).ok()?;
+    Some((avail, used))
 }
 
 pub struct Driver {
@@ -293,15 +302,18 @@ impl Driver {
     }
 
     /// Takes back transmit buffers the device has used.
+    /// Takes back the buffers the device has used on transmit queue `q`.
     fn reclaim(&mut self, q: usize) {
-        let used_idx: u16 =
-            self.mem.load(GuestAddress(self.vqs[q].used + 2), Ordering::Acquire).map(u16::from_le).unwrap_or(0);
-        while self.vqs[q].last_used != used_idx {
-            let vq = &self.vqs[q];
-            let slot = vq.used + 4 + 8 * u64::from(vq.last_used % vq.size);
-            let id: u32 = self.mem.read_obj(GuestAddress(slot)).map(u32::from_le).unwrap_or(0);
-            self.vqs[q].free.push(id as u16);
-            self.vqs[q].last_used = self.vqs[q].last_used.wrapping_add(1);
+        let vq = &mut self.vqs[q];
+        let Some((_, used)) = ring_slices(&self.mem, vq) else {
+            return;
+        };
+        let used_idx = u16::from_le(used.load::<u16>(2, Ordering::Acquire).unwrap_or(0));
+        while vq.last_used != used_idx {
+            let slot = 4 + 8 * usize::from(vq.last_used % vq.size);
+            let id = u32::from_le(used.load::<u32>(slot, Ordering::Relaxed).unwrap_or(0));
+            vq.free.push(id as u16);
+            vq.last_used = vq.last_used.wrapping_add(1);
         }
     }
 
@@ -336,11 +348,13 @@ impl Driver {
     }
 
     /// Puts a raw descriptor on the transmit queue of `pair` (for tests of bad input).
-    pub fn send_raw_desc(&mut self, pair: usize, addr: u64, len: u32, flags: u16) {
+    /// Returns false, queuing nothing, when the ring is full.
+    #[must_use]
+    pub fn send_raw_desc(&mut self, pair: usize, addr: u64, len: u32, flags: u16) -> bool {
         let q = 2 * pair + 1;
         self.reclaim(q);
         let Some(i) = self.vqs[q].free.pop() else {
-            return;
+            return false;
         };
         let old = self.vqs[q].avail_idx;
         let vq = &self.vqs[q];
@@ -349,6 +363,7 @@ impl Driver {
         let _ = self.mem.write_obj(i.to_le(), GuestAddress(slot));
         self.vqs[q].avail_idx = self.vqs[q].avail_idx.wrapping_add(1);
         self.publish(q, old);
+        true
     }
 
     /// Transmit buffers the device has not handed back yet.
@@ -417,35 +432,18 @@ impl Driver {
         len
     }
 
-    /// Benchmarks: hands every transmit buffer of `pair` the device has used back to it
-    /// (they still hold the primed frame). Returns how many. Works on whole-ring slices (one
+    /// Benchmarks: hands every free transmit buffer of `pair` (still holding the primed
+    /// frame) to the device again. Returns how many. Works on whole-ring slices (one
     /// guest-memory lookup per call, not per entry) so the generator stays cheap.
     pub fn refill_tx(&mut self, pair: usize) -> usize {
         let q = 2 * pair + 1;
-        let vq = &self.vqs[q];
-        let size = usize::from(vq.size);
-        let (Ok(used), Ok(avail)) = (
-            self.mem.get_slice(GuestAddress(vq.used), 4 + 8 * size),
-            self.mem.get_slice(GuestAddress(vq.avail), 4 + 2 * size),
-        ) else {
+        self.reclaim(q);
+        let vq = &mut self.vqs[q];
+        let Some((avail, _)) = ring_slices(&self.mem, vq) else {
             return 0;
         };
-        let used_idx = u16::from_le(used.load::<u16>(2, Ordering::Acquire).unwrap_or(0));
         let old = vq.avail_idx;
-        let (mut last_used, mut avail_idx) = (vq.last_used, vq.avail_idx);
         let mut n = 0;
-        while last_used != used_idx {
-            let slot = 4 + 8 * usize::from(last_used % vq.size);
-            let id = u32::from_le(used.load::<u32>(slot, Ordering::Relaxed).unwrap_or(0)) as u16;
-            let _ = avail.store(id.to_le(), 4 + 2 * usize::from(avail_idx % vq.size), Ordering::Relaxed);
-            last_used = last_used.wrapping_add(1);
-            avail_idx = avail_idx.wrapping_add(1);
-            n += 1;
-        }
-        let vq = &mut self.vqs[q];
-        vq.last_used = last_used;
-        vq.avail_idx = avail_idx;
-        // The first call after priming: buffers never handed out yet.
         while let Some(i) = vq.free.pop() {
             let _ = avail.store(i.to_le(), 4 + 2 * usize::from(vq.avail_idx % vq.size), Ordering::Relaxed);
             vq.avail_idx = vq.avail_idx.wrapping_add(1);
@@ -464,12 +462,10 @@ impl Driver {
         let hl = self.hdr_len();
         let mrg = hl == HDR_LEN && self.acked & features::MRG_RXBUF != 0;
         let vq = &mut self.vqs[q];
-        let size = usize::from(vq.size);
         // Whole-ring and whole-buffer-area slices: one guest-memory lookup per call.
-        let (Ok(used), Ok(avail), Ok(bufs)) = (
-            self.mem.get_slice(GuestAddress(vq.used), 4 + 8 * size),
-            self.mem.get_slice(GuestAddress(vq.avail), 4 + 2 * size),
-            self.mem.get_slice(GuestAddress(vq.bufs), size * self.buf_len),
+        let (Some((avail, used)), Ok(bufs)) = (
+            ring_slices(&self.mem, vq),
+            self.mem.get_slice(GuestAddress(vq.bufs), usize::from(vq.size) * self.buf_len),
         ) else {
             return (0, 0);
         };

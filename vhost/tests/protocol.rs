@@ -109,8 +109,8 @@ fn server_mode_negotiates_echoes_and_survives_bad_input_and_reconnects() {
     assert!(wait(|| d.tx_pending(0) == 0), "transmit buffers handed back");
 
     // A descriptor pointing outside guest memory: refused and counted, nothing else breaks.
-    d.send_raw_desc(0, 0x7fff_0000_0000, 100, 0);
-    d.send_raw_desc(0, 0, 4, 0); // shorter than the header
+    assert!(d.send_raw_desc(0, 0x7fff_0000_0000, 100, 0), "transmit ring full");
+    assert!(d.send_raw_desc(0, 0, 4, 0), "transmit ring full"); // shorter than the header
     assert!(wait(|| bad.load(Ordering::SeqCst) == 2));
     assert!(wait(|| d.tx_pending(0) == 0), "bad chains are handed back too");
     assert_eq!(d.send(0, &VnetHdr::default(), &refs[..1]), 1);

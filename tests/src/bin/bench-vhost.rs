@@ -23,7 +23,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use vmnetd_tests::{bin, test_dir, Daemon};
+use vmnetd_tests::{bin, connect_vhost, cpu_ticks, test_dir, Daemon};
 use vmnetd_vhost::driver::{Config, Driver};
 use vmnetd_vhost::virtio_net::{features, VnetHdr};
 
@@ -112,14 +112,7 @@ trait Backend {
 }
 
 fn connect_retry(path: &Path, cfg: &Config) -> Result<Driver> {
-    let end = Instant::now() + Duration::from_secs(20);
-    loop {
-        match Driver::connect(path, cfg) {
-            Ok(d) => return Ok(d),
-            Err(e) if Instant::now() > end => bail!("cannot connect to {}: {e:?}", path.display()),
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
-        }
-    }
+    connect_vhost(path, cfg, Duration::from_secs(20))
 }
 
 struct Vmnetd {
@@ -385,15 +378,6 @@ impl Backend for Testpmd {
     fn pid(&self) -> Option<u32> {
         Some(self.child.id())
     }
-}
-
-/// CPU time (user + system) of a process, in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = s.rsplit_once(')').map_or("", |x| x.1);
-    let f: Vec<&str> = after.split_whitespace().collect();
-    f.get(11).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0)
-        + f.get(12).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0)
 }
 
 fn rss_kib(pid: u32) -> u64 {

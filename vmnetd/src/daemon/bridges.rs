@@ -39,6 +39,26 @@ fn internal<E: std::error::Error + 'static>(e: E) -> ApiError {
     ApiError::from_chain(ErrorKind::Internal, &e)
 }
 
+/// What `port list` shows for a declaration, before the live parts (counters, kernel VLANs,
+/// vhost-user state) are filled in.
+fn port_info_base(decl: &PortDecl, source: Source, state: String) -> PortInfo {
+    PortInfo {
+        bridge: decl.spec.bridge.clone(),
+        name: decl.spec.name.clone(),
+        kind: decl.spec.kind.clone(),
+        vlan: decl.spec.vlan.clone(),
+        macs: decl.spec.macs.clone(),
+        lock_mac: decl.spec.lock_mac,
+        ifname: port_ifname(&decl.spec),
+        state,
+        source,
+        counters: None,
+        kernel_vlans: None,
+        vhost: None,
+        external_ids: decl.spec.external_ids.clone(),
+    }
+}
+
 /// The kernel interface behind a port.
 pub fn port_ifname(spec: &PortSpec) -> Option<IfName> {
     match &spec.kind {
@@ -690,21 +710,7 @@ impl Core {
     async fn port_info(&self, decl: &PortDecl, source: Source) -> Result<PortInfo, ApiError> {
         if self.bridge_kind(&decl.spec.bridge) == Some(BridgeKind::Linux) {
             let (state, kernel_vlans) = self.linux_port_state(&decl.spec).await;
-            return Ok(PortInfo {
-                bridge: decl.spec.bridge.clone(),
-                name: decl.spec.name.clone(),
-                kind: decl.spec.kind.clone(),
-                vlan: decl.spec.vlan.clone(),
-                macs: decl.spec.macs.clone(),
-                lock_mac: decl.spec.lock_mac,
-                ifname: port_ifname(&decl.spec),
-                state,
-                source,
-                counters: None,
-                kernel_vlans,
-                vhost: None,
-                external_ids: decl.spec.external_ids.clone(),
-            });
+            return Ok(PortInfo { kernel_vlans, ..port_info_base(decl, source, state) });
         }
         let (bridge, name) = (decl.spec.bridge.to_string(), decl.spec.name.to_string());
         let live = self
@@ -733,21 +739,7 @@ impl Core {
             Some((PortState::Down(why), c, _)) => (format!("down: {why}"), c),
             None => (format!("missing: {} not attached", port_resource(&decl.spec)), None),
         };
-        Ok(PortInfo {
-            bridge: decl.spec.bridge.clone(),
-            name: decl.spec.name.clone(),
-            kind: decl.spec.kind.clone(),
-            vlan: decl.spec.vlan.clone(),
-            macs: decl.spec.macs.clone(),
-            lock_mac: decl.spec.lock_mac,
-            ifname: port_ifname(&decl.spec),
-            state,
-            source,
-            counters,
-            kernel_vlans: None,
-            vhost,
-            external_ids: decl.spec.external_ids.clone(),
-        })
+        Ok(PortInfo { counters, vhost, ..port_info_base(decl, source, state) })
     }
 
     fn vhost_info(&self, spec: &PortSpec, dev: &vmnetd_vhost::device::Shared) -> VhostInfo {
