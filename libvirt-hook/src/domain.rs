@@ -124,8 +124,6 @@ pub struct Domain {
     pub interfaces: Vec<Interface>,
     pub metadata: Metadata,
     pub memory: Sharing,
-    /// The DAC `<label>` of the qemu process (`+64055:+64055`), once libvirt assigned it.
-    pub dac_label: Option<String>,
 }
 
 impl Domain {
@@ -163,7 +161,7 @@ pub fn from_tree(root: &Element) -> Result<Domain> {
             }
         }
     }
-    Ok(Domain { name, uuid, interfaces, metadata: metadata(root)?, memory: sharing(root), dac_label: dac_label(root) })
+    Ok(Domain { name, uuid, interfaces, metadata: metadata(root)?, memory: sharing(root) })
 }
 
 fn interface(index: usize, el: &Element) -> Result<Interface> {
@@ -317,23 +315,6 @@ fn sharing(root: &Element) -> Sharing {
     Sharing::Private
 }
 
-fn dac_label(root: &Element) -> Option<String> {
-    root.children_named("seclabel")
-        .filter(|s| s.attr("model") == Some("dac"))
-        .find_map(|s| s.child("label"))
-        .map(|l| l.text_trimmed().to_owned())
-        .filter(|l| !l.is_empty())
-}
-
-/// `+64055:+64055` or `libvirt-qemu:kvm` as `USER:GROUP` for vmnetd's `--owner` (the `+`
-/// marks numeric ids in libvirt; vmnetd takes numbers as ids).
-pub fn owner_from_label(label: &str) -> Option<String> {
-    let (u, g) = label.split_once(':')?;
-    let clean = |s: &str| s.strip_prefix('+').unwrap_or(s).to_owned();
-    let (u, g) = (clean(u), clean(g));
-    (!u.is_empty() && !g.is_empty()).then(|| format!("{u}:{g}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -428,13 +409,6 @@ mod tests {
         assert_eq!(parse(&dom("", numa)).unwrap().0.memory, Sharing::Shared);
         let mixed = "<cpu><numa><cell id='0' memAccess='shared'/><cell id='1'/></numa></cpu>";
         assert_eq!(parse(&dom("", mixed)).unwrap().0.memory, Sharing::Private);
-    }
-
-    #[test]
-    fn owner_labels() {
-        assert_eq!(owner_from_label("+64055:+64055").as_deref(), Some("64055:64055"));
-        assert_eq!(owner_from_label("libvirt-qemu:kvm").as_deref(), Some("libvirt-qemu:kvm"));
-        assert_eq!(owner_from_label("nonsense"), None);
     }
 
     #[test]

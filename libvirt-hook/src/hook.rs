@@ -86,7 +86,15 @@ pub fn reconcile(
         let live = |p: &&PortInfo| !gone.iter().any(|(b, n)| *b == p.bridge && *n == p.name);
         if let Some(t) = &w.tap {
             let name = t.name.as_ref().expect("planned TAPs are named");
-            if !taps.iter().any(|x| &x.name == name) && !tap_exists(name) {
+            if !taps.iter().any(|x| &x.name == name) {
+                if tap_exists(name) {
+                    // Only TAPs the hook makes or that vmnetd declares become ports: never an
+                    // existing interface (a NIC, another VM's TAP) named by domain XML.
+                    return Err(PlanError(format!(
+                        "{name} exists and is not a TAP declared in vmnetd; the hook only adds TAPs it creates \
+                         or that vmnetd declares (vmnetd mktap {name} --user ...)"
+                    )));
+                }
                 steps.push(Step::AddTap(t.clone()));
             }
         }
@@ -97,6 +105,17 @@ pub fn reconcile(
         let res = resource(&spec.kind);
         let by_name = ports.iter().filter(live).find(|p| p.bridge == spec.bridge && p.name == spec.name);
         let by_res = ports.iter().filter(live).find(|p| resource(&p.kind) == res && res.is_some());
+        // A port a non-root user added is theirs: never taken over for a domain (they could
+        // capture or remove it), whatever it looks like.
+        if let Some(p) = by_name.or(by_res).filter(|p| p.creator.is_some()) {
+            return Err(PlanError(format!(
+                "port {} of bridge {} ({}) was added by uid {}, not by root; refusing to use it for a domain",
+                p.name,
+                p.bridge,
+                res.clone().unwrap_or_default(),
+                p.creator.unwrap_or_default()
+            )));
+        }
         let replace = match (by_name, by_res) {
             (Some(p), _) if same(p, spec) => continue,
             (Some(p), _) if plan::is_ours(&p.external_ids, key) => Some(p),
@@ -207,6 +226,11 @@ fn ensure(c: &mut Client, d: &Domain, phase: Phase, cfg: &HookConfig) -> Result<
     if wants.is_empty() && phase != Phase::Prepare {
         return Ok(());
     }
+    for w in &wants {
+        if let Some((dev, mac)) = &w.libvirt_tap {
+            check_libvirt_tap(dev, *mac)?;
+        }
+    }
     let ports: Vec<PortInfo> = c.call(Op::PortList(PortListReq::default())).map_err(err_str)?;
     let taps: Vec<TapInfo> =
         if wants.iter().any(|w| w.tap.is_some()) { c.call(Op::TapList).map_err(err_str)? } else { Vec::new() };
@@ -225,7 +249,7 @@ fn ensure(c: &mut Client, d: &Domain, phase: Phase, cfg: &HookConfig) -> Result<
                     let info: TapInfo = c.call(Op::Mktap(t)).map_err(err_str)?;
                     added_taps.push(info.name);
                 }
-                Step::MakeDir(dir, owner) => make_socket_dir(&dir, &owner)?,
+                Step::MakeDir(dir, owner) => make_socket_dir(&facts.run_dir, &dir, &owner)?,
                 Step::AddPort(p) => {
                     let r = PortRef { bridge: p.bridge.clone(), name: p.name.clone() };
                     let _: PortInfo = c.call(Op::PortAdd(p)).map_err(err_str)?;
@@ -257,27 +281,48 @@ fn numeric_owner(owner: &str) -> Result<String, String> {
     Ok(format!("{uid}:{gid}"))
 }
 
-/// A directory QEMU (running as `owner`) creates its server socket in: 0750, its owner's.
-fn make_socket_dir(dir: &Path, owner: &str) -> Result<(), String> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+/// Checks that `dev` is the TAP libvirt made for the interface with guest MAC `mac`: a
+/// TUN/TAP device whose address is the one libvirt gives such a TAP. So a `<target dev>` in
+/// domain XML cannot put a host NIC or another VM's TAP on a bridge.
+fn check_libvirt_tap(dev: &IfName, mac: vmnetd::switch::MacAddr) -> Result<(), String> {
+    let facts = crate::link::query(dev.as_str()).map_err(|e| format!("cannot look at {dev}: {e}"))?;
+    let Some(f) = facts else {
+        return Err(format!("libvirt's TAP {dev} does not exist"));
+    };
+    if !f.is_tun {
+        return Err(format!("{dev} is not a TAP device; refusing to make it a port"));
+    }
+    let addr = f.mac.map(vmnetd::switch::MacAddr);
+    if !addr.is_some_and(|a| plan::libvirt_tap_macs(mac).contains(&a)) {
+        return Err(format!(
+            "{dev} is not the TAP libvirt made for the interface with MAC {mac} (its address is {}); refusing",
+            addr.map_or("unknown".into(), |a| a.to_string())
+        ));
+    }
+    Ok(())
+}
+
+/// A domain's socket directory, `RUN_DIR/libvirt/LEAF`: QEMU (running as `owner`) creates its
+/// server socket there. Made root-owned `RUN_DIR/libvirt` first; nothing on the way may be
+/// a symlink, and everything is done through directory fds, so nothing outside
+/// `RUN_DIR/libvirt/LEAF` is ever created, chowned or chmodded.
+fn make_socket_dir(run_dir: &Path, dir: &Path, owner: &str) -> Result<(), String> {
     let (u, g) = owner.split_once(':').unwrap_or((owner, owner));
     let uid = vmnetd::users::resolve_user(u).map_err(|e| e.to_string())?.id;
     let gid = vmnetd::users::resolve_group(g).map_err(|e| e.to_string())?.id;
-    if let Some(parent) = dir.parent() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(parent)
-            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    let leaf = confined_leaf(run_dir, dir)?;
+    let base = crate::safedir::open_libvirt_dir(run_dir, true).map_err(|e| e.to_string())?;
+    let d = crate::safedir::make_subdir(&base, &leaf).map_err(|e| format!("{}: {e}", dir.display()))?;
+    crate::safedir::give(&d, uid, gid, 0o750).map_err(|e| format!("{}: {e}", dir.display()))
+}
+
+/// The leaf of `dir` when it is exactly `RUN_DIR/libvirt/LEAF`.
+fn confined_leaf(run_dir: &Path, dir: &Path) -> Result<String, String> {
+    let base = run_dir.join("libvirt");
+    match (dir.parent(), dir.file_name().and_then(|n| n.to_str())) {
+        (Some(p), Some(leaf)) if p == base && !leaf.starts_with('.') => Ok(leaf.to_owned()),
+        _ => Err(format!("{} is not a directory in {}; refusing", dir.display(), base.display())),
     }
-    match std::fs::DirBuilder::new().mode(0o750).create(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => {}
-        Err(e) => return Err(format!("cannot create {}: {e}", dir.display())),
-    }
-    std::os::unix::fs::chown(dir, Some(uid), Some(gid)).map_err(|e| format!("cannot chown {}: {e}", dir.display()))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))
-        .map_err(|e| format!("cannot chmod {}: {e}", dir.display()))
 }
 
 /// Removes every port and TAP labelled for the domain, and its socket directory.
@@ -314,29 +359,15 @@ fn release(d: &Domain, cfg: &HookConfig) -> Vec<String> {
         Err(e) => warn(err_str(e)),
     }
     if let Ok(st) = c.call::<Status>(Op::Status) {
-        let dir = plan::domain_socket_dir(Path::new(&st.run_dir), &d.name);
-        if let Err(e) = remove_socket_dir(&dir) {
-            warn(format!("cannot remove {}: {e}", dir.display()));
+        let run_dir = Path::new(&st.run_dir);
+        let dir = plan::domain_socket_dir(run_dir, &d.name);
+        let r = confined_leaf(run_dir, &dir).and_then(|leaf| {
+            crate::safedir::remove_socket_dir(run_dir, &leaf)
+                .map_err(|e| format!("cannot remove {}: {e}", dir.display()))
+        });
+        if let Err(e) = r {
+            warn(e);
         }
     }
     warnings
-}
-
-/// Removes the sockets QEMU left and the directory; anything else in it stays.
-fn remove_socket_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::FileTypeExt;
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    for e in entries.flatten() {
-        if e.file_type().is_ok_and(|t| t.is_socket()) {
-            std::fs::remove_file(e.path())?;
-        }
-    }
-    match std::fs::remove_dir(dir) {
-        Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => Ok(()),
-        r => r,
-    }
 }

@@ -6,13 +6,16 @@
 //! - [`plan`]: the ports a domain needs at a phase — pure;
 //! - [`hook`]: reconciling that with the daemon, and the exit contract with libvirt;
 //! - [`translate`]: bridge interfaces on built-in bridges → vhost-user, byte-preserving;
-//! - [`install`], [`config`]: putting the hook in place, and its settings.
+//! - [`install`], [`config`]: putting the hook in place, and its settings;
+//! - [`safedir`]: per-domain socket directories, handled without following links.
 #![deny(unsafe_code)]
 
 pub mod config;
 pub mod domain;
 pub mod hook;
 pub mod install;
+pub mod link;
 pub mod plan;
+pub mod safedir;
 pub mod translate;
 pub mod xml;

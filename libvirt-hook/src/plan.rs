@@ -70,6 +70,31 @@ pub struct Want {
     pub port: PortSpec,
     /// Make this directory (owned by `.1`) for a socket QEMU creates.
     pub socket_dir: Option<(PathBuf, String)>,
+    /// The port's interface must be the TAP libvirt made for this interface (checked before
+    /// anything changes).
+    pub libvirt_tap: Option<(IfName, MacAddr)>,
+}
+
+/// `path` if it names a plain file directly inside `dir` (lexically: absolute, no `.` or
+/// `..`, no deeper directory, not a hidden name).
+pub fn confined_socket(path: Option<&str>, dir: &Path) -> Option<PathBuf> {
+    let p = Path::new(path?);
+    let name = p.file_name()?.to_str()?;
+    let plain = p.is_absolute()
+        && p.components().skip(1).all(|c| matches!(c, std::path::Component::Normal(_)))
+        && p.parent() == Some(dir)
+        && !name.starts_with('.')
+        && !path?.ends_with('/');
+    plain.then(|| p.to_owned())
+}
+
+/// The MAC libvirt gives the host side of a TAP it makes for a guest with `mac`: the
+/// guest's with the first byte 0xFE (0xFA if it already was 0xFE), so the bridge never
+/// takes the guest's address; the guest's own with `macTableManager='libvirt'`.
+pub fn libvirt_tap_macs(mac: MacAddr) -> [MacAddr; 2] {
+    let mut o = mac.octets();
+    o[0] = if o[0] == 0xfe { 0xfa } else { 0xfe };
+    [MacAddr(o), mac]
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -176,12 +201,14 @@ pub fn plan(d: &Domain, phase: Phase, f: &Facts) -> Result<Vec<Want>, PlanError>
                          to the domain (vmnetd-libvirt-hook translate does this)"
                     )));
                 }
-                let path = i
-                    .source
-                    .path
-                    .as_deref()
-                    .filter(|p| p.starts_with('/'))
-                    .ok_or_else(|| PlanError(format!("{label}: <source path> must be an absolute socket path")))?;
+                let dir = domain_socket_dir(&f.run_dir, &d.name);
+                let path = confined_socket(i.source.path.as_deref(), &dir).ok_or_else(|| {
+                    PlanError(format!(
+                        "{label}: the vhost-user socket must be a file directly in {}/ (no '..', no other \
+                         directory); `vmnetd-libvirt-hook translate` puts it there",
+                        dir.display()
+                    ))
+                })?;
                 // QEMU's role on the socket decides ours.
                 let mode = match i.source.mode.as_deref() {
                     Some("server") => VhostMode::Client,
@@ -194,18 +221,12 @@ pub fn plan(d: &Domain, phase: Phase, f: &Facts) -> Result<Vec<Want>, PlanError>
                         vmnetd_max_queues()
                     )));
                 }
-                let owner = d
-                    .dac_label
-                    .as_deref()
-                    .and_then(crate::domain::owner_from_label)
-                    .unwrap_or_else(|| f.qemu_owner.clone());
-                let path = PathBuf::from(path);
-                let socket_dir = match (mode, path.parent()) {
-                    (VhostMode::Client, Some(parent)) if parent.starts_with(f.run_dir.join("libvirt")) => {
-                        Some((parent.to_owned(), owner.clone()))
-                    }
-                    _ => None,
-                };
+                // Who QEMU runs as comes from the host's configuration (qemu.conf), never from
+                // the domain XML: its <seclabel> is written by whoever defines the domain.
+                let owner = f.qemu_owner.clone();
+                // QEMU as the server creates its socket in the domain's directory, which the
+                // hook makes; vmnetd as the server makes the directory itself.
+                let socket_dir = (mode == VhostMode::Client).then(|| (dir.clone(), owner.clone()));
                 out.push(Want {
                     tap: None,
                     port: PortSpec {
@@ -223,6 +244,7 @@ pub fn plan(d: &Domain, phase: Phase, f: &Facts) -> Result<Vec<Want>, PlanError>
                         external_ids: external_ids(d, mac),
                     },
                     socket_dir,
+                    libvirt_tap: None,
                 });
             }
             "ethernet" => {
@@ -248,6 +270,7 @@ pub fn plan(d: &Domain, phase: Phase, f: &Facts) -> Result<Vec<Want>, PlanError>
                     ..Default::default()
                 });
                 let builtin = kind == BridgeKind::Builtin;
+                let libvirt_tap = (!i.unmanaged_target).then(|| (dev.clone(), i.mac.unwrap_or(mac)));
                 out.push(Want {
                     tap,
                     port: PortSpec {
@@ -260,6 +283,7 @@ pub fn plan(d: &Domain, phase: Phase, f: &Facts) -> Result<Vec<Want>, PlanError>
                         external_ids: external_ids(d, mac),
                     },
                     socket_dir: None,
+                    libvirt_tap,
                 });
             }
             "bridge" | "network" => {
@@ -292,7 +316,10 @@ pub fn plan(d: &Domain, phase: Phase, f: &Facts) -> Result<Vec<Want>, PlanError>
                             return Err(PlanError(format!("{label}: libvirt did not name its TAP (<target dev>)")));
                         };
                         let dev = ifname(dev, &label)?;
-                        let mac = i.mac.unwrap_or_default();
+                        let dev_for_check = dev.clone();
+                        let Some(mac) = i.mac else {
+                            return Err(PlanError(format!("{label}: libvirt did not give it a MAC")));
+                        };
                         out.push(Want {
                             tap: None,
                             port: PortSpec {
@@ -305,6 +332,7 @@ pub fn plan(d: &Domain, phase: Phase, f: &Facts) -> Result<Vec<Want>, PlanError>
                                 external_ids: external_ids(d, mac),
                             },
                             socket_dir: None,
+                            libvirt_tap: Some((dev_for_check, mac)),
                         });
                     }
                     None if meta.is_some_and(|m| m.vlan.is_some()) => {

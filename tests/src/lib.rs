@@ -177,6 +177,8 @@ pub struct Daemon {
     pub socket: PathBuf,
     pub log: PathBuf,
     pub extra: Vec<String>,
+    /// Extra environment of the daemon process.
+    pub env: Vec<(String, String)>,
 }
 
 impl Daemon {
@@ -192,22 +194,7 @@ impl Daemon {
     /// Starts a daemon with `extra` arguments. Unless they name a `--config`, it gets an
     /// empty one, so the host's /etc/vmnetd/vmnetd.toml never leaks into a test.
     pub fn start_with(root: &Path, extra: &[&str]) -> Daemon {
-        let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        if !extra.iter().any(|a| a == "--config") {
-            let cfg = root.join("empty.toml");
-            std::fs::write(&cfg, "# test: no declarations\n").expect("write test config");
-            extra.push("--config".into());
-            extra.push(cfg.display().to_string());
-        }
-        let mut d = Daemon {
-            child: None,
-            root: root.to_owned(),
-            socket: root.join("run").join("vmnetd.sock"),
-            log: root.join("daemon.log"),
-            extra,
-        };
-        d.restart();
-        d
+        Daemon::start_env(root, extra, &[])
     }
 
     /// Starts the daemon process again (after [`Daemon::kill`] or [`Daemon::stop`]).
@@ -222,6 +209,7 @@ impl Daemon {
             .arg(self.root.join("run"))
             .args(&self.extra)
             .env("RUST_LOG", "debug")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env_remove("VMNETD_SOCKET")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
@@ -251,6 +239,61 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Starts a daemon with `extra` arguments (see [`Daemon::start_with`]) and `env` in its
+    /// environment.
+    pub fn start_env(root: &Path, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        if !extra.iter().any(|a| a == "--config") {
+            let cfg = root.join("empty.toml");
+            std::fs::write(&cfg, "# test: no declarations\n").expect("write test config");
+            extra.push("--config".into());
+            extra.push(cfg.display().to_string());
+        }
+        let mut d = Daemon {
+            child: None,
+            root: root.to_owned(),
+            socket: root.join("run").join("vmnetd.sock"),
+            log: root.join("daemon.log"),
+            extra,
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
+        d.restart();
+        d
+    }
+
+    /// Waits for the daemon process to exit on its own (at most `timeout`); its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let end = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                self.child = None;
+                return Some(st);
+            }
+            if Instant::now() > end {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The daemon's own resident memory (`RssAnon`: its heap and stacks, not the guests'
+    /// shared memory it maps), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.pid().expect("daemon running");
+        let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        s.lines()
+            .find_map(|l| l.strip_prefix("RssAnon:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Open file descriptors of the daemon process.
+    pub fn fd_count(&self) -> usize {
+        let pid = self.pid().expect("daemon running");
+        std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -301,6 +344,14 @@ impl Daemon {
     pub fn cli(&self, args: &[&str]) -> Out {
         let mut c = Command::new(bin("vmnetd"));
         c.args(args).env("VMNETD_SOCKET", &self.socket);
+        run_cmd(&mut c)
+    }
+
+    /// Runs the `vmnetd` CLI against this daemon as `uid:gid` (a non-root caller).
+    pub fn cli_as(&self, uid: u32, gid: u32, args: &[&str]) -> Out {
+        use std::os::unix::process::CommandExt;
+        let mut c = Command::new(bin("vmnetd"));
+        c.args(args).env("VMNETD_SOCKET", &self.socket).uid(uid).gid(gid);
         run_cmd(&mut c)
     }
 

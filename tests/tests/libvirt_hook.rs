@@ -16,9 +16,15 @@ fn fixture(name: &str) -> String {
     read(&p)
 }
 
-/// The captured domain with its sockets moved into `dir`.
+/// The captured domain with its sockets moved into its socket directory under the test
+/// daemon's run dir (`DIR/run/libvirt/cap1/`), the only place the hook accepts them.
 fn phase_xml(phase: &str, dir: &Path) -> String {
-    fixture(&format!("mixed-{phase}.xml")).replace("/tmp/cap1-", &format!("{}/cap1-", dir.display()))
+    fixture(&format!("mixed-{phase}.xml")).replace("/tmp/cap1-", &format!("{}/run/libvirt/cap1/", dir.display()))
+}
+
+/// Where the hook's socket of interface `x` ("a" or "b") of cap1 is.
+fn sock_path(dir: &Path, x: &str) -> std::path::PathBuf {
+    dir.join(format!("run/libvirt/cap1/{x}.sock"))
 }
 
 /// Runs the hook like libvirt does; `socket` is the daemon's control socket.
@@ -94,7 +100,7 @@ fn every_phase_as_libvirt_calls_it() {
         // QEMU is the client on a: vmnetd listens, socket owned by the qemu user, 0660.
         assert_eq!(a["kind"]["mode"], "server");
         assert_eq!(a["vlan"], serde_json::json!({"mode": "access", "vlan": 10}));
-        let meta = std::fs::metadata(dir.path().join("cap1-a.sock")).unwrap();
+        let meta = std::fs::metadata(sock_path(dir.path(), "a")).unwrap();
         assert_eq!((meta.uid(), meta.mode() & 0o777), (64055, 0o660));
         let b = by_mac("52:54:00:77:00:02");
         assert_eq!(b["kind"]["mode"], "client", "QEMU is the server on b");
@@ -109,7 +115,7 @@ fn every_phase_as_libvirt_calls_it() {
         let before = summary(&d);
         hook(&sock, ["cap1", "prepare", "begin"], &phase_xml("prepare-begin", dir.path())).ok();
         assert_eq!(summary(&d), before);
-        assert_eq!(std::fs::metadata(dir.path().join("cap1-a.sock")).unwrap().ino(), meta.ino());
+        assert_eq!(std::fs::metadata(sock_path(dir.path(), "a")).unwrap().ino(), meta.ino());
 
         // start: nothing to do, stdin not even read.
         hook(&sock, ["cap1", "start", "begin"], "not xml at all").ok();
@@ -118,6 +124,8 @@ fn every_phase_as_libvirt_calls_it() {
         // kernel cannot do (no bridge VLAN filtering): refused, so libvirt stops the domain
         // rather than run it on the wrong VLAN.
         ip("tuntap add vnet3 mode tap");
+        // The host-side address libvirt gives the TAP of the guest MAC 52:54:00:77:00:04.
+        ip("link set vnet3 address fe:54:00:77:00:04");
         ip("link set vnet3 master lvbr0");
         let o = hook(&sock, ["cap1", "started", "begin"], &phase_xml("started-begin", dir.path()));
         let line = o.failed_one_line();
@@ -144,7 +152,7 @@ fn every_phase_as_libvirt_calls_it() {
         hook(&sock, ["cap1", "release", "end"], &phase_xml("release-end", dir.path())).ok();
         assert!(ports(&d).is_empty(), "{:#?}", ports(&d));
         assert!(!link_exists("lvtap0"));
-        assert!(!dir.path().join("cap1-a.sock").exists());
+        assert!(!sock_path(dir.path(), "a").exists());
         assert_eq!(d.cli(&["--json", "bridge", "list"]).json().as_array().unwrap().len(), 2);
         ip("link del vnet3");
     });
@@ -253,13 +261,14 @@ fn refusals_are_one_line_and_only_where_libvirt_must_stop() {
         late_a.replace_range(a_start..a_end, "");
         let at = late_a.find("<serial").unwrap();
         late_a.insert_str(at, &a);
-        std::fs::write(dir.path().join("cap1-a.sock"), "not a socket").unwrap();
+        std::fs::create_dir_all(sock_path(dir.path(), "a").parent().unwrap()).unwrap();
+        std::fs::write(sock_path(dir.path(), "a"), "not a socket").unwrap();
         let o = hook(&sock, ["cap1", "prepare", "begin"], &late_a);
-        assert!(o.failed_one_line().contains("cap1-a.sock"), "{o:?}");
+        assert!(o.failed_one_line().contains("cap1/a.sock"), "{o:?}");
         assert!(ports(&d).is_empty(), "{:#?}", ports(&d));
         assert!(!link_exists("lvtap0"));
         assert_eq!(d.cli(&["--json", "tap", "list"]).json(), serde_json::json!([]));
-        std::fs::remove_file(dir.path().join("cap1-a.sock")).unwrap();
+        std::fs::remove_file(sock_path(dir.path(), "a")).unwrap();
 
         // Calls with nothing to do succeed whatever comes on stdin.
         for (op, sub) in
@@ -321,5 +330,104 @@ fn concurrent_hooks_for_different_domains_do_not_race() {
         let odd: Vec<u32> = all.iter().copied().filter(|n| n % 2 == 1).collect();
         run_all("release-end", ["release", "end"], &odd);
         assert!(ports(&d).is_empty());
+    });
+}
+
+/// Domain XML is written by whoever defines the domain: paths and device names in it must
+/// not make the root hook touch anything outside `RUN_DIR/libvirt/<domain>/`, nor make a
+/// host interface a port.
+#[test]
+fn hostile_domain_xml_touches_nothing_outside_the_domain_directory() {
+    require_root().unwrap();
+    in_netns(|| {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = test_dir();
+        let d = setup(dir.path());
+        let sock = d.socket.clone();
+        let x = phase_xml("prepare-begin", dir.path());
+        let cap1 = dir.path().join("run/libvirt/cap1");
+        // A directory the attacker wants chowned to the qemu user, and a file to delete.
+        let victim = dir.path().join("victim");
+        std::fs::create_dir(&victim).unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::net::UnixListener::bind(victim.join("keep.sock")).unwrap();
+        let untouched = |what: &str| {
+            let m = std::fs::metadata(&victim).unwrap();
+            assert_eq!((m.uid(), m.gid(), m.mode() & 0o777), (0, 0, 0o700), "{what}: victim dir changed");
+            assert!(victim.join("keep.sock").exists(), "{what}: victim socket removed");
+        };
+        // 1. A socket path that climbs out of the domain's directory with `..`, and one
+        //    elsewhere altogether: refused, one line, nothing made.
+        let dotdot = format!("{}/../../../victim/x.sock", cap1.display());
+        for path in [dotdot.as_str(), "/tmp/x/x.sock", &format!("{}/sub/x.sock", cap1.display())] {
+            let bad = x.replace(&format!("{}/b.sock", cap1.display()), path);
+            assert_ne!(bad, x);
+            let o = hook(&sock, ["cap1", "prepare", "begin"], &bad);
+            let line = o.failed_one_line();
+            assert!(line.contains("must be a file directly in") && line.contains("/libvirt/cap1/"), "{line}");
+            assert!(ports(&d).is_empty(), "{path}");
+            untouched(path);
+        }
+        assert!(!Path::new("/tmp/x").exists());
+        // 2. The domain's directory replaced by a symlink to the victim: refused, the victim
+        //    is neither chowned nor emptied, at prepare or at release.
+        std::fs::create_dir_all(cap1.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(&victim, &cap1).unwrap();
+        let o = hook(&sock, ["cap1", "prepare", "begin"], &x);
+        assert!(o.failed_one_line().contains("symlink"), "{o:?}");
+        untouched("symlinked domain dir");
+        let o = hook(&sock, ["cap1", "release", "end"], &x);
+        assert!(o.success(), "{o:?}");
+        untouched("release through a symlink");
+        std::fs::remove_file(&cap1).unwrap();
+        // 3. RUN_DIR/libvirt itself a symlink: refused the same way.
+        let libvirt = cap1.parent().unwrap().to_owned();
+        std::fs::remove_dir(&libvirt).unwrap();
+        std::os::unix::fs::symlink(&victim, &libvirt).unwrap();
+        let o = hook(&sock, ["cap1", "prepare", "begin"], &x);
+        assert!(o.failed_one_line().contains("symlink"), "{o:?}");
+        untouched("symlinked libvirt dir");
+        std::fs::remove_file(&libvirt).unwrap();
+        // 4. A symlink QEMU (or anyone) left inside the domain's directory: release removes
+        //    sockets only, and only in there.
+        hook(&sock, ["cap1", "prepare", "begin"], &x).ok();
+        std::os::unix::fs::symlink(victim.join("keep.sock"), cap1.join("evil.sock")).unwrap();
+        hook(&sock, ["cap1", "release", "end"], &x).ok();
+        untouched("release with a planted symlink");
+        assert!(ports(&d).is_empty());
+
+        // 5. <target dev='eth0' managed='no'> on an ethernet interface: eth0 is a host
+        //    interface, not a TAP vmnetd declared: refused, eth0 is no port.
+        ip("link add eth0 type veth peer name eth0p");
+        let eth0 = x.replace("dev='lvtap0'", "dev='eth0'");
+        assert_ne!(eth0, x);
+        let o = hook(&sock, ["cap1", "prepare", "begin"], &eth0);
+        let line = o.failed_one_line();
+        assert!(line.contains("eth0 exists and is not a TAP declared in vmnetd"), "{line}");
+        assert!(ports(&d).is_empty(), "{:#?}", ports(&d));
+        // 6. The same for a TAP libvirt makes (<target dev> filled in at started): the
+        //    device must be the domain's TAP, not a NIC, not another VM's TAP.
+        hook(&sock, ["cap1", "prepare", "begin"], &x).ok();
+        let n = ports(&d).len();
+        let started = phase_xml("started-begin", dir.path());
+        assert!(started.contains("<target dev='vnet3'/>"));
+        let o = hook(
+            &sock,
+            ["cap1", "started", "begin"],
+            &started.replace("<target dev='vnet3'/>", "<target dev='eth0'/>"),
+        );
+        assert!(o.failed_one_line().contains("eth0 is not a TAP device"), "{o:?}");
+        ip("tuntap add vnet9 mode tap");
+        ip("link set vnet9 master lvbr0");
+        let o = hook(
+            &sock,
+            ["cap1", "started", "begin"],
+            &started.replace("<target dev='vnet3'/>", "<target dev='vnet9'/>"),
+        );
+        assert!(o.failed_one_line().contains("vnet9 is not the TAP libvirt made for the interface with MAC"), "{o:?}");
+        assert_eq!(ports(&d).len(), n);
+        hook(&sock, ["cap1", "release", "end"], &x).ok();
+        ip("link del vnet9");
+        ip("link del eth0");
     });
 }

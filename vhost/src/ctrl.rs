@@ -6,9 +6,10 @@
 //! answered `VIRTIO_NET_ERR`, as the spec asks.
 
 use virtio_queue::QueueT;
-use vm_memory::{Bytes, GuestMemoryBackend};
+use vm_memory::Bytes;
 
 use crate::device::{DevState, Memory};
+use crate::ring::{self, Ring, RingError, Xlate};
 
 pub const OK: u8 = 0;
 pub const ERR: u8 = 1;
@@ -82,46 +83,65 @@ fn parse_mac_tables(mut d: &[u8]) -> Option<Vec<[u8; 6]>> {
     d.is_empty().then_some(out)
 }
 
-/// Serves every command waiting in the control queue; returns how many.
-pub fn process(st: &mut DevState, mem: &Memory, max_pairs: u16) -> usize {
+/// Serves the commands waiting in the control queue: at most one queue's worth, with one
+/// read of the available index (a driver that keeps adding commands cannot keep us here).
+/// Returns how many, or why the queue is broken.
+pub fn process(st: &mut DevState, mem: &Memory, max_pairs: u16) -> Result<usize, RingError> {
     let i = st.ctrl_index();
-    let mut n = 0;
-    while let Some(chain) = st.vrings[i].queue.pop_descriptor_chain(mem) {
-        let head = chain.head_index();
+    let ring = Ring::new(&st.vrings[i].queue, mem).ok_or(RingError::BadRingAddress)?;
+    let start = st.vrings[i].queue.next_avail();
+    let n = ring::pending(&ring, start)?;
+    let old_used = st.vrings[i].queue.next_used();
+    let mut used = old_used;
+    let mut x = Xlate::new(mem);
+    let mut done = 0u16;
+    let mut result = Ok(());
+    while done < n {
+        let head = ring.avail_head(start.wrapping_add(done));
+        if head >= ring.size() {
+            result = Err(RingError::BadHead { head, size: ring.size() });
+            break;
+        }
+        done += 1;
         let mut cmd = Vec::new();
         let mut status_at = None;
         let mut bad = false;
-        for d in chain {
-            if !mem.check_range(d.addr(), d.len() as usize) {
+        let walked = ring.walk(head, |d| {
+            let Some(slice) = x.slice(d.addr, d.len as usize) else {
                 bad = true;
-                break;
-            }
-            if d.is_write_only() {
-                status_at.get_or_insert(d.addr());
-            } else if cmd.len() + d.len() as usize <= MAX_CMD && status_at.is_none() {
+                return false;
+            };
+            if d.write {
+                // The status byte: the first writable buffer (the command's last part).
+                status_at.get_or_insert(slice);
+            } else if status_at.is_none() && cmd.len() + d.len as usize <= MAX_CMD {
                 let at = cmd.len();
-                cmd.resize(at + d.len() as usize, 0);
-                if mem.read_slice(&mut cmd[at..], d.addr()).is_err() {
-                    bad = true;
-                    break;
-                }
+                cmd.resize(at + d.len as usize, 0);
+                slice.copy_to(&mut cmd[at..]);
             } else {
                 bad = true;
-                break;
+                return false;
             }
-        }
-        let ack = if bad { ERR } else { apply(st, max_pairs, &cmd) };
+            true
+        });
+        let ack = if bad || walked.is_err() { ERR } else { apply(st, max_pairs, &cmd) };
         let len = match status_at {
-            Some(a) if mem.write_obj(ack, a).is_ok() => 1,
+            Some(s) if !bad && walked.is_ok() && s.write_obj(ack, 0).is_ok() => 1,
             _ => 0,
         };
-        let _ = st.vrings[i].queue.add_used(mem, head, len);
-        n += 1;
+        ring.put_used(used, head, len);
+        used = used.wrapping_add(1);
     }
-    if n > 0 && st.vrings[i].queue.needs_notification(mem).unwrap_or(true) {
-        st.vrings[i].signal();
+    let q = &mut st.vrings[i].queue;
+    q.set_next_avail(start.wrapping_add(done));
+    if done > 0 {
+        ring.publish_used(used);
+        q.set_next_used(used);
+        if ring.needs_interrupt(old_used, used) {
+            st.vrings[i].signal();
+        }
     }
-    n
+    result.map(|()| usize::from(done))
 }
 
 #[cfg(test)]
@@ -156,5 +176,44 @@ mod tests {
         assert_eq!(apply(&mut s, 4, &[CLASS_MQ, MQ_VQ_PAIRS_SET, 9, 0]), ERR);
         assert_eq!(apply(&mut s, 4, &[2, 0, 10, 0]), ERR, "VLAN filtering is not offered");
         assert_eq!(apply(&mut s, 4, &[]), ERR);
+    }
+
+    /// Commands through the ring: served and acked; a driver whose available index runs
+    /// ahead of the queue breaks it instead of keeping the device in a loop.
+    #[test]
+    fn queue_is_served_a_queue_at_a_time() {
+        use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+        use virtio_queue::desc::split::Descriptor;
+        use virtio_queue::desc::RawDescriptor;
+        use virtio_queue::mock::MockSplitQueue;
+        use vm_memory::GuestAddress;
+
+        let m = Memory::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let vq = MockSplitQueue::create(&m, GuestAddress(0x8_0000), 4);
+        let d = |a: u64, l: u32, f: u32, n: u16| RawDescriptor::from(Descriptor::new(a, l, f as u16, n));
+        // Two commands: promisc off, then an unknown class; each a command and a status byte.
+        m.write_slice(&[CLASS_RX, RX_PROMISC, 0], GuestAddress(0x1000)).unwrap();
+        m.write_slice(&[9, 9], GuestAddress(0x2000)).unwrap();
+        vq.add_desc_chains(
+            &[
+                d(0x1000, 3, VRING_DESC_F_NEXT, 1),
+                d(0x1100, 1, VRING_DESC_F_WRITE, 0),
+                d(0x2000, 2, VRING_DESC_F_NEXT, 3),
+                d(0x2100, 1, VRING_DESC_F_WRITE, 0),
+            ],
+            0,
+        )
+        .unwrap();
+        let mut s = st();
+        let c = s.ctrl_index();
+        s.vrings[c].queue = vq.create_queue().unwrap();
+        assert_eq!(process(&mut s, &m, 4), Ok(2));
+        assert!(!s.promisc);
+        let acks: (u8, u8) = (m.read_obj(GuestAddress(0x1100)).unwrap(), m.read_obj(GuestAddress(0x2100)).unwrap());
+        assert_eq!(acks, (OK, ERR));
+        // Nothing new: nothing served. An index far ahead: the queue is broken, not looped on.
+        assert_eq!(process(&mut s, &m, 4), Ok(0));
+        vq.avail().idx().store(2 + 1000);
+        assert!(matches!(process(&mut s, &m, 4), Err(RingError::AvailIndex { .. })));
     }
 }

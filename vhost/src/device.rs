@@ -28,7 +28,13 @@ use vhost::VhostUserMemoryRegionBase;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap, GuestRegionMmap};
 
+use crate::guard;
+use crate::ring::RingError;
 use crate::virtio_net::{features, HDR_LEN, HDR_LEN_LEGACY};
+
+/// Most memory regions one SET_MEM_TABLE may carry: `VHOST_MEMORY_BASELINE_NREGIONS`, what
+/// QEMU and DPDK send at most (vmnetd does not offer the memory-slots protocol feature).
+pub const MAX_MEM_REGIONS: usize = 8;
 
 /// Largest ring a frontend may ask for.
 pub const MAX_QUEUE_SIZE: u16 = 1024;
@@ -40,10 +46,16 @@ pub type Memory = GuestMemoryMmap<()>;
 /// One virtqueue and its notifications.
 pub struct Vring {
     pub queue: Queue,
-    /// The frontend kicks here when it adds buffers (read 8 bytes to clear).
+    /// The frontend kicks here when it adds buffers (read 8 bytes to clear). Always a
+    /// non-blocking eventfd.
     pub kick: Option<File>,
-    /// We signal here when we used buffers (write 8 bytes).
+    /// We signal here when we used buffers (write 8 bytes). Always a non-blocking eventfd.
     pub call: Option<File>,
+    /// We signal here when the driver broke the ring (QEMU logs "vhost vring error").
+    pub err: Option<File>,
+    /// The driver broke the ring (see [`RingError`]): the queue is not serviced until the
+    /// frontend sets it up again (the device needs a reset, for this guest only).
+    pub broken: Option<RingError>,
     /// Between SET_VRING_KICK and GET_VRING_BASE.
     pub started: bool,
     /// SET_VRING_ENABLE (always, without protocol features).
@@ -59,6 +71,8 @@ impl Vring {
             queue: Queue::new(MAX_QUEUE_SIZE).unwrap_or_else(|_| unreachable!("valid queue size")),
             kick: None,
             call: None,
+            err: None,
+            broken: None,
             started: false,
             enabled: false,
             enable_said: false,
@@ -67,21 +81,36 @@ impl Vring {
 
     /// Frames may move through this ring now.
     pub fn active(&self) -> bool {
-        self.started && self.enabled && self.queue.ready()
+        self.started && self.enabled && self.queue.ready() && self.broken.is_none()
     }
 
-    /// Interrupts the driver (writes the call eventfd).
+    /// Interrupts the driver (writes the call eventfd; never blocks: a counter the frontend
+    /// filled up just loses the interrupt).
     pub fn signal(&self) {
         if let Some(mut c) = self.call.as_ref() {
             let _ = c.write(&1u64.to_ne_bytes());
         }
     }
 
-    /// Clears a pending kick (reads the kick eventfd); non-blocking.
+    /// Clears a pending kick (reads the kick eventfd); non-blocking, so a frontend that
+    /// drains its own kick cannot make us wait.
     pub fn clear_kick(&self) {
         if let Some(mut k) = self.kick.as_ref() {
             let mut b = [0u8; 8];
             let _ = std::io::Read::read(&mut k, &mut b);
+        }
+    }
+
+    /// The driver broke this ring: stop servicing it, tell the frontend (its error eventfd)
+    /// and the log, once.
+    pub fn mark_broken(&mut self, e: RingError, port: &str, index: usize) {
+        if self.broken.is_some() {
+            return;
+        }
+        log::warn!("vhost-user {port}: queue {index} needs a reset: {e}; it is not serviced until the frontend sets it up again");
+        self.broken = Some(e);
+        if let Some(mut f) = self.err.as_ref() {
+            let _ = f.write(&1u64.to_ne_bytes());
         }
     }
 }
@@ -102,6 +131,11 @@ pub struct DevState {
     pub allmulti: bool,
     pub guest_mac: Option<[u8; 6]>,
     pub mac_table: Vec<[u8; 6]>,
+    /// The SIGBUS guard's registrations of the mappings behind `mem`.
+    pub guards: Vec<guard::Registration>,
+    /// The frontend shrank a memory file under us: every queue is broken until new memory
+    /// comes (SET_MEM_TABLE) or the frontend reconnects.
+    pub memory_failed: bool,
 }
 
 impl DevState {
@@ -118,7 +152,26 @@ impl DevState {
             allmulti: true,
             guest_mac: None,
             mac_table: Vec::new(),
+            guards: Vec::new(),
+            memory_failed: false,
         }
+    }
+
+    /// Whether the frontend shrank a memory file under us (a SIGBUS was caught in its
+    /// memory, which now reads as zeros): then every queue is broken until new memory comes.
+    pub fn check_memory(&mut self, port: &str) -> bool {
+        if !self.memory_failed && self.guards.iter().any(guard::Registration::poisoned) {
+            self.memory_failed = true;
+            for (i, v) in self.vrings.iter_mut().enumerate() {
+                v.mark_broken(RingError::MemoryTruncated, port, i);
+            }
+        }
+        self.memory_failed
+    }
+
+    /// Why the device or one of its queues needs a reset, if it does.
+    pub fn needs_reset(&self) -> Option<String> {
+        self.vrings.iter().enumerate().find_map(|(i, v)| v.broken.map(|e| format!("queue {i}: {e}")))
     }
 
     pub fn has(&self, f: u64) -> bool {
@@ -145,11 +198,75 @@ impl DevState {
         (0..pairs).filter(|p| self.vrings[2 * p].active() && self.vrings[2 * p + 1].active())
     }
 
+    /// The frontend set ring `i` up again: it may be serviced again (unless its memory is
+    /// gone, which only new memory repairs).
+    fn reset_broken(&mut self, i: usize) {
+        if !self.memory_failed {
+            self.vrings[i].broken = None;
+        }
+    }
+
     fn reset_rings(&mut self) {
         for v in &mut self.vrings {
             *v = Vring::new();
         }
     }
+}
+
+/// A kick, call or error fd from the frontend: it must be an eventfd (anything else could
+/// block the datapath, or be a file the frontend wants us to write into), and we only ever
+/// use it non-blocking.
+fn eventfd(f: File, port: &str, what: &str) -> VuResult<File> {
+    use std::os::fd::AsRawFd;
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd())).unwrap_or_default();
+    if link.as_os_str() != "anon_inode:[eventfd]" {
+        log::warn!("vhost-user {port}: refused a {what} fd that is not an eventfd ({})", link.display());
+        return Err(VuError::ReqHandlerError(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("the {what} fd is not an eventfd"),
+        )));
+    }
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let flags = fcntl(&f, FcntlArg::F_GETFL).map_err(|e| VuError::ReqHandlerError(e.into()))?;
+    fcntl(&f, FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK))
+        .map_err(|e| VuError::ReqHandlerError(e.into()))?;
+    Ok(f)
+}
+
+/// Checks a memory region against the file behind it before it is mapped: the range is
+/// inside the file (a mapping past its end would fault on first touch), and the file is a
+/// memfd, tmpfs or hugetlbfs file (memory, not a disk file whose I/O errors fault too).
+/// A file the frontend shrinks later is caught by the SIGBUS guard ([`guard`]).
+fn check_region(r: &VhostUserMemoryRegion, f: &File) -> Result<(), String> {
+    use nix::sys::statfs::{fstatfs, HUGETLBFS_MAGIC, TMPFS_MAGIC};
+    let (gpa, uva, size, offset) = (r.guest_phys_addr, r.user_addr, r.memory_size, r.mmap_offset);
+    if size == 0 {
+        return Err("empty region".into());
+    }
+    let overflow = || "region wraps around the address space".to_owned();
+    gpa.checked_add(size).ok_or_else(overflow)?;
+    uva.checked_add(size).ok_or_else(overflow)?;
+    let end = offset.checked_add(size).ok_or_else(overflow)?;
+    let st = nix::sys::stat::fstat(f).map_err(|e| format!("fstat: {e}"))?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err("the memory fd is not a regular file".into());
+    }
+    let file_size = u64::try_from(st.st_size).unwrap_or(0);
+    if end > file_size {
+        return Err(format!("region of {size} bytes at offset {offset} is past the end of its {file_size}-byte file"));
+    }
+    let fs = fstatfs(f).map_err(|e| format!("fstatfs: {e}"))?.filesystem_type();
+    if fs != TMPFS_MAGIC && fs != HUGETLBFS_MAGIC {
+        return Err(format!("the memory file is not a memfd, tmpfs or hugetlbfs file (filesystem type {:#x})", fs.0));
+    }
+    if let Ok(seals) = nix::fcntl::fcntl(f, nix::fcntl::FcntlArg::F_GET_SEALS) {
+        let sealed = seals & libc::F_SEAL_SHRINK != 0;
+        log::debug!(
+            "memory region of {size} bytes: {}",
+            if sealed { "sealed against shrinking" } else { "not sealed" }
+        );
+    }
+    Ok(())
 }
 
 /// State shared by the connection thread and the datapath.
@@ -179,6 +296,25 @@ impl Shared {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The driver broke queue `index` (see [`Vring::mark_broken`]); the datapath re-reads
+    /// which kicks to watch (a broken queue's are not).
+    pub fn mark_broken(&self, st: &mut DevState, index: usize, e: RingError) {
+        if let Some(v) = st.vrings.get_mut(index) {
+            if v.broken.is_none() {
+                v.mark_broken(e, &self.name, index);
+                self.changed(st);
+            }
+        }
+    }
+
+    /// Checks whether a memory file shrank under us (see [`DevState::check_memory`]), and
+    /// has the datapath re-read the device if so.
+    pub fn check_memory(&self, st: &mut DevState) {
+        if !st.memory_failed && st.check_memory(&self.name) {
+            self.changed(st);
+        }
+    }
+
     /// Records a change the datapath must pick up, and wakes it.
     pub fn changed(&self, st: &mut DevState) {
         st.generation = st.generation.wrapping_add(1);
@@ -190,6 +326,8 @@ impl Shared {
         let mut st = self.lock();
         st.reset_rings();
         st.mem = GuestMemoryAtomic::new(Memory::default());
+        st.guards.clear();
+        st.memory_failed = false;
         st.acked_features = 0;
         st.acked_protocol_features = 0;
         st.connected = false;
@@ -310,18 +448,45 @@ impl VhostUserBackendReqHandlerMut for Handler {
         if postcopy.is_some() {
             return Err(unsupported("postcopy"));
         }
+        if ctx.is_empty() || ctx.len() > MAX_MEM_REGIONS || ctx.len() != files.len() {
+            return Err(VuError::InvalidParam);
+        }
         let mut regions = Vec::with_capacity(ctx.len());
-        let mut mappings = Vec::with_capacity(ctx.len());
+        let mut mappings: Vec<Mapping> = Vec::with_capacity(ctx.len());
+        let mut guards = Vec::with_capacity(ctx.len());
         for (r, file) in ctx.iter().zip(files) {
+            check_region(r, &file).map_err(|e| {
+                log::warn!("vhost-user {}: memory region refused: {e}", self.shared.name);
+                VuError::ReqHandlerError(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+            })?;
+            let (uva, size) = (r.user_addr, r.memory_size);
+            if mappings.iter().any(|m| uva < m.vmm_addr + m.size && m.vmm_addr < uva + size) {
+                return Err(VuError::InvalidParam);
+            }
             let region = GuestRegionMmap::new(r.mmap_region(file)?, GuestAddress(r.guest_phys_addr))
                 .ok_or(VuError::InvalidParam)?;
+            guards.push(
+                guard::register(region.as_ptr(), region.size())
+                    .map_err(|e| VuError::ReqHandlerError(std::io::Error::other(e)))?,
+            );
             mappings.push(Mapping { vmm_addr: r.user_addr, size: r.memory_size, gpa: r.guest_phys_addr });
             regions.push(region);
         }
         let mem = Memory::from_regions(regions).map_err(|e| VuError::ReqHandlerError(std::io::Error::other(e)))?;
         self.mappings = mappings;
         let mut st = self.shared.lock();
+        // The old mappings' registrations go first: once the memory is replaced (and maybe
+        // unmapped), their addresses may be reused by new mappings. Under the lock nothing
+        // touches the old memory any more.
+        st.guards.clear();
         st.mem.lock().map_err(|_| VuError::BackendInternalError)?.replace(mem);
+        st.guards = guards;
+        if st.memory_failed {
+            st.memory_failed = false;
+            for v in &mut st.vrings {
+                v.broken = None;
+            }
+        }
         self.shared.changed(&mut st);
         Ok(None)
     }
@@ -332,6 +497,7 @@ impl VhostUserBackendReqHandlerMut for Handler {
         }
         self.with_vring(index as usize, |st, i| {
             st.vrings[i].queue.set_size(num as u16);
+            st.reset_broken(i);
             Ok(())
         })
     }
@@ -357,13 +523,16 @@ impl VhostUserBackendReqHandlerMut for Handler {
             if let Ok(idx) = st.vrings[i].queue.used_idx(&*mem, std::sync::atomic::Ordering::Acquire) {
                 st.vrings[i].queue.set_next_used(idx.0);
             }
+            st.reset_broken(i);
             Ok(())
         })
     }
 
     fn set_vring_base(&mut self, index: u32, base: u32) -> VuResult<()> {
+        let base = u16::try_from(base).map_err(|_| VuError::InvalidParam)?;
         self.with_vring(index as usize, |st, i| {
-            st.vrings[i].queue.set_next_avail(base as u16);
+            st.vrings[i].queue.set_next_avail(base);
+            st.reset_broken(i);
             Ok(())
         })
     }
@@ -383,27 +552,31 @@ impl VhostUserBackendReqHandlerMut for Handler {
 
     fn set_vring_kick(&mut self, index: u8, fd: Option<File>) -> VuResult<()> {
         log::debug!("vhost-user {}: SET_VRING_KICK {index} (fd: {})", self.shared.name, fd.is_some());
+        let fd = fd.map(|f| eventfd(f, &self.shared.name, "kick")).transpose()?;
         self.with_vring(usize::from(index), |st, i| {
             let v = &mut st.vrings[i];
             v.started = fd.is_some();
             v.kick = fd;
             v.queue.set_ready(v.started);
+            st.reset_broken(i);
             Ok(())
         })
     }
 
     fn set_vring_call(&mut self, index: u8, fd: Option<File>) -> VuResult<()> {
+        let fd = fd.map(|f| eventfd(f, &self.shared.name, "call")).transpose()?;
         self.with_vring(usize::from(index), |st, i| {
             st.vrings[i].call = fd;
             Ok(())
         })
     }
 
-    fn set_vring_err(&mut self, index: u8, _fd: Option<File>) -> VuResult<()> {
-        if usize::from(index) >= self.shared.lock().vrings.len() {
-            return Err(VuError::InvalidParam);
-        }
-        Ok(())
+    fn set_vring_err(&mut self, index: u8, fd: Option<File>) -> VuResult<()> {
+        let fd = fd.map(|f| eventfd(f, &self.shared.name, "error")).transpose()?;
+        self.with_vring(usize::from(index), |st, i| {
+            st.vrings[i].err = fd;
+            Ok(())
+        })
     }
 
     fn get_protocol_features(&mut self) -> VuResult<VhostUserProtocolFeatures> {

@@ -101,7 +101,7 @@ fn ring_slices<'m>(mem: &'m Memory, vq: &Vq) -> Option<(Slice<'m>, Slice<'m>)> {
 pub struct Driver {
     frontend: Frontend,
     mem: Memory,
-    _memfd: File,
+    memfd: File,
     vqs: Vec<Vq>,
     pub acked: u64,
     event_idx: bool,
@@ -204,7 +204,7 @@ impl Driver {
         let mut d = Driver {
             frontend,
             mem,
-            _memfd: memfd,
+            memfd,
             vqs,
             acked,
             event_idx: acked & features::RING_EVENT_IDX != 0,
@@ -364,6 +364,26 @@ impl Driver {
         self.vqs[q].avail_idx = self.vqs[q].avail_idx.wrapping_add(1);
         self.publish(q, old);
         true
+    }
+
+    /// The file behind the "guest memory" (for tests of a frontend that truncates it).
+    pub fn memfd(&self) -> &File {
+        &self.memfd
+    }
+
+    /// Writes `idx` as the available index of queue `q` (0: pair 0's receive queue, 1: its
+    /// transmit queue) and kicks, without anything behind it: a broken or hostile driver.
+    pub fn corrupt_avail_idx(&mut self, q: usize, idx: u16) {
+        let vq = &self.vqs[q];
+        let _ = self.mem.store(idx.to_le(), GuestAddress(vq.avail + 2), Ordering::Release);
+        let _ = vq.kick.write(1);
+    }
+
+    /// Gives queue `q` another kick eventfd (SET_VRING_KICK), and kicks it from now on.
+    pub fn replace_kick(&mut self, q: usize, kick: EventFd) -> Result<()> {
+        self.frontend.set_vring_kick(q, &kick)?;
+        self.vqs[q].kick = kick;
+        Ok(())
     }
 
     /// Transmit buffers the device has not handed back yet.

@@ -8,6 +8,14 @@
 //! - [`ctrl`]: the control virtqueue (RX mode, MAC table, multiqueue).
 //! - [`server`]: the socket: listen (server mode) or connect and keep retrying (client mode).
 //! - [`driver`]: a minimal virtio-net *driver* over vhost-user, for tests and benchmarks.
+//! - [`guard`]: guest memory that a frontend shrinks under us does not kill the process.
+//!
+//! `unsafe` code lives in one private module (`sys`): CPU prefetch hints and the SIGBUS
+//! guard.
+#![deny(unsafe_code)]
+
+mod sys;
+
 pub mod ctrl;
 pub mod device;
 pub mod driver;
@@ -15,3 +23,8 @@ pub mod queue;
 pub mod ring;
 pub mod server;
 pub mod virtio_net;
+
+/// The SIGBUS guard around guest memory (see the module's docs).
+pub mod guard {
+    pub use crate::sys::sigbus::{epoch, install, register, Error, Registration};
+}

@@ -14,7 +14,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::Bytes;
 
 use crate::device::Memory;
-use crate::ring::{self, ChainError, Ring, Xlate};
+use crate::ring::{self, ChainError, Ring, RingError, Xlate};
 use crate::virtio_net::VnetHdr;
 
 /// Bytes of a frame copied out at TX for the decision: Ethernet header + 802.1Q tag.
@@ -62,23 +62,22 @@ pub enum TxError {
 }
 
 /// Pops up to `max` chains from `queue` (reading the available index once). `out` gets each
-/// chain's head index and either the frame (its tail segments appended to `segs`) or why it
-/// was refused. Either way the chain is consumed: the caller hands it back with
-/// [`complete_tx`] once done with the frame. Returns how many chains.
+/// chain's head index, either the frame (its tail segments appended to `segs`, which `out`
+/// also gets, to look at or to take back) or why it was refused. Either way the chain is
+/// consumed: the caller hands it back with [`complete_tx`] once done with the frame.
+/// Returns how many chains, or why the queue is broken (the chains before the break were
+/// still taken and given to `out`; nothing after it is).
 pub fn pop_tx(
     queue: &mut Queue,
     mem: &Memory,
     hdr_len: usize,
     max: usize,
     segs: &mut Vec<Seg>,
-    mut out: impl FnMut(u16, Result<TxFrame, TxError>),
-) -> usize {
-    let Some(ring) = Ring::new(queue, mem) else { return 0 };
+    mut out: impl FnMut(u16, Result<TxFrame, TxError>, &mut Vec<Seg>),
+) -> Result<usize, RingError> {
+    let ring = Ring::new(queue, mem).ok_or(RingError::BadRingAddress)?;
     let start = queue.next_avail();
-    let Some(avail) = ring::pending(&ring, start) else {
-        log::warn!("transmit queue: the driver's available index is beyond the queue size; ignoring it");
-        return 0;
-    };
+    let avail = ring::pending(&ring, start)?;
     let n = usize::from(avail).min(max);
     let mut x = Xlate::new(mem);
     // First the whole burst's buffers are requested (their first two lines: the header and
@@ -93,15 +92,20 @@ pub fn pop_tx(
     }
     for k in 0..n {
         let head = ring.avail_head(start.wrapping_add(k as u16));
+        if head >= ring.size() {
+            // Not a chain we could hand back: the ring itself is broken.
+            queue.set_next_avail(start.wrapping_add(k as u16));
+            return Err(RingError::BadHead { head, size: ring.size() });
+        }
         let first_seg = segs.len();
         let r = parse_tx(&ring, head, &mut x, hdr_len, segs, first_seg).map(|f| TxFrame { head_index: head, ..f });
         if r.is_err() {
             segs.truncate(first_seg);
         }
-        out(head, r);
+        out(head, r, segs);
     }
     queue.set_next_avail(start.wrapping_add(n as u16));
-    n
+    Ok(n)
 }
 
 fn parse_tx(
@@ -255,6 +259,8 @@ pub enum RxError {
     BadChain,
     #[error("source segment is outside guest memory")]
     BadSource,
+    #[error(transparent)]
+    Broken(#[from] RingError),
 }
 
 /// A popped receive chain: its buffers are `RxScratch::descs[first..first + n]`.
@@ -290,6 +296,8 @@ pub struct RxWriter<'a> {
     next_used: u16,
     old_used: u16,
     done: bool,
+    /// The driver broke the ring: nothing more is taken from it.
+    broken: Option<RingError>,
     pub written: usize,
 }
 
@@ -298,9 +306,21 @@ impl<'a> RxWriter<'a> {
         let ring = Ring::new(queue, mem);
         let next_avail = queue.next_avail();
         let next_used = queue.next_used();
+        let mut broken = None;
         let avail_end = match &ring {
-            Some(r) => next_avail.wrapping_add(ring::pending(r, next_avail).unwrap_or(0)),
-            None => next_avail,
+            Some(r) => match ring::pending(r, next_avail) {
+                Ok(n) => next_avail.wrapping_add(n),
+                Err(e) => {
+                    broken = Some(e);
+                    next_avail
+                }
+            },
+            None => {
+                if queue.ready() {
+                    broken = Some(RingError::BadRingAddress);
+                }
+                next_avail
+            }
         };
         s.chains.clear();
         s.descs.clear();
@@ -316,22 +336,42 @@ impl<'a> RxWriter<'a> {
             next_used,
             old_used: next_used,
             done: false,
+            broken,
             written: 0,
         }
     }
 
+    /// Why the ring cannot be used, once the driver broke it.
+    pub fn broken(&self) -> Option<RingError> {
+        self.broken
+    }
+
     /// Pops the next chain; `Ok(false)` when the ring is empty.
     fn pop_chain(&mut self) -> Result<bool, RxError> {
+        if let Some(e) = self.broken {
+            return Err(RxError::Broken(e));
+        }
         let Some(ring) = &self.ring else { return Ok(false) };
         if self.next_avail == self.avail_end {
             // Out of what we saw: look once more.
-            let more = ring::pending(ring, self.next_avail).unwrap_or(0);
+            let more = match ring::pending(ring, self.next_avail) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.broken = Some(e);
+                    return Err(RxError::Broken(e));
+                }
+            };
             if more == 0 {
                 return Ok(false);
             }
             self.avail_end = self.next_avail.wrapping_add(more);
         }
         let head = ring.avail_head(self.next_avail);
+        if head >= ring.size() {
+            let e = RingError::BadHead { head, size: ring.size() };
+            self.broken = Some(e);
+            return Err(RxError::Broken(e));
+        }
         self.next_avail = self.next_avail.wrapping_add(1);
         let first = self.s.descs.len();
         // The common case: one writable buffer.
@@ -408,6 +448,10 @@ impl<'a> RxWriter<'a> {
                 Ok(false) => {
                     self.rollback();
                     return Err(RxError::NoBuffers);
+                }
+                Err(e @ RxError::Broken(_)) => {
+                    self.rollback();
+                    return Err(e);
                 }
                 Err(e) => {
                     self.consume_empty();
@@ -655,6 +699,7 @@ pub fn has_available(queue: &Queue, mem: &Memory) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ring::{ChainError, RingError};
     use crate::virtio_net::{F_NEEDS_CSUM, GSO_TCPV4, HDR_LEN};
     use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
     use virtio_queue::desc::split::Descriptor as Desc;
@@ -686,7 +731,7 @@ mod tests {
     fn pop_all(q: &mut Queue, m: &Memory) -> (Popped, Vec<Seg>) {
         let mut segs = Vec::new();
         let mut out = Vec::new();
-        pop_tx(q, m, HDR_LEN, 32, &mut segs, |h, r| out.push((h, r)));
+        pop_tx(q, m, HDR_LEN, 32, &mut segs, |h, r, _| out.push((h, r))).expect("ring usable");
         (out, segs)
     }
 
@@ -815,6 +860,118 @@ mod tests {
         vq.add_desc_chains(&[d(0, (MAX_FRAME + HDR_LEN + 1) as u32, 0, 0)], 0).unwrap();
         let (out, _) = pop_all(&mut q, &m);
         assert_eq!(out[0].1.unwrap_err(), TxError::TooLong(MAX_FRAME + 1));
+    }
+
+    #[test]
+    fn test_tx_zero_length_and_oversized_indirect_chains_are_refused() {
+        let m = mem();
+        let vq = MockSplitQueue::create(&m, GuestAddress(0x10_0000), 16);
+        put_frame(&m, 0x1000, &VnetHdr::default(), 60);
+        // An indirect table of 17 entries on a queue of 16.
+        for i in 0..17u64 {
+            m.write_obj(d(0x1000, 72, NEXT, (i + 1) as u16), GuestAddress(0x8000 + 16 * i)).unwrap();
+        }
+        let descs = [
+            // 0: zero length (QEMU: "zero sized buffers are not allowed").
+            d(0x1000, 0, 0, 0),
+            // 1: indirect, longer than the queue.
+            d(0x8000, 17 * 16, VRING_DESC_F_INDIRECT as u16, 0),
+            // 2: indirect, not a multiple of 16 bytes.
+            d(0x8000, 24, VRING_DESC_F_INDIRECT as u16, 0),
+            // 3: indirect with an empty buffer inside.
+            d(0x9000, 32, VRING_DESC_F_INDIRECT as u16, 0),
+        ];
+        m.write_obj(d(0x1000, 12, NEXT, 1), GuestAddress(0x9000)).unwrap();
+        m.write_obj(d(0x100c, 0, 0, 0), GuestAddress(0x9010)).unwrap();
+        vq.add_desc_chains(&descs, 0).unwrap();
+        let mut q: Queue = vq.create_queue().unwrap();
+        let (out, segs) = pop_all(&mut q, &m);
+        let errs: Vec<_> = out.iter().map(|(_, r)| r.unwrap_err()).collect();
+        assert_eq!(
+            errs,
+            vec![
+                TxError::Chain(ChainError::ZeroLength),
+                TxError::Chain(ChainError::BadIndirect),
+                TxError::Chain(ChainError::BadIndirect),
+                TxError::Chain(ChainError::ZeroLength),
+            ]
+        );
+        assert!(segs.is_empty());
+    }
+
+    #[test]
+    fn test_tx_chain_longer_than_the_cap_is_refused() {
+        let m = mem();
+        // A queue of 256: a 200-buffer chain is shorter than the queue but over the cap.
+        let vq = MockSplitQueue::create(&m, GuestAddress(0x10_0000), 256);
+        let n = 200u16;
+        let descs: Vec<RawDescriptor> =
+            (0..n).map(|i| d(0x1000 + u64::from(i), 1, if i + 1 < n { NEXT } else { 0 }, i + 1)).collect();
+        vq.add_desc_chains(&descs, 0).unwrap();
+        let mut q: Queue = vq.create_queue().unwrap();
+        let (out, _) = pop_all(&mut q, &m);
+        // The transmit side's segment cap (64) stops it first.
+        assert_eq!(out[0].1.unwrap_err(), TxError::TooManySegments);
+        // The ring walker's own cap: a receive chain of 200 writable buffers.
+        let rvq = MockSplitQueue::create(&m, GuestAddress(0x20_0000), 256);
+        let bufs: Vec<(u64, u32)> = (0..200u64).map(|i| (0x1000 + 16 * i, 16)).collect();
+        rx_chain(&rvq, 0, &bufs);
+        rx_chain(&rvq, 200, &[(0x8000, 2048)]);
+        let mut rq: Queue = rvq.create_queue().unwrap();
+        let mut sc = RxScratch::default();
+        let mut w = RxWriter::new(&mut rq, &m, true, HDR_LEN, &mut sc);
+        assert_eq!(w.write(&VnetHdr::default(), &[Part::Bytes(&[1; 60])]), Err(RxError::BadChain));
+        w.write(&VnetHdr::default(), &[Part::Bytes(&[1; 60])]).unwrap();
+        drop(w);
+        assert_eq!(Ring::new(&rq, &m).unwrap().walk(0, |_| true), Err(ChainError::TooLong));
+    }
+
+    #[test]
+    fn test_impossible_avail_index_or_head_breaks_the_queue() {
+        let m = mem();
+        let vq = MockSplitQueue::create(&m, GuestAddress(0x10_0000), 16);
+        put_frame(&m, 0x1000, &VnetHdr::default(), 60);
+        vq.add_desc_chains(&[d(0x1000, 72, 0, 0)], 0).unwrap();
+        let mut q: Queue = vq.create_queue().unwrap();
+        // The driver claims 1000 chains on a queue of 16.
+        vq.avail().idx().store(1000);
+        let mut segs = Vec::new();
+        let mut n = 0;
+        let r = pop_tx(&mut q, &m, HDR_LEN, 32, &mut segs, |_, _, _| n += 1);
+        assert_eq!(r, Err(RingError::AvailIndex { avail: 1000, next: 0, size: 16 }));
+        assert_eq!(n, 0, "nothing taken from a broken ring");
+        assert_eq!(q.next_avail(), 0);
+        // A head outside the table: the chains before it are taken, not it.
+        vq.avail().idx().store(2);
+        vq.avail().ring().ref_at(1).unwrap().store(99);
+        let r = pop_tx(&mut q, &m, HDR_LEN, 32, &mut segs, |_, _, _| n += 1);
+        assert_eq!(r, Err(RingError::BadHead { head: 99, size: 16 }));
+        assert_eq!((n, q.next_avail()), (1, 1));
+        // The receive side says so too.
+        let rvq = MockSplitQueue::create(&m, GuestAddress(0x20_0000), 16);
+        let mut rq: Queue = rvq.create_queue().unwrap();
+        rvq.avail().idx().store(40);
+        let mut sc = RxScratch::default();
+        let mut w = RxWriter::new(&mut rq, &m, true, HDR_LEN, &mut sc);
+        let e = w.write(&VnetHdr::default(), &[Part::Bytes(&[1; 60])]).unwrap_err();
+        assert_eq!(e, RxError::Broken(RingError::AvailIndex { avail: 40, next: 0, size: 16 }));
+        assert!(w.broken().is_some());
+        assert!(!w.finish());
+    }
+
+    #[test]
+    fn test_rx_zero_length_buffer_is_handed_back_empty() {
+        let m = mem();
+        let vq = MockSplitQueue::create(&m, GuestAddress(0x10_0000), 16);
+        vq.add_desc_chains(&[d(0x2000, 0, WRITE, 0)], 0).unwrap();
+        rx_chain(&vq, 1, &[(0x3000, 2048)]);
+        let mut q: Queue = vq.create_queue().unwrap();
+        let mut sc = RxScratch::default();
+        let mut w = RxWriter::new(&mut q, &m, true, HDR_LEN, &mut sc);
+        assert_eq!(w.write(&VnetHdr::default(), &[Part::Bytes(&[1; 60])]), Err(RxError::BadChain));
+        w.write(&VnetHdr::default(), &[Part::Bytes(&[1; 60])]).unwrap();
+        drop(w);
+        assert_eq!((used(&vq, 0), used(&vq, 1)), ((0, 0), (1, 72)));
     }
 
     fn rx_chain(vq: &MockSplitQueue<'_, Memory>, at: u16, bufs: &[(u64, u32)]) {

@@ -13,10 +13,17 @@
 //! chain and `add_used` publishes the used index for every element; that alone cost about a
 //! third of the datapath's time per frame.)
 //!
-//! Everything read from the rings is guest input: indices are taken modulo the queue size,
-//! descriptor indices are checked, chains are bounded (a loop ends after `size`
-//! descriptors), an indirect table is bounds-checked and may not nest, and every buffer
-//! address is checked by the caller before use.
+//! Everything read from the rings is guest input, checked the way DPDK's vhost library and
+//! QEMU's virtio core check it:
+//! - ring positions are taken modulo the queue size; an available index more than the queue
+//!   size ahead of ours, or a chain head outside the descriptor table, is a [`RingError`]:
+//!   the queue is broken and the device needs a reset (nothing more is taken from it);
+//! - a chain is a [`ChainError`] (the chain is handed back unused, the queue goes on) when a
+//!   descriptor index is out of range, a descriptor has length zero, the chain has more than
+//!   [`MAX_CHAIN_BUFS`] buffers or more than the queue size (a loop), or an indirect table is
+//!   empty, not a multiple of 16 bytes, longer than the queue, outside guest memory, chained
+//!   or nested;
+//! - every buffer address is checked by the caller before use.
 
 use std::sync::atomic::{fence, Ordering};
 
@@ -82,15 +89,37 @@ pub struct Buf {
     pub write: bool,
 }
 
-/// Why a chain could not be walked.
+/// Most buffers one chain may have (direct or indirect). Guests use far fewer: Linux at most
+/// `MAX_SKB_FRAGS` + 2 (19, or 47 on kernels built with more fragments), DPDK one per mbuf
+/// segment.
+pub const MAX_CHAIN_BUFS: usize = 128;
+
+/// Why a chain could not be walked. The chain is lost; the queue goes on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ChainError {
     #[error("descriptor index out of range")]
     BadIndex,
-    #[error("descriptor chain longer than the queue (a loop)")]
+    #[error("descriptor chain longer than the queue (a loop) or than {MAX_CHAIN_BUFS} buffers")]
     TooLong,
     #[error("bad indirect descriptor table")]
     BadIndirect,
+    #[error("zero-length descriptor")]
+    ZeroLength,
+}
+
+/// Why a queue cannot be used any more: the driver broke the ring itself. The device needs
+/// a reset (the frontend sets the ring up again, or reconnects); until then it is not
+/// serviced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RingError {
+    #[error("the driver moved the available index from {next} to {avail}, more than the queue size {size} ahead")]
+    AvailIndex { avail: u16, next: u16, size: u16 },
+    #[error("the driver made descriptor {head} available, outside the table of {size}")]
+    BadHead { head: u16, size: u16 },
+    #[error("a ring of the queue is not inside guest memory")]
+    BadRingAddress,
+    #[error("the guest memory file was truncated under vmnetd (SIGBUS caught)")]
+    MemoryTruncated,
 }
 
 /// The rings of one queue, mapped for a burst.
@@ -133,8 +162,9 @@ impl<'m> Ring<'m> {
     }
 
     /// Walks the chain that starts at descriptor `head`, calling `f` for each buffer;
-    /// returns how many buffers it had.
+    /// returns how many buffers it had. `f` returning false stops the walk early.
     pub fn walk(&self, head: u16, mut f: impl FnMut(Buf) -> bool) -> Result<usize, ChainError> {
+        let limit = usize::from(self.size).min(MAX_CHAIN_BUFS);
         let mut idx = head;
         let mut n = 0usize;
         loop {
@@ -142,7 +172,7 @@ impl<'m> Ring<'m> {
                 return Err(ChainError::BadIndex);
             }
             n += 1;
-            if n > usize::from(self.size) {
+            if n > limit {
                 return Err(ChainError::TooLong);
             }
             let raw: RawDescriptor = self.desc.read_obj(16 * usize::from(idx)).map_err(|_| ChainError::BadIndex)?;
@@ -153,6 +183,9 @@ impl<'m> Ring<'m> {
                     return Err(ChainError::BadIndirect);
                 }
                 return self.walk_indirect(d, f);
+            }
+            if d.len() == 0 {
+                return Err(ChainError::ZeroLength);
             }
             if !f(Buf { addr: d.addr().0, len: d.len(), write: d.flags() & F_WRITE != 0 }) {
                 return Ok(n);
@@ -166,10 +199,11 @@ impl<'m> Ring<'m> {
 
     fn walk_indirect(&self, table: Descriptor, mut f: impl FnMut(Buf) -> bool) -> Result<usize, ChainError> {
         let len = table.len() as usize;
-        if len == 0 || len % 16 != 0 {
+        if len == 0 || len % 16 != 0 || len / 16 > usize::from(self.size) {
             return Err(ChainError::BadIndirect);
         }
         let count = len / 16;
+        let limit = count.min(MAX_CHAIN_BUFS);
         let t = self.mem.get_slice(table.addr(), len).map_err(|_| ChainError::BadIndirect)?;
         let mut idx = 0usize;
         let mut n = 0usize;
@@ -178,13 +212,16 @@ impl<'m> Ring<'m> {
                 return Err(ChainError::BadIndirect);
             }
             n += 1;
-            if n > count {
+            if n > limit {
                 return Err(ChainError::TooLong);
             }
             let raw: RawDescriptor = t.read_obj(16 * idx).map_err(|_| ChainError::BadIndirect)?;
             let d = Descriptor::from(raw);
             if d.flags() & F_INDIRECT != 0 {
                 return Err(ChainError::BadIndirect);
+            }
+            if d.len() == 0 {
+                return Err(ChainError::ZeroLength);
             }
             if !f(Buf { addr: d.addr().0, len: d.len(), write: d.flags() & F_WRITE != 0 }) {
                 return Ok(n);
@@ -207,8 +244,9 @@ impl<'m> Ring<'m> {
         Some(Buf { addr: d.addr().0, len: d.len(), write: d.flags() & F_WRITE != 0 })
     }
 
-    /// The chain at `head` when it is one plain descriptor (no next, not indirect): the
-    /// common case the fast paths take.
+    /// The chain at `head` when it is one plain, non-empty descriptor (no next, not
+    /// indirect): the common case the fast paths take. Anything else goes through
+    /// [`Ring::walk`], which also reports what is wrong with it.
     #[inline]
     pub fn single(&self, head: u16) -> Option<Buf> {
         if head >= self.size {
@@ -216,7 +254,7 @@ impl<'m> Ring<'m> {
         }
         let raw: RawDescriptor = self.desc.read_obj(16 * usize::from(head)).ok()?;
         let d = Descriptor::from(raw);
-        (d.flags() & (F_NEXT | F_INDIRECT) == 0).then(|| Buf {
+        (d.flags() & (F_NEXT | F_INDIRECT) == 0 && d.len() != 0).then(|| Buf {
             addr: d.addr().0,
             len: d.len(),
             write: d.flags() & F_WRITE != 0,
@@ -285,53 +323,16 @@ impl<'m> Ring<'m> {
     }
 }
 
-/// Whether this CPU has PREFETCHW (CPUID 0x8000_0001 ECX bit 8, "3DNowPrefetch").
-#[cfg(target_arch = "x86_64")]
-fn has_prefetchw() -> bool {
-    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *HAS.get_or_init(|| {
-        use std::arch::x86_64::__cpuid;
-        __cpuid(0x8000_0000).eax >= 0x8000_0001 && __cpuid(0x8000_0001).ecx & (1 << 8) != 0
-    })
-}
+pub use crate::sys::arch::{prefetch_read, prefetch_write};
 
-/// Asks the CPU to bring the cache line at `p` close, for writing: a guest's receive buffer
-/// is usually in the guest's CPU cache (its driver just read the last frame there), and
-/// fetching all of a burst's buffers at once overlaps those misses instead of paying them
-/// one frame at a time.
-#[inline]
-pub fn prefetch_write(p: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if has_prefetchw() {
-            // SAFETY: a prefetch is only a hint: it reads and writes nothing architecturally
-            // and never faults, whatever the address; the CPU supports the instruction.
-            unsafe { std::arch::asm!("prefetchw [{}]", in(reg) p, options(nostack, preserves_flags, readonly)) }
-        } else {
-            // SAFETY: as above; SSE (and so PREFETCHT0) is part of the x86_64 baseline.
-            unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast()) }
-        }
+/// Chains the driver made available beyond `next_avail`, or why its index is impossible
+/// (more than the queue size ahead: a broken or hostile driver).
+pub fn pending(ring: &Ring<'_>, next_avail: u16) -> Result<u16, RingError> {
+    let avail = ring.avail_idx();
+    let n = avail.wrapping_sub(next_avail);
+    if n <= ring.size() {
+        Ok(n)
+    } else {
+        Err(RingError::AvailIndex { avail, next: next_avail, size: ring.size() })
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
-}
-
-/// Asks the CPU to bring the cache line at `p` close, for reading.
-#[inline]
-pub fn prefetch_read(p: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch is only a hint: it never faults, whatever the address; SSE (and so
-    // PREFETCHT0) is part of the x86_64 baseline.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast())
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
-}
-
-/// Chains the driver made available beyond `next_avail`, or `None` if its index is
-/// impossible (more than the queue size ahead: a broken or hostile driver).
-pub fn pending(ring: &Ring<'_>, next_avail: u16) -> Option<u16> {
-    let n = ring.avail_idx().wrapping_sub(next_avail);
-    (n <= ring.size()).then_some(n)
 }

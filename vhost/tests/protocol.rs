@@ -27,7 +27,7 @@ fn echo(shared: Arc<Shared>, stop: Arc<AtomicBool>, bad: Arc<AtomicU64>) -> std:
                     let mem = st.mem.memory();
                     let mut segs = Vec::new();
                     let mut frames = Vec::new();
-                    pop_tx(&mut st.vrings[1].queue, &mem, hl, 64, &mut segs, |h, r| frames.push((h, r)));
+                    let _ = pop_tx(&mut st.vrings[1].queue, &mem, hl, 64, &mut segs, |h, r, _| frames.push((h, r)));
                     let (rx, tx) = st.vrings.split_at_mut(1);
                     let mut scratch = RxScratch::default();
                     let mut w = RxWriter::new(&mut rx[0].queue, &mem, mrg, hl, &mut scratch);
@@ -86,7 +86,8 @@ fn server_mode_negotiates_echoes_and_survives_bad_input_and_reconnects() {
     let path = dir.path().join("p0.sock");
     let shared = Shared::new("p0", 2).unwrap();
     let mut server =
-        Server::start(shared.clone(), Endpoint { path: path.clone(), mode: Mode::Server, owner: None }).unwrap();
+        Server::start(shared.clone(), Endpoint { path: path.clone(), mode: Mode::Server, owner: None, peer_uid: None })
+            .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let bad = Arc::new(AtomicU64::new(0));
     let dp = echo(shared.clone(), stop.clone(), bad.clone());
@@ -140,7 +141,8 @@ fn client_mode_keeps_retrying_until_the_frontend_listens() {
     let path = dir.path().join("qemu.sock");
     let shared = Shared::new("c0", 1).unwrap();
     let server =
-        Server::start(shared.clone(), Endpoint { path: path.clone(), mode: Mode::Client, owner: None }).unwrap();
+        Server::start(shared.clone(), Endpoint { path: path.clone(), mode: Mode::Client, owner: None, peer_uid: None })
+            .unwrap();
     // Nobody listens for a while; vmnetd keeps trying.
     std::thread::sleep(Duration::from_millis(700));
     assert!(!shared.lock().connected);

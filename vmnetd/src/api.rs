@@ -108,6 +108,10 @@ pub enum Op {
     Stats(StatsReq),
     /// Stream a port's frames: the reply is followed by [`CaptureEvent`] lines.
     Capture(CaptureReq),
+    /// Test hook: makes the datapath thread panic (the daemon must then exit). Refused
+    /// unless the daemon was started with `VMNETD_TEST_HOOKS=1` in its environment.
+    #[doc(hidden)]
+    DebugPanic,
 }
 
 /// The two kinds of bridge.
@@ -233,6 +237,10 @@ pub struct VhostInfo {
     /// The guest's MAC, if its driver told the control queue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest_mac: Option<MacAddr>,
+    /// Why the device is not serviced until its frontend sets it up again (the guest broke
+    /// a ring, or its memory file shrank), if it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub needs_reset: Option<String>,
 }
 
 impl PortKind {
@@ -356,6 +364,9 @@ pub struct PortInfo {
     pub vhost: Option<VhostInfo>,
     #[serde(default, skip_serializing_if = "no_ids")]
     pub external_ids: ExternalIds,
+    /// The uid of the non-root user who added the port (absent: root or the config file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creator: Option<u32>,
 }
 
 /// Port counters with drops by reason name.

@@ -65,6 +65,52 @@ impl Default for DatapathSection {
     }
 }
 
+/// `[control]`: limits on control-socket clients (see the README's threat model).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlSection {
+    /// A client that sends no complete request for this long is disconnected (and one that
+    /// does not read its answers or a capture for this long).
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_secs: u32,
+    /// Connections at once per non-root user (root is not limited).
+    #[serde(default = "default_per_user")]
+    pub max_connections_per_user: u32,
+    /// Memory all captures together may hold for readers that are behind, in MiB.
+    #[serde(default = "default_capture_mib")]
+    pub capture_memory_mib: u32,
+    /// Ports a non-root user may add.
+    #[serde(default = "default_ports_per_user")]
+    pub max_ports_per_user: u32,
+}
+
+fn default_ports_per_user() -> u32 {
+    64
+}
+
+fn default_idle_timeout() -> u32 {
+    60
+}
+
+fn default_per_user() -> u32 {
+    32
+}
+
+fn default_capture_mib() -> u32 {
+    64
+}
+
+impl Default for ControlSection {
+    fn default() -> Self {
+        ControlSection {
+            idle_timeout_secs: default_idle_timeout(),
+            max_connections_per_user: default_per_user(),
+            capture_memory_mib: default_capture_mib(),
+            max_ports_per_user: default_ports_per_user(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -72,6 +118,8 @@ pub struct Config {
     pub daemon: DaemonSection,
     #[serde(default)]
     pub datapath: DatapathSection,
+    #[serde(default)]
+    pub control: ControlSection,
     #[serde(default, rename = "tap")]
     pub taps: Vec<TapSpec>,
     #[serde(default, rename = "bridge")]
@@ -144,6 +192,9 @@ mod tests {
         let c = Config::parse(EMBEDDED_DEFAULT, "embedded").unwrap();
         assert_eq!(c.daemon.run_dir.as_deref(), Some(Path::new("/run/vmnetd")));
         assert_eq!(c.daemon.state_dir.as_deref(), Some(Path::new("/var/lib/vmnetd")));
+        // The file states the built-in values, so copying it changes nothing.
+        assert_eq!(c.control, ControlSection::default());
+        assert_eq!(c.datapath, DatapathSection::default());
     }
 
     #[test]

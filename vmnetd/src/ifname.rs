@@ -45,6 +45,9 @@ impl IfName {
             let what = match c {
                 '/' => "'/'",
                 ':' => "':'",
+                // The kernel's name template ("tap%d" picks a free number): a name with '%'
+                // is not the name the device gets.
+                '%' => "'%'",
                 '\0' => "a NUL byte",
                 c if c.is_whitespace() => "whitespace",
                 _ => continue,

@@ -40,6 +40,7 @@ fn main() {
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
             .format_timestamp_millis()
             .init();
+        vmnetd::daemon::fail_stop();
         let opts = vmnetd::daemon::Options {
             config: args.config.clone(),
             state_dir: args.state_dir.clone(),

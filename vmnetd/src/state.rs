@@ -55,12 +55,32 @@ pub struct BridgeDecl {
     pub created: bool,
 }
 
-/// A declared port, and whether vmnetd created its kernel device (internal TAPs).
+/// A declared port, whether vmnetd created its kernel device (internal TAPs), who added it
+/// (a non-root caller, who may then remove and capture it), and the interface it was
+/// declared on (see [`Attached`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortDecl {
     pub spec: PortSpec,
     #[serde(default)]
     pub created: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creator: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attached: Option<Attached>,
+}
+
+/// The identity of the kernel interface a netdev port was declared on, when that interface
+/// is one vmnetd does not manage itself (a TAP made by libvirt or by hand): a port follows
+/// that interface, not its name, so a stale port cannot capture the next VM's `vnetN`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attached {
+    pub ifindex: u32,
+}
+
+impl PortDecl {
+    pub fn new(spec: PortSpec, created: bool) -> PortDecl {
+        PortDecl { spec, created, creator: None, attached: None }
+    }
 }
 
 impl State {

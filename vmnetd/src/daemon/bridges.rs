@@ -56,6 +56,7 @@ fn port_info_base(decl: &PortDecl, source: Source, state: String) -> PortInfo {
         kernel_vlans: None,
         vhost: None,
         external_ids: decl.spec.external_ids.clone(),
+        creator: decl.creator,
     }
 }
 
@@ -92,12 +93,28 @@ fn switch_config(spec: &BridgeSpec) -> SwitchConfig {
     }
 }
 
+/// Refuses to attach a port to an interface other than the one it was declared on (same
+/// name, another device: the next VM's `vnetN`).
+fn same_interface(decl: &PortDecl, link: &crate::netlink::Link) -> Result<(), ApiError> {
+    match decl.attached {
+        Some(a) if a.ifindex != link.index => Err(err(
+            ErrorKind::Conflict,
+            format!(
+                "{} is another interface now (ifindex {}; port {} was declared on ifindex {}): not attached; \
+                 remove the port if it is stale",
+                link.name, link.index, decl.spec.name, a.ifindex
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// MTU of a vhost-user port: its guest's is not negotiated, and a guest with mergeable
 /// buffers takes any frame, so none is enforced on the way in.
 const VHOST_MTU: u32 = 65_000;
 
 /// `USER[:GROUP]` to uid and gid (the group defaults to the user's primary group).
-fn resolve_owner(spec: &str) -> Result<(u32, u32), ApiError> {
+pub(crate) fn resolve_owner(spec: &str) -> Result<(u32, u32), ApiError> {
     let invalid = |e: crate::users::Error| ApiError::from_chain(ErrorKind::InvalidArgument, &e);
     let (u, g) = match spec.split_once(':') {
         Some((u, g)) => (u, Some(g)),
@@ -202,17 +219,18 @@ impl Core {
                 log::error!("port {} in {}: no bridge {}", spec.name, self.config_origin, spec.bridge);
                 continue;
             }
-            self.config_ports.push(PortDecl { spec: spec.clone(), created: false });
+            self.config_ports.push(PortDecl::new(spec.clone(), false));
         }
         let keys: HashSet<(String, String)> =
             self.config_ports.iter().map(|p| (p.spec.bridge.to_string(), p.spec.name.to_string())).collect();
         self.state.ports.retain(|p| !keys.contains(&(p.spec.bridge.to_string(), p.spec.name.to_string())));
-        let ports: Vec<(PortSpec, bool)> = self.port_decls().map(|(p, _)| (p.spec.clone(), p.created)).collect();
-        for (spec, created) in ports {
-            match self.attach(&spec, Policy::Restore).await {
+        let ports: Vec<PortDecl> = self.port_decls().map(|(p, _)| p.clone()).collect();
+        for decl in ports {
+            let (spec, created) = (&decl.spec, decl.created);
+            match self.attach(&decl, Policy::Restore).await {
                 Ok(made) => {
                     if made && !created {
-                        self.mark_port_created(&spec);
+                        self.mark_port_created(spec);
                     }
                     log::info!("port {} of {}: attached", spec.name, spec.bridge);
                 }
@@ -373,12 +391,13 @@ impl Core {
 
     /// Opens a port's edge and hands it to the datapath. Returns whether vmnetd created the
     /// kernel device (an internal TAP).
-    async fn attach(&self, spec: &PortSpec, policy: Policy) -> Result<bool, ApiError> {
+    async fn attach(&self, decl: &PortDecl, policy: Policy) -> Result<bool, ApiError> {
+        let spec = &decl.spec;
         if self.bridge_kind(&spec.bridge) == Some(BridgeKind::Linux) {
-            self.attach_linux(spec).await?;
+            self.attach_linux(decl).await?;
             return Ok(false);
         }
-        let (edge, mtu, created) = self.open_edge(spec, policy).await?;
+        let (edge, mtu, created) = self.open_edge(decl, policy).await?;
         let cfg = PortConfig {
             mode: spec.vlan.clone(),
             mtu,
@@ -407,7 +426,8 @@ impl Core {
     /// Enslaves a netdev to a Linux bridge with its VLANs. When the port needs VLANs and the
     /// kernel cannot filter them, refuses before changing anything; a VLAN step that fails
     /// after enslaving releases the port again.
-    async fn attach_linux(&self, spec: &PortSpec) -> Result<(), ApiError> {
+    async fn attach_linux(&self, decl: &PortDecl) -> Result<(), ApiError> {
+        let spec = &decl.spec;
         let ifname =
             match &spec.kind {
                 PortKind::Netdev { ifname } => ifname,
@@ -437,6 +457,7 @@ impl Core {
         if link.name == "lo" || link.index == br.index {
             return Err(err(ErrorKind::InvalidArgument, format!("{ifname} cannot be a port of {}", spec.bridge)));
         }
+        same_interface(decl, &link)?;
         let enslaved = link.controller == Some(br.index);
         if let (false, Some(c)) = (enslaved, link.controller) {
             let owner = self.nl.link_by_index(c).await.ok().flatten().map_or(c.to_string(), |l| l.name);
@@ -464,9 +485,12 @@ impl Core {
     /// Opens the I/O edge of a port: an AF_PACKET socket on a netdev, or the TAP of an
     /// internal port (created if missing). Returns the edge, the interface MTU, and whether
     /// the TAP was created now.
-    async fn open_edge(&self, spec: &PortSpec, policy: Policy) -> Result<(Edge, u32, bool), ApiError> {
+    async fn open_edge(&self, decl: &PortDecl, policy: Policy) -> Result<(Edge, u32, bool), ApiError> {
+        let spec = &decl.spec;
         if let PortKind::VhostUser { path, mode, owner, queues } = &spec.kind {
-            return self.open_vhost(spec, path, *mode, owner.as_deref(), *queues).map(|e| (e, VHOST_MTU, false));
+            return self
+                .open_vhost(spec, path, *mode, owner.as_deref(), *queues, decl.creator)
+                .map(|e| (e, VHOST_MTU, false));
         }
         let ifname = iface(spec)?;
         match &spec.kind {
@@ -481,6 +505,7 @@ impl Core {
                 if link.name == "lo" {
                     return Err(err(ErrorKind::InvalidArgument, "The loopback interface cannot be a bridge port"));
                 }
+                same_interface(decl, &link)?;
                 if let Some(c) = link.controller {
                     let owner = self.nl.link_by_index(c).await.ok().flatten().map_or(c.to_string(), |l| l.name);
                     return Err(err(
@@ -549,6 +574,20 @@ impl Core {
         s
     }
 
+    /// The identity a new netdev port is bound to: the interface's index, when it is a TAP
+    /// vmnetd does not declare (libvirt's `vnetN`, a TAP made by hand). NICs, veths and
+    /// vmnetd's own TAPs (re-made by vmnetd after a reboot) are followed by name.
+    async fn identity(&self, spec: &PortSpec) -> Result<Option<crate::state::Attached>, ApiError> {
+        let PortKind::Netdev { ifname } = &spec.kind else { return Ok(None) };
+        if self.config_taps.iter().chain(&self.state.taps).any(|t| &t.name == ifname) {
+            return Ok(None);
+        }
+        Ok(match self.nl.link(ifname).await.map_err(internal)? {
+            Some(l) if l.is_tun() => Some(crate::state::Attached { ifindex: l.index }),
+            _ => None,
+        })
+    }
+
     /// Starts a vhost-user port's device and socket.
     fn open_vhost(
         &self,
@@ -557,15 +596,13 @@ impl Core {
         mode: VhostMode,
         owner: Option<&str>,
         queues: u16,
+        creator: Option<u32>,
     ) -> Result<Edge, ApiError> {
-        use std::os::unix::fs::FileTypeExt;
         let path = self.vhost_path(path);
         let owner = owner.map(resolve_owner).transpose()?;
         if mode == VhostMode::Server {
             // A live socket there belongs to someone (a frontend in server mode, say).
-            let live = std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_socket())
-                && std::os::unix::net::UnixStream::connect(&path).is_ok();
-            if live {
+            if vmnetd_vhost::server::listening(&path) {
                 return Err(err(
                     ErrorKind::Conflict,
                     format!(
@@ -580,11 +617,14 @@ impl Core {
             VhostMode::Server => vmnetd_vhost::server::Mode::Server,
             VhostMode::Client => vmnetd_vhost::server::Mode::Client,
         };
-        let ep = vmnetd_vhost::server::Endpoint { path, mode, owner };
+        // A client-mode port a non-root user added talks only to a frontend running as them.
+        let ep = vmnetd_vhost::server::Endpoint { path, mode, owner, peer_uid: creator };
         let server = vmnetd_vhost::server::Server::start(shared.clone(), ep).map_err(|e| {
             let kind = match &e {
                 vmnetd_vhost::server::Error::NotASocket(_) => ErrorKind::Conflict,
-                vmnetd_vhost::server::Error::PathTooLong(..) => ErrorKind::InvalidArgument,
+                vmnetd_vhost::server::Error::PathTooLong(..) | vmnetd_vhost::server::Error::BadPath(_) => {
+                    ErrorKind::InvalidArgument
+                }
                 _ => ErrorKind::Internal,
             };
             ApiError::from_chain(kind, &e)
@@ -592,7 +632,7 @@ impl Core {
         Ok(Edge::Vhost(VhostPort::new(shared, server)))
     }
 
-    pub async fn port_add(&mut self, spec: PortSpec) -> Result<PortInfo, ApiError> {
+    pub async fn port_add(&mut self, spec: PortSpec, caller: &super::authz::Caller) -> Result<PortInfo, ApiError> {
         validate_port(&spec)?;
         if self.bridge_decl(spec.bridge.as_str()).is_none() {
             return Err(err(ErrorKind::NotFound, format!("No bridge {}", spec.bridge)));
@@ -614,16 +654,18 @@ impl Core {
                 format!("{res} is already port {} of bridge {}", other.spec.name, other.spec.bridge),
             ));
         }
-        let created = self.attach(&spec, Policy::Declare).await?;
-        self.state.ports.push(PortDecl { spec: spec.clone(), created });
+        let mut decl = PortDecl::new(spec.clone(), false);
+        decl.creator = (!caller.is_root()).then_some(caller.uid);
+        decl.attached = self.identity(&spec).await?;
+        decl.created = self.attach(&decl, Policy::Declare).await?;
+        self.state.ports.push(decl.clone());
         if let Err(e) = self.store.save(&self.state) {
             self.state.ports.pop();
-            self.detach(&spec, created).await;
+            self.detach(&spec, decl.created).await;
             return Err(internal(e));
         }
         log::info!("port {} of {}: added ({}, {})", spec.name, spec.bridge, spec.kind.type_name(), spec.vlan);
-        let d = PortDecl { spec, created };
-        self.port_info(&d, Source::State).await
+        self.port_info(&decl, Source::State).await
     }
 
     /// Takes a port out of the datapath; deletes the TAP of an internal port vmnetd made.
@@ -707,9 +749,28 @@ impl Core {
         (if drift { "up (vlan drift)".into() } else { "up".into() }, Some(vlans))
     }
 
+    /// Why a port bound to an interface's identity is not attached although an interface of
+    /// that name exists: it is another device now.
+    async fn identity_changed(&self, decl: &PortDecl) -> Option<String> {
+        let a = decl.attached?;
+        let name = port_ifname(&decl.spec)?;
+        let link = self.nl.link(&name).await.ok().flatten()?;
+        (link.index != a.ifindex).then(|| {
+            format!(
+                "{name} is another interface now (ifindex {}; the port was declared on ifindex {})",
+                link.index, a.ifindex
+            )
+        })
+    }
+
     async fn port_info(&self, decl: &PortDecl, source: Source) -> Result<PortInfo, ApiError> {
         if self.bridge_kind(&decl.spec.bridge) == Some(BridgeKind::Linux) {
-            let (state, kernel_vlans) = self.linux_port_state(&decl.spec).await;
+            let (mut state, kernel_vlans) = self.linux_port_state(&decl.spec).await;
+            if state.starts_with("detached") {
+                if let Some(why) = self.identity_changed(decl).await {
+                    state = format!("detached: {why}");
+                }
+            }
             return Ok(PortInfo { kernel_vlans, ..port_info_base(decl, source, state) });
         }
         let (bridge, name) = (decl.spec.bridge.to_string(), decl.spec.name.to_string());
@@ -727,17 +788,24 @@ impl Core {
         let (state, counters) = match live {
             Some((PortState::Up, c, Some(dev))) => {
                 let info = self.vhost_info(&decl.spec, &dev);
-                let st = match (info.connected, info.queue_pairs_active) {
-                    (false, _) => "waiting for frontend".to_owned(),
-                    (true, 0) => "connected, setting up".to_owned(),
-                    (true, n) => format!("up ({n}/{} queue pairs)", info.queue_pairs_max),
+                let st = match (info.connected, info.queue_pairs_active, &info.needs_reset) {
+                    (false, _, _) => "waiting for frontend".to_owned(),
+                    (true, _, Some(why)) => format!("needs reset: {why}"),
+                    (true, 0, None) => "connected, setting up".to_owned(),
+                    (true, n, None) => format!("up ({n}/{} queue pairs)", info.queue_pairs_max),
                 };
                 vhost = Some(info);
                 (st, c)
             }
             Some((PortState::Up, c, None)) => ("up".to_owned(), c),
-            Some((PortState::Down(why), c, _)) => (format!("down: {why}"), c),
-            None => (format!("missing: {} not attached", port_resource(&decl.spec)), None),
+            Some((PortState::Down(why), c, _)) => match self.identity_changed(decl).await {
+                Some(changed) => (format!("down: {changed}"), c),
+                None => (format!("down: {why}"), c),
+            },
+            None => match self.identity_changed(decl).await {
+                Some(why) => (format!("missing: {why}"), None),
+                None => (format!("missing: {} not attached", port_resource(&decl.spec)), None),
+            },
         };
         Ok(PortInfo { counters, vhost, ..port_info_base(decl, source, state) })
     }
@@ -759,6 +827,7 @@ impl Core {
             queue_pairs_active: st.active_pair_indices().count(),
             queue_pairs_max: dev.queue_pairs,
             guest_mac: st.guest_mac.map(crate::switch::MacAddr),
+            needs_reset: st.needs_reset(),
         }
     }
 
@@ -873,11 +942,13 @@ impl Core {
         &self,
         req: &crate::api::CaptureReq,
         sink: crate::datapath::capture::Sink,
+        caller: &super::authz::Caller,
     ) -> Result<(), ApiError> {
         self.builtin(&req.bridge)?;
         if self.port_decl(req.bridge.as_str(), req.port.as_str()).is_none() {
             return Err(err(ErrorKind::NotFound, format!("Bridge {} has no port {}", req.bridge, req.port)));
         }
+        self.own_existing_port(req.bridge.as_str(), req.port.as_str(), caller)?;
         let (b, p) = (req.bridge.to_string(), req.port.to_string());
         let ok = self.dp.call(move |dp| dp.add_capture(&b, &p, sink)).await.map_err(gone)?;
         if !ok {
@@ -906,43 +977,45 @@ impl Core {
         else {
             return;
         };
-        let todo: Vec<(PortSpec, bool)> = self
+        let todo: Vec<PortDecl> = self
             .port_decls()
             .filter(|(p, _)| {
                 self.bridge_decl(p.spec.bridge.as_str()).is_some_and(|(b, _)| b.spec.kind == BridgeKind::Builtin)
                     && !present.contains(&(p.spec.bridge.to_string(), p.spec.name.to_string()))
             })
-            .map(|(p, _)| (p.spec.clone(), p.created))
+            .map(|(p, _)| p.clone())
             .collect();
         // Linux bridge ports: re-enslave an interface that came back (a TAP re-made after a
         // reboot, a libvirt vnetN) and put its VLANs back if they drifted.
-        let linux: Vec<PortSpec> = self
+        let linux: Vec<PortDecl> = self
             .port_decls()
             .filter(|(p, _)| self.bridge_kind(&p.spec.bridge) == Some(BridgeKind::Linux))
-            .map(|(p, _)| p.spec.clone())
+            .map(|(p, _)| p.clone())
             .collect();
-        for spec in linux {
-            let (state, _) = self.linux_port_state(&spec).await;
+        for decl in linux {
+            let spec = &decl.spec;
+            let (state, _) = self.linux_port_state(spec).await;
             if state.starts_with("detached") || state.ends_with("(vlan drift)") {
-                match self.attach_linux(&spec).await {
+                match self.attach_linux(&decl).await {
                     Ok(()) => log::info!("port {} of {}: re-attached to the Linux bridge", spec.name, spec.bridge),
                     Err(e) => log::debug!("port {} of {}: {}", spec.name, spec.bridge, e.message),
                 }
             }
         }
         let mut changed = false;
-        for (spec, created) in todo {
+        for decl in todo {
+            let spec = &decl.spec;
             // A netdev port waits for its interface; it is not created.
             if matches!(spec.kind, PortKind::Netdev { .. })
-                && !matches!(self.nl.link(&iface(&spec).unwrap_or_else(|_| spec.name.clone())).await, Ok(Some(_)))
+                && !matches!(self.nl.link(&iface(spec).unwrap_or_else(|_| spec.name.clone())).await, Ok(Some(_)))
             {
                 continue;
             }
-            match self.attach(&spec, Policy::Restore).await {
+            match self.attach(&decl, Policy::Restore).await {
                 Ok(made) => {
                     log::info!("port {} of {}: re-attached", spec.name, spec.bridge);
-                    if made && !created {
-                        self.mark_port_created(&spec);
+                    if made && !decl.created {
+                        self.mark_port_created(spec);
                         changed = true;
                     }
                 }

@@ -1,57 +1,157 @@
 //! The control socket: newline-delimited JSON, one task per connection.
 //!
-//! A request line longer than [`MAX_REQUEST_BYTES`] is answered with an error and skipped up
-//! to its newline; the connection stays open. Replies keep the order of requests.
+//! Every client is untrusted input (see the README's threat model):
+//! - who it is comes from the kernel (`SO_PEERCRED`), and [`super::authz`] decides what that
+//!   caller may do before a request touches anything;
+//! - a request line longer than [`MAX_REQUEST_BYTES`] is answered with an error and skipped
+//!   up to its newline; the connection stays open;
+//! - a client that sends no complete request, or does not read what it is sent, for the
+//!   idle timeout (`[control] idle_timeout_secs`) is disconnected;
+//! - a non-root user has at most `[control] max_connections_per_user` connections; past
+//!   that, new ones get one error line and are closed. Root is never refused, so idle
+//!   connections cannot lock the administrator (or the libvirt hook) out;
+//! - captures share one memory budget (`[control] capture_memory_mib`).
+//!
+//! Replies keep the order of requests.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::Mutex;
 
 use crate::api::{parse_request, ApiError, CaptureEvent, CaptureReq, ErrorKind, Op, Response, MAX_REQUEST_BYTES};
+use crate::config::ControlSection;
+use crate::datapath::capture::Budget;
 
+use super::authz::Caller;
 use super::core::Core;
 
-/// Most clients served at once; more wait in the listen backlog.
-const MAX_CONNECTIONS: usize = 256;
+/// How the control socket treats its clients.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub idle: Duration,
+    pub per_user: usize,
+    pub capture_bytes: usize,
+}
 
-pub async fn serve(listener: UnixListener, core: Arc<Mutex<Core>>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                let core = core.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = connection(stream, core).await {
-                        log::debug!("control connection: {e}");
-                    }
-                    drop(permit);
-                });
-            }
-            Err(e) => {
-                log::warn!("control socket accept: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+impl From<&ControlSection> for Limits {
+    fn from(c: &ControlSection) -> Limits {
+        Limits {
+            idle: Duration::from_secs(u64::from(c.idle_timeout_secs.max(1))),
+            per_user: c.max_connections_per_user.max(1) as usize,
+            capture_bytes: c.capture_memory_mib.max(1) as usize * (1 << 20),
+        }
+    }
+}
+
+/// Connections per uid.
+#[derive(Default)]
+struct Counts(std::sync::Mutex<HashMap<u32, usize>>);
+
+/// One counted connection; uncounted on drop.
+struct Slot {
+    counts: Arc<Counts>,
+    uid: u32,
+}
+
+impl Counts {
+    fn take(self: &Arc<Self>, uid: u32, max: usize) -> Option<Slot> {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(uid).or_insert(0);
+        if uid != 0 && *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Slot { counts: self.clone(), uid })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut m = self.counts.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.uid) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.uid);
             }
         }
     }
 }
 
-async fn connection(stream: UnixStream, core: Arc<Mutex<Core>>) -> std::io::Result<()> {
+pub async fn serve(listener: UnixListener, core: Arc<Mutex<Core>>, limits: Limits) {
+    let counts = Arc::new(Counts::default());
+    let budget = Budget::new(limits.capture_bytes);
+    let limits = Arc::new(limits);
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                log::warn!("control socket accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let caller = match stream.peer_cred() {
+            Ok(c) => Caller { uid: c.uid(), gid: c.gid(), pid: c.pid() },
+            Err(e) => {
+                log::warn!("control socket: cannot tell who connected ({e}); closing");
+                continue;
+            }
+        };
+        let Some(slot) = counts.take(caller.uid, limits.per_user) else {
+            tokio::spawn(refuse(stream, limits.per_user));
+            continue;
+        };
+        let (core, limits, budget) = (core.clone(), limits.clone(), budget.clone());
+        tokio::spawn(async move {
+            if let Err(e) = connection(stream, core, caller, &limits, budget).await {
+                log::debug!("control connection of uid {}: {e}", caller.uid);
+            }
+            drop(slot);
+        });
+    }
+}
+
+/// Tells a client over its connection cap why it is closed.
+async fn refuse(mut stream: UnixStream, max: usize) {
+    let resp = Response::err(ApiError::new(
+        ErrorKind::PermissionDenied,
+        format!("Too many connections from this user (at most {max}); close some and retry"),
+    ));
+    let mut out = serde_json::to_vec(&resp).unwrap_or_default();
+    out.push(b'\n');
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&out)).await;
+}
+
+fn timed_out(what: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, what.to_owned())
+}
+
+async fn connection(
+    stream: UnixStream,
+    core: Arc<Mutex<Core>>,
+    caller: Caller,
+    limits: &Limits,
+    budget: Arc<Budget>,
+) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();
-    let mut r = BufReader::new(r);
-    let mut line = Vec::with_capacity(1024);
+    let mut r = BufReader::with_capacity(4096, r);
+    let mut line = Vec::with_capacity(256);
     loop {
         line.clear();
-        let n = (&mut r).take(MAX_REQUEST_BYTES as u64).read_until(b'\n', &mut line).await?;
+        let mut limited = (&mut r).take(MAX_REQUEST_BYTES as u64);
+        let read = limited.read_until(b'\n', &mut line);
+        let n = tokio::time::timeout(limits.idle, read).await.map_err(|_| timed_out("idle client"))??;
         if n == 0 {
             return Ok(());
         }
         let resp = if !line.ends_with(b"\n") && n >= MAX_REQUEST_BYTES {
-            skip_line(&mut r).await?;
+            tokio::time::timeout(limits.idle, skip_line(&mut r)).await.map_err(|_| timed_out("idle client"))??;
             Response::err(ApiError::new(
                 ErrorKind::BadRequest,
                 format!("Request too long (limit {MAX_REQUEST_BYTES} bytes)"),
@@ -61,12 +161,12 @@ async fn connection(stream: UnixStream, core: Arc<Mutex<Core>>) -> std::io::Resu
         } else {
             match parse_request(&line) {
                 Ok(crate::api::Request { op: Op::Capture(req), .. }) => {
-                    capture(&core, req, &mut r, &mut w).await?;
+                    capture(&core, caller, req, &mut r, &mut w, limits, budget.clone()).await?;
                     continue;
                 }
                 Ok(req) => {
                     let mut core = core.lock().await;
-                    match core.handle(req.op).await {
+                    match core.handle(req.op, &caller).await {
                         Ok(v) => Response::ok(v),
                         Err(e) => Response::err(e),
                     }
@@ -79,36 +179,48 @@ async fn connection(stream: UnixStream, core: Arc<Mutex<Core>>) -> std::io::Resu
                 .into_bytes()
         });
         out.push(b'\n');
-        w.write_all(&out).await?;
+        write_all(&mut w, &out, limits.idle).await?;
     }
 }
 
-async fn write_line<T: serde::Serialize>(w: &mut tokio::net::unix::OwnedWriteHalf, v: &T) -> std::io::Result<()> {
-    let mut out = serde_json::to_vec(v).map_err(std::io::Error::other)?;
-    out.push(b'\n');
-    w.write_all(&out).await
+/// Writes, giving up on a client that does not read for `idle`.
+async fn write_all(w: &mut OwnedWriteHalf, bytes: &[u8], idle: Duration) -> std::io::Result<()> {
+    tokio::time::timeout(idle, w.write_all(bytes)).await.map_err(|_| timed_out("client does not read"))?
 }
 
+async fn write_line<T: serde::Serialize>(w: &mut OwnedWriteHalf, v: &T, idle: Duration) -> std::io::Result<()> {
+    let mut out = serde_json::to_vec(v).map_err(std::io::Error::other)?;
+    out.push(b'\n');
+    write_all(w, &out, idle).await
+}
+
+/// Frames a capture's channel holds for a reader that is behind (the shared [`Budget`]
+/// bounds their bytes).
+const CAPTURE_QUEUE: usize = 1024;
+
 /// Streams a port's frames: the reply, then one [`CaptureEvent`] per line until the count is
-/// reached, the port goes away, or the client hangs up.
+/// reached, the port goes away, the client hangs up, or it stops reading for the idle time.
 async fn capture(
     core: &Mutex<Core>,
+    caller: Caller,
     req: CaptureReq,
     r: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
-    w: &mut tokio::net::unix::OwnedWriteHalf,
+    w: &mut OwnedWriteHalf,
+    limits: &Limits,
+    budget: Arc<Budget>,
 ) -> std::io::Result<()> {
     use base64::Engine;
     use std::sync::atomic::{AtomicU64, Ordering};
 
-    let (tx, mut rx) = tokio::sync::mpsc::channel(4096);
+    let (tx, mut rx) = tokio::sync::mpsc::channel(CAPTURE_QUEUE);
     let dropped = std::sync::Arc::new(AtomicU64::new(0));
     let snaplen = req.snaplen.unwrap_or(65535).clamp(64, 262_144) as usize;
-    let sink = crate::datapath::capture::Sink::new(tx, req.count.filter(|c| *c > 0), snaplen, dropped.clone());
-    let started = core.lock().await.start_capture(&req, sink).await;
+    let sink = crate::datapath::capture::Sink::new(tx, req.count.filter(|c| *c > 0), snaplen, dropped.clone(), budget);
+    let started = core.lock().await.start_capture(&req, sink, &caller).await;
     if let Err(e) = started {
-        return write_line(w, &Response::err(e)).await;
+        return write_line(w, &Response::err(e), limits.idle).await;
     }
-    write_line(w, &Response::ok(serde_json::json!({ "capturing": true, "snaplen": snaplen }))).await?;
+    write_line(w, &Response::ok(serde_json::json!({ "capturing": true, "snaplen": snaplen })), limits.idle).await?;
     let mut frames = 0u64;
     let mut probe = [0u8; 64];
     let reason = loop {
@@ -123,7 +235,9 @@ async fn capture(
                         len: c.orig_len,
                         data: base64::engine::general_purpose::STANDARD.encode(&c.data),
                     };
-                    write_line(w, &ev).await?;
+                    drop(c);
+                    // A reader that stops reading ends its capture (and frees what it held).
+                    write_line(w, &ev, limits.idle).await?;
                 }
                 None => {
                     break if req.count.is_some_and(|n| frames >= n) { "count reached" } else { "port removed" };
@@ -137,7 +251,8 @@ async fn capture(
             }
         }
     };
-    write_line(w, &CaptureEvent::End { frames, dropped: dropped.load(Ordering::Relaxed), reason: reason.into() }).await
+    let end = CaptureEvent::End { frames, dropped: dropped.load(Ordering::Relaxed), reason: reason.into() };
+    write_line(w, &end, limits.idle).await
 }
 
 /// Discards input up to and including the next newline (or EOF).

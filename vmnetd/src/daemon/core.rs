@@ -26,6 +26,16 @@ pub struct Core {
     pub config_origin: String,
     pub paths: Paths,
     pub started: Instant,
+    /// `VMNETD_TEST_HOOKS=1` at start: the test-only requests are served.
+    pub test_hooks: bool,
+    /// What non-root callers may hold.
+    pub limits: UserLimits,
+}
+
+/// Quotas of non-root control-socket callers (`[control]`).
+#[derive(Debug, Clone, Copy)]
+pub struct UserLimits {
+    pub max_ports_per_user: usize,
 }
 
 fn api<E: std::error::Error + 'static>(kind: ErrorKind) -> impl Fn(E) -> ApiError {
@@ -98,7 +108,9 @@ impl Core {
         }
     }
 
-    pub async fn handle(&mut self, op: Op) -> Result<serde_json::Value, ApiError> {
+    /// Runs one request for `caller`, after checking that the caller may make it.
+    pub async fn handle(&mut self, op: Op, caller: &super::authz::Caller) -> Result<serde_json::Value, ApiError> {
+        let op = self.authorize(op, caller)?;
         match op {
             Op::Status => to_value(self.status()),
             Op::Mktap(spec) => to_value(self.mktap(spec).await?),
@@ -107,7 +119,7 @@ impl Core {
             Op::BridgeAdd(spec) => to_value(self.bridge_add(spec).await?),
             Op::BridgeDel(req) => to_value(self.bridge_del(req).await?),
             Op::BridgeList => to_value(self.bridge_list().await?),
-            Op::PortAdd(spec) => to_value(self.port_add(*spec).await?),
+            Op::PortAdd(spec) => to_value(self.port_add(*spec, caller).await?),
             Op::PortDel(req) => to_value(self.port_del(req).await?),
             Op::PortList(req) => to_value(self.port_list(req).await?),
             Op::FdbShow(req) => to_value(self.fdb_show(req).await?),
@@ -115,6 +127,20 @@ impl Core {
             Op::Stats(req) => to_value(self.stats(req).await?),
             Op::Capture(_) => {
                 Err(ApiError::new(ErrorKind::BadRequest, "capture is served by the connection, not here"))
+            }
+            Op::DebugPanic => {
+                if !self.test_hooks {
+                    return Err(ApiError::new(
+                        ErrorKind::PermissionDenied,
+                        "Test hooks are off (start the daemon with VMNETD_TEST_HOOKS=1 to enable them)",
+                    ));
+                }
+                log::warn!("debug-panic requested: making the datapath thread panic");
+                self.dp
+                    .call(|_| panic!("datapath panic requested through the test hook"))
+                    .await
+                    .map_err(api(ErrorKind::Internal))?;
+                Ok(serde_json::Value::Null)
             }
         }
     }

@@ -5,6 +5,7 @@
 //! ready. SIGTERM/SIGINT close the socket and exit, leaving persistent TAPs and kernel
 //! bridges in place for the next start to adopt.
 
+pub mod authz;
 pub mod bridges;
 pub mod control;
 pub mod core;
@@ -77,6 +78,29 @@ impl Paths {
     }
 }
 
+/// Fail-stop: a panic on the datapath thread or in the control plane ends the whole process, so
+/// that the service manager restarts it, instead of leaving a daemon that answers on its
+/// socket while no frame moves. The message goes to the log first; then `abort` (exit by
+/// SIGABRT, a core dump where enabled). vhost-user guests in client mode, and TAPs, come
+/// back with the restarted daemon as after any crash.
+pub fn fail_stop() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let thread = std::thread::current().name().unwrap_or("?").to_owned();
+        // A vhost-user connection thread (parsing one frontend's messages) unwinds to its
+        // handler, which resets that device only; nothing it holds is shared with the
+        // datapath but the device itself.
+        if thread.starts_with("vhu-") {
+            log::error!("panic on thread {thread}: {info}; resetting that port's connection");
+            default(info);
+            return;
+        }
+        log::error!("panic on thread {thread}: {info}; exiting so that the service manager restarts vmnetd");
+        default(info);
+        std::process::abort();
+    }));
+}
+
 pub fn run(opts: Options) -> Result<(), Error> {
     // Sockets and files are private unless we open them up on purpose.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
@@ -95,6 +119,11 @@ pub fn run(opts: Options) -> Result<(), Error> {
     let store = Store::open(&paths.state_dir)?;
     let state = store.load()?;
     ensure_tun_node_usable();
+    raise_fd_limit();
+    // Frontends may shrink their memory files under us: survive it (see vmnetd_vhost::guard).
+    if let Err(e) = vmnetd_vhost::guard::install() {
+        log::warn!("{e}: a frontend that truncates its guest memory can crash vmnetd");
+    }
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -121,6 +150,8 @@ pub fn run(opts: Options) -> Result<(), Error> {
             config_origin: loaded.origin.clone(),
             paths: paths.clone(),
             started: Instant::now(),
+            test_hooks: std::env::var_os("VMNETD_TEST_HOOKS").is_some_and(|v| v == "1"),
+            limits: core::UserLimits { max_ports_per_user: loaded.config.control.max_ports_per_user as usize },
         };
         core.restore(&loaded.config).await;
         core.restore_bridges(&loaded.config).await;
@@ -134,7 +165,8 @@ pub fn run(opts: Options) -> Result<(), Error> {
         );
         notify_ready();
         let core = Arc::new(tokio::sync::Mutex::new(core));
-        let server = tokio::spawn(control::serve(listener, core.clone()));
+        let limits = control::Limits::from(&loaded.config.control);
+        let server = tokio::spawn(control::serve(listener, core.clone(), limits));
         let reconciler = tokio::spawn(reconcile_loop(core.clone()));
         wait_for_shutdown().await;
         server.abort();
@@ -160,6 +192,17 @@ async fn reconcile_loop(core: Arc<tokio::sync::Mutex<core::Core>>) {
     loop {
         tick.tick().await;
         core.lock().await.reconcile().await;
+    }
+}
+
+/// Every port, connection and capture holds descriptors: take the hard limit (systemd's
+/// default soft limit of 1024 is low for a few hundred ports).
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
     }
 }
 

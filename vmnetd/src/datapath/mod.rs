@@ -76,6 +76,7 @@ impl DatapathHandle {
             settings: settings.clone(),
             polled: Vec::new(),
             last_frame: Instant::now(),
+            guard_epoch: vmnetd_vhost::guard::epoch(),
         };
         let thread = std::thread::Builder::new().name("vmnetd-dp".into()).spawn(move || {
             if let Some(cpu) = settings.cpu {
@@ -183,6 +184,8 @@ pub struct Datapath {
     polled: Vec<(usize, PortId, u8)>,
     /// When a polled queue last had a frame.
     last_frame: Instant,
+    /// The SIGBUS guard's epoch last looked at (see [`Datapath::check_guest_memory`]).
+    guard_epoch: u64,
 }
 
 /// How often a busy datapath still looks at epoll (control commands, other ports).
@@ -416,11 +419,28 @@ impl Datapath {
             if !self.polled.is_empty() {
                 self.poll_idle_queues();
             }
+            if vmnetd_vhost::guard::epoch() != self.guard_epoch {
+                self.check_guest_memory();
+            }
             if last_expire.elapsed() >= EXPIRE_EVERY {
                 last_expire = Instant::now();
                 let now = self.now();
                 for br in self.bridges.iter_mut().flatten() {
                     br.switch.expire(now);
+                }
+            }
+        }
+    }
+
+    /// A frontend shrank its memory file under us (the SIGBUS guard replaced the mapping):
+    /// find the device, and fail it until the frontend gives it new memory.
+    fn check_guest_memory(&mut self) {
+        self.guard_epoch = vmnetd_vhost::guard::epoch();
+        for br in self.bridges.iter().flatten() {
+            for port in br.ports.iter().flatten() {
+                if let Some(v) = port.vhost() {
+                    let mut st = v.lock();
+                    v.check_memory(&mut st);
                 }
             }
         }
@@ -489,7 +509,7 @@ impl Datapath {
         }
         match sub {
             0 => self.vhost_resync(b, p),
-            crate::ports::vhost::CTRL_SUB => self.vhost_ctrl(b, p),
+            crate::ports::vhost::CTRL_SUB => self.vhost_ctrl(b, p, from_event),
             pair => {
                 if from_event {
                     self.clear_kick(b, p, usize::from(pair - 1));
@@ -550,7 +570,7 @@ impl Datapath {
         self.pending.push_back((b, p, crate::ports::vhost::CTRL_SUB));
     }
 
-    fn vhost_ctrl(&mut self, b: usize, p: PortId) {
+    fn vhost_ctrl(&mut self, b: usize, p: PortId, from_event: bool) {
         use vm_memory::GuestAddressSpace;
         let Some(Some(br)) = self.bridges.get_mut(b) else { return };
         let Some(port) = br.port_mut(p) else { return };
@@ -558,12 +578,18 @@ impl Datapath {
         let shared = v.shared.clone();
         let mut st = shared.lock();
         let i = st.ctrl_index();
+        // The kick is read whatever becomes of it: a level-triggered fd left readable would
+        // wake the thread forever.
+        if from_event {
+            st.vrings[i].clear_kick();
+        }
         if !st.vrings[i].active() {
             return;
         }
-        st.vrings[i].clear_kick();
         let mem = st.mem.memory();
-        vmnetd_vhost::ctrl::process(&mut st, &mem, shared.queue_pairs);
+        if let Err(e) = vmnetd_vhost::ctrl::process(&mut st, &mem, shared.queue_pairs) {
+            shared.mark_broken(&mut st, i, e);
+        }
     }
 
     /// One burst from a guest's transmit queue pair, forwarded, then handed back to the guest
@@ -588,9 +614,19 @@ impl Datapath {
         let mem = st.mem.memory().into_inner();
         batch.clear();
         heads.clear();
-        let (n, bad) = crate::ports::vhost::pop_burst(&mut st, pair, &mem, &mut batch, &mut heads);
-        for _ in 0..bad {
+        let popped = crate::ports::vhost::pop_burst(&mut st, pair, &mem, &mut batch, &mut heads);
+        let n = popped.chains;
+        for _ in 0..popped.bad_chains {
             br.switch.record_rx_error(p, 0);
+        }
+        if popped.bad_gso.0 > 0 {
+            let avg = (popped.bad_gso.1 / popped.bad_gso.0 as u64) as usize;
+            for _ in 0..popped.bad_gso.0 {
+                br.switch.record_rx_drop(p, DropReason::BadGso, avg);
+            }
+        }
+        if let Some(e) = popped.broken {
+            shared.mark_broken(&mut st, txq, e);
         }
         if !batch.is_empty() {
             if let Some(port) = br.port_mut(p) {
@@ -603,10 +639,13 @@ impl Datapath {
             forward(br, &batch, &self.plan);
         }
         let more = crate::ports::vhost::finish_burst(&mut st, pair, &mem, &heads, n == VHOST_BURST, poll);
+        let alive = st.vrings[txq].active();
         drop(st);
         batch.clear();
         put_back(br, p, batch, heads);
-        Some((n, more))
+        // A queue the guest broke is not looked at again (not polled, its kicks ignored)
+        // until the frontend sets it up again.
+        alive.then_some((n, more))
     }
 
     /// Reads one burst from a port and forwards it. Returns whether more may be waiting.
@@ -678,6 +717,9 @@ fn forward(br: &mut Bridge, batch: &Batch, plan: &BurstPlan) {
         }
         if r.errors.0 > 0 {
             br.switch.record_tx_failure(dst, DropReason::TxError, r.errors.0, r.errors.1);
+        }
+        if r.bad_gso.0 > 0 {
+            br.switch.record_tx_failure(dst, DropReason::BadGso, r.bad_gso.0, r.bad_gso.1);
         }
     }
 }

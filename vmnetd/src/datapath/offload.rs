@@ -6,18 +6,48 @@
 //! peers take them as they are; a vhost-user guest that did not ack GUEST_TSO4/6 or
 //! GUEST_CSUM must get ordinary frames, so the edge calls these first. RFC 1071 is the
 //! checksum; RFC 791, 8200, 793 and 768 the headers touched.
+//!
+//! Everything here reads guest input: a frame's bytes and its virtio-net header come from
+//! whoever sent it, and a guest may even change them while we read (the copy we work on is
+//! ours, but it was taken from memory the guest can write). So every length and offset is
+//! checked against the frame before it is used — IPv4 IHL and TCP data offset at least 5
+//! words, every header inside the frame, the segment size between [`MIN_MSS`] and the
+//! frame, at most [`MAX_SEGMENTS`] segments — and a frame that breaks a rule is an
+//! [`Error`], never a panic or a burst of tiny segments. [`check_vnet`] applies the cheap
+//! part of these rules to every frame a guest sends, before it reaches the switch.
 
-use vmnetd_vhost::virtio_net::{VnetHdr, GSO_ECN, GSO_TCPV4, GSO_TCPV6, GSO_UDP, GSO_UDP_L4};
+use vmnetd_vhost::virtio_net::{features, VnetHdr, GSO_ECN, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     #[error("frame too short for its headers")]
     Truncated,
-    #[error("not an IPv4/IPv6 TCP or UDP frame")]
+    #[error("not an IPv4/IPv6 TCP or UDP frame, or a GSO type that does not match it")]
     Unsupported,
-    #[error("GSO frame with a zero segment size")]
-    NoMss,
+    #[error("IPv4 header length below 20 bytes")]
+    BadIpHeader,
+    #[error("TCP data offset below 20 bytes")]
+    BadTcpHeader,
+    #[error("GSO segment size {0} is outside the allowed range")]
+    BadMss(u16),
+    #[error("GSO frame would make more than {MAX_SEGMENTS} segments")]
+    TooManySegments,
+    #[error("checksum offsets point outside the frame")]
+    BadCsumOffsets,
+    #[error("virtio-net header length {0} is longer than the frame")]
+    BadHdrLen(u16),
+    #[error("GSO type {0:#x} is unknown or was not negotiated")]
+    BadGsoType(u8),
 }
+
+/// Smallest TCP segment size accepted: Linux's `TCP_MIN_MSS` (no TCP stack sends less).
+pub const MIN_MSS: usize = 88;
+/// Smallest UDP segment size accepted (`UDP_SEGMENT`): one UDP header's worth of payload.
+pub const MIN_UDP_SEG: usize = 8;
+/// Most segments one GSO frame may be cut into. A 64 KiB TCP frame at [`MIN_MSS`] is 745;
+/// Linux caps UDP GSO at 128 segments (`UDP_MAX_SEGMENTS`), and so do we.
+pub const MAX_SEGMENTS: usize = 768;
+pub const MAX_UDP_SEGMENTS: usize = 128;
 
 /// Adds `data` to a ones'-complement sum.
 pub fn csum_add(mut sum: u32, data: &[u8]) -> u32 {
@@ -43,43 +73,77 @@ pub fn csum_fold(mut sum: u32) -> u16 {
     !(sum as u16)
 }
 
+/// The checks a frame's virtio-net header must pass before the switch sees it, given the
+/// length of the frame (without the header) and the features the sender acked: a GSO type
+/// the sender negotiated, a segment size of at least [`MIN_MSS`] (TCP) or [`MIN_UDP_SEG`]
+/// (UDP) and at most the frame, checksum offsets and `hdr_len` inside the frame. What
+/// depends on the frame's bytes (IHL, data offset) is checked when the frame is cut.
+pub fn check_vnet(v: &VnetHdr, len: usize, acked: u64) -> Result<(), Error> {
+    if v.hdr_len as usize > len {
+        return Err(Error::BadHdrLen(v.hdr_len));
+    }
+    if v.needs_csum() {
+        if acked & features::CSUM == 0 {
+            return Err(Error::BadCsumOffsets);
+        }
+        if usize::from(v.csum_start) + usize::from(v.csum_offset) + 2 > len {
+            return Err(Error::BadCsumOffsets);
+        }
+    }
+    let kind = v.gso_type & !GSO_ECN;
+    if kind == GSO_NONE {
+        return Ok(());
+    }
+    let (needed, min) = match kind {
+        GSO_TCPV4 => (features::HOST_TSO4, MIN_MSS),
+        GSO_TCPV6 => (features::HOST_TSO6, MIN_MSS),
+        _ => return Err(Error::BadGsoType(v.gso_type)),
+    };
+    let ecn_ok = v.gso_type & GSO_ECN == 0 || acked & features::HOST_ECN != 0;
+    if acked & needed == 0 || !ecn_ok {
+        return Err(Error::BadGsoType(v.gso_type));
+    }
+    let mss = usize::from(v.gso_size);
+    if mss < min || mss > len {
+        return Err(Error::BadMss(v.gso_size));
+    }
+    Ok(())
+}
+
 /// Completes a partial checksum in place: the field at `start + offset` holds the
 /// pseudo-header sum; the checksum of everything from `start` replaces it.
 pub fn complete_csum(frame: &mut [u8], start: usize, offset: usize) -> Result<(), Error> {
-    let at = start + offset;
-    if at + 2 > frame.len() || start > frame.len() {
-        return Err(Error::Truncated);
+    let at = start.checked_add(offset).ok_or(Error::BadCsumOffsets)?;
+    if at.checked_add(2).is_none_or(|end| end > frame.len()) || start > frame.len() {
+        return Err(Error::BadCsumOffsets);
     }
     let mut c = csum_fold(csum_add(0, &frame[start..]));
-    if c == 0 && frame.get(l3_proto_offset(frame)?).copied() == Some(17) {
-        c = 0xffff; // UDP: 0 means "no checksum"
+    // UDP: 0 means "no checksum", so a computed 0 is sent as 0xffff. Only when the frame
+    // really is UDP and the field really is the UDP checksum.
+    if c == 0 && layout(frame).is_ok_and(|l| !l.tcp && l.l4 == start && offset == 6) {
+        c = 0xffff;
     }
     frame[at..at + 2].copy_from_slice(&c.to_be_bytes());
     Ok(())
 }
 
+fn be16(f: &[u8], i: usize) -> Result<u16, Error> {
+    f.get(i..i + 2).map(|b| u16::from_be_bytes([b[0], b[1]])).ok_or(Error::Truncated)
+}
+
 fn l2_len(f: &[u8]) -> Result<(usize, u16), Error> {
-    let et = |i: usize| f.get(i..i + 2).map(|b| u16::from_be_bytes([b[0], b[1]])).ok_or(Error::Truncated);
-    match et(12)? {
-        0x8100 | 0x88a8 => Ok((18, et(16)?)),
+    match be16(f, 12)? {
+        0x8100 | 0x88a8 => Ok((18, be16(f, 16)?)),
         t => Ok((14, t)),
     }
 }
 
-/// Offset of the IPv4 protocol / IPv6 next-header byte.
-fn l3_proto_offset(f: &[u8]) -> Result<usize, Error> {
-    let (l2, et) = l2_len(f)?;
-    match et {
-        0x0800 => Ok(l2 + 9),
-        0x86dd => Ok(l2 + 6),
-        _ => Err(Error::Unsupported),
-    }
-}
-
-/// Header layout of a super-frame.
+/// Header layout of a frame: every offset is inside the frame when this returns `Ok`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Layout {
     l3: usize,
     l4: usize,
+    /// First payload byte: `l4` + the TCP or UDP header.
     payload: usize,
     v4: bool,
     tcp: bool,
@@ -89,19 +153,36 @@ fn layout(f: &[u8]) -> Result<Layout, Error> {
     let (l3, et) = l2_len(f)?;
     let (v4, proto, l4) = match et {
         0x0800 => {
-            let ihl = usize::from(f.get(l3).ok_or(Error::Truncated)? & 0x0f) * 4;
+            let b0 = *f.get(l3).ok_or(Error::Truncated)?;
+            let ihl = usize::from(b0 & 0x0f) * 4;
+            if b0 >> 4 != 4 || ihl < 20 {
+                return Err(Error::BadIpHeader);
+            }
             (true, *f.get(l3 + 9).ok_or(Error::Truncated)?, l3 + ihl)
         }
-        0x86dd => (false, *f.get(l3 + 6).ok_or(Error::Truncated)?, l3 + 40),
+        0x86dd => {
+            let b0 = *f.get(l3).ok_or(Error::Truncated)?;
+            if b0 >> 4 != 6 {
+                return Err(Error::Unsupported);
+            }
+            // Extension headers are not walked: only TCP or UDP right after the fixed header.
+            (false, *f.get(l3 + 6).ok_or(Error::Truncated)?, l3 + 40)
+        }
         _ => return Err(Error::Unsupported),
     };
     let (tcp, l4len) = match proto {
-        6 => (true, usize::from(f.get(l4 + 12).ok_or(Error::Truncated)? >> 4) * 4),
+        6 => {
+            let doff = usize::from(f.get(l4 + 12).ok_or(Error::Truncated)? >> 4) * 4;
+            if doff < 20 {
+                return Err(Error::BadTcpHeader);
+            }
+            (true, doff)
+        }
         17 => (false, 8),
         _ => return Err(Error::Unsupported),
     };
     let payload = l4 + l4len;
-    if payload > f.len() || (v4 && l4 < l3 + 20) {
+    if payload > f.len() {
         return Err(Error::Truncated);
     }
     Ok(Layout { l3, l4, payload, v4, tcp })
@@ -109,44 +190,67 @@ fn layout(f: &[u8]) -> Result<Layout, Error> {
 
 fn pseudo_sum(seg: &[u8], lay: &Layout, l4_len: usize) -> u32 {
     let proto = if lay.tcp { 6u32 } else { 17 };
-    let mut s = 0u32;
-    if lay.v4 {
-        s = csum_add(s, &seg[lay.l3 + 12..lay.l3 + 20]);
-    } else {
-        s = csum_add(s, &seg[lay.l3 + 8..lay.l3 + 40]);
-    }
-    s.wrapping_add(proto).wrapping_add(l4_len as u32)
+    let addrs = if lay.v4 { &seg[lay.l3 + 12..lay.l3 + 20] } else { &seg[lay.l3 + 8..lay.l3 + 40] };
+    csum_add(0, addrs).wrapping_add(proto).wrapping_add(l4_len as u32)
 }
 
-/// Cuts a GSO super-frame into frames of at most `vnet.gso_size` payload bytes, each with
-/// complete, correct headers and checksums; calls `out` with each. Returns how many.
-pub fn segment(frame: &[u8], vnet: &VnetHdr, out: &mut dyn FnMut(&[u8])) -> Result<usize, Error> {
-    let mss = usize::from(vnet.gso_size);
-    if mss == 0 {
-        return Err(Error::NoMss);
-    }
-    let lay = layout(frame)?;
+/// The layout of a GSO frame whose first bytes are `head` (at least its headers) and whose
+/// whole length is `len`, and how many segments it makes; or why it cannot be cut.
+fn gso_plan(head: &[u8], len: usize, vnet: &VnetHdr) -> Result<(Layout, usize), Error> {
+    let lay = layout(head)?;
     let kind = vnet.gso_type & !GSO_ECN;
-    let ok = matches!(
-        (kind, lay.tcp, lay.v4),
-        (GSO_TCPV4, true, true) | (GSO_TCPV6, true, false) | (GSO_UDP_L4 | GSO_UDP, false, _)
-    );
+    let ok =
+        matches!((kind, lay.tcp, lay.v4), (GSO_TCPV4, true, true) | (GSO_TCPV6, true, false) | (GSO_UDP_L4, false, _));
     if !ok {
         return Err(Error::Unsupported);
     }
+    let mss = usize::from(vnet.gso_size);
+    let (min, max_segs) = if lay.tcp { (MIN_MSS, MAX_SEGMENTS) } else { (MIN_UDP_SEG, MAX_UDP_SEGMENTS) };
+    if mss < min {
+        return Err(Error::BadMss(vnet.gso_size));
+    }
+    let data = len.checked_sub(lay.payload).ok_or(Error::Truncated)?;
+    let n = data.div_ceil(mss).max(1);
+    if n > max_segs {
+        return Err(Error::TooManySegments);
+    }
+    // Every segment's IP length must fit its 16-bit field.
+    if lay.payload - lay.l3 + mss.min(data) > usize::from(u16::MAX) {
+        return Err(Error::BadMss(vnet.gso_size));
+    }
+    Ok((lay, n))
+}
+
+/// Whether a GSO frame of `len` bytes whose first bytes are `head` could be cut as its
+/// header asks: the checks [`segment`] makes, without cutting. A frame whose headers do not
+/// fit in `head` is refused.
+pub fn check_gso_frame(head: &[u8], len: usize, vnet: &VnetHdr) -> Result<(), Error> {
+    gso_plan(head, len, vnet).map(drop)
+}
+
+/// Cuts a GSO super-frame into frames of at most `vnet.gso_size` payload bytes, each with
+/// complete, correct headers and checksums; calls `out` with each, and stops early (no work
+/// is spent on segments nobody can take) when `out` returns false. Returns how many were
+/// handed to `out`.
+///
+/// Refused (nothing is emitted): a GSO type that does not match the frame, headers that do
+/// not fit the frame or have impossible lengths, a segment size below [`MIN_MSS`] (TCP) or
+/// [`MIN_UDP_SEG`] (UDP), more than [`MAX_SEGMENTS`] segments (128 for
+/// UDP).
+pub fn segment(frame: &[u8], vnet: &VnetHdr, out: &mut dyn FnMut(&[u8]) -> bool) -> Result<usize, Error> {
+    let (lay, n) = gso_plan(frame, frame.len(), vnet)?;
+    let mss = usize::from(vnet.gso_size);
     let data = &frame[lay.payload..];
     let hdrs = &frame[..lay.payload];
-    let n = data.len().div_ceil(mss).max(1);
     let mut seg = Vec::with_capacity(lay.payload + mss);
     let seq0 = if lay.tcp {
-        u32::from_be_bytes(frame[lay.l4 + 4..lay.l4 + 8].try_into().map_err(|_| Error::Truncated)?)
+        u32::from_be_bytes([frame[lay.l4 + 4], frame[lay.l4 + 5], frame[lay.l4 + 6], frame[lay.l4 + 7]])
     } else {
         0
     };
     let id0 = if lay.v4 { u16::from_be_bytes([frame[lay.l3 + 4], frame[lay.l3 + 5]]) } else { 0 };
-    for (i, chunk) in
-        data.chunks(mss).enumerate().chain(std::iter::once((0, &data[..0])).take(usize::from(data.is_empty())))
-    {
+    let chunks = data.chunks(mss).chain(std::iter::once(&data[..0]).take(usize::from(data.is_empty())));
+    for (i, chunk) in chunks.enumerate() {
         seg.clear();
         seg.extend_from_slice(hdrs);
         seg.extend_from_slice(chunk);
@@ -162,6 +266,7 @@ pub fn segment(frame: &[u8], vnet: &VnetHdr, out: &mut dyn FnMut(&[u8])) -> Resu
             let plen = (seg.len() - lay.l3 - 40) as u16;
             seg[lay.l3 + 4..lay.l3 + 6].copy_from_slice(&plen.to_be_bytes());
         }
+        // Inside the L4 header, which `layout` checked is inside every segment.
         let csum_at = if lay.tcp {
             let t = lay.l4;
             seg[t + 4..t + 8].copy_from_slice(&seq0.wrapping_add((i * mss) as u32).to_be_bytes());
@@ -189,7 +294,9 @@ pub fn segment(frame: &[u8], vnet: &VnetHdr, out: &mut dyn FnMut(&[u8])) -> Resu
             c = 0xffff;
         }
         seg[csum_at..csum_at + 2].copy_from_slice(&c.to_be_bytes());
-        out(&seg);
+        if !out(&seg) {
+            return Ok(i + 1);
+        }
     }
     Ok(n)
 }
@@ -220,6 +327,17 @@ mod tests {
         (f, l4)
     }
 
+    fn tso4(l4: usize, mss: u16) -> VnetHdr {
+        VnetHdr {
+            flags: F_NEEDS_CSUM,
+            gso_type: GSO_TCPV4,
+            hdr_len: (l4 + 20) as u16,
+            gso_size: mss,
+            csum_start: l4 as u16,
+            csum_offset: 16,
+        }
+    }
+
     /// Whether the IPv4 header and TCP checksums of a plain frame verify.
     fn verify(seg: &[u8]) -> bool {
         let lay = layout(seg).unwrap();
@@ -244,23 +362,25 @@ mod tests {
         assert!(!verify(&f));
         complete_csum(&mut f, l4, 16).unwrap();
         assert!(verify(&f));
-        assert_eq!(complete_csum(&mut f[..20], 14, 16), Err(Error::Truncated));
+        assert_eq!(complete_csum(&mut f[..20], 14, 16), Err(Error::BadCsumOffsets));
+        assert_eq!(complete_csum(&mut f, usize::MAX, 16), Err(Error::BadCsumOffsets));
+        // Any protocol: a partial checksum is a generic "sum from here, put it there".
+        let mut arp = vec![0xffu8; 60];
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        complete_csum(&mut arp, 20, 4).unwrap();
     }
 
     #[test]
     fn tso4_segments_are_valid_and_carry_the_payload() {
         for tagged in [false, true] {
             let (f, l4) = tcp4(5000, tagged, 0x19 /* FIN|PSH|ACK */);
-            let vnet = VnetHdr {
-                flags: F_NEEDS_CSUM,
-                gso_type: GSO_TCPV4,
-                hdr_len: (l4 + 20) as u16,
-                gso_size: 1448,
-                csum_start: l4 as u16,
-                csum_offset: 16,
-            };
+            let vnet = tso4(l4, 1448);
             let mut segs = Vec::new();
-            let n = segment(&f, &vnet, &mut |s| segs.push(s.to_vec())).unwrap();
+            let n = segment(&f, &vnet, &mut |s| {
+                segs.push(s.to_vec());
+                true
+            })
+            .unwrap();
             assert_eq!(n, 4);
             let mut payload = Vec::new();
             for (i, s) in segs.iter().enumerate() {
@@ -289,18 +409,93 @@ mod tests {
         f.extend(vec![7u8; 2000]);
         let vnet = VnetHdr { gso_type: GSO_TCPV6, gso_size: 1400, ..Default::default() };
         let mut segs = Vec::new();
-        assert_eq!(segment(&f, &vnet, &mut |s| segs.push(s.to_vec())).unwrap(), 2);
+        assert_eq!(
+            segment(&f, &vnet, &mut |s| {
+                segs.push(s.to_vec());
+                true
+            })
+            .unwrap(),
+            2
+        );
         assert!(segs.iter().all(|s| verify(s)));
         assert_eq!(u16::from_be_bytes([segs[1][18], segs[1][19]]), 20 + 600);
         // A TCPV4 type on an IPv6 frame is refused, as is a zero MSS.
         assert_eq!(
-            segment(&f, &VnetHdr { gso_type: GSO_TCPV4, gso_size: 1, ..Default::default() }, &mut |_| {}),
+            segment(&f, &VnetHdr { gso_type: GSO_TCPV4, gso_size: 100, ..Default::default() }, &mut |_| true),
             Err(Error::Unsupported)
         );
         assert_eq!(
-            segment(&f, &VnetHdr { gso_type: GSO_TCPV6, gso_size: 0, ..Default::default() }, &mut |_| {}),
-            Err(Error::NoMss)
+            segment(&f, &VnetHdr { gso_type: GSO_TCPV6, gso_size: 0, ..Default::default() }, &mut |_| true),
+            Err(Error::BadMss(0))
         );
-        assert_eq!(segment(&f[..30], &vnet, &mut |_| {}), Err(Error::Truncated));
+        assert_eq!(segment(&f[..30], &vnet, &mut |_| true), Err(Error::Truncated));
+    }
+
+    /// The frames a hostile guest sends: every one is refused without a panic and without
+    /// emitting anything.
+    #[test]
+    fn malformed_gso_frames_are_refused() {
+        let (good, l4) = tcp4(3000, false, 0x10);
+        let mut emitted = 0usize;
+        let mut out = |_: &[u8]| {
+            emitted += 1;
+            true
+        };
+        // TCP data offset 0, 1 and 4 words (below the 5-word minimum).
+        for doff in [0u8, 1, 4] {
+            let mut f = good.clone();
+            f[l4 + 12] = doff << 4;
+            assert_eq!(segment(&f, &tso4(l4, 1448), &mut out), Err(Error::BadTcpHeader), "doff {doff}");
+        }
+        // Data offset 15 (60 bytes) on a frame that ends inside that header.
+        let mut f = good[..l4 + 40].to_vec();
+        f[l4 + 12] = 15 << 4;
+        assert_eq!(segment(&f, &tso4(l4, 1448), &mut out), Err(Error::Truncated));
+        // IHL 0..4 and an IPv4 header that claims to be longer than the frame.
+        for ihl in 0u8..5 {
+            let mut f = good.clone();
+            f[14] = 0x40 | ihl;
+            assert_eq!(segment(&f, &tso4(l4, 1448), &mut out), Err(Error::BadIpHeader), "ihl {ihl}");
+        }
+        let mut f = good[..40].to_vec();
+        f[14] = 0x4f;
+        assert_eq!(segment(&f, &tso4(l4, 1448), &mut out), Err(Error::Truncated));
+        // MSS 1 (65,536 segments if believed) and just below the minimum.
+        for mss in [1u16, (MIN_MSS - 1) as u16] {
+            assert_eq!(segment(&good, &tso4(l4, mss), &mut out), Err(Error::BadMss(mss)), "mss {mss}");
+        }
+        // Headers only, cut short at every length.
+        for len in 0..l4 + 20 {
+            assert!(segment(&good[..len], &tso4(l4, 1448), &mut out).is_err(), "len {len}");
+        }
+        // UDP GSO with tiny segments: more than the kernel's 128.
+        let mut udp = good.clone();
+        udp[23] = 17;
+        let v = VnetHdr { gso_type: GSO_UDP_L4, gso_size: 8, ..Default::default() };
+        assert_eq!(segment(&udp, &v, &mut out), Err(Error::TooManySegments));
+        assert_eq!(emitted, 0);
+        // The minimum MSS is accepted, and stays under the bound.
+        let (big, l4b) = tcp4(65000, false, 0x10);
+        let n = segment(&big, &tso4(l4b, MIN_MSS as u16), &mut |_| true).unwrap();
+        assert!(n <= MAX_SEGMENTS, "{n}");
+    }
+
+    #[test]
+    fn vnet_headers_are_checked_against_the_frame_and_features() {
+        let all = features::CSUM | features::HOST_TSO4 | features::HOST_TSO6 | features::HOST_ECN;
+        let ok = tso4(34, 1448);
+        assert_eq!(check_vnet(&ok, 5000, all), Ok(()));
+        assert_eq!(check_vnet(&VnetHdr::default(), 60, 0), Ok(()));
+        assert_eq!(check_vnet(&ok, 5000, features::CSUM), Err(Error::BadGsoType(GSO_TCPV4)), "TSO4 not acked");
+        assert_eq!(check_vnet(&ok, 5000, features::HOST_TSO4), Err(Error::BadCsumOffsets), "CSUM not acked");
+        let ecn = VnetHdr { gso_type: GSO_TCPV4 | GSO_ECN, ..ok };
+        assert_eq!(check_vnet(&ecn, 5000, all & !features::HOST_ECN), Err(Error::BadGsoType(GSO_TCPV4 | GSO_ECN)));
+        assert_eq!(check_vnet(&VnetHdr { gso_size: 1, ..ok }, 5000, all), Err(Error::BadMss(1)));
+        assert_eq!(check_vnet(&VnetHdr { gso_size: 6000, ..ok }, 5000, all), Err(Error::BadMss(6000)));
+        assert_eq!(check_vnet(&VnetHdr { csum_start: 4990, ..ok }, 5000, all), Err(Error::BadCsumOffsets));
+        assert_eq!(check_vnet(&VnetHdr { hdr_len: 5001, ..ok }, 5000, all), Err(Error::BadHdrLen(5001)));
+        // UFO (GSO_UDP) and unknown types are never negotiated.
+        assert_eq!(check_vnet(&VnetHdr { gso_type: 3, ..ok }, 5000, all), Err(Error::BadGsoType(3)));
+        assert_eq!(check_vnet(&VnetHdr { gso_type: 0x42, ..ok }, 5000, all), Err(Error::BadGsoType(0x42)));
     }
 }

@@ -27,6 +27,9 @@ pub struct SendResult {
     pub no_room: (u64, u64),
     /// Frames (and bytes) that failed otherwise.
     pub errors: (u64, u64),
+    /// Frames (and bytes) whose offloads could not be done in software (a malformed GSO or
+    /// checksum request that got past the sender's checks).
+    pub bad_gso: (u64, u64),
 }
 
 /// What [`Edge::recv`] read.

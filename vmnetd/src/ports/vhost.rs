@@ -12,8 +12,9 @@ use std::sync::Arc;
 
 use smallvec::SmallVec;
 use vm_memory::GuestAddressSpace;
+use vm_memory::{Bytes, GuestAddress};
 use vmnetd_vhost::device::{DevState, Memory, Shared};
-use vmnetd_vhost::queue::{self, Part, RxError, RxScratch, RxWriter};
+use vmnetd_vhost::queue::{self, Part, RxError, RxScratch, RxWriter, Seg, TxFrame};
 use vmnetd_vhost::server::Server;
 use vmnetd_vhost::virtio_net::{features, VnetHdr, F_DATA_VALID, F_NEEDS_CSUM, GSO_ECN, GSO_TCPV4, GSO_TCPV6};
 
@@ -72,7 +73,9 @@ impl VhostPort {
             } else {
                 continue;
             };
-            if let (true, Some(k)) = (v.started, v.kick.as_ref()) {
+            // A queue the guest broke is not watched (its kicks would only wake us for
+            // nothing) until the frontend sets it up again.
+            if let (true, None, Some(k)) = (v.started, v.broken, v.kick.as_ref()) {
                 if let Ok(fd) = k.as_fd().try_clone_to_owned() {
                     out.push((fd, sub));
                 }
@@ -115,23 +118,43 @@ impl VhostPort {
             w.prefetch(if np == 1 { list.len() } else { list.len() / np + 1 });
             // Flows spread over the pairs by their addresses.
             for e in list.iter().filter(|e| np == 1 || flow(&src.frames[e.frame].head) % np == k) {
-                match write_one(&mut w, scratch, &caps, src, sx.as_mut(), e) {
-                    Ok(()) => res.sent += 1,
-                    Err(RxError::NoBuffers) => {
-                        res.no_room.0 += 1;
-                        res.no_room.1 += out_len(e);
+                let failed = match write_one(&mut w, scratch, &caps, src, sx.as_mut(), e) {
+                    Ok(()) => {
+                        res.sent += 1;
+                        continue;
                     }
-                    Err(_) => {
-                        res.errors.0 += 1;
-                        res.errors.1 += out_len(e);
+                    Err(Failed::Rx(RxError::NoBuffers | RxError::Broken(_))) => &mut res.no_room,
+                    Err(Failed::Offload(err)) => {
+                        log::debug!("vhost-user {}: cannot segment or checksum a frame: {err}", shared.name);
+                        &mut res.bad_gso
                     }
-                }
+                    Err(Failed::Rx(_)) => &mut res.errors,
+                };
+                failed.0 += 1;
+                failed.1 += out_len(e);
             }
+            let broken = w.broken();
             if w.finish() {
                 vring.signal();
             }
+            if let Some(b) = broken {
+                shared.mark_broken(&mut st, 2 * pair, b);
+            }
         }
         res
+    }
+}
+
+/// Why a frame could not be written to a guest.
+enum Failed {
+    Rx(RxError),
+    /// Software segmentation or checksum completion refused the frame.
+    Offload(offload::Error),
+}
+
+impl From<RxError> for Failed {
+    fn from(e: RxError) -> Failed {
+        Failed::Rx(e)
     }
 }
 
@@ -182,7 +205,7 @@ fn write_one<'s>(
     src: &'s Batch,
     sx: Option<&mut vmnetd_vhost::ring::Xlate<'s>>,
     e: &Egress,
-) -> Result<(), RxError> {
+) -> Result<(), Failed> {
     let f = &src.frames[e.frame];
     let mut vnet = f.out_vnet(e.action);
     let gso = vnet.is_gso();
@@ -190,16 +213,17 @@ fn write_one<'s>(
         *scratch = src.materialize(e.frame, e.action, MAX_FRAME);
         if gso {
             let mut r = Ok(());
-            let cut = offload::segment(scratch, &vnet, &mut |seg| {
-                if r.is_ok() {
-                    r = w.write(&VnetHdr::default(), &[Part::Bytes(seg)]);
-                }
-            });
-            return cut.map_err(|_| RxError::BadSource).and(r);
+            // Stops at the first segment the guest has no room for.
+            offload::segment(scratch, &vnet, &mut |seg| {
+                r = w.write(&VnetHdr::default(), &[Part::Bytes(seg)]);
+                r.is_ok()
+            })
+            .map_err(Failed::Offload)?;
+            return Ok(r?);
         }
         offload::complete_csum(scratch, usize::from(vnet.csum_start), usize::from(vnet.csum_offset))
-            .map_err(|_| RxError::BadSource)?;
-        return w.write(&VnetHdr::default(), &[Part::Bytes(scratch)]);
+            .map_err(Failed::Offload)?;
+        return Ok(w.write(&VnetHdr::default(), &[Part::Bytes(scratch)])?);
     }
     if !caps.csum {
         vnet.flags &= !(F_NEEDS_CSUM | F_DATA_VALID);
@@ -214,36 +238,86 @@ fn write_one<'s>(
         parts.push(Part::Bytes(&head[..n]));
     }
     src.tail_parts(f, sx, &mut parts);
-    w.write(&vnet, &parts)
+    Ok(w.write(&vnet, &parts)?)
 }
 
+/// What [`pop_burst`] took.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Popped {
+    /// Chains taken (refused ones included).
+    pub chains: usize,
+    /// Chains that could not be read (bad descriptors), refused.
+    pub bad_chains: usize,
+    /// Frames whose offload request was impossible, refused: (frames, bytes).
+    pub bad_gso: (usize, u64),
+    /// The driver broke the ring: the queue must not be serviced any more.
+    pub broken: Option<vmnetd_vhost::ring::RingError>,
+}
+
+/// Bytes of a GSO frame's start read to check its headers (Ethernet, tag, IPv6 or IPv4 with
+/// options, TCP with options).
+const GSO_HEADERS: usize = 18 + 60 + 60;
+
 /// Takes up to a burst of frames from transmit pair `pair` into `batch`; the chains go to
-/// `heads` (all of them, refused ones too, to be handed back by [`finish_burst`]). Returns
-/// (chains taken, chains refused).
-pub fn pop_burst(
-    st: &mut DevState,
-    pair: usize,
-    mem: &Arc<Memory>,
-    batch: &mut Batch,
-    heads: &mut Vec<u16>,
-) -> (usize, usize) {
+/// `heads` (all of them, refused ones too, to be handed back by [`finish_burst`]). Frames
+/// whose virtio-net header asks for something impossible (see [`offload::check_vnet`] and
+/// [`offload::check_gso_frame`]) are refused here, before the switch sees them.
+pub fn pop_burst(st: &mut DevState, pair: usize, mem: &Arc<Memory>, batch: &mut Batch, heads: &mut Vec<u16>) -> Popped {
     let hl = st.hdr_len();
+    let acked = st.acked_features;
     let q = &mut st.vrings[2 * pair + 1].queue;
     queue::disable_notification(q, mem);
     batch.mem = Some(mem.clone());
-    let mut bad = 0;
-    let frames = &mut batch.frames;
-    let n = queue::pop_tx(q, mem, hl, VHOST_BURST, &mut batch.segs, |h, r| {
+    let mut p = Popped::default();
+    let Batch { frames, segs, .. } = batch;
+    let r = queue::pop_tx(q, mem, hl, VHOST_BURST, segs, |h, r, segs| {
         heads.push(h);
         match r {
-            Ok(f) => frames.push(crate::datapath::batch::Frame::guest(&f)),
+            Ok(f) => {
+                if f.vnet.flags | f.vnet.gso_type != 0 {
+                    if let Err(e) = check_offloads(mem, segs, &f, acked) {
+                        log::debug!("refused a transmit frame: {e}");
+                        p.bad_gso.0 += 1;
+                        p.bad_gso.1 += u64::from(f.len);
+                        segs.truncate(f.first_seg as usize);
+                        return;
+                    }
+                }
+                frames.push(crate::datapath::batch::Frame::guest(&f));
+            }
             Err(e) => {
                 log::debug!("refused a transmit chain: {e}");
-                bad += 1;
+                p.bad_chains += 1;
             }
         }
     });
-    (n, bad)
+    p.chains = heads.len();
+    p.broken = r.err();
+    p
+}
+
+/// The offload checks of one guest frame: the header against the frame's length and the
+/// guest's features, and a GSO frame's IP and TCP/UDP headers against the frame.
+fn check_offloads(mem: &Memory, segs: &[Seg], f: &TxFrame, acked: u64) -> Result<(), offload::Error> {
+    offload::check_vnet(&f.vnet, f.len as usize, acked)?;
+    if !f.vnet.is_gso() {
+        return Ok(());
+    }
+    let mut head = [0u8; GSO_HEADERS];
+    let hl = usize::from(f.head_len);
+    head[..hl].copy_from_slice(&f.head[..hl]);
+    let mut got = hl;
+    for s in &segs[f.first_seg as usize..f.first_seg as usize + usize::from(f.nsegs)] {
+        if got == GSO_HEADERS {
+            break;
+        }
+        let n = (s.len as usize).min(GSO_HEADERS - got);
+        if mem.read_slice(&mut head[got..got + n], GuestAddress(s.addr)).is_err() {
+            return Err(offload::Error::Truncated);
+        }
+        got += n;
+    }
+    offload::check_gso_frame(&head[..got], f.len as usize, &f.vnet)
 }
 
 /// Hands the burst's chains back to the guest, interrupts it if it wants, and (unless

@@ -321,10 +321,15 @@ impl Switch {
 
     /// An edge could not read a frame offered on `port` (it never reached a decision).
     pub fn record_rx_error(&mut self, port: PortId, len: usize) {
+        self.record_rx_drop(port, DropReason::RxError, len);
+    }
+
+    /// A frame offered on `port` was refused by its edge before the decision (`reason`).
+    pub fn record_rx_drop(&mut self, port: PortId, reason: DropReason, len: usize) {
         if let Some(Some(p)) = self.ports.get_mut(port.index()) {
             p.counters.rx_packets += 1;
             p.counters.rx_bytes += len as u64;
-            p.counters.drop(DropReason::RxError);
+            p.counters.drop(reason);
         }
     }
 

@@ -97,10 +97,14 @@ pub enum DropReason {
     TxError,
     /// The ingress edge failed to read a frame (bad guest descriptor, I/O error).
     RxError,
+    /// A guest's offload request does not fit its frame or its features: a GSO type it did
+    /// not negotiate, a segment size below the smallest MSS or above the frame, checksum
+    /// offsets or header lengths outside the frame, impossible IP/TCP header lengths.
+    BadGso,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 15;
+    pub const COUNT: usize = 16;
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::Runt,
         DropReason::TruncatedTag,
@@ -117,6 +121,7 @@ impl DropReason {
         DropReason::NoRoom,
         DropReason::TxError,
         DropReason::RxError,
+        DropReason::BadGso,
     ];
 
     pub fn name(self) -> &'static str {
@@ -136,6 +141,7 @@ impl DropReason {
             DropReason::NoRoom => "no_room",
             DropReason::TxError => "tx_error",
             DropReason::RxError => "rx_error",
+            DropReason::BadGso => "bad_gso",
         }
     }
 
