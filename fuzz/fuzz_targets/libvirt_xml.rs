@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vmnetd::api::BridgeKind;
+use vmnetd_api::proto::BridgeKind;
 use vmnetd_libvirt_hook::domain;
 use vmnetd_libvirt_hook::plan::{self, Facts, Phase};
 use vmnetd_libvirt_hook::translate::{self, Options};

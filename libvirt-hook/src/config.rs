@@ -41,7 +41,7 @@ pub struct HookConfig {
 impl Default for HookConfig {
     fn default() -> Self {
         HookConfig {
-            socket: vmnetd::api::DEFAULT_SOCKET.into(),
+            socket: vmnetd_api::proto::DEFAULT_SOCKET.into(),
             qemu_user: None,
             qemu_group: None,
             qemu_conf: QEMU_CONF.into(),

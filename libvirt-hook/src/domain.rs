@@ -11,7 +11,8 @@
 use std::collections::HashSet;
 use std::ops::Range;
 
-use vmnetd::switch::{MacAddr, Native, VlanId, VlanMode, VlanSet};
+use vmnetd_api::mac::MacAddr;
+use vmnetd_api::vlan::{Native, VlanId, VlanMode, VlanSet};
 
 use crate::xml::{self, Element, XmlError};
 
@@ -276,7 +277,7 @@ fn meta_port(p: &Element) -> std::result::Result<MetaPort, String> {
         }
     }
     let mac_s = p.attr("mac").ok_or("<vmnetd:port> needs mac='52:54:00:..'")?;
-    let mac: MacAddr = mac_s.parse().map_err(|e: vmnetd::switch::MacParseError| e.to_string())?;
+    let mac: MacAddr = mac_s.parse().map_err(|e: vmnetd_api::mac::MacParseError| e.to_string())?;
     let at = |m: String| format!("port {mac}: {m}");
     let vlan = match (p.attr("vlan"), p.attr("trunk"), p.attr("native")) {
         (Some(_), Some(_), _) => return Err(at("give either vlan= (access) or trunk= (trunk), not both".into())),

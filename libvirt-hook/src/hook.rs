@@ -17,11 +17,11 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use vmnetd::api::{
+use vmnetd_api::client::{self, Client};
+use vmnetd_api::ifname::IfName;
+use vmnetd_api::proto::{
     BridgeInfo, Op, PortInfo, PortKind, PortListReq, PortRef, PortSpec, RmTap, Status, TapInfo, TapSpec,
 };
-use vmnetd::client::{self, Client};
-use vmnetd::ifname::IfName;
 
 use crate::config::HookConfig;
 use crate::domain::{self, Domain};
@@ -193,7 +193,7 @@ pub fn run(name: &str, op: &str, sub: &str, xml: &mut dyn Read, cfg: &HookConfig
         Ok(c) => c,
         // Nothing here surely is vmnetd's: a plain bridge domain starts without vmnetd.
         Err(e) if e.is_not_running() && !plan::needs_daemon(&d) => return Outcome::Ok(Vec::new()),
-        Err(e) => return fail(phase, &d.name, vmnetd::api::error_chain(&e)),
+        Err(e) => return fail(phase, &d.name, vmnetd_api::proto::error_chain(&e)),
     };
     match ensure(&mut c, &d, phase, cfg) {
         Ok(()) => Outcome::Ok(Vec::new()),
@@ -211,7 +211,7 @@ fn fail(phase: Phase, domain: &str, msg: String) -> Outcome {
 }
 
 fn err_str(e: client::Error) -> String {
-    vmnetd::api::error_chain(&e)
+    vmnetd_api::proto::error_chain(&e)
 }
 
 fn ensure(c: &mut Client, d: &Domain, phase: Phase, cfg: &HookConfig) -> Result<(), String> {
@@ -276,15 +276,15 @@ fn ensure(c: &mut Client, d: &Domain, phase: Phase, cfg: &HookConfig) -> Result<
 /// label says `+64055:+64055`, qemu.conf says `libvirt-qemu`).
 fn numeric_owner(owner: &str) -> Result<String, String> {
     let (u, g) = owner.split_once(':').unwrap_or((owner, owner));
-    let uid = vmnetd::users::resolve_user(u).map_err(|e| format!("the qemu user: {e}"))?.id;
-    let gid = vmnetd::users::resolve_group(g).map_err(|e| format!("the qemu group: {e}"))?.id;
+    let uid = vmnetd_api::users::resolve_user(u).map_err(|e| format!("the qemu user: {e}"))?.id;
+    let gid = vmnetd_api::users::resolve_group(g).map_err(|e| format!("the qemu group: {e}"))?.id;
     Ok(format!("{uid}:{gid}"))
 }
 
 /// Checks that `dev` is the TAP libvirt made for the interface with guest MAC `mac`: a
 /// TUN/TAP device whose address is the one libvirt gives such a TAP. So a `<target dev>` in
 /// domain XML cannot put a host NIC or another VM's TAP on a bridge.
-fn check_libvirt_tap(dev: &IfName, mac: vmnetd::switch::MacAddr) -> Result<(), String> {
+fn check_libvirt_tap(dev: &IfName, mac: vmnetd_api::MacAddr) -> Result<(), String> {
     let facts = crate::link::query(dev.as_str()).map_err(|e| format!("cannot look at {dev}: {e}"))?;
     let Some(f) = facts else {
         return Err(format!("libvirt's TAP {dev} does not exist"));
@@ -292,7 +292,7 @@ fn check_libvirt_tap(dev: &IfName, mac: vmnetd::switch::MacAddr) -> Result<(), S
     if !f.is_tun {
         return Err(format!("{dev} is not a TAP device; refusing to make it a port"));
     }
-    let addr = f.mac.map(vmnetd::switch::MacAddr);
+    let addr = f.mac.map(vmnetd_api::MacAddr);
     if !addr.is_some_and(|a| plan::libvirt_tap_macs(mac).contains(&a)) {
         return Err(format!(
             "{dev} is not the TAP libvirt made for the interface with MAC {mac} (its address is {}); refusing",
@@ -308,8 +308,8 @@ fn check_libvirt_tap(dev: &IfName, mac: vmnetd::switch::MacAddr) -> Result<(), S
 /// `RUN_DIR/libvirt/LEAF` is ever created, chowned or chmodded.
 fn make_socket_dir(run_dir: &Path, dir: &Path, owner: &str) -> Result<(), String> {
     let (u, g) = owner.split_once(':').unwrap_or((owner, owner));
-    let uid = vmnetd::users::resolve_user(u).map_err(|e| e.to_string())?.id;
-    let gid = vmnetd::users::resolve_group(g).map_err(|e| e.to_string())?.id;
+    let uid = vmnetd_api::users::resolve_user(u).map_err(|e| e.to_string())?.id;
+    let gid = vmnetd_api::users::resolve_group(g).map_err(|e| e.to_string())?.id;
     let leaf = confined_leaf(run_dir, dir)?;
     let base = crate::safedir::open_libvirt_dir(run_dir, true).map_err(|e| e.to_string())?;
     let d = crate::safedir::make_subdir(&base, &leaf).map_err(|e| format!("{}: {e}", dir.display()))?;

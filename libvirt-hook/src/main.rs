@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use vmnetd::api::{BridgeInfo, BridgeKind, Op, Status};
+use vmnetd_api::proto::{BridgeInfo, BridgeKind, Op, Status};
 use vmnetd_libvirt_hook::{config, hook, install, translate};
 
 #[derive(Debug, Parser)]
@@ -114,12 +114,13 @@ fn run_translate(mut bridges: Vec<String>, run_dir: Option<PathBuf>, socket: Opt
     let mut run_dir = run_dir;
     if bridges.is_empty() {
         let socket = socket.unwrap_or_else(|| config::HookConfig::load().map(|c| c.socket).unwrap_or_default());
-        let mut c = vmnetd::client::Client::connect(&socket)
-            .map_err(|e| format!("{} (or name the built-in bridges with --bridge)", vmnetd::api::error_chain(&e)))?;
-        let list: Vec<BridgeInfo> = c.call(Op::BridgeList).map_err(|e| vmnetd::api::error_chain(&e))?;
+        let mut c = vmnetd_api::client::Client::connect(&socket).map_err(|e| {
+            format!("{} (or name the built-in bridges with --bridge)", vmnetd_api::proto::error_chain(&e))
+        })?;
+        let list: Vec<BridgeInfo> = c.call(Op::BridgeList).map_err(|e| vmnetd_api::proto::error_chain(&e))?;
         bridges = list.into_iter().filter(|b| b.kind == BridgeKind::Builtin).map(|b| b.name.to_string()).collect();
         if run_dir.is_none() {
-            let st: Status = c.call(Op::Status).map_err(|e| vmnetd::api::error_chain(&e))?;
+            let st: Status = c.call(Op::Status).map_err(|e| vmnetd_api::proto::error_chain(&e))?;
             run_dir = Some(st.run_dir.into());
         }
     }

@@ -14,9 +14,9 @@
 
 use std::path::{Path, PathBuf};
 
-use vmnetd::api::{BridgeKind, ExternalIds, PortKind, PortSpec, TapSpec, VhostMode};
-use vmnetd::ifname::IfName;
-use vmnetd::switch::{MacAddr, VlanMode};
+use vmnetd_api::ifname::IfName;
+use vmnetd_api::proto::{BridgeKind, ExternalIds, PortKind, PortSpec, TapSpec, VhostMode};
+use vmnetd_api::{MacAddr, VlanMode};
 
 use crate::domain::{Domain, Interface, Sharing};
 
@@ -357,7 +357,7 @@ pub fn plan(d: &Domain, phase: Phase, f: &Facts) -> Result<Vec<Want>, PlanError>
 }
 
 fn vmnetd_max_queues() -> u16 {
-    vmnetd_vhost::device::MAX_QUEUE_PAIRS
+    vmnetd_api::proto::MAX_QUEUE_PAIRS
 }
 
 fn meta_bridge(b: Option<&str>, label: &str) -> Result<String, PlanError> {

@@ -14,7 +14,7 @@
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use vmnetd::switch::{MacAddr, VlanMode};
+use vmnetd_api::{MacAddr, VlanMode};
 
 use crate::domain::{self, Domain, Interface, MetaPort, NS};
 use crate::plan;

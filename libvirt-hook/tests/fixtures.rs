@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use vmnetd::api::{BridgeKind, PortKind};
+use vmnetd_api::proto::{BridgeKind, PortKind};
 use vmnetd_libvirt_hook::domain::{self, Sharing};
 use vmnetd_libvirt_hook::plan::{self, Facts, Phase, Want};
 use vmnetd_libvirt_hook::translate::{self, Options};

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use proptest::prelude::*;
-use vmnetd::api::BridgeKind;
+use vmnetd_api::proto::BridgeKind;
 use vmnetd_libvirt_hook::domain;
 use vmnetd_libvirt_hook::plan::{self, Facts, Phase};
 use vmnetd_libvirt_hook::translate::{self, Options};

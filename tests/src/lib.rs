@@ -138,6 +138,14 @@ pub fn ifindex(name: &str) -> u32 {
     out.split(':').next().and_then(|s| s.trim().parse().ok()).unwrap_or_else(|| panic!("no ifindex in {out}"))
 }
 
+/// A port's status (from `vmnetd --json port list`) as the CLI shows it: `up`,
+/// `up (1/1 queue pairs)`, `waiting for frontend`, `down: ...`.
+pub fn state_of(port: &serde_json::Value) -> String {
+    serde_json::from_value::<vmnetd::api::PortStatus>(port["status"].clone())
+        .unwrap_or_else(|e| panic!("no port status in {port}: {e}"))
+        .to_string()
+}
+
 /// Polls `f` until it returns true or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + timeout;

@@ -14,12 +14,7 @@ fn rawframe() -> &'static str {
 
 fn port_state(d: &Daemon, bridge: &str, port: &str) -> String {
     let list = d.cli(&["--json", "port", "list", bridge]).json();
-    list.as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == port)
-        .map(|p| p["state"].as_str().unwrap().to_owned())
-        .unwrap_or_default()
+    list.as_array().unwrap().iter().find(|p| p["name"] == port).map(state_of).unwrap_or_default()
 }
 
 #[test]

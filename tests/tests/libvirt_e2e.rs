@@ -143,7 +143,7 @@ fn libvirt_domains_on_vmnetd_vlans() {
     assert!(out.contains("PING-B=1"), "a cannot reach b on VLAN 42:\n{out}");
     assert!(out.contains("PING-C=0"), "a reached c on VLAN 43:\n{out}");
     for n in ["vmnetd-e2e-b", "vmnetd-e2e-c"] {
-        let st = port_of(&d, n).unwrap()["state"].as_str().unwrap().to_owned();
+        let st = state_of(&port_of(&d, n).unwrap()).to_owned();
         assert!(st.starts_with("up"), "{n}: {st}");
     }
 

@@ -42,12 +42,12 @@ fn guests_exchange_frames_within_a_vlan_and_never_across() {
         for (p, v) in [("va", "10"), ("vb", "10"), ("vc", "20")] {
             d.cli(&["port", "add", "br0", p, "--vhost-user", &format!("{p}.sock"), "--vlan", v]).ok();
         }
-        assert_eq!(state(&d, "va")["state"], "waiting for frontend");
+        assert_eq!(state_of(&state(&d, "va")), "waiting for frontend");
         let cfg = Config::default();
         let mut a = connect(&run.join("va.sock"), &cfg);
         let mut b = connect(&run.join("vb.sock"), &cfg);
         let mut c = connect(&run.join("vc.sock"), &cfg);
-        assert!(wait_until(Duration::from_secs(5), || state(&d, "vc")["state"] == "up (1/1 queue pairs)"));
+        assert!(wait_until(Duration::from_secs(5), || state_of(&state(&d, "vc")) == "up (1/1 queue pairs)"));
         let info = state(&d, "va")["vhost"].clone();
         assert_eq!(info["connected"], true);
         assert!(info["features"].as_array().unwrap().iter().any(|f| f == "mrg_rxbuf"), "{info}");
@@ -104,10 +104,10 @@ fn bad_descriptors_are_counted_and_the_guest_vanishing_keeps_the_rest() {
         assert_eq!(b.recv_n(0, 1, Duration::from_secs(5))[0].1, f);
         // A vanishes: its port waits; B is unaffected; A comes back.
         drop(a);
-        assert!(wait_until(Duration::from_secs(5), || state(&d, "va")["state"] == "waiting for frontend"));
-        assert_eq!(state(&d, "vb")["state"], "up (1/1 queue pairs)");
+        assert!(wait_until(Duration::from_secs(5), || state_of(&state(&d, "va")) == "waiting for frontend"));
+        assert_eq!(state_of(&state(&d, "vb")), "up (1/1 queue pairs)");
         let mut a = connect(&run.join("va.sock"), &cfg);
-        assert!(wait_until(Duration::from_secs(5), || state(&d, "va")["state"] == "up (1/1 queue pairs)"));
+        assert!(wait_until(Duration::from_secs(5), || state_of(&state(&d, "va")) == "up (1/1 queue pairs)"));
         let g = frame([0xff; 6], mac(2), 100, 8);
         assert_eq!(b.send(0, &VnetHdr::default(), &[&g]), 1);
         let got = a.recv_n(0, 1, Duration::from_secs(5));
@@ -198,12 +198,12 @@ fn client_mode_connects_to_a_listening_frontend_and_retries() {
         d.cli(&["port", "add", "br0", "ca", "--vhost-user", sock.to_str().unwrap(), "--mode", "client"]).ok();
         d.cli(&["port", "add", "br0", "sb", "--vhost-user", "sb.sock"]).ok();
         std::thread::sleep(Duration::from_millis(500));
-        assert_eq!(state(&d, "ca")["state"], "waiting for frontend");
+        assert_eq!(state_of(&state(&d, "ca")), "waiting for frontend");
         let l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
         let (s, _) = l.accept().unwrap();
         let mut a = Driver::from_stream(s, &Config::default()).unwrap();
         let mut b = connect(&dir.path().join("run/sb.sock"), &Config::default());
-        assert!(wait_until(Duration::from_secs(5), || state(&d, "ca")["state"] == "up (1/1 queue pairs)"));
+        assert!(wait_until(Duration::from_secs(5), || state_of(&state(&d, "ca")) == "up (1/1 queue pairs)"));
         let f = frame([0xff; 6], mac(3), 80, 3);
         assert_eq!(a.send(0, &VnetHdr::default(), &[&f]), 1);
         assert_eq!(b.recv_n(0, 1, Duration::from_secs(5))[0].1, f);
@@ -264,7 +264,7 @@ fn multiqueue_pairs_carry_frames() {
         let run = dir.path().join("run");
         let mut m = connect(&run.join("mq.sock"), &Config { pairs: 2, ..Default::default() });
         let mut s = connect(&run.join("sq.sock"), &Config::default());
-        assert!(wait_until(Duration::from_secs(5), || state(&d, "mq")["state"] == "up (2/2 queue pairs)"));
+        assert!(wait_until(Duration::from_secs(5), || state_of(&state(&d, "mq")) == "up (2/2 queue pairs)"));
         // Frames sent on the second pair's transmit queue cross too.
         let f = frame([0xff; 6], mac(5), 64, 5);
         assert_eq!(m.send(1, &VnetHdr::default(), &[&f, &f]), 2);
@@ -303,7 +303,7 @@ fn bursts_larger_than_rings_arrive_whole_with_and_without_busy_polling() {
             let cfg = Config::default(); // 256-entry rings
             let mut a = connect(&run.join("va.sock"), &cfg);
             let mut b = connect(&run.join("vb.sock"), &cfg);
-            assert!(wait_until(Duration::from_secs(5), || state(&d, "vb")["state"] == "up (1/1 queue pairs)"));
+            assert!(wait_until(Duration::from_secs(5), || state_of(&state(&d, "vb")) == "up (1/1 queue pairs)"));
             // Learn both, then A sends 5000 numbered frames to B, as many at a time as its
             // 256-entry ring takes (more than one burst of the datapath), each batch received
             // in full before the next: no frame may wait for a notification that never comes.

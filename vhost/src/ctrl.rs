@@ -11,20 +11,24 @@ use vm_memory::Bytes;
 use crate::device::{DevState, Memory};
 use crate::ring::{self, Ring, RingError, Xlate};
 
-pub const OK: u8 = 0;
-pub const ERR: u8 = 1;
+use virtio_bindings::virtio_net as vn;
 
-const CLASS_RX: u8 = 0;
-const CLASS_MAC: u8 = 1;
-const CLASS_ANNOUNCE: u8 = 3;
-const CLASS_MQ: u8 = 4;
+pub const OK: u8 = vn::VIRTIO_NET_OK as u8;
+pub const ERR: u8 = vn::VIRTIO_NET_ERR as u8;
 
-const RX_PROMISC: u8 = 0;
-const RX_ALLMULTI: u8 = 1;
-const MAC_TABLE_SET: u8 = 0;
-const MAC_ADDR_SET: u8 = 1;
-const ANNOUNCE_ACK: u8 = 0;
-const MQ_VQ_PAIRS_SET: u8 = 0;
+const CLASS_RX: u8 = vn::VIRTIO_NET_CTRL_RX as u8;
+const CLASS_MAC: u8 = vn::VIRTIO_NET_CTRL_MAC as u8;
+const CLASS_ANNOUNCE: u8 = vn::VIRTIO_NET_CTRL_ANNOUNCE as u8;
+const CLASS_MQ: u8 = vn::VIRTIO_NET_CTRL_MQ as u8;
+
+const RX_PROMISC: u8 = vn::VIRTIO_NET_CTRL_RX_PROMISC as u8;
+const RX_ALLMULTI: u8 = vn::VIRTIO_NET_CTRL_RX_ALLMULTI as u8;
+const RX_ALLUNI: u8 = vn::VIRTIO_NET_CTRL_RX_ALLUNI as u8;
+const RX_NOBCAST: u8 = vn::VIRTIO_NET_CTRL_RX_NOBCAST as u8;
+const MAC_TABLE_SET: u8 = vn::VIRTIO_NET_CTRL_MAC_TABLE_SET as u8;
+const MAC_ADDR_SET: u8 = vn::VIRTIO_NET_CTRL_MAC_ADDR_SET as u8;
+const ANNOUNCE_ACK: u8 = vn::VIRTIO_NET_CTRL_ANNOUNCE_ACK as u8;
+const MQ_VQ_PAIRS_SET: u8 = vn::VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET as u8;
 
 /// Longest command read (a MAC table of a few hundred entries).
 const MAX_CMD: usize = 8192;
@@ -44,7 +48,7 @@ pub fn apply(st: &mut DevState, max_pairs: u16, cmd: &[u8]) -> u8 {
             OK
         }
         // ALLUNI, NOMULTI, NOUNI, NOBCAST: accepted, nothing to filter on a switch port.
-        (CLASS_RX, 2..=5) if data.len() == 1 => OK,
+        (CLASS_RX, RX_ALLUNI..=RX_NOBCAST) if data.len() == 1 => OK,
         (CLASS_MAC, MAC_ADDR_SET) if data.len() == 6 => {
             st.guest_mac = Some([data[0], data[1], data[2], data[3], data[4], data[5]]);
             OK

@@ -43,6 +43,38 @@ pub const MAX_QUEUE_PAIRS: u16 = 16;
 
 pub type Memory = GuestMemoryMmap<()>;
 
+/// A virtqueue of a virtio-net device with `pairs` queue pairs: receiveq1, transmitq1, ...,
+/// receiveqN, transmitqN, then the control queue (virtio 1.2 §5.1.2). The only place the
+/// layout is written down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueId {
+    Rx(usize),
+    Tx(usize),
+    Ctrl,
+}
+
+impl QueueId {
+    /// The vring index of this queue on a device with `pairs` pairs.
+    pub const fn index(self, pairs: usize) -> usize {
+        match self {
+            QueueId::Rx(p) => 2 * p,
+            QueueId::Tx(p) => 2 * p + 1,
+            QueueId::Ctrl => 2 * pairs,
+        }
+    }
+
+    /// The queue at vring `index` on a device with `pairs` pairs.
+    pub const fn of(index: usize, pairs: usize) -> QueueId {
+        if index >= 2 * pairs {
+            QueueId::Ctrl
+        } else if index % 2 == 0 {
+            QueueId::Rx(index / 2)
+        } else {
+            QueueId::Tx(index / 2)
+        }
+    }
+}
+
 /// One virtqueue and its notifications.
 pub struct Vring {
     pub queue: Queue,
@@ -189,13 +221,38 @@ impl DevState {
 
     /// Index of the control queue.
     pub fn ctrl_index(&self) -> usize {
-        self.vrings.len() - 1
+        QueueId::Ctrl.index(self.pairs())
+    }
+
+    /// Queue pairs the device has.
+    pub fn pairs(&self) -> usize {
+        (self.vrings.len() - 1) / 2
+    }
+
+    /// The receive queue of `pair` (frames toward the guest).
+    pub fn rx(&mut self, pair: usize) -> &mut Vring {
+        let i = QueueId::Rx(pair).index(self.pairs());
+        &mut self.vrings[i]
+    }
+
+    /// The transmit queue of `pair` (frames from the guest).
+    pub fn tx(&mut self, pair: usize) -> &mut Vring {
+        let i = QueueId::Tx(pair).index(self.pairs());
+        &mut self.vrings[i]
+    }
+
+    /// The control queue.
+    pub fn ctrl(&mut self) -> &mut Vring {
+        let i = self.ctrl_index();
+        &mut self.vrings[i]
     }
 
     /// Data queue pairs that can carry frames now.
     pub fn active_pair_indices(&self) -> impl Iterator<Item = usize> + '_ {
-        let pairs = (self.vrings.len() - 1) / 2;
-        (0..pairs).filter(|p| self.vrings[2 * p].active() && self.vrings[2 * p + 1].active())
+        let n = self.pairs();
+        (0..n).filter(move |&p| {
+            self.vrings[QueueId::Rx(p).index(n)].active() && self.vrings[QueueId::Tx(p).index(n)].active()
+        })
     }
 
     /// The frontend set ring `i` up again: it may be serviced again (unless its memory is

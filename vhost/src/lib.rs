@@ -7,7 +7,8 @@
 //!   written into RX chains (mergeable buffers), with every guest address checked.
 //! - [`ctrl`]: the control virtqueue (RX mode, MAC table, multiqueue).
 //! - [`server`]: the socket: listen (server mode) or connect and keep retrying (client mode).
-//! - [`driver`]: a minimal virtio-net *driver* over vhost-user, for tests and benchmarks.
+//! - `driver` (feature `test-utils`): a minimal virtio-net *driver* over vhost-user, for
+//!   tests and benchmarks.
 //! - [`guard`]: guest memory that a frontend shrinks under us does not kill the process.
 //!
 //! `unsafe` code lives in one private module (`sys`): CPU prefetch hints and the SIGBUS
@@ -18,6 +19,7 @@ mod sys;
 
 pub mod ctrl;
 pub mod device;
+#[cfg(feature = "test-utils")]
 pub mod driver;
 pub mod queue;
 pub mod ring;

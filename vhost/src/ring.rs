@@ -35,13 +35,13 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, Vola
 
 use crate::device::Memory;
 
-const F_NEXT: u16 = 1;
-const F_WRITE: u16 = 2;
-const F_INDIRECT: u16 = 4;
-/// `VRING_AVAIL_F_NO_INTERRUPT`.
-const AVAIL_F_NO_INTERRUPT: u16 = 1;
-/// `VRING_USED_F_NO_NOTIFY`.
-const USED_F_NO_NOTIFY: u16 = 1;
+use virtio_bindings::virtio_ring as vr;
+
+const F_NEXT: u16 = vr::VRING_DESC_F_NEXT as u16;
+const F_WRITE: u16 = vr::VRING_DESC_F_WRITE as u16;
+const F_INDIRECT: u16 = vr::VRING_DESC_F_INDIRECT as u16;
+const AVAIL_F_NO_INTERRUPT: u16 = vr::VRING_AVAIL_F_NO_INTERRUPT as u16;
+const USED_F_NO_NOTIFY: u16 = vr::VRING_USED_F_NO_NOTIFY as u16;
 
 pub type Slice<'m> = VolatileSlice<'m, MS<'m, Memory>>;
 

@@ -6,17 +6,20 @@
 //! the 10-byte form. [`VnetHdr`] is the offload information in host order, independent of
 //! the form.
 
-/// `VIRTIO_NET_HDR_F_NEEDS_CSUM`: the checksum at `csum_start + csum_offset` is partial.
-pub const F_NEEDS_CSUM: u8 = 1;
-/// `VIRTIO_NET_HDR_F_DATA_VALID`: the checksum was already checked.
-pub const F_DATA_VALID: u8 = 2;
+use virtio_bindings::virtio_net as vn;
 
-pub const GSO_NONE: u8 = 0;
-pub const GSO_TCPV4: u8 = 1;
-pub const GSO_UDP: u8 = 3;
-pub const GSO_TCPV6: u8 = 4;
-pub const GSO_UDP_L4: u8 = 5;
-pub const GSO_ECN: u8 = 0x80;
+/// `VIRTIO_NET_HDR_F_NEEDS_CSUM`: the checksum at `csum_start + csum_offset` is partial.
+pub const F_NEEDS_CSUM: u8 = vn::VIRTIO_NET_HDR_F_NEEDS_CSUM as u8;
+/// `VIRTIO_NET_HDR_F_DATA_VALID`: the checksum was already checked.
+pub const F_DATA_VALID: u8 = vn::VIRTIO_NET_HDR_F_DATA_VALID as u8;
+
+pub const GSO_NONE: u8 = vn::VIRTIO_NET_HDR_GSO_NONE as u8;
+pub const GSO_TCPV4: u8 = vn::VIRTIO_NET_HDR_GSO_TCPV4 as u8;
+/// UFO (IP fragmentation of one UDP datagram): never offered, refused from guests.
+pub const GSO_UDP: u8 = vn::VIRTIO_NET_HDR_GSO_UDP as u8;
+pub const GSO_TCPV6: u8 = vn::VIRTIO_NET_HDR_GSO_TCPV6 as u8;
+pub const GSO_UDP_L4: u8 = vn::VIRTIO_NET_HDR_GSO_UDP_L4 as u8;
+pub const GSO_ECN: u8 = vn::VIRTIO_NET_HDR_GSO_ECN as u8;
 
 /// Length of the 10-byte header (no `num_buffers`).
 pub const HDR_LEN_LEGACY: usize = 10;
@@ -137,31 +140,39 @@ mod tests {
 
 /// Feature bits (virtio 1.2 §5.1.3 and §6).
 pub mod features {
-    pub const CSUM: u64 = 1 << 0;
-    pub const GUEST_CSUM: u64 = 1 << 1;
-    pub const CTRL_GUEST_OFFLOADS: u64 = 1 << 2;
-    pub const MTU: u64 = 1 << 3;
-    pub const MAC: u64 = 1 << 5;
-    pub const GUEST_TSO4: u64 = 1 << 7;
-    pub const GUEST_TSO6: u64 = 1 << 8;
-    pub const GUEST_ECN: u64 = 1 << 9;
-    pub const GUEST_UFO: u64 = 1 << 10;
-    pub const HOST_TSO4: u64 = 1 << 11;
-    pub const HOST_TSO6: u64 = 1 << 12;
-    pub const HOST_ECN: u64 = 1 << 13;
-    pub const MRG_RXBUF: u64 = 1 << 15;
-    pub const STATUS: u64 = 1 << 16;
-    pub const CTRL_VQ: u64 = 1 << 17;
-    pub const CTRL_RX: u64 = 1 << 18;
-    pub const CTRL_VLAN: u64 = 1 << 19;
-    pub const GUEST_ANNOUNCE: u64 = 1 << 21;
-    pub const MQ: u64 = 1 << 22;
-    pub const CTRL_MAC_ADDR: u64 = 1 << 23;
-    pub const RING_INDIRECT_DESC: u64 = 1 << 28;
-    pub const RING_EVENT_IDX: u64 = 1 << 29;
+    use virtio_bindings::virtio_config as vc;
+    use virtio_bindings::virtio_net as vn;
+    use virtio_bindings::virtio_ring as vr;
+
+    const fn bit(n: u32) -> u64 {
+        1 << n
+    }
+
+    pub const CSUM: u64 = bit(vn::VIRTIO_NET_F_CSUM);
+    pub const GUEST_CSUM: u64 = bit(vn::VIRTIO_NET_F_GUEST_CSUM);
+    pub const CTRL_GUEST_OFFLOADS: u64 = bit(vn::VIRTIO_NET_F_CTRL_GUEST_OFFLOADS);
+    pub const MTU: u64 = bit(vn::VIRTIO_NET_F_MTU);
+    pub const MAC: u64 = bit(vn::VIRTIO_NET_F_MAC);
+    pub const GUEST_TSO4: u64 = bit(vn::VIRTIO_NET_F_GUEST_TSO4);
+    pub const GUEST_TSO6: u64 = bit(vn::VIRTIO_NET_F_GUEST_TSO6);
+    pub const GUEST_ECN: u64 = bit(vn::VIRTIO_NET_F_GUEST_ECN);
+    pub const GUEST_UFO: u64 = bit(vn::VIRTIO_NET_F_GUEST_UFO);
+    pub const HOST_TSO4: u64 = bit(vn::VIRTIO_NET_F_HOST_TSO4);
+    pub const HOST_TSO6: u64 = bit(vn::VIRTIO_NET_F_HOST_TSO6);
+    pub const HOST_ECN: u64 = bit(vn::VIRTIO_NET_F_HOST_ECN);
+    pub const MRG_RXBUF: u64 = bit(vn::VIRTIO_NET_F_MRG_RXBUF);
+    pub const STATUS: u64 = bit(vn::VIRTIO_NET_F_STATUS);
+    pub const CTRL_VQ: u64 = bit(vn::VIRTIO_NET_F_CTRL_VQ);
+    pub const CTRL_RX: u64 = bit(vn::VIRTIO_NET_F_CTRL_RX);
+    pub const CTRL_VLAN: u64 = bit(vn::VIRTIO_NET_F_CTRL_VLAN);
+    pub const GUEST_ANNOUNCE: u64 = bit(vn::VIRTIO_NET_F_GUEST_ANNOUNCE);
+    pub const MQ: u64 = bit(vn::VIRTIO_NET_F_MQ);
+    pub const CTRL_MAC_ADDR: u64 = bit(vn::VIRTIO_NET_F_CTRL_MAC_ADDR);
+    pub const RING_INDIRECT_DESC: u64 = bit(vr::VIRTIO_RING_F_INDIRECT_DESC);
+    pub const RING_EVENT_IDX: u64 = bit(vr::VIRTIO_RING_F_EVENT_IDX);
     /// `VHOST_USER_F_PROTOCOL_FEATURES` (a vhost-user bit in the virtio feature word).
-    pub const PROTOCOL_FEATURES: u64 = 1 << 30;
-    pub const VERSION_1: u64 = 1 << 32;
+    pub const PROTOCOL_FEATURES: u64 = vhost::vhost_user::message::VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+    pub const VERSION_1: u64 = bit(vc::VIRTIO_F_VERSION_1);
 
     /// What vmnetd's device offers. Constant, whatever the port's configuration, so a
     /// frontend that reconnects (QEMU after a vmnetd restart) always finds at least what its

@@ -567,7 +567,7 @@ fn port_cmd(ctx: &Ctx, cmd: PortCommand) -> Result<(), Failure> {
                                     s.join(",")
                                 }
                             }),
-                            p.state.clone(),
+                            p.status.to_string(),
                             c.rx_packets.to_string(),
                             c.tx_packets.to_string(),
                             c.drops.values().sum::<u64>().to_string(),

@@ -12,13 +12,11 @@
 //! - [`cli`]: the command line; [`users`]: user/group resolution; [`ifname`]: interface names.
 #![deny(unsafe_code)]
 
-pub mod api;
+pub mod bridge;
 pub mod cli;
-pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod datapath;
-pub mod ifname;
 pub mod linuxbr;
 pub mod netlink;
 pub mod pcap;
@@ -27,4 +25,8 @@ pub mod state;
 pub mod switch;
 pub mod sys;
 pub mod tap;
-pub mod users;
+
+// The protocol and value types live in the leaf crate `vmnetd-api` (shared with the libvirt
+// hook); they keep their paths here.
+pub use vmnetd_api::proto as api;
+pub use vmnetd_api::{client, ifname, users};

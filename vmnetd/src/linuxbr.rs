@@ -99,13 +99,7 @@ impl std::fmt::Display for VlanCmd {
     }
 }
 
-/// A VLAN the kernel has on a port (`bridge vlan show`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct KernelVlan {
-    pub vid: u16,
-    pub pvid: bool,
-    pub untagged: bool,
-}
+pub use crate::api::KernelVlan;
 
 /// The request for one [`VlanCmd`] on port `ifindex` (RTM_SETLINK to add, RTM_DELLINK to
 /// delete, family AF_BRIDGE, `IFLA_AF_SPEC` with one `IFLA_BRIDGE_VLAN_INFO`, or a
@@ -226,19 +220,17 @@ pub async fn ensure_filtering(nl: &Netlink, bridge: &Link, port: &IfName, mode: 
     }
 }
 
-/// The VLANs the kernel has on port `ifindex` (`bridge vlan show dev PORT`).
-pub async fn port_vlans(nl: &Netlink, ifindex: u32) -> Result<Vec<KernelVlan>> {
+/// The VLANs the kernel has on every bridge port (`bridge vlan show`), by ifindex: one dump.
+pub async fn all_port_vlans(nl: &Netlink) -> Result<std::collections::HashMap<u32, Vec<KernelVlan>>> {
     let mut s = nl.handle().link().get().set_filter_mask(AddressFamily::Bridge, vec![LinkExtentMask::Brvlan]).execute();
-    let mut out = Vec::new();
+    let mut out: std::collections::HashMap<u32, Vec<KernelVlan>> = std::collections::HashMap::new();
     while let Some(msg) = s.try_next().await.map_err(rt_err("dump bridge VLANs"))? {
-        if msg.header.index != ifindex {
-            continue;
-        }
+        let v = out.entry(msg.header.index).or_default();
         for a in &msg.attributes {
             if let LinkAttribute::AfSpecBridge(specs) = a {
                 for sp in specs {
                     if let AfSpecBridge::VlanInfo(BridgeVlanInfo { flags, vid }) = sp {
-                        out.push(KernelVlan {
+                        v.push(KernelVlan {
                             vid: *vid,
                             pvid: flags.contains(BridgeVlanInfoFlags::Pvid),
                             untagged: flags.contains(BridgeVlanInfoFlags::Untagged),
@@ -247,9 +239,14 @@ pub async fn port_vlans(nl: &Netlink, ifindex: u32) -> Result<Vec<KernelVlan>> {
                 }
             }
         }
+        v.sort_by_key(|k| k.vid);
     }
-    out.sort_by_key(|k| k.vid);
     Ok(out)
+}
+
+/// The VLANs the kernel has on port `ifindex` (`bridge vlan show dev PORT`).
+pub async fn port_vlans(nl: &Netlink, ifindex: u32) -> Result<Vec<KernelVlan>> {
+    Ok(all_port_vlans(nl).await?.remove(&ifindex).unwrap_or_default())
 }
 
 /// Applies `mode` to port `ifindex` (whose bridge filters VLANs).

@@ -187,7 +187,7 @@ impl Core {
                 if *mode == VhostMode::Server {
                     let (uid, gid) = match owner.as_deref() {
                         None => (caller.uid, caller.gid),
-                        Some(o) => super::bridges::resolve_owner(o)?,
+                        Some(o) => crate::bridge::resolve_owner(o)?,
                     };
                     if uid != caller.uid || !caller.in_group(gid) {
                         return Err(denied("The socket of your port must be owned by you (--owner you[:your group])"));

@@ -9,6 +9,7 @@ pub mod authz;
 pub mod bridges;
 pub mod control;
 pub mod core;
+pub mod reconcile;
 
 use std::fs;
 use std::io;
@@ -135,10 +136,20 @@ pub fn run(opts: Options) -> Result<(), Error> {
         busy_poll: std::time::Duration::from_micros(u64::from(loaded.config.datapath.busy_poll_us)),
         cpu: loaded.config.datapath.cpu,
     };
-    let dp = std::sync::Arc::new(crate::datapath::DatapathHandle::spawn(dp_cfg).map_err(Error::Datapath)?);
+    // The reconciler hears of failed ports from the datapath and of links from rtnetlink.
+    let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+    let down_tx = events_tx.clone();
+    let port_down: crate::datapath::PortDownHook = Box::new(move |b: &str, p: &str| {
+        let _ = down_tx.send(reconcile::Event::PortDown(b.to_owned(), p.to_owned()));
+    });
+    let dp =
+        std::sync::Arc::new(crate::datapath::DatapathHandle::spawn(dp_cfg, Some(port_down)).map_err(Error::Datapath)?);
     let dp2 = dp.clone();
     let res = rt.block_on(async move {
         let nl = Netlink::connect()?;
+        if let Err(e) = reconcile::watch_links(events_tx) {
+            log::warn!("cannot listen for link notifications ({e}); ports are re-attached by the periodic sweep only");
+        }
         let mut core = core::Core {
             nl,
             dp: dp2,
@@ -167,7 +178,7 @@ pub fn run(opts: Options) -> Result<(), Error> {
         let core = Arc::new(tokio::sync::Mutex::new(core));
         let limits = control::Limits::from(&loaded.config.control);
         let server = tokio::spawn(control::serve(listener, core.clone(), limits));
-        let reconciler = tokio::spawn(reconcile_loop(core.clone()));
+        let reconciler = tokio::spawn(reconcile::run(core.clone(), events_rx));
         wait_for_shutdown().await;
         server.abort();
         reconciler.abort();
@@ -183,16 +194,6 @@ pub fn run(opts: Options) -> Result<(), Error> {
     }
     log::info!("vmnetd stopped; persistent devices left in place");
     res
-}
-
-/// Re-attaches ports whose interface came back, every two seconds.
-async fn reconcile_loop(core: Arc<tokio::sync::Mutex<core::Core>>) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        core.lock().await.reconcile().await;
-    }
 }
 
 /// Every port, connection and capture holds descriptors: take the hard limit (systemd's

@@ -7,16 +7,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use serde::{Deserialize, Serialize};
-
-/// Direction of a captured frame, seen from the port's peer: `rx` = the port received it
-/// (the peer sent it), `tx` = the port sent it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Dir {
-    Rx,
-    Tx,
-}
+pub use crate::api::Dir;
 
 /// The memory all captures together may hold in frames their readers have not taken yet.
 #[derive(Debug)]

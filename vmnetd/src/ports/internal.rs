@@ -18,7 +18,9 @@ use crate::switch::Egress;
 use crate::sys::iov::{writev, IoPart};
 use crate::sys::tap::{offload, Mode, OpenFlags, Tap};
 
-use super::{RecvResult, SendResult};
+use std::os::fd::OwnedFd;
+
+use super::{kernel_burst, EventCx, EventId, Outcome, PortEdge, Received, Refused, SendResult};
 
 #[derive(Debug)]
 pub struct InternalPort {
@@ -46,9 +48,9 @@ impl InternalPort {
             .map_err(|e| io::Error::other(crate::api::error_chain(&e)))
     }
 
-    pub fn recv(&mut self, batch: &mut Batch) -> io::Result<RecvResult> {
+    fn recv(&mut self, batch: &mut Batch) -> io::Result<Received> {
         batch.ensure_bufs(BURST, HDR_LEN);
-        let mut r = RecvResult::default();
+        let mut r = Received::default();
         for i in 0..BURST {
             let n = match self.file.read(&mut batch.bufs[i]) {
                 Ok(n) => n,
@@ -68,7 +70,7 @@ impl InternalPort {
         Ok(r)
     }
 
-    pub fn send(&mut self, src: &Batch, list: &[Egress]) -> SendResult {
+    fn send(&mut self, src: &Batch, list: &[Egress]) -> SendResult {
         let mut res = SendResult::default();
         for e in list {
             let f = &src.frames[e.frame];
@@ -98,6 +100,41 @@ impl InternalPort {
             }
         }
         res
+    }
+}
+
+impl PortEdge for InternalPort {
+    fn kind(&self) -> &'static str {
+        "internal"
+    }
+
+    fn watches(&mut self) -> Vec<(OwnedFd, EventId)> {
+        self.file.as_fd().try_clone_to_owned().map(|fd| vec![(fd, 0)]).unwrap_or_default()
+    }
+
+    fn on_event(
+        &mut self,
+        _ev: EventId,
+        _cx: EventCx,
+        batch: &mut Batch,
+        ingress: &mut dyn FnMut(&Batch, Refused),
+    ) -> Outcome {
+        let r = self.recv(batch);
+        kernel_burst(r, batch, ingress)
+    }
+
+    fn tx_burst(&mut self, src: &Batch, list: &[Egress]) -> SendResult {
+        self.send(src, list)
+    }
+
+    /// Deleting the TAP vmnetd made: without persistence it goes away with our queue,
+    /// wherever it is now (even moved into another network namespace).
+    fn release(self: Box<Self>, delete_device: bool) {
+        if delete_device {
+            if let Err(e) = self.unpersist() {
+                log::warn!("internal port {}: cannot delete its TAP: {e}", self.ifname);
+            }
+        }
     }
 }
 

@@ -1,16 +1,23 @@
 //! The I/O edges of the built-in bridge: they move frames between the kernel (or a guest)
 //! and [`Batch`]es, and send a batch's frames out with the tag actions the switch decided.
 //!
+//! Every edge kind implements [`PortEdge`]; the datapath knows nothing else of them:
 //! - [`netdev`]: any kernel interface, through an AF_PACKET socket.
 //! - [`internal`]: a TAP whose userspace side vmnetd holds; its kernel side is a host
 //!   interface.
+//! - [`vhost`]: a vhost-user-net device: a guest's virtqueues.
+//!
+//! An edge names its own events (an [`EventId`] per fd it wants watched); the datapath
+//! watches the fds and calls [`PortEdge::on_event`] when one fires, or when work it left
+//! pending (a burst that filled up, a busy-polled queue) comes round again. A new edge kind
+//! is one new file here.
 
 pub mod internal;
 pub mod netdev;
 pub mod vhost;
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::OwnedFd;
 
 use crate::datapath::batch::Batch;
 use crate::switch::Egress;
@@ -19,7 +26,10 @@ pub use internal::InternalPort;
 pub use netdev::NetdevPort;
 pub use vhost::VhostPort;
 
-/// What happened to the frames handed to [`Edge::send`].
+/// An edge's name for one of its event sources (one fd it wants watched).
+pub type EventId = u8;
+
+/// What happened to the frames handed to [`PortEdge::tx_burst`].
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SendResult {
     pub sent: u64,
@@ -32,9 +42,64 @@ pub struct SendResult {
     pub bad_gso: (u64, u64),
 }
 
-/// What [`Edge::recv`] read.
+/// Frames an edge took but could not hand to the switch, by reason.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct RecvResult {
+pub struct Refused {
+    /// Unreadable (a bad guest descriptor, a truncated frame): frames and bytes.
+    pub rx_error: (u64, u64),
+    /// A guest's impossible offload request: frames and bytes.
+    pub bad_gso: (u64, u64),
+}
+
+/// How the datapath runs an event (see [`PortEdge::on_event`]).
+#[derive(Debug, Clone, Copy)]
+pub struct EventCx {
+    /// Epoll reported the event (rather than pending or polled work): its fd may be read.
+    pub from_epoll: bool,
+    /// The datapath busy-polls (`[datapath] busy_poll_us` > 0): a pollable edge may leave
+    /// its notifications off after a burst.
+    pub poll: bool,
+}
+
+/// What running an event did.
+#[derive(Debug)]
+pub enum Outcome {
+    /// A burst ran. `more`: more frames are waiting right now. `pollable`: the event's
+    /// notifications are off, so the datapath should poll it (see
+    /// [`PortEdge::stop_polling`]) rather than wait for its fd.
+    Burst { frames: usize, more: bool, pollable: bool },
+    /// The edge's fds changed: watch [`PortEdge::watches`] again and run each of its
+    /// [`PortEdge::startup_events`] once (work may have arrived before they were watched).
+    Rewatch,
+    /// Nothing to do (or not any more: a queue that went away).
+    Idle,
+    /// The edge failed (its interface was deleted): the port is down until re-attached.
+    Failed(io::Error),
+}
+
+/// What an edge reports of itself for `port list`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EdgeState {
+    /// A kernel interface, working.
+    Up,
+    /// A vhost-user device.
+    Vhost(VhostState),
+}
+
+/// A vhost-user device's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VhostState {
+    pub connected: bool,
+    pub acked_features: u64,
+    pub pairs_active: usize,
+    pub pairs_max: u16,
+    pub guest_mac: Option<[u8; 6]>,
+    pub needs_reset: Option<String>,
+}
+
+/// What a kernel edge's receive read.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Received {
     /// Frames that arrived but could not be used (truncated, no header), with their bytes.
     pub bad: u64,
     pub bad_bytes: u64,
@@ -42,47 +107,74 @@ pub struct RecvResult {
     pub more: bool,
 }
 
-/// One port's I/O.
-#[derive(Debug)]
-pub enum Edge {
-    Netdev(NetdevPort),
-    Internal(InternalPort),
-    Vhost(VhostPort),
+/// The one event of a kernel edge (its socket or TAP is readable), run as a burst.
+pub(crate) fn kernel_burst(
+    recv: io::Result<Received>,
+    batch: &Batch,
+    ingress: &mut dyn FnMut(&Batch, Refused),
+) -> Outcome {
+    match recv {
+        Ok(r) => {
+            let refused = Refused { rx_error: (r.bad, r.bad_bytes), ..Default::default() };
+            if !batch.is_empty() || r.bad > 0 {
+                ingress(batch, refused);
+            }
+            Outcome::Burst { frames: batch.len(), more: r.more, pollable: false }
+        }
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Outcome::Burst { frames: 0, more: true, pollable: false },
+        Err(e) => Outcome::Failed(e),
+    }
 }
 
-impl Edge {
-    pub fn fd(&self) -> RawFd {
-        match self {
-            Edge::Netdev(p) => p.as_raw_fd(),
-            Edge::Internal(p) => p.as_raw_fd(),
-            Edge::Vhost(p) => p.shared.notify.as_raw_fd(),
-        }
+/// One port's I/O, whatever it is connected to.
+pub trait PortEdge: Send + std::fmt::Debug {
+    /// `netdev`, `internal`, `vhost-user`.
+    fn kind(&self) -> &'static str;
+
+    /// The fds the datapath should watch (duplicates it owns), each with the event it
+    /// stands for.
+    fn watches(&mut self) -> Vec<(OwnedFd, EventId)>;
+
+    /// Events to run once as soon as the edge is attached or rewatched.
+    fn startup_events(&self) -> Vec<EventId> {
+        Vec::new()
     }
 
-    /// Reads up to a burst of frames into `batch` (which the caller has cleared). A vhost-user
-    /// port's frames are taken by the datapath itself, under the device lock.
-    pub fn recv(&mut self, batch: &mut Batch) -> io::Result<RecvResult> {
-        match self {
-            Edge::Netdev(p) => p.recv(batch),
-            Edge::Internal(p) => p.recv(batch),
-            Edge::Vhost(_) => Ok(RecvResult::default()),
-        }
+    /// Bursts one event may run before other ports get their turn (the rest is queued).
+    fn bursts_per_event(&self) -> usize {
+        8
+    }
+
+    /// Runs event `ev`: receives up to a burst into `batch` (which the caller has cleared)
+    /// and calls `ingress` with it and what was refused, while the frames' bytes are still
+    /// valid (a guest's transmit chains are handed back only after `ingress` returns, so a
+    /// frontend never sees a half-processed ring).
+    fn on_event(
+        &mut self,
+        ev: EventId,
+        cx: EventCx,
+        batch: &mut Batch,
+        ingress: &mut dyn FnMut(&Batch, Refused),
+    ) -> Outcome;
+
+    /// Busy polling of `ev` ends: turn its notifications back on. Returns whether work
+    /// arrived meanwhile (run the event again).
+    fn stop_polling(&mut self, _ev: EventId) -> bool {
+        false
     }
 
     /// Sends the frames of `src` listed in `list`, each with its tag action.
-    pub fn send(&mut self, src: &Batch, list: &[Egress]) -> SendResult {
-        match self {
-            Edge::Netdev(p) => p.send(src, list),
-            Edge::Internal(p) => p.send(src, list),
-            Edge::Vhost(p) => p.send(src, list),
-        }
+    fn tx_burst(&mut self, src: &Batch, list: &[Egress]) -> SendResult;
+
+    /// Something outside changed what the edge relies on (a frontend's memory file was
+    /// truncated and caught by the SIGBUS guard): look at it.
+    fn check_memory(&mut self) {}
+
+    fn state(&self) -> EdgeState {
+        EdgeState::Up
     }
 
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Edge::Netdev(_) => "netdev",
-            Edge::Internal(_) => "internal",
-            Edge::Vhost(_) => "vhost-user",
-        }
-    }
+    /// The edge is being removed: let go of what it holds. `delete_device`: vmnetd made the
+    /// kernel device behind it and should delete it.
+    fn release(self: Box<Self>, _delete_device: bool) {}
 }

@@ -17,7 +17,9 @@ use crate::switch::Egress;
 use crate::sys::iov::IoPart;
 use crate::sys::packet::{PacketSocket, RecvInfo, CMSG_SPACE};
 
-use super::{RecvResult, SendResult};
+use std::os::fd::OwnedFd;
+
+use super::{kernel_burst, EventCx, EventId, Outcome, PortEdge, Received, Refused, SendResult};
 
 #[derive(Debug)]
 pub struct NetdevPort {
@@ -43,7 +45,7 @@ impl NetdevPort {
         })
     }
 
-    pub fn recv(&mut self, batch: &mut Batch) -> io::Result<RecvResult> {
+    fn recv(&mut self, batch: &mut Batch) -> io::Result<Received> {
         batch.ensure_bufs(BURST, 0);
         let mut iovs: Vec<[IoSliceMut<'_>; 2]> = self
             .vnet
@@ -53,7 +55,7 @@ impl NetdevPort {
             .collect();
         let n = self.sock.recv_batch(&mut iovs, &mut self.cmsgs, &mut self.infos)?;
         drop(iovs);
-        let mut r = RecvResult { more: n == BURST, ..Default::default() };
+        let mut r = Received { more: n == BURST, ..Default::default() };
         for i in 0..n {
             let info = self.infos[i];
             if info.truncated || info.len < HDR_LEN_LEGACY {
@@ -67,7 +69,7 @@ impl NetdevPort {
         Ok(r)
     }
 
-    pub fn send(&mut self, src: &Batch, list: &[Egress]) -> SendResult {
+    fn send(&mut self, src: &Batch, list: &[Egress]) -> SendResult {
         let mut heads = [[0u8; OUT_HEAD_MAX]; BURST];
         let mut vnets = [[0u8; HDR_LEN_LEGACY]; BURST];
         let mut res = SendResult::default();
@@ -111,6 +113,31 @@ impl NetdevPort {
             }
         }
         res
+    }
+}
+
+impl PortEdge for NetdevPort {
+    fn kind(&self) -> &'static str {
+        "netdev"
+    }
+
+    fn watches(&mut self) -> Vec<(OwnedFd, EventId)> {
+        self.sock.as_fd().try_clone_to_owned().map(|fd| vec![(fd, 0)]).unwrap_or_default()
+    }
+
+    fn on_event(
+        &mut self,
+        _ev: EventId,
+        _cx: EventCx,
+        batch: &mut Batch,
+        ingress: &mut dyn FnMut(&Batch, Refused),
+    ) -> Outcome {
+        let r = self.recv(batch);
+        kernel_burst(r, batch, ingress)
+    }
+
+    fn tx_burst(&mut self, src: &Batch, list: &[Egress]) -> SendResult {
+        self.send(src, list)
     }
 }
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use smallvec::SmallVec;
 use vm_memory::GuestAddressSpace;
 use vm_memory::{Bytes, GuestAddress};
-use vmnetd_vhost::device::{DevState, Memory, Shared};
+use vmnetd_vhost::device::{DevState, Memory, QueueId, Shared};
 use vmnetd_vhost::queue::{self, Part, RxError, RxScratch, RxWriter, Seg, TxFrame};
 use vmnetd_vhost::server::Server;
 use vmnetd_vhost::virtio_net::{features, VnetHdr, F_DATA_VALID, F_NEEDS_CSUM, GSO_ECN, GSO_TCPV4, GSO_TCPV6};
@@ -22,21 +22,31 @@ use crate::datapath::batch::{Batch, MAX_FRAME, OUT_HEAD_MAX, VHOST_BURST};
 use crate::datapath::offload;
 use crate::switch::Egress;
 
-use super::SendResult;
+use super::{EdgeState, EventCx, EventId, Outcome, PortEdge, Refused, SendResult, VhostState};
 
-/// Epoll sub-id of a port's control queue kick (transmit queue pairs use 1..=16).
-pub const CTRL_SUB: u8 = 250;
+/// Event of the device's notification (something the frontend set up changed).
+const EV_DEVICE: EventId = 0;
+/// Event of the control queue's kick.
+const EV_CTRL: EventId = 250;
+/// Event of transmit queue pair `p`'s kick: `EV_TX + p` (pairs 0..16).
+const EV_TX: EventId = 1;
+
+fn tx_event(pair: usize) -> EventId {
+    EV_TX + pair as EventId
+}
+
+/// Bursts one event may run: a vhost burst is four times a kernel one, so either way a port
+/// gives up its turn after 256 frames.
+const BURSTS_PER_EVENT: usize = 2;
 
 pub struct VhostPort {
     pub shared: Arc<Shared>,
     /// The socket and its connection thread; stopped when the port is dropped.
-    pub server: Option<Server>,
-    /// Our duplicates of the kick eventfds we watch, with their sub-ids.
-    pub registered: Vec<(OwnedFd, u8)>,
+    server: Option<Server>,
     /// Where the switch's view of this port's frames is copied for software offloads.
     scratch: Vec<u8>,
     /// Transmit chains of the burst in progress.
-    pub heads: Vec<u16>,
+    heads: Vec<u16>,
     /// Receive-chain bookkeeping, reused burst after burst.
     rx: RxScratch,
 }
@@ -47,46 +57,176 @@ impl std::fmt::Debug for VhostPort {
     }
 }
 
-impl VhostPort {
-    pub fn new(shared: Arc<Shared>, server: Server) -> VhostPort {
-        VhostPort {
-            shared,
-            server: Some(server),
-            registered: Vec::new(),
-            scratch: Vec::new(),
-            heads: Vec::with_capacity(VHOST_BURST),
-            rx: RxScratch::default(),
-        }
+impl PortEdge for VhostPort {
+    fn kind(&self) -> &'static str {
+        "vhost-user"
     }
 
-    /// The kick eventfds to watch now, duplicated (so the frontend replacing them cannot
-    /// pull an fd out from under epoll): transmit queues of started pairs, and the control
-    /// queue.
-    pub fn kicks(&self) -> Vec<(OwnedFd, u8)> {
+    /// The device's notification, and the kick eventfds to watch now, duplicated (so the
+    /// frontend replacing them cannot pull an fd out from under epoll): transmit queues of
+    /// started pairs, and the control queue. A queue the guest broke is not watched (its
+    /// kicks would only wake us for nothing) until the frontend sets it up again.
+    fn watches(&mut self) -> Vec<(OwnedFd, EventId)> {
         let st = self.shared.lock();
         let mut out = Vec::new();
+        if let Ok(fd) = self.shared.notify.as_fd().try_clone_to_owned() {
+            out.push((fd, EV_DEVICE));
+        }
         for (i, v) in st.vrings.iter().enumerate() {
-            let sub = if i == st.ctrl_index() {
-                CTRL_SUB
-            } else if i % 2 == 1 {
-                (i / 2 + 1) as u8
-            } else {
-                continue;
+            let ev = match QueueId::of(i, st.pairs()) {
+                QueueId::Ctrl => EV_CTRL,
+                QueueId::Tx(p) => tx_event(p),
+                QueueId::Rx(_) => continue,
             };
-            // A queue the guest broke is not watched (its kicks would only wake us for
-            // nothing) until the frontend sets it up again.
             if let (true, None, Some(k)) = (v.started, v.broken, v.kick.as_ref()) {
                 if let Ok(fd) = k.as_fd().try_clone_to_owned() {
-                    out.push((fd, sub));
+                    out.push((fd, ev));
                 }
             }
         }
         out
     }
 
-    /// Queue pairs of this port.
-    pub fn pairs(&self) -> usize {
-        usize::from(self.shared.queue_pairs)
+    /// Every queue once: a kick may have come before it was watched.
+    fn startup_events(&self) -> Vec<EventId> {
+        (0..usize::from(self.shared.queue_pairs)).map(tx_event).chain([EV_CTRL]).collect()
+    }
+
+    fn bursts_per_event(&self) -> usize {
+        BURSTS_PER_EVENT
+    }
+
+    fn on_event(
+        &mut self,
+        ev: EventId,
+        cx: EventCx,
+        batch: &mut Batch,
+        ingress: &mut dyn FnMut(&Batch, Refused),
+    ) -> Outcome {
+        match ev {
+            EV_DEVICE => {
+                let _ = self.shared.notify.read();
+                Outcome::Rewatch
+            }
+            EV_CTRL => {
+                self.control_queue(cx.from_epoll);
+                Outcome::Idle
+            }
+            _ => self.tx_burst_from_guest(usize::from(ev - EV_TX), cx, batch, ingress),
+        }
+    }
+
+    fn stop_polling(&mut self, ev: EventId) -> bool {
+        if ev < EV_TX || ev == EV_CTRL {
+            return false;
+        }
+        let pair = usize::from(ev - EV_TX);
+        let mut st = self.shared.lock();
+        if pair >= st.pairs() || !st.tx(pair).active() {
+            return false;
+        }
+        let mem = st.mem.memory();
+        queue::enable_notification(&mut st.tx(pair).queue, &mem)
+    }
+
+    fn tx_burst(&mut self, src: &Batch, list: &[Egress]) -> SendResult {
+        self.send(src, list)
+    }
+
+    fn check_memory(&mut self) {
+        let mut st = self.shared.lock();
+        self.shared.check_memory(&mut st);
+    }
+
+    fn state(&self) -> EdgeState {
+        let st = self.shared.lock();
+        EdgeState::Vhost(VhostState {
+            connected: st.connected,
+            acked_features: st.acked_features,
+            pairs_active: st.active_pair_indices().count(),
+            pairs_max: self.shared.queue_pairs,
+            guest_mac: st.guest_mac,
+            needs_reset: st.needs_reset(),
+        })
+    }
+
+    /// Stops the socket and its connection thread (without waiting for it).
+    fn release(mut self: Box<Self>, _delete_device: bool) {
+        if let Some(mut s) = self.server.take() {
+            s.stop();
+        }
+    }
+}
+
+impl VhostPort {
+    pub fn new(shared: Arc<Shared>, server: Server) -> VhostPort {
+        VhostPort {
+            shared,
+            server: Some(server),
+            scratch: Vec::new(),
+            heads: Vec::with_capacity(VHOST_BURST),
+            rx: RxScratch::default(),
+        }
+    }
+
+    /// Serves the control queue (its kick read first when epoll reported it: a
+    /// level-triggered fd left readable would wake the thread forever).
+    fn control_queue(&mut self, from_epoll: bool) {
+        use vm_memory::GuestAddressSpace as _;
+        let shared = self.shared.clone();
+        let mut st = shared.lock();
+        if from_epoll {
+            st.ctrl().clear_kick();
+        }
+        if !st.ctrl().active() {
+            return;
+        }
+        let mem = st.mem.memory();
+        if let Err(e) = vmnetd_vhost::ctrl::process(&mut st, &mem, shared.queue_pairs) {
+            let i = st.ctrl_index();
+            shared.mark_broken(&mut st, i, e);
+        }
+    }
+
+    /// One burst from the guest's transmit queue of `pair`, handed to `ingress` (decided
+    /// and forwarded), then given back to the guest — all under the device lock.
+    fn tx_burst_from_guest(
+        &mut self,
+        pair: usize,
+        cx: EventCx,
+        batch: &mut Batch,
+        ingress: &mut dyn FnMut(&Batch, Refused),
+    ) -> Outcome {
+        let shared = self.shared.clone();
+        let mut st = shared.lock();
+        if pair >= st.pairs() || !st.tx(pair).active() {
+            return Outcome::Idle;
+        }
+        if cx.from_epoll {
+            st.tx(pair).clear_kick();
+        }
+        let mem = st.mem.memory().into_inner();
+        self.heads.clear();
+        let popped = pop_burst(&mut st, pair, &mem, batch, &mut self.heads);
+        if let Some(e) = popped.broken {
+            let i = QueueId::Tx(pair).index(st.pairs());
+            shared.mark_broken(&mut st, i, e);
+        }
+        let refused =
+            Refused { rx_error: (popped.bad_chains as u64, 0), bad_gso: (popped.bad_gso.0 as u64, popped.bad_gso.1) };
+        if !batch.is_empty() || refused != Refused::default() {
+            ingress(batch, refused);
+        }
+        let n = popped.chains;
+        let more = finish_burst(&mut st, pair, &mem, &self.heads, n == VHOST_BURST, cx.poll);
+        let alive = st.tx(pair).active();
+        drop(st);
+        // The burst's hold on the guest memory ends with it.
+        batch.clear();
+        if !alive {
+            return Outcome::Idle;
+        }
+        Outcome::Burst { frames: n, more, pollable: cx.poll }
     }
 
     /// Writes frames of `src` into this guest's receive queues: per queue pair, one pass
@@ -113,7 +253,7 @@ impl VhostPort {
         let caps = Caps::of(&st);
         let mut sx = src.xlate();
         for (k, &pair) in pairs[..np].iter().enumerate() {
-            let vring = &mut st.vrings[2 * pair];
+            let vring = st.rx(pair);
             let mut w = RxWriter::new(&mut vring.queue, &mem, caps.mrg, caps.hdr_len, rx);
             w.prefetch(if np == 1 { list.len() } else { list.len() / np + 1 });
             // Flows spread over the pairs by their addresses.
@@ -138,7 +278,8 @@ impl VhostPort {
                 vring.signal();
             }
             if let Some(b) = broken {
-                shared.mark_broken(&mut st, 2 * pair, b);
+                let i = QueueId::Rx(pair).index(st.pairs());
+                shared.mark_broken(&mut st, i, b);
             }
         }
         res
@@ -243,7 +384,7 @@ fn write_one<'s>(
 
 /// What [`pop_burst`] took.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Popped {
+struct Popped {
     /// Chains taken (refused ones included).
     pub chains: usize,
     /// Chains that could not be read (bad descriptors), refused.
@@ -262,10 +403,10 @@ const GSO_HEADERS: usize = 18 + 60 + 60;
 /// `heads` (all of them, refused ones too, to be handed back by [`finish_burst`]). Frames
 /// whose virtio-net header asks for something impossible (see [`offload::check_vnet`] and
 /// [`offload::check_gso_frame`]) are refused here, before the switch sees them.
-pub fn pop_burst(st: &mut DevState, pair: usize, mem: &Arc<Memory>, batch: &mut Batch, heads: &mut Vec<u16>) -> Popped {
+fn pop_burst(st: &mut DevState, pair: usize, mem: &Arc<Memory>, batch: &mut Batch, heads: &mut Vec<u16>) -> Popped {
     let hl = st.hdr_len();
     let acked = st.acked_features;
-    let q = &mut st.vrings[2 * pair + 1].queue;
+    let q = &mut st.tx(pair).queue;
     queue::disable_notification(q, mem);
     batch.mem = Some(mem.clone());
     let mut p = Popped::default();
@@ -323,8 +464,8 @@ fn check_offloads(mem: &Memory, segs: &[Seg], f: &TxFrame, acked: u64) -> Result
 /// Hands the burst's chains back to the guest, interrupts it if it wants, and (unless
 /// `poll`, or the burst was full) re-arms notifications. Returns whether more frames are
 /// waiting.
-pub fn finish_burst(st: &mut DevState, pair: usize, mem: &Memory, heads: &[u16], full: bool, poll: bool) -> bool {
-    let v = &mut st.vrings[2 * pair + 1];
+fn finish_burst(st: &mut DevState, pair: usize, mem: &Memory, heads: &[u16], full: bool, poll: bool) -> bool {
+    let v = st.tx(pair);
     if queue::complete_tx(&mut v.queue, mem, heads) {
         v.signal();
     }

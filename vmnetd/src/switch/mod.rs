@@ -13,10 +13,11 @@
 //! - [`port`]: `PortId`, `PortConfig`, counters and drop reasons.
 
 pub mod fdb;
-pub mod mac;
 pub mod port;
-pub mod vlan;
 pub mod wire;
+
+// MAC addresses and VLAN modes are value types of the protocol (`vmnetd-api`).
+pub use vmnetd_api::{mac, vlan};
 
 use std::time::Duration;
 

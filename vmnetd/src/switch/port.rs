@@ -202,6 +202,23 @@ impl PortCounters {
     }
 }
 
+impl From<&PortCounters> for crate::api::Counters {
+    fn from(c: &PortCounters) -> crate::api::Counters {
+        crate::api::Counters {
+            rx_packets: c.rx_packets,
+            rx_bytes: c.rx_bytes,
+            tx_packets: c.tx_packets,
+            tx_bytes: c.tx_bytes,
+            rx_flooded: c.rx_flooded,
+            learned: c.learned,
+            evicted: c.evicted,
+            aged: c.aged,
+            moved_in: c.moved_in,
+            drops: c.drop_list().into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -58,25 +58,8 @@ impl Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// Layer of a TUN/TAP device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    #[default]
-    /// Ethernet frames (`IFF_TAP`).
-    Tap,
-    /// IP packets (`IFF_TUN`).
-    Tun,
-}
-
-impl std::fmt::Display for Mode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Mode::Tap => "tap",
-            Mode::Tun => "tun",
-        })
-    }
-}
+/// Layer of a TUN/TAP device (a protocol value type).
+pub use vmnetd_api::proto::TapMode as Mode;
 
 /// The flags a device is opened with. Opening an existing device with different `mode` or
 /// `multi_queue` fails with `EINVAL`; a different `vnet_hdr` would silently change the

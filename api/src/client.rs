@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
-use crate::api::{ApiError, Op, Request, Response, PROTOCOL_VERSION};
+use crate::proto::{ApiError, Op, Request, Response, PROTOCOL_VERSION};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -11,11 +11,51 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ifname::IfName;
-use crate::switch::{MacAddr, PortCounters, VlanId, VlanMode};
-use crate::sys::tap::Mode;
+use crate::mac::MacAddr;
 use crate::users::Principal;
+use crate::vlan::{VlanId, VlanMode};
 
 pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Most queue pairs a vhost-user port offers (`--queues`).
+pub const MAX_QUEUE_PAIRS: u16 = 16;
+
+/// Layer of a TUN/TAP device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TapMode {
+    #[default]
+    /// Ethernet frames (`IFF_TAP`).
+    Tap,
+    /// IP packets (`IFF_TUN`).
+    Tun,
+}
+
+impl std::fmt::Display for TapMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TapMode::Tap => "tap",
+            TapMode::Tun => "tun",
+        })
+    }
+}
+
+/// A VLAN the kernel has on a Linux bridge port (`bridge vlan show`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelVlan {
+    pub vid: u16,
+    pub pvid: bool,
+    pub untagged: bool,
+}
+
+/// Direction of a captured frame, seen from the port's peer: `rx` = the port received it
+/// (the peer sent it), `tx` = the port sent it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dir {
+    Rx,
+    Tx,
+}
 
 /// Longest request line the daemon reads (the newline included).
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -329,7 +369,7 @@ pub enum CaptureEvent {
     Frame {
         /// Unix time in microseconds.
         ts_us: u64,
-        dir: crate::datapath::capture::Dir,
+        dir: Dir,
         len: u32,
         /// The captured bytes, base64.
         data: String,
@@ -349,16 +389,14 @@ pub struct PortInfo {
     pub lock_mac: bool,
     /// The kernel interface behind the port.
     pub ifname: Option<IfName>,
-    /// `up`, `down: REASON`, `missing: REASON` or `detached: REASON`; a Linux bridge port
-    /// whose kernel VLANs differ from its declaration ends in `(vlan drift)`.
-    pub state: String,
+    pub status: PortStatus,
     pub source: Source,
     /// Built-in bridge ports: the switch's counters.
     pub counters: Option<Counters>,
     /// Linux bridge ports: the VLANs the kernel has on the port (`bridge vlan show`), read
     /// back, so drift from the declaration is visible.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kernel_vlans: Option<Vec<crate::linuxbr::KernelVlan>>,
+    pub kernel_vlans: Option<Vec<KernelVlan>>,
     /// vhost-user ports: the device's negotiation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vhost: Option<VhostInfo>,
@@ -367,6 +405,71 @@ pub struct PortInfo {
     /// The uid of the non-root user who added the port (absent: root or the config file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub creator: Option<u32>,
+}
+
+/// Where a port is, as vmnetd sees it now. The CLI renders it as text (`Display`); JSON
+/// keeps the fields: `{"state":"up"}`, `{"state":"down","reason":"..."}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+pub enum PortStatus {
+    /// Frames flow. vhost-user ports say how many queue pairs the guest uses.
+    Up {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        queue_pairs: Option<QueuePairs>,
+    },
+    /// A Linux bridge port whose kernel VLANs differ from its declaration (re-applied by
+    /// the reconciler).
+    VlanDrift,
+    /// A vhost-user port no frontend is connected to.
+    WaitingForFrontend,
+    /// A frontend is connected and has not started a queue pair yet.
+    SettingUp,
+    /// The guest broke a ring, or its memory file shrank: not serviced until the frontend
+    /// sets the device up again.
+    NeedsReset { reason: String },
+    /// The port's edge failed (its interface was deleted); re-attached when it returns.
+    Down { reason: String },
+    /// The interface (or bridge) is not there; attached when it appears.
+    Missing { reason: String },
+    /// A Linux bridge port whose interface is there but not enslaved to the bridge.
+    Detached { reason: String },
+    /// The port follows an interface that was replaced by another of the same name (the
+    /// next VM's `vnetN`): it stays off that one.
+    IdentityChanged { ifname: IfName, ifindex: u32, declared_ifindex: u32 },
+}
+
+/// Queue pairs of a vhost-user port: in use by the guest, and offered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuePairs {
+    pub active: usize,
+    pub max: u16,
+}
+
+impl PortStatus {
+    /// Frames flow through the port.
+    pub fn is_up(&self) -> bool {
+        matches!(self, PortStatus::Up { .. } | PortStatus::VlanDrift)
+    }
+}
+
+impl std::fmt::Display for PortStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PortStatus::Up { queue_pairs: None } => f.write_str("up"),
+            PortStatus::Up { queue_pairs: Some(q) } => write!(f, "up ({}/{} queue pairs)", q.active, q.max),
+            PortStatus::VlanDrift => f.write_str("up (vlan drift)"),
+            PortStatus::WaitingForFrontend => f.write_str("waiting for frontend"),
+            PortStatus::SettingUp => f.write_str("connected, setting up"),
+            PortStatus::NeedsReset { reason } => write!(f, "needs reset: {reason}"),
+            PortStatus::Down { reason } => write!(f, "down: {reason}"),
+            PortStatus::Missing { reason } => write!(f, "missing: {reason}"),
+            PortStatus::Detached { reason } => write!(f, "detached: {reason}"),
+            PortStatus::IdentityChanged { ifname, ifindex, declared_ifindex } => write!(
+                f,
+                "missing: {ifname} is another interface now (ifindex {ifindex}; the port was declared on ifindex {declared_ifindex})"
+            ),
+        }
+    }
 }
 
 /// Port counters with drops by reason name.
@@ -382,23 +485,6 @@ pub struct Counters {
     pub aged: u64,
     pub moved_in: u64,
     pub drops: std::collections::BTreeMap<String, u64>,
-}
-
-impl From<&PortCounters> for Counters {
-    fn from(c: &PortCounters) -> Counters {
-        Counters {
-            rx_packets: c.rx_packets,
-            rx_bytes: c.rx_bytes,
-            tx_packets: c.tx_packets,
-            tx_bytes: c.tx_bytes,
-            rx_flooded: c.rx_flooded,
-            learned: c.learned,
-            evicted: c.evicted,
-            aged: c.aged,
-            moved_in: c.moved_in,
-            drops: c.drop_list().into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -429,7 +515,7 @@ pub struct Flushed {
 pub struct TapSpec {
     /// `None`: the daemon picks the first free `vmtapN`.
     pub name: Option<IfName>,
-    pub mode: Mode,
+    pub mode: TapMode,
     pub user: Option<String>,
     pub group: Option<String>,
     pub multi_queue: bool,
@@ -466,7 +552,7 @@ pub enum Source {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TapInfo {
     pub name: IfName,
-    pub mode: Mode,
+    pub mode: TapMode,
     pub owner: Option<Principal>,
     pub group: Option<Principal>,
     pub multi_queue: bool,
@@ -633,6 +719,23 @@ mod tests {
     }
 
     #[test]
+    fn port_status_json_is_typed_and_text_is_for_people() {
+        let up = PortStatus::Up { queue_pairs: Some(QueuePairs { active: 1, max: 2 }) };
+        assert_eq!(serde_json::to_string(&up).unwrap(), r#"{"state":"up","queue_pairs":{"active":1,"max":2}}"#);
+        assert_eq!(up.to_string(), "up (1/2 queue pairs)");
+        let down = PortStatus::Down { reason: "Network is down".into() };
+        assert_eq!(serde_json::to_string(&down).unwrap(), r#"{"state":"down","reason":"Network is down"}"#);
+        assert_eq!(
+            serde_json::from_str::<PortStatus>(r#"{"state":"waiting-for-frontend"}"#).unwrap().to_string(),
+            "waiting for frontend"
+        );
+        let moved =
+            PortStatus::IdentityChanged { ifname: IfName::new("vnet3").unwrap(), ifindex: 12, declared_ifindex: 9 };
+        assert!(moved.to_string().contains("another interface now"));
+        assert!(PortStatus::VlanDrift.is_up() && !down.is_up());
+    }
+
+    #[test]
     fn unit_ops_parse() {
         assert!(matches!(parse_request(br#"{"v":1,"op":"status"}"#).unwrap().op, Op::Status));
     }
@@ -660,7 +763,7 @@ mod tests {
 
     #[test]
     fn error_chain_says_each_cause_once() {
-        let inner = std::io::Error::from_raw_os_error(libc::EPERM);
+        let inner = std::io::Error::from_raw_os_error(1); // EPERM
         #[derive(Debug, thiserror::Error)]
         #[error("Cannot create TAP tap0")]
         struct Outer(#[source] std::io::Error);

@@ -1,0 +1,263 @@
+//! The datapath's event loop: epoll, queued work, busy polling, and one burst's walk from an
+//! edge through the switch to the destination edges.
+
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use nix::sys::epoll::{EpollEvent, EpollTimeout};
+
+use crate::ports::{EventCx, EventId, Outcome, Refused};
+use crate::switch::{BurstPlan, DropReason, PortId, TagAction};
+
+use super::batch::Batch;
+use super::capture::{Dir, Sink};
+use super::slab::Handle;
+use super::{Bridge, Cmd, Datapath, PortState, WAKE};
+
+/// How often a busy datapath still looks at epoll (control commands, other ports).
+const EPOLL_EVERY: u32 = 16;
+const EXPIRE_EVERY: Duration = Duration::from_secs(1);
+
+impl Datapath {
+    pub(super) fn run(mut self, rx: mpsc::Receiver<Cmd>) {
+        let mut last_expire = Instant::now();
+        let mut iter = 0u32;
+        while !self.stopping {
+            iter = iter.wrapping_add(1);
+            self.turn(&rx, iter, &mut last_expire);
+        }
+    }
+
+    /// One turn of the loop: epoll (blocking when nothing is hot), queued work, polled
+    /// queues, housekeeping.
+    pub fn turn(&mut self, rx: &mpsc::Receiver<Cmd>, iter: u32, last_expire: &mut Instant) {
+        let mut events = [EpollEvent::empty(); 64];
+        let hot = !self.pending.is_empty() || !self.polled.is_empty();
+        // While frames flow, epoll is only looked at now and then: the rings are polled.
+        if !hot || iter % EPOLL_EVERY == 0 {
+            let timeout = if hot { 0u16 } else { 1000 };
+            let n = match self.epoll.wait(&mut events, EpollTimeout::from(timeout)) {
+                Ok(n) => n,
+                Err(nix::errno::Errno::EINTR) => 0,
+                Err(e) => {
+                    log::error!("datapath: epoll_wait: {e}");
+                    std::thread::sleep(Duration::from_millis(100));
+                    0
+                }
+            };
+            for ev in &events[..n] {
+                let t = ev.data();
+                if t == WAKE {
+                    let _ = self.wake.read();
+                    while let Ok(cmd) = rx.try_recv() {
+                        cmd(self);
+                    }
+                } else {
+                    let (h, ev) = Handle::from_token(t);
+                    self.service(h, ev, true);
+                }
+            }
+        }
+        for _ in 0..self.pending.len() {
+            if let Some((h, ev)) = self.pending.pop_front() {
+                self.service(h, ev, false);
+            }
+        }
+        if !self.polled.is_empty() {
+            self.poll_idle_queues();
+        }
+        if vmnetd_vhost::guard::epoch() != self.guard_epoch {
+            self.check_guest_memory();
+        }
+        if last_expire.elapsed() >= EXPIRE_EVERY {
+            *last_expire = Instant::now();
+            let now = self.now();
+            for br in self.bridges.iter_mut().flatten() {
+                br.switch.expire(now);
+            }
+        }
+    }
+
+    /// A frontend shrank its memory file under us (the SIGBUS guard replaced the mapping):
+    /// let every edge look.
+    fn check_guest_memory(&mut self) {
+        self.guard_epoch = vmnetd_vhost::guard::epoch();
+        for br in self.bridges.iter_mut().flatten() {
+            for port in br.ports.iter_mut().flatten() {
+                if let Some(e) = port.edge.as_mut() {
+                    e.check_memory();
+                }
+            }
+        }
+    }
+
+    /// Busy-poll mode: one run of every polled event; past the budget without frames, their
+    /// notifications are turned back on and the thread may sleep.
+    fn poll_idle_queues(&mut self) {
+        let mut i = 0;
+        while i < self.polled.len() {
+            let (h, ev) = self.polled[i];
+            match self.run_event(h, ev, false) {
+                Some((got, more, true)) => {
+                    if got > 0 {
+                        self.last_frame = Instant::now();
+                    }
+                    if more {
+                        self.pending.push_back((h, ev));
+                    }
+                    i += 1;
+                }
+                // Gone, idle, or no longer pollable.
+                _ => {
+                    self.polled.swap_remove(i);
+                }
+            }
+        }
+        if self.last_frame.elapsed() >= self.settings.busy_poll {
+            for (h, ev) in std::mem::take(&mut self.polled) {
+                let more = self.port_mut(h).and_then(|p| p.edge.as_mut()).is_some_and(|e| e.stop_polling(ev));
+                if more {
+                    self.pending.push_back((h, ev));
+                }
+            }
+        }
+    }
+
+    /// Handles one event (`from_epoll`: epoll said so) or queued work: a bounded number of
+    /// bursts, the rest queued.
+    fn service(&mut self, h: Handle, ev: EventId, from_epoll: bool) {
+        let Some(bursts) = self.port_mut(h).and_then(|p| p.edge.as_ref()).map(|e| e.bursts_per_event()) else {
+            return; // a removed port's leftovers
+        };
+        let mut from_epoll = from_epoll;
+        for _ in 0..bursts {
+            match self.run_event(h, ev, from_epoll) {
+                None => return,
+                Some((got, more, pollable)) => {
+                    if got > 0 {
+                        self.last_frame = Instant::now();
+                    }
+                    if !more {
+                        if pollable && !self.polled.contains(&(h, ev)) {
+                            self.polled.push((h, ev));
+                        }
+                        return;
+                    }
+                }
+            }
+            from_epoll = false;
+        }
+        self.pending.push_back((h, ev));
+    }
+
+    /// Runs one event of a port's edge: its burst goes through the switch to the other
+    /// ports. Returns (frames, more waiting, pollable) after a burst; `None` when the port
+    /// is gone, the event was idle, or it changed the port (rewatched, failed).
+    fn run_event(&mut self, h: Handle, ev: EventId, from_epoll: bool) -> Option<(usize, bool, bool)> {
+        let place = self.slab.get(h)?;
+        let now = self.now();
+        let poll = !self.settings.busy_poll.is_zero();
+        let br = self.bridges.get_mut(place.bridge)?.as_mut()?;
+        let p = place.port;
+        let port = br.port_mut(p)?;
+        // The edge is lent to its own burst; the bridge (its switch and the other ports) to
+        // the ingress callback.
+        let mut edge = port.edge.take()?;
+        let mut batch = std::mem::take(&mut port.batch);
+        batch.clear();
+        let plan = &mut self.plan;
+        let cx = EventCx { from_epoll, poll };
+        let outcome = edge.on_event(ev, cx, &mut batch, &mut |b: &Batch, refused: Refused| {
+            ingress(br, p, b, refused, now, plan);
+        });
+        batch.clear();
+        let bridge_name = &br.name;
+        let port = br.ports.get_mut(p.index())?.as_mut()?;
+        port.edge = Some(edge);
+        port.batch = batch;
+        match outcome {
+            Outcome::Burst { frames, more, pollable } => Some((frames, more, pollable)),
+            Outcome::Idle => None,
+            Outcome::Rewatch => {
+                self.unwatch_handle(h);
+                if let Err(e) = self.watch(h) {
+                    log::warn!("datapath: cannot watch a port's fds: {e}");
+                }
+                None
+            }
+            Outcome::Failed(e) => {
+                log::warn!("bridge {bridge_name} port {}: receive failed, port down: {e}", port.name);
+                port.state = PortState::Down(e.to_string());
+                if let Some(tell) = &self.port_down {
+                    tell(bridge_name, &port.name);
+                }
+                self.unwatch_handle(h);
+                None
+            }
+        }
+    }
+
+    fn unwatch_handle(&mut self, h: Handle) {
+        let epoll = &self.epoll;
+        if let Some(place) = self.slab.get(h) {
+            if let Some(port) =
+                self.bridges.get_mut(place.bridge).and_then(Option::as_mut).and_then(|b| b.port_mut(place.port))
+            {
+                for (fd, _) in port.watched.drain(..) {
+                    let _ = epoll.delete(&fd);
+                }
+            }
+        }
+    }
+}
+
+/// A burst received on port `p`: captured, counted, decided on, and forwarded.
+fn ingress(br: &mut Bridge, p: PortId, batch: &Batch, refused: Refused, now: Duration, plan: &mut BurstPlan) {
+    for (reason, (frames, bytes)) in [(DropReason::RxError, refused.rx_error), (DropReason::BadGso, refused.bad_gso)] {
+        for _ in 0..frames {
+            br.switch.record_rx_drop(p, reason, (bytes / frames.max(1)) as usize);
+        }
+    }
+    if batch.is_empty() {
+        return;
+    }
+    if let Some(port) = br.port_mut(p) {
+        if !port.captures.is_empty() {
+            capture(&mut port.captures, Dir::Rx, batch, (0..batch.len()).map(|i| (i, TagAction::Keep)));
+        }
+    }
+    br.switch.ingress_burst(p, batch.infos(), now, plan);
+    forward(br, batch, plan);
+}
+
+/// Sends each destination its share of a decided burst, and counts what its edge could not
+/// deliver.
+fn forward(br: &mut Bridge, batch: &Batch, plan: &BurstPlan) {
+    for (dst, list) in plan.destinations() {
+        let Some(Some(dport)) = br.ports.get_mut(dst.index()) else {
+            continue;
+        };
+        // The ingress port's edge is lent to its burst: the switch never sends back to it.
+        let Some(edge) = dport.edge.as_mut() else { continue };
+        let r = edge.tx_burst(batch, list);
+        if !dport.captures.is_empty() {
+            capture(&mut dport.captures, Dir::Tx, batch, list.iter().map(|e| (e.frame, e.action)));
+        }
+        for (reason, (frames, bytes)) in
+            [(DropReason::NoRoom, r.no_room), (DropReason::TxError, r.errors), (DropReason::BadGso, r.bad_gso)]
+        {
+            if frames > 0 {
+                br.switch.record_tx_failure(dst, reason, frames, bytes);
+            }
+        }
+    }
+}
+
+fn capture(sinks: &mut Vec<Sink>, dir: Dir, batch: &Batch, frames: impl Iterator<Item = (usize, TagAction)> + Clone) {
+    sinks.retain_mut(|s| {
+        frames.clone().all(|(i, action)| {
+            let len = action.splice().out_len(batch.frames[i].len as usize);
+            s.offer(dir, len, |snap| batch.materialize(i, action, snap))
+        })
+    });
+}
