@@ -5,6 +5,9 @@
 # on CPU 1. Frames of 64, 512 and 1518 bytes; medians of several runs and the ratios. Then
 # 64 KiB TSO frames guest to guest, and an idle daemon with 100 vhost-user ports. Root.
 #   bench/vhost.sh [RUNS] [SECS]          (defaults: 5 runs of 3 s)
+# COMPARE=REV also builds git revision REV and measures it in the same run (backend
+# vmnetd-before), with the ratio this build / REV. BACKENDS=vmnetd,ovs,testpmd picks backends,
+# SIZES=64,512,1518 frame sizes; THROUGHPUT_ONLY=1 skips the TSO and idle parts.
 # OVS-DPDK and testpmd need huge pages: the script reserves 1024 x 2 MiB for the run and puts
 # the previous reservation back when it ends. Its OVS and testpmd are private (own run
 # directory, own DPDK file prefix) and it stops only what it started.
@@ -28,6 +31,18 @@ trap restore EXIT INT TERM
 
 runs=${1:-5}
 secs=${2:-3}
-target/release/bench-vhost --runs "$runs" --secs "$secs"
+backends=${BACKENDS:-vmnetd,ovs,testpmd}
+compare=""
+if [ -n "${COMPARE:-}" ]; then
+    wt=$(mktemp -d)
+    git worktree add --detach "$wt" "$COMPARE" >/dev/null
+    trap 'restore; git worktree remove --force "$wt"' EXIT INT TERM
+    cargo build --release --quiet -p vmnetd --manifest-path "$wt/Cargo.toml" --target-dir target/bench-before
+    compare="--build before=$PWD/target/bench-before/release/vmnetd"
+    backends="vmnetd-before,$backends"
+fi
+# shellcheck disable=SC2086
+target/release/bench-vhost --runs "$runs" --secs "$secs" --backends "$backends" --sizes "${SIZES:-64,512,1518}" $compare
+[ -n "${THROUGHPUT_ONLY:-}" ] && exit 0
 target/release/bench-vhost --gso --runs "$runs" --secs "$secs" --backends vmnetd,ovs
 target/release/bench-vhost --idle

@@ -187,6 +187,8 @@ pub struct Daemon {
     pub extra: Vec<String>,
     /// Extra environment of the daemon process.
     pub env: Vec<(String, String)>,
+    /// The `vmnetd` binary the daemon runs (benchmarks compare builds).
+    pub binary: PathBuf,
 }
 
 impl Daemon {
@@ -209,7 +211,7 @@ impl Daemon {
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "daemon already running");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("daemon log");
-        let child = Command::new(bin("vmnetd"))
+        let child = Command::new(&self.binary)
             .arg("daemon")
             .arg("--state-dir")
             .arg(self.root.join("state"))
@@ -252,6 +254,11 @@ impl Daemon {
     /// Starts a daemon with `extra` arguments (see [`Daemon::start_with`]) and `env` in its
     /// environment.
     pub fn start_env(root: &Path, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_binary(root, &bin("vmnetd"), extra, env)
+    }
+
+    /// Starts a daemon from another `vmnetd` binary (a benchmark's "before" build).
+    pub fn start_binary(root: &Path, binary: &Path, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
         let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         if !extra.iter().any(|a| a == "--config") {
             let cfg = root.join("empty.toml");
@@ -266,6 +273,7 @@ impl Daemon {
             log: root.join("daemon.log"),
             extra,
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            binary: binary.to_owned(),
         };
         d.restart();
         d
@@ -350,7 +358,7 @@ impl Daemon {
 
     /// Runs the `vmnetd` CLI against this daemon.
     pub fn cli(&self, args: &[&str]) -> Out {
-        let mut c = Command::new(bin("vmnetd"));
+        let mut c = Command::new(&self.binary);
         c.args(args).env("VMNETD_SOCKET", &self.socket);
         run_cmd(&mut c)
     }
@@ -358,7 +366,7 @@ impl Daemon {
     /// Runs the `vmnetd` CLI against this daemon as `uid:gid` (a non-root caller).
     pub fn cli_as(&self, uid: u32, gid: u32, args: &[&str]) -> Out {
         use std::os::unix::process::CommandExt;
-        let mut c = Command::new(bin("vmnetd"));
+        let mut c = Command::new(&self.binary);
         c.args(args).env("VMNETD_SOCKET", &self.socket).uid(uid).gid(gid);
         run_cmd(&mut c)
     }

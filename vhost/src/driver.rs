@@ -278,7 +278,7 @@ impl Driver {
             vq.avail_idx.wrapping_sub(ev).wrapping_sub(1) < vq.avail_idx.wrapping_sub(old)
         } else {
             let flags: u16 = self.mem.load(GuestAddress(vq.used), Ordering::Acquire).map(u16::from_le).unwrap_or(0);
-            flags & 1 == 0
+            flags & virtio_bindings::virtio_ring::VRING_USED_F_NO_NOTIFY as u16 == 0
         };
         if kick {
             let _ = vq.kick.write(1);
@@ -291,7 +291,8 @@ impl Driver {
         let old = self.vqs[q].avail_idx;
         while let Some(i) = self.vqs[q].free.pop() {
             let vq = &self.vqs[q];
-            self.write_desc(vq, i, self.buf(vq, i), self.buf_len as u32, 2 /* WRITE */);
+            let write = virtio_bindings::virtio_ring::VRING_DESC_F_WRITE as u16;
+            self.write_desc(vq, i, self.buf(vq, i), self.buf_len as u32, write);
             let slot = vq.avail + 4 + 2 * u64::from(vq.avail_idx % vq.size);
             let _ = self.mem.write_obj(i.to_le(), GuestAddress(slot));
             self.vqs[q].avail_idx = self.vqs[q].avail_idx.wrapping_add(1);

@@ -1,15 +1,22 @@
 //! vmnetd: host networking for QEMU/libvirt VMs.
 //!
-//! Module map:
+//! Module map (a frame's walk, then the control plane):
+//! - [`ports`]: the edges of the built-in bridge, each a [`ports::PortEdge`] — `netdev`
+//!   (AF_PACKET), `internal` (a TAP vmnetd holds), `vhost` (a guest's virtqueues).
+//! - [`datapath`]: the thread that runs every edge's events through the switch: the event
+//!   loop, bursts ([`datapath::batch`]), software offloads, captures, port handles.
 //! - [`switch`]: the built-in bridge's L2 switching core — pure logic, no I/O.
-//! - [`sys`]: the only `unsafe` code — TUN/TAP ioctls and socket calls.
-//! - [`tap`]: persistent TAP/TUN declarations (create, adopt, remove) on top of [`sys::tap`]
-//!   and [`netlink`].
-//! - [`netlink`]: rtnetlink link queries and changes.
-//! - [`api`]: the control protocol (shared with the libvirt hook); [`client`]: its client.
-//! - [`daemon`]: `vmnetd daemon` — control socket, state, restore; [`state`]: the persisted
-//!   declarations; [`config`]: the TOML config and its embedded default.
-//! - [`cli`]: the command line; [`users`]: user/group resolution; [`ifname`]: interface names.
+//! - [`bridge`]: bridge backends ([`bridge::BridgeBackend`]): the built-in bridge and the
+//!   kernel's Linux bridge, behind one shape.
+//! - [`daemon`]: `vmnetd daemon` — the control socket and who may do what, the request
+//!   handlers, the reconciler, start-up; [`state`]: the persisted declarations;
+//!   [`config`]: the TOML config and its embedded default.
+//! - [`tap`]: persistent TAP/TUN declarations; [`netlink`]: rtnetlink link queries and
+//!   changes; [`linuxbr`]: Linux bridge messages (VLANs, enslaving).
+//! - [`sys`]: the only `unsafe` code — TUN/TAP ioctls, AF_PACKET, iovecs.
+//! - [`cli`]: the command line; [`pcap`]: capture files.
+//! - [`api`], [`client`], [`ifname`], [`users`]: re-exported from the leaf crate
+//!   `vmnetd-api` (the protocol and its value types, shared with the libvirt hook).
 #![deny(unsafe_code)]
 
 pub mod bridge;

@@ -117,32 +117,38 @@ fn connect_retry(path: &Path, cfg: &Config) -> Result<Driver> {
 
 struct Vmnetd {
     daemon: Daemon,
+    name: &'static str,
     _dir: tempfile::TempDir,
 }
 
 impl Vmnetd {
-    fn start(busy_poll_us: Option<u32>) -> Result<Vmnetd> {
+    /// vmnetd from this build, or (`build`: label and binary) another one, compared in the
+    /// same run.
+    fn start(busy_poll_us: Option<u32>, build: Option<(&str, &Path)>) -> Result<Vmnetd> {
         let dir = test_dir();
-        let daemon = match busy_poll_us {
-            Some(us) => {
-                let cfg = dir.path().join("vmnetd.toml");
-                std::fs::write(&cfg, format!("[datapath]\nbusy_poll_us = {us}\n"))?;
-                Daemon::start_with(dir.path(), &["--config", cfg.to_str().unwrap()])
-            }
-            None => Daemon::start(dir.path()),
+        let cfg = dir.path().join("vmnetd.toml");
+        match busy_poll_us {
+            Some(us) => std::fs::write(&cfg, format!("[datapath]\nbusy_poll_us = {us}\n"))?,
+            None => std::fs::write(&cfg, "# defaults\n")?,
+        }
+        let binary = build.map_or_else(|| bin("vmnetd"), |(_, p)| p.to_owned());
+        let daemon = Daemon::start_binary(dir.path(), &binary, &["--config", cfg.to_str().unwrap()], &[]);
+        let name: &'static str = match build {
+            Some((label, _)) => Box::leak(format!("vmnetd-{label}").into_boxed_str()),
+            None => "vmnetd",
         };
         pin_process(daemon.pid().unwrap(), 1);
         daemon.cli(&["bridge", "add", "br0"]).ok();
         for p in ["a", "b"] {
             daemon.cli(&["port", "add", "br0", p, "--vhost-user", &format!("{p}.sock"), "--vlan", "10"]).ok();
         }
-        Ok(Vmnetd { daemon, _dir: dir })
+        Ok(Vmnetd { daemon, name, _dir: dir })
     }
 }
 
 impl Backend for Vmnetd {
     fn name(&self) -> &'static str {
-        "vmnetd"
+        self.name
     }
     fn connect(&mut self, cfg: &Config) -> Result<(Driver, Driver)> {
         let run = self.daemon.root.join("run");
@@ -451,6 +457,8 @@ struct Opts {
     no_mrg_rxbuf: bool,
     /// Back the generator's "guest memory" with 2 MiB huge pages.
     guest_hugepages: bool,
+    /// Other vmnetd builds to measure as backends `vmnetd-LABEL` (`--build LABEL=PATH`).
+    builds: Vec<(String, PathBuf)>,
 }
 
 fn throughput(o: &Opts) -> Result<()> {
@@ -464,7 +472,13 @@ fn throughput(o: &Opts) -> Result<()> {
     cfg.hugepages = o.guest_hugepages;
     for name in &o.backends {
         let mut be: Box<dyn Backend> = match name.as_str() {
-            "vmnetd" => Box::new(Vmnetd::start(o.busy_poll_us)?),
+            "vmnetd" => Box::new(Vmnetd::start(o.busy_poll_us, None)?),
+            other if other.starts_with("vmnetd-") => {
+                let label = &other["vmnetd-".len()..];
+                let path = o.builds.iter().find(|(l, _)| l == label).map(|(_, p)| p.clone());
+                let path = path.with_context(|| format!("no --build {label}=PATH for backend {other}"))?;
+                Box::new(Vmnetd::start(o.busy_poll_us, Some((label, &path)))?)
+            }
             "ovs" => Box::new(Ovs::start(false)?),
             "testpmd" => Box::new(Testpmd::start()?),
             other => bail!("unknown backend {other}"),
@@ -506,6 +520,12 @@ fn throughput(o: &Opts) -> Result<()> {
     }
     println!();
     for &size in &o.sizes {
+        for (label, _) in &o.builds {
+            let other = format!("vmnetd-{label}");
+            if let (Some(v), Some(x)) = (med.get(&("vmnetd", size)), med.get(&(other.as_str(), size))) {
+                println!("{size:>5} B: vmnetd (this build) / {other} {:.2}x", v.0 / x.0);
+            }
+        }
         let v = med.get(&("vmnetd", size));
         let ovs = med.get(&("ovs-dpdk", size));
         let tp = med.get(&("testpmd-io", size));
@@ -535,7 +555,13 @@ fn gso(o: &Opts) -> Result<()> {
     let mut out = Vec::new();
     for name in &o.backends {
         let mut be: Box<dyn Backend> = match name.as_str() {
-            "vmnetd" => Box::new(Vmnetd::start(o.busy_poll_us)?),
+            "vmnetd" => Box::new(Vmnetd::start(o.busy_poll_us, None)?),
+            other if other.starts_with("vmnetd-") => {
+                let label = &other["vmnetd-".len()..];
+                let path = o.builds.iter().find(|(l, _)| l == label).map(|(_, p)| p.clone());
+                let path = path.with_context(|| format!("no --build {label}=PATH for backend {other}"))?;
+                Box::new(Vmnetd::start(o.busy_poll_us, Some((label, &path)))?)
+            }
             "ovs" => Box::new(Ovs::start(true)?),
             _ => continue,
         };
@@ -637,6 +663,16 @@ fn main() -> Result<()> {
         busy_poll_us: get("--busy-poll-us").map(|s| s.parse().expect("--busy-poll-us N")),
         no_mrg_rxbuf: args.iter().any(|a| a == "--no-mrg-rxbuf"),
         guest_hugepages: args.iter().any(|a| a == "--guest-hugepages"),
+        builds: args
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| *a == "--build")
+            .filter_map(|(i, _)| args.get(i + 1))
+            .map(|b| {
+                let (l, p) = b.split_once('=').expect("--build LABEL=PATH");
+                (l.to_owned(), PathBuf::from(p))
+            })
+            .collect(),
     };
     let _ = bin("vmnetd");
     if args.iter().any(|a| a == "--idle") {

@@ -224,7 +224,8 @@ impl BridgeBackend for Builtin {
                 })
                 .await
                 .map_err(gone)?;
-            Ok(false)
+            // vmnetd's own switch: always made by vmnetd.
+            Ok(true)
         }
         .boxed()
     }

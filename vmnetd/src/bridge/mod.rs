@@ -13,6 +13,8 @@
 
 pub mod builtin;
 pub mod linux;
+#[cfg(all(test, feature = "root-tests"))]
+mod tests;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -201,8 +201,7 @@ impl Core {
         let cx = self.ctx();
         let backend = bridge::backend(spec.kind);
         let created = backend.create(&cx, &spec).await?;
-        // vmnetd's own switch is always "created"; a kernel bridge only if it was made now.
-        let decl = BridgeDecl { spec: spec.clone(), created: created || spec.kind == crate::api::BridgeKind::Builtin };
+        let decl = BridgeDecl { spec: spec.clone(), created };
         self.state.bridges.push(decl.clone());
         if let Err(e) = self.store.save(&self.state) {
             self.state.bridges.pop();

@@ -32,6 +32,28 @@ pub struct Core {
     pub limits: UserLimits,
 }
 
+#[cfg(test)]
+impl Core {
+    /// A core with no declarations, its state under `dir` (for unit tests).
+    pub fn for_tests(nl: Netlink, dp: std::sync::Arc<crate::datapath::DatapathHandle>, dir: &std::path::Path) -> Core {
+        let store = Store::open(&dir.join("state")).expect("state dir");
+        Core {
+            nl,
+            dp,
+            config_bridges: Vec::new(),
+            config_ports: Vec::new(),
+            store,
+            state: State::new(),
+            config_taps: Vec::new(),
+            config_origin: "test".into(),
+            paths: Paths { state_dir: dir.join("state"), run_dir: dir.to_owned(), socket: dir.join("vmnetd.sock") },
+            started: Instant::now(),
+            test_hooks: false,
+            limits: UserLimits { max_ports_per_user: 64 },
+        }
+    }
+}
+
 /// Quotas of non-root control-socket callers (`[control]`).
 #[derive(Debug, Clone, Copy)]
 pub struct UserLimits {

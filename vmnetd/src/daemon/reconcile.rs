@@ -20,7 +20,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio::sync::{mpsc, Mutex};
 
-use crate::bridge::{self, port_ifname, Ctx};
+use crate::bridge::{port_ifname, Ctx};
 use crate::state::PortDecl;
 use crate::tap::Policy;
 
@@ -121,8 +121,7 @@ pub async fn round(core: &Mutex<Core>, events: &[Event]) -> Round {
     // 2. Without the lock: status (one pass per bridge), then the repairs.
     let mut results: Vec<(PortDecl, bool)> = Vec::new();
     for group in candidates.chunk_by(|a, b| a.spec.bridge == b.spec.bridge) {
-        let Some(kind) = kind_of(core, &group[0]).await else { continue };
-        let backend = bridge::backend(kind);
+        let Ok(backend) = core.lock().await.backend(&group[0].spec.bridge) else { continue };
         let views = match backend.views(&cx, group).await {
             Ok(v) => v,
             Err(e) => {
@@ -154,8 +153,8 @@ pub async fn round(core: &Mutex<Core>, events: &[Event]) -> Round {
         let still =
             c.port_decl(decl.spec.bridge.as_str(), decl.spec.name.as_str()).is_some_and(|(d, _)| d.spec == decl.spec);
         if !still {
-            if let Some((k, _)) = c.bridge_decl(decl.spec.bridge.as_str()) {
-                bridge::backend(k.spec.kind).detach(&cx, &decl).await;
+            if let Ok(backend) = c.backend(&decl.spec.bridge) {
+                backend.detach(&cx, &decl).await;
             }
             continue;
         }
@@ -202,10 +201,6 @@ fn concerned(c: &Core, events: &[Event]) -> Vec<PortDecl> {
         })
         .map(|(p, _)| p.clone())
         .collect()
-}
-
-async fn kind_of(core: &Mutex<Core>, decl: &PortDecl) -> Option<crate::api::BridgeKind> {
-    core.lock().await.bridge_decl(decl.spec.bridge.as_str()).map(|(b, _)| b.spec.kind)
 }
 
 async fn interface_exists(cx: &Ctx, decl: &PortDecl) -> bool {

@@ -1,0 +1,217 @@
+//! Human output of each noun: aligned tables and plain lines (what `--json` replaces).
+
+use crate::api::{BridgeInfo, FdbRow, PortInfo, PortStats, Source, Status, TapInfo};
+
+/// `vmnetd bridge list`.
+pub fn bridges(list: &[BridgeInfo]) {
+    let rows = list
+        .iter()
+        .map(|b| {
+            vec![
+                b.name.to_string(),
+                b.kind.to_string(),
+                b.ports.to_string(),
+                b.fdb_entries.to_string(),
+                format!("{}s", b.ageing),
+                b.max_macs.to_string(),
+                source_name(b.source).into(),
+            ]
+        })
+        .collect::<Vec<_>>();
+    table(&["NAME", "KIND", "PORTS", "FDB", "AGEING", "MAX-MACS", "SOURCE"], &rows);
+}
+
+/// `vmnetd port list`.
+pub fn ports(list: &[PortInfo]) {
+    let rows = list
+        .iter()
+        .map(|p| {
+            let c = p.counters.clone().unwrap_or_default();
+            vec![
+                p.bridge.to_string(),
+                p.name.to_string(),
+                p.kind.type_name().into(),
+                p.ifname
+                    .as_ref()
+                    .map(|i| i.to_string())
+                    .or_else(|| p.vhost.as_ref().map(|v| v.socket.clone()))
+                    .unwrap_or_else(|| "-".into()),
+                p.vlan.to_string(),
+                if p.macs.is_empty() {
+                    "-".into()
+                } else {
+                    let m: Vec<String> = p.macs.iter().map(|m| m.to_string()).collect();
+                    format!("{}{}", m.join(","), if p.lock_mac { " (locked)" } else { "" })
+                },
+                p.kernel_vlans.as_ref().map_or("-".into(), |v| {
+                    let s: Vec<String> = v
+                        .iter()
+                        .map(|k| {
+                            format!(
+                                "{}{}{}",
+                                k.vid,
+                                if k.pvid { " pvid" } else { "" },
+                                if k.untagged { " untagged" } else { "" }
+                            )
+                        })
+                        .collect();
+                    if s.is_empty() {
+                        "none".into()
+                    } else {
+                        s.join(",")
+                    }
+                }),
+                p.status.to_string(),
+                c.rx_packets.to_string(),
+                c.tx_packets.to_string(),
+                c.drops.values().sum::<u64>().to_string(),
+            ]
+        })
+        .collect::<Vec<_>>();
+    table(
+        &["BRIDGE", "PORT", "KIND", "INTERFACE", "VLAN", "MACS", "KERNEL-VLANS", "STATE", "RX", "TX", "DROPS"],
+        &rows,
+    );
+}
+
+/// `vmnetd fdb show`.
+pub fn fdb(rows: &[FdbRow]) {
+    let t = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.vlan.to_string(),
+                r.mac.to_string(),
+                r.port.clone(),
+                if r.is_static { "static".into() } else { format!("{}s", r.age_secs) },
+            ]
+        })
+        .collect::<Vec<_>>();
+    table(&["VLAN", "MAC", "PORT", "AGE"], &t);
+}
+
+/// `vmnetd status`.
+pub fn status(st: &Status) {
+    println!("vmnetd {} (protocol {}), pid {}, up {}s", st.version, st.protocol, st.pid, st.uptime_secs);
+    println!("socket:    {}", st.socket);
+    println!("state dir: {}", st.state_dir);
+    println!("run dir:   {}", st.run_dir);
+    println!("config:    {}", st.config);
+    println!("taps:      {}", st.taps);
+    println!("bridges:   {}", st.bridges);
+    println!("ports:     {}", st.ports);
+}
+
+/// `vmnetd stats`.
+pub fn stats(stats: &[PortStats]) {
+    let rows = stats
+        .iter()
+        .map(|s| {
+            let c = &s.counters;
+            let drops: Vec<String> = c.drops.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            vec![
+                s.bridge.to_string(),
+                s.port.to_string(),
+                c.rx_packets.to_string(),
+                c.rx_bytes.to_string(),
+                c.tx_packets.to_string(),
+                c.tx_bytes.to_string(),
+                c.rx_flooded.to_string(),
+                c.learned.to_string(),
+                if drops.is_empty() { "-".into() } else { drops.join(",") },
+            ]
+        })
+        .collect::<Vec<_>>();
+    table(&["BRIDGE", "PORT", "RX-PKTS", "RX-BYTES", "TX-PKTS", "TX-BYTES", "FLOODED", "LEARNED", "DROPS"], &rows);
+}
+
+/// One line describing a frame, tcpdump-style.
+pub fn describe_frame(ts_us: u64, dir: &str, data: &[u8], len: u32) -> String {
+    use crate::switch::wire::EthernetFrame;
+    let secs = ts_us / 1_000_000;
+    let t = format!("{:02}:{:02}:{:02}.{:06}", (secs / 3600) % 24, (secs / 60) % 60, secs % 60, ts_us % 1_000_000);
+    let Ok(f) = EthernetFrame::new_checked(data) else {
+        return format!("{t} {dir} malformed frame, length {len}");
+    };
+    let et = f.ethertype();
+    let name = match et {
+        0x0800 => "IPv4",
+        0x0806 => "ARP",
+        0x86dd => "IPv6",
+        0x88cc => "LLDP",
+        _ => "",
+    };
+    let vlan = f.tci().map_or(String::new(), |t| format!(", vlan {} p {}", t.vid(), t.pcp()));
+    format!("{t} {dir} {} > {}{vlan}, ethertype {name} (0x{et:04x}), length {len}", f.src(), f.dst())
+}
+
+/// `vmnetd tap list`.
+pub fn taps(taps: &[TapInfo]) {
+    let rows: Vec<Vec<String>> = taps
+        .iter()
+        .map(|t| {
+            let mut flags = Vec::new();
+            if t.multi_queue {
+                flags.push("multi_queue");
+            }
+            if t.vnet_hdr {
+                flags.push("vnet_hdr");
+            }
+            vec![
+                t.name.to_string(),
+                t.mode.to_string(),
+                t.owner.as_ref().map_or("-".into(), |p| p.to_string()),
+                t.group.as_ref().map_or("-".into(), |p| p.to_string()),
+                if flags.is_empty() { "-".into() } else { flags.join(",") },
+                t.mtu.map_or("-".into(), |m| m.to_string()),
+                t.mac.map_or("-".into(), |m| m.to_string()),
+                match (t.present, t.queues_attached) {
+                    (false, _) => "missing".into(),
+                    (true, 0) => "idle".into(),
+                    (true, n) => format!("in use ({n})"),
+                },
+                match t.source {
+                    Source::Config => "config",
+                    Source::State => "state",
+                    Source::None => "-",
+                }
+                .into(),
+                if t.created { "created" } else { "adopted" }.into(),
+            ]
+        })
+        .collect();
+    table(&["NAME", "MODE", "USER", "GROUP", "FLAGS", "MTU", "MAC", "STATE", "SOURCE", "ORIGIN"], &rows);
+}
+
+pub fn source_name(s: Source) -> &'static str {
+    match s {
+        Source::Config => "config",
+        Source::State => "state",
+        Source::None => "-",
+    }
+}
+
+/// Prints rows as a left-aligned table with a header.
+pub fn table(header: &[&str], rows: &[Vec<String>]) {
+    let mut w: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<width$}  ", width = w[i]));
+            }
+        }
+        println!("{}", s.trim_end());
+    };
+    line(header.to_vec());
+    for r in rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+}
