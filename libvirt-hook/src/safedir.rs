@@ -12,18 +12,29 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 
 use nix::errno::Errno;
-use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+use nix::fcntl::OFlag;
 use nix::sys::stat::{fchmod, fstat, mkdirat, Mode};
 use nix::unistd::{fchown, unlinkat, Gid, Uid, UnlinkatFlags};
 
-fn open_beneath(dir: &OwnedFd, name: &str) -> nix::Result<OwnedFd> {
-    openat2(
-        dir,
-        name,
-        OpenHow::new()
-            .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
-            .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_BENEATH),
-    )
+/// Opens the directory `path` (relative, `a/b/c`) beneath `dir`, one component at a time,
+/// each with `O_NOFOLLOW`: no symlink anywhere on the way is followed and `..` never
+/// climbs out (what `openat2`'s `RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH` promise, on every
+/// kernel).
+fn open_beneath(dir: &OwnedFd, path: &str) -> nix::Result<OwnedFd> {
+    let mut fd: Option<OwnedFd> = None;
+    for name in path.split('/') {
+        if name.is_empty() || name == "." || name == ".." {
+            return Err(Errno::EXDEV);
+        }
+        let next = nix::fcntl::openat(
+            fd.as_ref().unwrap_or(dir),
+            name,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+            Mode::empty(),
+        )?;
+        fd = Some(next);
+    }
+    fd.ok_or(Errno::EXDEV)
 }
 
 fn err(what: String, e: impl Into<io::Error>) -> io::Error {

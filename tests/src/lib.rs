@@ -189,6 +189,8 @@ pub struct Daemon {
     pub env: Vec<(String, String)>,
     /// The `vmnetd` binary the daemon runs (benchmarks compare builds).
     pub binary: PathBuf,
+    /// A command the daemon runs under (`valgrind --tool=callgrind ...`); the CLI does not.
+    pub wrapper: Vec<String>,
 }
 
 impl Daemon {
@@ -211,7 +213,15 @@ impl Daemon {
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "daemon already running");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("daemon log");
-        let child = Command::new(&self.binary)
+        let mut cmd = match self.wrapper.split_first() {
+            Some((w, rest)) => {
+                let mut c = Command::new(w);
+                c.args(rest).arg(&self.binary);
+                c
+            }
+            None => Command::new(&self.binary),
+        };
+        let child = cmd
             .arg("daemon")
             .arg("--state-dir")
             .arg(self.root.join("state"))
@@ -233,7 +243,8 @@ impl Daemon {
     }
 
     fn wait_ready(&mut self) -> Result<()> {
-        let end = Instant::now() + Duration::from_secs(30);
+        // A daemon under valgrind starts some 50 times slower.
+        let end = Instant::now() + Duration::from_secs(if self.wrapper.is_empty() { 30 } else { 120 });
         loop {
             if let Some(st) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 self.child = None;
@@ -245,7 +256,7 @@ impl Daemon {
                 }
             }
             if Instant::now() > end {
-                bail!("vmnetd daemon did not answer on {} within 30 s", self.socket.display());
+                bail!("vmnetd daemon did not answer on {}", self.socket.display());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -259,6 +270,16 @@ impl Daemon {
 
     /// Starts a daemon from another `vmnetd` binary (a benchmark's "before" build).
     pub fn start_binary(root: &Path, binary: &Path, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
+        Daemon::launch(root, binary, &[], extra, env)
+    }
+
+    /// Starts a daemon from `binary` under `wrapper` (a profiler such as
+    /// `valgrind --tool=callgrind`); the CLI still runs `binary` directly.
+    pub fn start_wrapped(root: &Path, binary: &Path, wrapper: &[String], extra: &[&str]) -> Daemon {
+        Daemon::launch(root, binary, wrapper, extra, &[])
+    }
+
+    fn launch(root: &Path, binary: &Path, wrapper: &[String], extra: &[&str], env: &[(&str, &str)]) -> Daemon {
         let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         if !extra.iter().any(|a| a == "--config") {
             let cfg = root.join("empty.toml");
@@ -274,6 +295,7 @@ impl Daemon {
             extra,
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             binary: binary.to_owned(),
+            wrapper: wrapper.to_vec(),
         };
         d.restart();
         d

@@ -14,6 +14,8 @@
 //!  [--busy-poll-us US] [--no-mrg-rxbuf] [--guest-hugepages]`
 //! `bench-vhost --gso` : 64 KiB TSO frames guest to guest (vmnetd and OVS-DPDK with
 //! userspace TSO), Gbit/s.
+//! `bench-vhost --callgrind [--backends vmnetd,vmnetd-LABEL --build LABEL=PATH]` :
+//! instructions per forwarded frame in the datapath thread, under callgrind.
 //! `bench-vhost --idle` : an idle daemon with 100 vhost-user ports (10 of them connected,
 //! after a burst of traffic): CPU and RSS.
 
@@ -125,6 +127,11 @@ impl Vmnetd {
     /// vmnetd from this build, or (`build`: label and binary) another one, compared in the
     /// same run.
     fn start(busy_poll_us: Option<u32>, build: Option<(&str, &Path)>) -> Result<Vmnetd> {
+        Vmnetd::start_under(busy_poll_us, build, &[])
+    }
+
+    /// As [`Vmnetd::start`], the daemon running under `wrapper` (a profiler).
+    fn start_under(busy_poll_us: Option<u32>, build: Option<(&str, &Path)>, wrapper: &[String]) -> Result<Vmnetd> {
         let dir = test_dir();
         let cfg = dir.path().join("vmnetd.toml");
         match busy_poll_us {
@@ -132,7 +139,7 @@ impl Vmnetd {
             None => std::fs::write(&cfg, "# defaults\n")?,
         }
         let binary = build.map_or_else(|| bin("vmnetd"), |(_, p)| p.to_owned());
-        let daemon = Daemon::start_binary(dir.path(), &binary, &["--config", cfg.to_str().unwrap()], &[]);
+        let daemon = Daemon::start_wrapped(dir.path(), &binary, wrapper, &["--config", cfg.to_str().unwrap()]);
         let name: &'static str = match build {
             Some((label, _)) => Box::leak(format!("vmnetd-{label}").into_boxed_str()),
             None => "vmnetd",
@@ -396,6 +403,7 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 struct Sample {
+    frames: u64,
     mpps: f64,
     gbps: f64,
     /// Backend CPU use during the run, in cores.
@@ -423,10 +431,100 @@ fn measure(a: &mut Driver, b: &mut Driver, wire_len: usize, secs: f64, pid: Opti
     let c1 = pid.map(cpu_ticks).unwrap_or(0);
     let _ = bytes;
     Sample {
+        frames,
         mpps: frames as f64 / el / 1e6,
         gbps: frames as f64 * wire_len as f64 * 8.0 / el / 1e9,
         cpu: (c1 - c0) as f64 / ticks / el,
     }
+}
+
+/// `--callgrind`: instructions the datapath thread executes per forwarded frame, for each
+/// vmnetd build in `--backends`, with the daemon under valgrind's callgrind. Unlike a packet
+/// rate on a shared 2-core machine this is deterministic to a fraction of a percent, so a
+/// change's cost per frame can be told from noise. Under valgrind the daemon is ~50x slower
+/// than the generator, so its TX ring never runs dry and idle polls do not dilute the count.
+fn callgrind(o: &Opts) -> Result<()> {
+    pin_self(0);
+    let cfg = Config { queue_size: 1024, ..Default::default() };
+    let mut rows = Vec::new();
+    for name in &o.backends {
+        for &size in &o.sizes {
+            let out = tempfile::tempdir()?;
+            let wrapper: Vec<String> = vec![
+                "valgrind".into(),
+                "--tool=callgrind".into(),
+                "--separate-threads=yes".into(),
+                format!("--callgrind-out-file={}/cg.out", out.path().display()),
+            ];
+            let build = match name.as_str() {
+                "vmnetd" => None,
+                other if other.starts_with("vmnetd-") => {
+                    let label = &other["vmnetd-".len()..];
+                    let path = o.builds.iter().find(|(l, _)| l == label).map(|(l, p)| (l.as_str(), p.as_path()));
+                    Some(path.with_context(|| format!("no --build {label}=PATH for backend {other}"))?)
+                }
+                other => bail!("--callgrind measures vmnetd builds, not {other}"),
+            };
+            let be = Vmnetd::start_under(o.busy_poll_us, build, &wrapper)?;
+            let pid = be.daemon.pid().context("daemon pid")?;
+            let (mut a, mut b) = connect_retry(&be.daemon.root.join("run").join("a.sock"), &cfg)
+                .and_then(|a| Ok((a, connect_retry(&be.daemon.root.join("run").join("b.sock"), &cfg)?)))?;
+            std::thread::sleep(Duration::from_millis(500));
+            learn(&mut a, &mut b);
+            a.prime_tx(0, &VnetHdr::default(), &frame(MAC_A, MAC_B, size - 4));
+            measure(&mut a, &mut b, size, 2.0, None);
+            callgrind_control(pid, "--zero")?;
+            let s = measure(&mut a, &mut b, size, o.secs, None);
+            let before: Vec<PathBuf> = files(out.path())?;
+            callgrind_control(pid, "--dump=measured")?;
+            let dumped: Vec<PathBuf> = files(out.path())?.into_iter().filter(|f| !before.contains(f)).collect();
+            // The datapath thread is the one that ran the most instructions.
+            let ir = dumped.iter().filter_map(|f| totals(f)).max().context("callgrind wrote no dump")?;
+            let per = ir as f64 / s.frames.max(1) as f64;
+            eprintln!(
+                "  {:<14} {size:>5} B: {} frames, {ir} Ir in the datapath thread, {per:.0} Ir/frame",
+                be.name, s.frames
+            );
+            rows.push((be.name, size, per));
+            drop((a, b));
+            drop(be);
+        }
+    }
+    println!();
+    println!("instructions per forwarded frame, datapath thread (callgrind; lower is better)");
+    println!("{:<14} {:>6} {:>10}", "build", "frame", "Ir/frame");
+    for (n, size, per) in &rows {
+        println!("{n:<14} {size:>6} {per:>10.0}");
+    }
+    for &size in &o.sizes {
+        let this = rows.iter().find(|r| r.0 == "vmnetd" && r.1 == size);
+        for other in rows.iter().filter(|r| r.0 != "vmnetd" && r.1 == size) {
+            if let Some(t) = this {
+                println!("{size:>5} B: vmnetd (this build) / {} {:.3}x instructions", other.0, t.2 / other.2);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn callgrind_control(pid: u32, action: &str) -> Result<()> {
+    let o = Command::new("callgrind_control").arg(action).arg(pid.to_string()).output()?;
+    if !o.status.success() {
+        bail!("callgrind_control {action}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    Ok(())
+}
+
+fn files(dir: &Path) -> Result<Vec<PathBuf>> {
+    Ok(std::fs::read_dir(dir)?.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+}
+
+/// The `summary:` (or `totals:`) Ir of a callgrind output file.
+fn totals(f: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(f).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("summary:").or_else(|| l.strip_prefix("totals:")))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -680,6 +778,9 @@ fn main() -> Result<()> {
     }
     if args.iter().any(|a| a == "--gso") {
         return gso(&o);
+    }
+    if args.iter().any(|a| a == "--callgrind") {
+        return callgrind(&o);
     }
     throughput(&o)
 }
