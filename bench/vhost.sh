@@ -1,19 +1,26 @@
 #!/bin/sh
 # vhost-user port to port, in one run: vmnetd's built-in bridge, OVS-DPDK (netdev bridge, two
 # dpdkvhostuserclient ports on access VLAN 10, NORMAL) and dpdk-testpmd io-forwarding (the plumbing
-# limit), driven by the same in-process generator and sink on CPU 0, each backend's datapath
-# on CPU 1. Frames of 64, 512 and 1518 bytes; medians of several runs and the ratios. Then
-# 64 KiB TSO frames guest to guest, and an idle daemon with 100 vhost-user ports. Root.
+# limit), each driven by the same guests on CPU 0, each backend's datapath on CPU 1:
+#   driver        bench-vhost's in-process virtio-net driver (ring indices only, no per-frame work)
+#   dpdk          target/vu-gen (bench/dpdk/vu-gen.c, built here): DPDK's own net_virtio_user PMD
+#                 as generator and sink, default devargs (in_order on), fresh mbufs per burst
+#   dpdk-noorder  the same with in_order=0
+# Frames of 64, 512 and 1518 bytes; per guest a table of medians of several runs (with the
+# min-max spread, the backend's cores and, for DPDK guests, how often the generator's TX ring
+# was full: high = the backend was the limit) and the ratios. Then 64 KiB TSO frames guest to
+# guest, and an idle daemon with 100 vhost-user ports. Root.
 #   bench/vhost.sh [RUNS] [SECS]          (defaults: 5 runs of 3 s)
+# GUESTS=driver,dpdk,dpdk-noorder picks the guests (throughput and CALLGRIND).
 # COMPARE=REV also builds git revision REV and measures it in the same run (backend
 # vmnetd-before), with the ratio this build / REV. BACKENDS=vmnetd,ovs,testpmd picks backends,
 # SIZES=64,512,1518 frame sizes; THROUGHPUT_ONLY=1 skips the TSO and idle parts.
 # CALLGRIND=1 instead counts the instructions vmnetd's datapath thread runs per forwarded
-# frame under valgrind (this build, and REV with COMPARE): deterministic to ~0.1 %, where
-# packet rates on a shared machine vary by +-25 % between runs.
-# OVS-DPDK and testpmd need huge pages: the script reserves 1024 x 2 MiB for the run and puts
-# the previous reservation back when it ends. Its OVS and testpmd are private (own run
-# directory, own DPDK file prefix) and it stops only what it started.
+# frame under valgrind (this build, and REV with COMPARE), for each guest in GUESTS:
+# deterministic to ~0.1 %, where packet rates on a shared machine vary by +-25 % between runs.
+# OVS-DPDK, testpmd and vu-gen need huge pages: the script reserves 1024 x 2 MiB for the run
+# and puts the previous reservation back when it ends. Its OVS, testpmd and vu-gen are private
+# (own run directory, own DPDK file prefix) and it stops only what it started.
 set -eu
 cd "$(dirname "$0")/.."
 for b in dpdk-testpmd /usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk ovsdb-server ovs-vsctl; do
@@ -24,6 +31,18 @@ for b in dpdk-testpmd /usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk ovsdb-s
 done
 [ "$(nproc)" -ge 2 ] || { echo "needs 2 CPUs (generator on CPU 0, datapath on CPU 1)" >&2; exit 1; }
 cargo build --release --quiet --workspace --bins
+guests=${GUESTS:-driver,dpdk,dpdk-noorder}
+case ",$guests," in
+*,dpdk*)
+    pkg-config --exists libdpdk || { echo "libdpdk is missing: apt-get install libdpdk-dev pkg-config" >&2; exit 1; }
+    if [ ! -x target/vu-gen ] || [ bench/dpdk/vu-gen.c -nt target/vu-gen ]; then
+        # -march=native after DPDK's own -march, so it wins.
+        # shellcheck disable=SC2046
+        cc -O3 $(pkg-config --cflags libdpdk) -march=native bench/dpdk/vu-gen.c -o target/vu-gen \
+            $(pkg-config --libs libdpdk)
+    fi
+    ;;
+esac
 
 hp=/proc/sys/vm/nr_hugepages
 old=$(cat $hp)
@@ -49,11 +68,13 @@ if [ -n "${CALLGRIND:-}" ]; then
     cb=vmnetd
     [ -n "$compare" ] && cb=vmnetd-before,vmnetd
     # shellcheck disable=SC2086
-    target/release/bench-vhost --callgrind --secs "$secs" --backends "$cb" --sizes "${SIZES:-64,1518}" $compare
+    target/release/bench-vhost --callgrind --secs "$secs" --backends "$cb" --sizes "${SIZES:-64,1518}" \
+        --guest "$guests" $compare
     exit 0
 fi
 # shellcheck disable=SC2086
-target/release/bench-vhost --runs "$runs" --secs "$secs" --backends "$backends" --sizes "${SIZES:-64,512,1518}" $compare
+target/release/bench-vhost --runs "$runs" --secs "$secs" --backends "$backends" --sizes "${SIZES:-64,512,1518}" \
+    --guest "$guests" $compare
 [ -n "${THROUGHPUT_ONLY:-}" ] && exit 0
 target/release/bench-vhost --gso --runs "$runs" --secs "$secs" --backends vmnetd,ovs
 target/release/bench-vhost --idle

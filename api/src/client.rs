@@ -55,9 +55,16 @@ impl Client {
     pub fn raw_call(&mut self, op: Op) -> Result<Response> {
         let mut line = serde_json::to_vec(&Request::new(op)).map_err(|e| Error::BadResponse(e.to_string()))?;
         line.push(b'\n');
-        self.writer.write_all(&line).map_err(Error::Io)?;
+        // A daemon that refuses a connection (e.g. a user over its connection cap) answers
+        // at once and closes; the write may then fail although the reason is waiting to be
+        // read, so a failed write still looks for a reply before reporting it.
+        let written = self.writer.write_all(&line);
         let mut resp = String::new();
-        let n = self.reader.read_line(&mut resp).map_err(Error::Io)?;
+        let n = match (written, self.reader.read_line(&mut resp)) {
+            (Err(_), Ok(n)) if n > 0 => n,
+            (Err(e), _) => return Err(Error::Io(e)),
+            (Ok(()), r) => r.map_err(Error::Io)?,
+        };
         if n == 0 {
             return Err(Error::Io(io::Error::new(io::ErrorKind::UnexpectedEof, "daemon closed the connection")));
         }

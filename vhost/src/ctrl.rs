@@ -6,7 +6,6 @@
 //! answered `VIRTIO_NET_ERR`, as the spec asks.
 
 use virtio_queue::QueueT;
-use vm_memory::Bytes;
 
 use crate::device::{DevState, Memory};
 use crate::ring::{self, Ring, RingError, Xlate};
@@ -121,7 +120,7 @@ pub fn process(st: &mut DevState, mem: &Memory, max_pairs: u16) -> Result<usize,
             } else if status_at.is_none() && cmd.len() + d.len as usize <= MAX_CMD {
                 let at = cmd.len();
                 cmd.resize(at + d.len as usize, 0);
-                slice.copy_to(&mut cmd[at..]);
+                slice.read_to(&mut cmd[at..]);
             } else {
                 bad = true;
                 return false;
@@ -130,7 +129,7 @@ pub fn process(st: &mut DevState, mem: &Memory, max_pairs: u16) -> Result<usize,
         });
         let ack = if bad || walked.is_err() { ERR } else { apply(st, max_pairs, &cmd) };
         let len = match status_at {
-            Some(s) if !bad && walked.is_ok() && s.write_obj(ack, 0).is_ok() => 1,
+            Some(s) if !bad && walked.is_ok() && s.write_from(&[ack]) => 1,
             _ => 0,
         };
         ring.put_used(used, head, len);
@@ -151,6 +150,7 @@ pub fn process(st: &mut DevState, mem: &Memory, max_pairs: u16) -> Result<usize,
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vm_memory::Bytes;
 
     fn st() -> DevState {
         DevState::new(9)

@@ -20,7 +20,7 @@ use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestRegion
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::device::Memory;
-use crate::ring::Slice;
+type Slice<'m> = vm_memory::VolatileSlice<'m, vm_memory::bitmap::MS<'m, Memory>>;
 use crate::virtio_net::{features, VnetHdr, HDR_LEN};
 
 /// Bytes of one buffer (virtio-net header included), unless [`Config::buf_len`] says more.

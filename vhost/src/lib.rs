@@ -11,8 +11,8 @@
 //!   tests and benchmarks.
 //! - [`guard`]: guest memory that a frontend shrinks under us does not kill the process.
 //!
-//! `unsafe` code lives in one private module (`sys`): CPU prefetch hints and the SIGBUS
-//! guard.
+//! `unsafe` code lives in one private module (`sys`): CPU prefetch hints, raw copies through
+//! bounds-checked spans of guest memory ([`ring::Span`]), and the SIGBUS guard.
 #![deny(unsafe_code)]
 
 mod sys;

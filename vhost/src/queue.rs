@@ -11,7 +11,6 @@
 //! backend never reads or writes outside guest memory and never panics on guest input.
 
 use virtio_queue::{Queue, QueueT};
-use vm_memory::Bytes;
 
 use crate::device::Memory;
 use crate::ring::{self, ChainError, Ring, RingError, Xlate};
@@ -85,7 +84,7 @@ pub fn pop_tx(
     for k in 0..n {
         let head = ring.avail_head(start.wrapping_add(k as u16));
         if let Some(s) = ring.first_buf(head).and_then(|a| x.slice(a, 128)) {
-            let p = s.ptr_guard().as_ptr();
+            let p = s.as_ptr();
             ring::prefetch_read(p);
             ring::prefetch_read(p.wrapping_add(64));
         }
@@ -123,8 +122,10 @@ fn parse_tx(
             let s = x.slice(b.addr, len).ok_or(TxError::BadAddress)?;
             let mut hdr = [0u8; crate::virtio_net::HDR_LEN];
             let mut head_bytes = [0u8; HEAD_LEN];
-            s.subslice(0, hdr_len).map_err(|_| TxError::BadAddress)?.copy_to(&mut hdr[..hdr_len]);
-            s.subslice(hdr_len, HEAD_LEN).map_err(|_| TxError::BadAddress)?.copy_to(&mut head_bytes);
+            if !s.read_to(&mut hdr[..hdr_len]) || !s.sub(hdr_len, HEAD_LEN).is_some_and(|h| h.read_to(&mut head_bytes))
+            {
+                return Err(TxError::BadAddress);
+            }
             let rest = len - hdr_len - HEAD_LEN;
             if rest > 0 {
                 segs.push(Seg { addr: b.addr + (hdr_len + HEAD_LEN) as u64, len: rest as u32 });
@@ -159,7 +160,9 @@ fn parse_tx(
             // The header first...
             if hdr_got < hdr_len {
                 let n = len.min(hdr_len - hdr_got);
-                slice.subslice(0, n).map_err(|_| TxError::BadAddress)?.copy_to(&mut hdr[hdr_got..hdr_got + n]);
+                if !slice.read_to(&mut hdr[hdr_got..hdr_got + n]) {
+                    return Err(TxError::BadAddress);
+                }
                 hdr_got += n;
                 at += n;
                 len -= n;
@@ -167,10 +170,9 @@ fn parse_tx(
             // ...then the bytes the switch decides on...
             if len > 0 && head_got < HEAD_LEN {
                 let n = len.min(HEAD_LEN - head_got);
-                slice
-                    .subslice(at, n)
-                    .map_err(|_| TxError::BadAddress)?
-                    .copy_to(&mut head_bytes[head_got..head_got + n]);
+                if !slice.sub(at, n).is_some_and(|h| h.read_to(&mut head_bytes[head_got..head_got + n])) {
+                    return Err(TxError::BadAddress);
+                }
                 head_got += n;
                 at += n;
                 len -= n;
@@ -236,7 +238,7 @@ pub enum Part<'a> {
     /// Bytes in (another) guest's memory.
     Guest(&'a Memory, Seg),
     /// Bytes in (another) guest's memory, already translated (see [`Xlate`]).
-    Slice(ring::Slice<'a>),
+    Slice(ring::Span<'a>),
 }
 
 impl Part<'_> {
@@ -374,9 +376,9 @@ impl<'a> RxWriter<'a> {
         }
         self.next_avail = self.next_avail.wrapping_add(1);
         let first = self.s.descs.len();
-        // The common case: one writable buffer.
+        // The common case: one writable buffer (its address is checked when it is written).
         if let Some(b) = ring.single(head) {
-            if !b.write || self.x.slice(b.addr, b.len as usize).is_none() {
+            if !b.write {
                 self.put_used(head, 0);
                 return Err(RxError::BadChain);
             }
@@ -419,7 +421,7 @@ impl<'a> RxWriter<'a> {
             if let Some(addr) = ring.first_buf(head) {
                 // Two lines: the header and a minimum-size frame already straddle them.
                 if let Some(s) = self.x.slice(addr, 128) {
-                    let p = s.ptr_guard_mut().as_ptr();
+                    let p = s.as_ptr();
                     ring::prefetch_write(p);
                     ring::prefetch_write(p.wrapping_add(64));
                 }
@@ -506,24 +508,28 @@ impl<'a> RxWriter<'a> {
         let mut at = self.hdr_len;
         for p in parts {
             let n = p.len();
-            let Ok(dst) = d.subslice(at, n) else {
+            let Some(dst) = d.sub(at, n) else {
                 self.consume_empty();
                 return Err(RxError::BadChain);
             };
-            match p {
-                Part::Bytes(b) => dst.copy_from(b),
+            let copied = match p {
+                Part::Bytes(b) => dst.write_from(b),
                 Part::Guest(src, seg) => match Xlate::new(src).slice(seg.addr, n) {
-                    Some(s) => s.copy_to_volatile_slice(dst),
+                    Some(s) => s.copy_to(&dst),
                     None => {
                         self.consume_empty();
                         return Err(RxError::BadSource);
                     }
                 },
-                Part::Slice(s) => s.copy_to_volatile_slice(dst),
+                Part::Slice(s) => s.copy_to(&dst),
+            };
+            if !copied {
+                self.consume_empty();
+                return Err(RxError::BadChain);
             }
             at += n;
         }
-        if !self.write_header(hdr, 1) {
+        if !header_into(&d, self.hdr_len, hdr, 1) {
             self.consume_empty();
             return Err(RxError::BadChain);
         }
@@ -539,24 +545,10 @@ impl<'a> RxWriter<'a> {
     /// assembled on the stack and copied would be reloaded right after its bytes were stored,
     /// and that reload stalls behind the stores of the frame still waiting for their lines.
     fn write_header(&mut self, hdr: &VnetHdr, num_buffers: u16) -> bool {
-        let w0 = u64::from(hdr.flags)
-            | u64::from(hdr.gso_type) << 8
-            | u64::from(hdr.hdr_len) << 16
-            | u64::from(hdr.gso_size) << 32
-            | u64::from(hdr.csum_start) << 48;
-        let w1 = u32::from(hdr.csum_offset) | u32::from(num_buffers) << 16;
         let first = self.s.chains.first().map(|c| self.s.descs[c.first as usize]);
-        if let Some((addr, len)) = first.filter(|&(_, l)| l as usize >= self.hdr_len) {
+        if let Some((addr, _)) = first.filter(|&(_, l)| l as usize >= self.hdr_len) {
             if let Some(d) = self.x.slice(addr, self.hdr_len) {
-                let ok = d.write_obj(w0.to_le_bytes(), 0).is_ok();
-                let ok = ok
-                    && match self.hdr_len {
-                        crate::virtio_net::HDR_LEN => d.write_obj(w1.to_le_bytes(), 8).is_ok(),
-                        // The legacy 10-byte header has no num_buffers.
-                        _ => d.write_obj((w1 as u16).to_le_bytes(), 8).is_ok(),
-                    };
-                let _ = len;
-                return ok;
+                return header_into(&d, self.hdr_len, hdr, num_buffers);
             }
         }
         let bytes = hdr.to_bytes(num_buffers);
@@ -590,9 +582,9 @@ impl<'a> RxWriter<'a> {
                 while at < s.len() {
                     let (daddr, room) = self.room(cur).ok_or(RxError::BadChain)?;
                     let n = room.min(s.len() - at);
-                    let src = s.subslice(at, n).map_err(|_| RxError::BadSource)?;
+                    let src = s.sub(at, n).ok_or(RxError::BadSource)?;
                     let d = self.x.slice(daddr, n).ok_or(RxError::BadChain)?;
-                    src.copy_to_volatile_slice(d);
+                    src.copy_to(&d);
                     at += n;
                     cur.off += n;
                 }
@@ -607,7 +599,7 @@ impl<'a> RxWriter<'a> {
                     let n = room.min(left);
                     let s = src_x.slice(addr, n).ok_or(RxError::BadSource)?;
                     let d = self.x.slice(daddr, n).ok_or(RxError::BadChain)?;
-                    s.copy_to_volatile_slice(d);
+                    s.copy_to(&d);
                     addr += n as u64;
                     left -= n;
                     cur.off += n;
@@ -621,7 +613,7 @@ impl<'a> RxWriter<'a> {
         while !b.is_empty() {
             let (daddr, room) = self.room(cur).ok_or(RxError::BadChain)?;
             let n = room.min(b.len());
-            self.x.slice(daddr, n).ok_or(RxError::BadChain)?.copy_from(&b[..n]);
+            self.x.slice(daddr, n).ok_or(RxError::BadChain)?.write_from(&b[..n]);
             b = &b[n..];
             cur.off += n;
         }
@@ -674,6 +666,24 @@ impl Drop for RxWriter<'_> {
     }
 }
 
+/// Writes the virtio-net header at the start of `d` as two stores of values built in
+/// registers (see [`RxWriter::write_header`]).
+#[inline]
+fn header_into(d: &ring::Span<'_>, hdr_len: usize, hdr: &VnetHdr, num_buffers: u16) -> bool {
+    let w0 = u64::from(hdr.flags)
+        | u64::from(hdr.gso_type) << 8
+        | u64::from(hdr.hdr_len) << 16
+        | u64::from(hdr.gso_size) << 32
+        | u64::from(hdr.csum_start) << 48;
+    let w1 = u32::from(hdr.csum_offset) | u32::from(num_buffers) << 16;
+    d.write_u64_le(0, w0)
+        && match hdr_len {
+            crate::virtio_net::HDR_LEN => d.write_u32_le(8, w1),
+            // The legacy 10-byte header has no num_buffers.
+            _ => d.write_u16_le(8, w1 as u16),
+        }
+}
+
 /// A position in the popped chains: chain, descriptor, offset in the descriptor.
 struct Cursor {
     chain: usize,
@@ -705,6 +715,7 @@ mod tests {
     use virtio_queue::desc::split::Descriptor as Desc;
     use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::Bytes;
     use vm_memory::GuestAddress;
 
     const NEXT: u16 = VRING_DESC_F_NEXT as u16;
@@ -989,6 +1000,55 @@ mod tests {
     fn used(vq: &MockSplitQueue<'_, Memory>, i: u16) -> (u32, u32) {
         let e = vq.used().ring().ref_at(usize::from(i)).unwrap().load();
         (e.id(), e.len())
+    }
+
+    /// VIRTIO_F_IN_ORDER is offered: every chain, refused ones included, is used in the
+    /// order it was made available, with one used element per chain (what DPDK's in-order
+    /// transmit cleanup counts on), on transmit and on (mergeable) receive.
+    #[test]
+    fn test_in_order_use_one_element_per_chain() {
+        assert_ne!(crate::virtio_net::features::OFFERED & crate::virtio_net::features::IN_ORDER, 0);
+        let m = mem();
+        let vq = MockSplitQueue::create(&m, GuestAddress(0x10_0000), 16);
+        put_frame(&m, 0x1000, &VnetHdr::default(), 60);
+        put_frame(&m, 0x2000, &VnetHdr::default(), 200);
+        // Chains at heads 0 (one descriptor), 1 (two), 3 (refused: writable), 4 (one).
+        let descs = [
+            d(0x1000, (HDR_LEN + 60) as u32, 0, 0),
+            d(0x2000, HDR_LEN as u32, NEXT, 2),
+            d(0x2000 + HDR_LEN as u64, 200, 0, 0),
+            d(0x1000, 72, WRITE, 0),
+            d(0x1000, (HDR_LEN + 60) as u32, 0, 0),
+        ];
+        vq.add_desc_chains(&descs, 0).unwrap();
+        let mut q: Queue = vq.create_queue().unwrap();
+        let (out, _) = pop_all(&mut q, &m);
+        let heads: Vec<u16> = out.iter().map(|(h, _)| *h).collect();
+        assert_eq!(heads, [0, 1, 3, 4]);
+        assert!(out[2].1.is_err());
+        complete_tx(&mut q, &m, &heads);
+        assert_eq!(vq.used().idx().load(), 4);
+        let ids: Vec<u32> = (0..4).map(|i| used(&vq, i).0).collect();
+        assert_eq!(ids, [0, 1, 3, 4]);
+
+        // Receive: a 3000-byte frame over 2048-byte chains at heads 0 and 2 (two buffers
+        // each), then a small one: used elements 0, 2, 4 in that order.
+        let mut sc = RxScratch::default();
+        let vq = MockSplitQueue::create(&m, GuestAddress(0x10_0000), 16);
+        rx_chain(&vq, 0, &[(0x4000, 1024), (0x4400, 1024)]);
+        rx_chain(&vq, 2, &[(0x5000, 1024), (0x5400, 1024)]);
+        rx_chain(&vq, 4, &[(0x6000, 2048)]);
+        let mut q: Queue = vq.create_queue().unwrap();
+        let big = vec![7u8; 3000];
+        let mut w = RxWriter::new(&mut q, &m, true, HDR_LEN, &mut sc);
+        w.write(&VnetHdr::default(), &[Part::Bytes(&big)]).unwrap();
+        w.write(&VnetHdr::default(), &[Part::Bytes(&big[..60])]).unwrap();
+        assert!(w.broken().is_none());
+        drop(w);
+        assert_eq!(vq.used().idx().load(), 3);
+        let ids: Vec<u32> = (0..3).map(|i| used(&vq, i).0).collect();
+        assert_eq!(ids, [0, 2, 4]);
+        assert_eq!(used(&vq, 0).1 + used(&vq, 1).1, (HDR_LEN + 3000) as u32);
     }
 
     #[test]

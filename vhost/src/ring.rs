@@ -27,11 +27,8 @@
 
 use std::sync::atomic::{fence, Ordering};
 
-use virtio_queue::desc::split::Descriptor;
-use virtio_queue::desc::RawDescriptor;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::bitmap::MS;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, VolatileSlice};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::device::Memory;
 
@@ -43,21 +40,20 @@ const F_INDIRECT: u16 = vr::VRING_DESC_F_INDIRECT as u16;
 const AVAIL_F_NO_INTERRUPT: u16 = vr::VRING_AVAIL_F_NO_INTERRUPT as u16;
 const USED_F_NO_NOTIFY: u16 = vr::VRING_USED_F_NO_NOTIFY as u16;
 
-pub type Slice<'m> = VolatileSlice<'m, MS<'m, Memory>>;
+pub use crate::sys::gmem::Span;
 
-/// Guest address -> host slice, remembering the region of the last lookup: a guest has one
+/// Guest address -> host span, remembering the region of the last lookup: a guest has one
 /// or a few regions, and a burst touches the same one over and over, so most lookups are two
 /// compares instead of a search of the region list.
 pub struct Xlate<'m> {
     mem: &'m Memory,
     start: u64,
-    end: u64,
-    whole: Option<Slice<'m>>,
+    whole: Option<Span<'m>>,
 }
 
 impl<'m> Xlate<'m> {
     pub fn new(mem: &'m Memory) -> Xlate<'m> {
-        Xlate { mem, start: 0, end: 0, whole: None }
+        Xlate { mem, start: 0, whole: None }
     }
 
     pub fn mem(&self) -> &'m Memory {
@@ -66,18 +62,22 @@ impl<'m> Xlate<'m> {
 
     /// `len` bytes at guest address `addr`, if they are all inside one region.
     #[inline]
-    pub fn slice(&mut self, addr: u64, len: usize) -> Option<Slice<'m>> {
-        let last = addr.checked_add(len as u64)?;
-        if !(addr >= self.start && last <= self.end && self.whole.is_some()) {
-            let r = self.mem.find_region(GuestAddress(addr))?;
-            self.whole = Some(r.as_volatile_slice().ok()?);
-            self.start = r.start_addr().0;
-            self.end = self.start + r.len();
-            if last > self.end {
-                return None;
+    pub fn slice(&mut self, addr: u64, len: usize) -> Option<Span<'m>> {
+        if let Some(w) = &self.whole {
+            if let Some(s) = addr.checked_sub(self.start).and_then(|off| w.sub(usize::try_from(off).ok()?, len)) {
+                return Some(s);
             }
         }
-        self.whole.as_ref()?.subslice((addr - self.start) as usize, len).ok()
+        self.miss(addr, len)
+    }
+
+    #[cold]
+    fn miss(&mut self, addr: u64, len: usize) -> Option<Span<'m>> {
+        let r = self.mem.find_region(GuestAddress(addr))?;
+        let whole = Span::of_region(r)?;
+        self.whole = Some(whole);
+        self.start = r.start_addr().0;
+        whole.sub((addr - self.start) as usize, len)
     }
 }
 
@@ -122,12 +122,31 @@ pub enum RingError {
     MemoryTruncated,
 }
 
+/// A split-ring descriptor (virtio 1.2 §2.7.5), copied out of guest memory in one read.
+#[derive(Debug, Clone, Copy)]
+struct Desc {
+    addr: u64,
+    len: u32,
+    flags: u16,
+    next: u16,
+}
+
+impl Desc {
+    #[inline]
+    fn read(table: &Span<'_>, off: usize) -> Option<Desc> {
+        let b: [u8; 16] = table.read_array(off)?;
+        let w0 = u64::from_le_bytes(b[..8].try_into().ok()?);
+        let w1 = u64::from_le_bytes(b[8..].try_into().ok()?);
+        Some(Desc { addr: w0, len: w1 as u32, flags: (w1 >> 32) as u16, next: (w1 >> 48) as u16 })
+    }
+}
+
 /// The rings of one queue, mapped for a burst.
 pub struct Ring<'m> {
     mem: &'m Memory,
-    desc: Slice<'m>,
-    avail: Slice<'m>,
-    used: Slice<'m>,
+    desc: Span<'m>,
+    avail: Span<'m>,
+    used: Span<'m>,
     size: u16,
     event_idx: bool,
 }
@@ -140,9 +159,16 @@ impl<'m> Ring<'m> {
             return None;
         }
         let n = usize::from(size);
-        let desc = mem.get_slice(GuestAddress(q.desc_table()), 16 * n).ok()?;
-        let avail = mem.get_slice(GuestAddress(q.avail_ring()), 6 + 2 * n).ok()?;
-        let used = mem.get_slice(GuestAddress(q.used_ring()), 6 + 8 * n).ok()?;
+        let mut x = Xlate::new(mem);
+        let desc = x.slice(q.desc_table(), 16 * n)?;
+        let avail = x.slice(q.avail_ring(), 6 + 2 * n)?;
+        let used = x.slice(q.used_ring(), 6 + 8 * n)?;
+        // The alignments virtio requires (2.7: 16, 2, 4), in host memory: ring fields are
+        // accessed atomically, which needs them.
+        let aligned = |s: &Span<'_>, a: usize| (s.as_ptr() as usize) % a == 0;
+        if !aligned(&desc, 16) || !aligned(&avail, 2) || !aligned(&used, 4) {
+            return None;
+        }
         Some(Ring { mem, desc, avail, used, size, event_idx: q.event_idx_enabled() })
     }
 
@@ -152,13 +178,13 @@ impl<'m> Ring<'m> {
 
     /// The driver's available index.
     pub fn avail_idx(&self) -> u16 {
-        self.avail.load::<u16>(2, Ordering::Acquire).map(u16::from_le).unwrap_or(0)
+        self.avail.load_u16(2, Ordering::Acquire).unwrap_or(0)
     }
 
     /// The chain head at available position `pos`.
     pub fn avail_head(&self, pos: u16) -> u16 {
         let off = 4 + 2 * usize::from(pos & (self.size - 1));
-        self.avail.load::<u16>(off, Ordering::Relaxed).map(u16::from_le).unwrap_or(u16::MAX)
+        self.avail.load_u16(off, Ordering::Relaxed).unwrap_or(u16::MAX)
     }
 
     /// Walks the chain that starts at descriptor `head`, calling `f` for each buffer;
@@ -175,36 +201,35 @@ impl<'m> Ring<'m> {
             if n > limit {
                 return Err(ChainError::TooLong);
             }
-            let raw: RawDescriptor = self.desc.read_obj(16 * usize::from(idx)).map_err(|_| ChainError::BadIndex)?;
-            let d = Descriptor::from(raw);
-            if d.flags() & F_INDIRECT != 0 {
+            let d = Desc::read(&self.desc, 16 * usize::from(idx)).ok_or(ChainError::BadIndex)?;
+            if d.flags & F_INDIRECT != 0 {
                 // An indirect descriptor is the whole chain (it may not be chained itself).
-                if d.flags() & F_NEXT != 0 || n != 1 {
+                if d.flags & F_NEXT != 0 || n != 1 {
                     return Err(ChainError::BadIndirect);
                 }
                 return self.walk_indirect(d, f);
             }
-            if d.len() == 0 {
+            if d.len == 0 {
                 return Err(ChainError::ZeroLength);
             }
-            if !f(Buf { addr: d.addr().0, len: d.len(), write: d.flags() & F_WRITE != 0 }) {
+            if !f(Buf { addr: d.addr, len: d.len, write: d.flags & F_WRITE != 0 }) {
                 return Ok(n);
             }
-            if d.flags() & F_NEXT == 0 {
+            if d.flags & F_NEXT == 0 {
                 return Ok(n);
             }
-            idx = d.next();
+            idx = d.next;
         }
     }
 
-    fn walk_indirect(&self, table: Descriptor, mut f: impl FnMut(Buf) -> bool) -> Result<usize, ChainError> {
-        let len = table.len() as usize;
+    fn walk_indirect(&self, table: Desc, mut f: impl FnMut(Buf) -> bool) -> Result<usize, ChainError> {
+        let len = table.len as usize;
         if len == 0 || len % 16 != 0 || len / 16 > usize::from(self.size) {
             return Err(ChainError::BadIndirect);
         }
         let count = len / 16;
         let limit = count.min(MAX_CHAIN_BUFS);
-        let t = self.mem.get_slice(table.addr(), len).map_err(|_| ChainError::BadIndirect)?;
+        let t = Xlate::new(self.mem).slice(table.addr, len).ok_or(ChainError::BadIndirect)?;
         let mut idx = 0usize;
         let mut n = 0usize;
         loop {
@@ -215,21 +240,20 @@ impl<'m> Ring<'m> {
             if n > limit {
                 return Err(ChainError::TooLong);
             }
-            let raw: RawDescriptor = t.read_obj(16 * idx).map_err(|_| ChainError::BadIndirect)?;
-            let d = Descriptor::from(raw);
-            if d.flags() & F_INDIRECT != 0 {
+            let d = Desc::read(&t, 16 * idx).ok_or(ChainError::BadIndirect)?;
+            if d.flags & F_INDIRECT != 0 {
                 return Err(ChainError::BadIndirect);
             }
-            if d.len() == 0 {
+            if d.len == 0 {
                 return Err(ChainError::ZeroLength);
             }
-            if !f(Buf { addr: d.addr().0, len: d.len(), write: d.flags() & F_WRITE != 0 }) {
+            if !f(Buf { addr: d.addr, len: d.len, write: d.flags & F_WRITE != 0 }) {
                 return Ok(n);
             }
-            if d.flags() & F_NEXT == 0 {
+            if d.flags & F_NEXT == 0 {
                 return Ok(n);
             }
-            idx = usize::from(d.next());
+            idx = usize::from(d.next);
         }
     }
 
@@ -239,9 +263,8 @@ impl<'m> Ring<'m> {
         if i >= self.size {
             return None;
         }
-        let raw: RawDescriptor = self.desc.read_obj(16 * usize::from(i)).ok()?;
-        let d = Descriptor::from(raw);
-        Some(Buf { addr: d.addr().0, len: d.len(), write: d.flags() & F_WRITE != 0 })
+        let d = Desc::read(&self.desc, 16 * usize::from(i))?;
+        Some(Buf { addr: d.addr, len: d.len, write: d.flags & F_WRITE != 0 })
     }
 
     /// The chain at `head` when it is one plain, non-empty descriptor (no next, not
@@ -252,12 +275,11 @@ impl<'m> Ring<'m> {
         if head >= self.size {
             return None;
         }
-        let raw: RawDescriptor = self.desc.read_obj(16 * usize::from(head)).ok()?;
-        let d = Descriptor::from(raw);
-        (d.flags() & (F_NEXT | F_INDIRECT) == 0 && d.len() != 0).then(|| Buf {
-            addr: d.addr().0,
-            len: d.len(),
-            write: d.flags() & F_WRITE != 0,
+        let d = Desc::read(&self.desc, 16 * usize::from(head))?;
+        (d.flags & (F_NEXT | F_INDIRECT) == 0 && d.len != 0).then_some(Buf {
+            addr: d.addr,
+            len: d.len,
+            write: d.flags & F_WRITE != 0,
         })
     }
 
@@ -266,22 +288,21 @@ impl<'m> Ring<'m> {
         if head >= self.size {
             return None;
         }
-        let raw: RawDescriptor = self.desc.read_obj(16 * usize::from(head)).ok()?;
-        let d = Descriptor::from(raw);
-        (d.flags() & F_INDIRECT == 0).then_some(d.addr().0)
+        let d = Desc::read(&self.desc, 16 * usize::from(head))?;
+        (d.flags & F_INDIRECT == 0).then_some(d.addr)
     }
 
     /// Writes the used element at used position `pos` (not yet visible to the driver).
     pub fn put_used(&self, pos: u16, id: u16, len: u32) {
         // An element is only 4-byte aligned (the ring starts with two u16s).
         let off = 4 + 8 * usize::from(pos & (self.size - 1));
-        let _ = self.used.store(u32::from(id).to_le(), off, Ordering::Relaxed);
-        let _ = self.used.store(len.to_le(), off + 4, Ordering::Relaxed);
+        self.used.store_u32(off, u32::from(id), Ordering::Relaxed);
+        self.used.store_u32(off + 4, len, Ordering::Relaxed);
     }
 
     /// Makes used elements up to `idx` visible to the driver.
     pub fn publish_used(&self, idx: u16) {
-        let _ = self.used.store(idx.to_le(), 2, Ordering::Release);
+        self.used.store_u16(2, idx, Ordering::Release);
     }
 
     /// After publishing used elements from `old` to `new`: whether the driver wants an
@@ -293,11 +314,11 @@ impl<'m> Ring<'m> {
         fence(Ordering::SeqCst);
         if self.event_idx {
             let off = 4 + 2 * usize::from(self.size);
-            let ev = self.avail.load::<u16>(off, Ordering::Relaxed).map(u16::from_le).unwrap_or(0);
+            let ev = self.avail.load_u16(off, Ordering::Relaxed).unwrap_or(0);
             // vring_need_event(event, new, old)
             new.wrapping_sub(ev).wrapping_sub(1) < new.wrapping_sub(old)
         } else {
-            let flags = self.avail.load::<u16>(0, Ordering::Relaxed).map(u16::from_le).unwrap_or(0);
+            let flags = self.avail.load_u16(0, Ordering::Relaxed).unwrap_or(0);
             flags & AVAIL_F_NO_INTERRUPT == 0
         }
     }
@@ -308,12 +329,12 @@ impl<'m> Ring<'m> {
         if self.event_idx {
             if on {
                 let off = 4 + 8 * usize::from(self.size);
-                let _ = self.used.store(next_avail.to_le(), off, Ordering::Relaxed);
+                self.used.store_u16(off, next_avail, Ordering::Relaxed);
             }
         } else {
-            let flags = self.used.load::<u16>(0, Ordering::Relaxed).map(u16::from_le).unwrap_or(0);
+            let flags = self.used.load_u16(0, Ordering::Relaxed).unwrap_or(0);
             let flags = if on { flags & !USED_F_NO_NOTIFY } else { flags | USED_F_NO_NOTIFY };
-            let _ = self.used.store(flags.to_le(), 0, Ordering::Relaxed);
+            self.used.store_u16(0, flags, Ordering::Relaxed);
         }
         if !on {
             return false;

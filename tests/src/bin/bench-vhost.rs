@@ -1,21 +1,30 @@
 //! Benchmark driver (run by `bench/vhost.sh`): frames per second between two vhost-user ports
 //! of (a) vmnetd's built-in bridge, (b) OVS-DPDK (netdev bridge, two `dpdkvhostuserclient` ports on
 //! access VLAN 10, NORMAL), (c) `dpdk-testpmd` io-forwarding between two vhost PMD ports (the
-//! plumbing limit) — in one run, on the same generator and sink.
+//! plumbing limit) — in one run, on the same generators and sinks.
 //!
-//! The generator and the sink are this process, pinned to CPU 0: an in-process virtio-net
-//! driver (`vmnetd_vhost::driver`, memfd guest memory) on each socket. Transmit buffers are
-//! written once; in the loop only ring indices move, so the generator costs a few ns per
-//! frame. Each backend gets CPU 1 for its datapath. The destination MAC is learned first, so
+//! Two kinds of guest drive each backend, both pinned to CPU 0 (`--guest`):
+//! - `driver`: this process, an in-process virtio-net driver (`vmnetd_vhost::driver`, memfd
+//!   guest memory) on each socket. Transmit buffers are written once; in the loop only ring
+//!   indices move, so the generator costs a few ns per frame.
+//! - `dpdk`, `dpdk-noorder`: `vu-gen` (`bench/dpdk/vu-gen.c`, built into `target/vu-gen` by
+//!   `bench/vhost.sh`), DPDK's own `net_virtio_user` PMD as generator and sink, with its
+//!   default devargs (`in_order` on) or `in_order=0`: fresh refcnt-1 mbufs per burst, so
+//!   the PMD pushes the virtio-net header into the headroom, as a DPDK guest application
+//!   sends. It reports how often its TX ring was full (the backend was the limit).
+//!
+//! Each backend gets CPU 1 for its datapath. The destination MAC is learned first, so
 //! nothing floods. Frame sizes count the FCS (RFC 2544): a "64-byte" frame is 60 bytes in
 //! the ring. Every number is the median of several runs.
 //!
 //! `bench-vhost [--runs N] [--secs S] [--sizes 64,512,1518] [--backends vmnetd,ovs,testpmd]
-//!  [--busy-poll-us US] [--no-mrg-rxbuf] [--guest-hugepages]`
+//!  [--guest driver,dpdk,dpdk-noorder] [--vu-gen PATH] [--busy-poll-us US] [--no-mrg-rxbuf]
+//!  [--guest-hugepages]` (the last two: driver guest only)
 //! `bench-vhost --gso` : 64 KiB TSO frames guest to guest (vmnetd and OVS-DPDK with
 //! userspace TSO), Gbit/s.
-//! `bench-vhost --callgrind [--backends vmnetd,vmnetd-LABEL --build LABEL=PATH]` :
-//! instructions per forwarded frame in the datapath thread, under callgrind.
+//! `bench-vhost --callgrind [--backends vmnetd,vmnetd-LABEL --build LABEL=PATH]
+//!  [--guest driver,dpdk,dpdk-noorder]` : instructions per forwarded frame in the datapath
+//! thread, under callgrind.
 //! `bench-vhost --idle` : an idle daemon with 100 vhost-user ports (10 of them connected,
 //! after a burst of traffic): CPU and RSS.
 
@@ -58,9 +67,11 @@ fn frame(src: [u8; 6], dst: [u8; 6], len: usize) -> Vec<u8> {
     ip[9] = 17;
     ip[12..16].copy_from_slice(&[10, 0, 0, 1]);
     ip[16..20].copy_from_slice(&[10, 0, 0, 2]);
-    let sum = !ip.chunks(2).fold(0u32, |s, c| s + u32::from(u16::from_be_bytes([c[0], c[1]])));
-    let sum = (sum & 0xffff) + (sum >> 16);
-    ip[10..12].copy_from_slice(&(!((!sum & 0xffff) as u16)).to_be_bytes());
+    let mut sum = ip.chunks(2).fold(0u32, |s, c| s + u32::from(u16::from_be_bytes([c[0], c[1]])));
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
     let udp_len = ip_len - 20;
     f[34..36].copy_from_slice(&1234u16.to_be_bytes());
     f[36..38].copy_from_slice(&5678u16.to_be_bytes());
@@ -109,6 +120,16 @@ trait Backend {
     fn pid(&self) -> Option<u32>;
     /// What the backend says about its ports, shown when a run moved nothing.
     fn diagnose(&self) -> String {
+        String::new()
+    }
+    /// The vhost-user socket paths of ports A and B.
+    fn sockets(&self) -> (PathBuf, PathBuf);
+    /// Whether the guest must listen on the sockets (the backend is a vhost-user client).
+    fn guest_listens(&self) -> bool {
+        false
+    }
+    /// What the backend negotiated with the guest, if it tells (one line per port).
+    fn negotiated(&self) -> String {
         String::new()
     }
 }
@@ -164,6 +185,38 @@ impl Backend for Vmnetd {
     fn pid(&self) -> Option<u32> {
         self.daemon.pid()
     }
+    fn sockets(&self) -> (PathBuf, PathBuf) {
+        let run = self.daemon.root.join("run");
+        (run.join("a.sock"), run.join("b.sock"))
+    }
+    fn negotiated(&self) -> String {
+        let out = self.daemon.cli(&["--json", "port", "list", "br0"]);
+        let Ok(list) = serde_json::from_str::<serde_json::Value>(&out.stdout) else {
+            return format!("vmnetd port list: {}{}", out.stdout, out.stderr);
+        };
+        let mut lines = Vec::new();
+        for p in list.as_array().into_iter().flatten() {
+            let feats: Vec<&str> =
+                p["vhost"]["features"].as_array().into_iter().flatten().filter_map(|f| f.as_str()).collect();
+            lines.push(format!(
+                "vmnetd port {}: {}; acked {}",
+                p["name"].as_str().unwrap_or("?"),
+                vmnetd_tests::state_of(p),
+                feats.join(",")
+            ));
+        }
+        lines.join("\n")
+    }
+    fn diagnose(&self) -> String {
+        let log = self.daemon.log_text();
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect();
+        format!(
+            "{}\n{}\n(daemon log: {})",
+            self.negotiated(),
+            lines[lines.len().saturating_sub(10)..].join("\n"),
+            self.daemon.log.display()
+        )
+    }
 }
 
 /// A private OVS-DPDK: its own database, run and log dirs and DPDK file prefix.
@@ -190,7 +243,9 @@ impl Ovs {
         Ok(String::from_utf8_lossy(&o.stdout).into_owned())
     }
 
-    fn start(tso: bool) -> Result<Ovs> {
+    /// `listen`: bind the guest's sockets here (the in-process driver); without it the guest
+    /// (vu-gen) listens itself and OVS's vhost client keeps retrying until it does.
+    fn start(tso: bool, listen: bool) -> Result<Ovs> {
         let dir = test_dir();
         let d = dir.path().to_owned();
         let db = d.join("conf.db");
@@ -237,7 +292,9 @@ impl Ovs {
         ovs.vsctl(&["add-br", "br0", "--", "set", "bridge", "br0", "datapath_type=netdev"])?;
         for p in ["a", "b"] {
             let path = d.join(format!("{p}.sock"));
-            ovs.listeners.push(std::os::unix::net::UnixListener::bind(&path)?);
+            if listen {
+                ovs.listeners.push(std::os::unix::net::UnixListener::bind(&path)?);
+            }
             ovs.vsctl(&[
                 "add-port",
                 "br0",
@@ -325,6 +382,12 @@ impl Backend for Ovs {
     fn pid(&self) -> Option<u32> {
         self.vswitchd
     }
+    fn sockets(&self) -> (PathBuf, PathBuf) {
+        (self.dir.path().join("a.sock"), self.dir.path().join("b.sock"))
+    }
+    fn guest_listens(&self) -> bool {
+        true
+    }
     fn diagnose(&self) -> String {
         let mut out = String::new();
         for p in ["a", "b"] {
@@ -370,9 +433,21 @@ impl Testpmd {
 
 impl Drop for Testpmd {
     fn drop(&mut self) {
-        kill_wait(self.child.id());
-        let _ = self.child.wait();
+        stop_child(&mut self.child);
     }
+}
+
+/// SIGTERM, up to 10 s for a clean exit, then SIGKILL; reaps the child.
+fn stop_child(c: &mut Child) {
+    if let Ok(None) = c.try_wait() {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        let end = Instant::now() + Duration::from_secs(10);
+        while matches!(c.try_wait(), Ok(None)) && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+    }
+    let _ = c.wait();
 }
 
 impl Backend for Testpmd {
@@ -391,6 +466,9 @@ impl Backend for Testpmd {
     fn pid(&self) -> Option<u32> {
         Some(self.child.id())
     }
+    fn sockets(&self) -> (PathBuf, PathBuf) {
+        (self.dir.path().join("a.sock"), self.dir.path().join("b.sock"))
+    }
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -408,6 +486,8 @@ struct Sample {
     gbps: f64,
     /// Backend CPU use during the run, in cores.
     cpu: f64,
+    /// DPDK guest: the share of frames its TX ring refused (full: the backend was the limit).
+    full: Option<f64>,
 }
 
 /// Sends from `a`, counts at `b` for `secs`.
@@ -435,7 +515,277 @@ fn measure(a: &mut Driver, b: &mut Driver, wire_len: usize, secs: f64, pid: Opti
         mpps: frames as f64 / el / 1e6,
         gbps: frames as f64 * wire_len as f64 * 8.0 / el / 1e9,
         cpu: (c1 - c0) as f64 / ticks / el,
+        full: None,
     }
+}
+
+/// Who drives the backend's two ports.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Guest {
+    /// The in-process virtio-net driver (`vmnetd_vhost::driver`).
+    Driver,
+    /// vu-gen: DPDK's `net_virtio_user` with its default devargs (`in_order` on).
+    Dpdk,
+    /// vu-gen with `in_order=0`.
+    DpdkNoOrder,
+}
+
+impl Guest {
+    fn parse(s: &str) -> Result<Guest> {
+        Ok(match s {
+            "driver" => Guest::Driver,
+            "dpdk" => Guest::Dpdk,
+            "dpdk-noorder" => Guest::DpdkNoOrder,
+            other => bail!("unknown guest {other:?} (driver, dpdk, dpdk-noorder)"),
+        })
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Guest::Driver => "driver",
+            Guest::Dpdk => "dpdk",
+            Guest::DpdkNoOrder => "dpdk-noorder",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Guest::Driver => "in-process virtio-net driver (vmnetd_vhost::driver)",
+            Guest::Dpdk => "DPDK net_virtio_user (vu-gen), default devargs (in_order on)",
+            Guest::DpdkNoOrder => "DPDK net_virtio_user (vu-gen), in_order=0",
+        }
+    }
+
+    /// vu-gen's `--in-order` (a DPDK guest), or None (the in-process driver).
+    fn in_order(self) -> Option<&'static str> {
+        match self {
+            Guest::Driver => None,
+            Guest::Dpdk => Some("default"),
+            Guest::DpdkNoOrder => Some("0"),
+        }
+    }
+}
+
+/// vu-gen's DPDK `--file-prefix`: its runtime dir is `/var/run/dpdk/<prefix>`.
+const VUGEN_PREFIX: &str = "vmnetd-vugen";
+
+struct VuGenArgs {
+    size: usize,
+    runs: usize,
+    secs: f64,
+    warm: f64,
+    /// How long a port may take to come up.
+    port_timeout: f64,
+    /// Hold before each run until SIGUSR1, settle after it (instruction counting).
+    sync: bool,
+}
+
+/// A running `vu-gen`: a DPDK virtio-user guest on both of a backend's sockets, pinned to
+/// CPU 0. Its stdout lines (JSON) arrive through a reader thread; its stderr (DPDK's log) goes
+/// to a file.
+struct VuGen {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    log: PathBuf,
+}
+
+impl VuGen {
+    fn spawn(exe: &Path, be: &dyn Backend, guest: Guest, a: &VuGenArgs, log: &Path) -> Result<VuGen> {
+        let (sa, sb) = be.sockets();
+        let in_order = guest.in_order().context("not a DPDK guest")?;
+        let mut cmd = Command::new(exe);
+        // --in-memory: huge pages from memfds, which vhost-user can pass to the backend;
+        // --single-file-segments: one fd (one region) for all of them.
+        cmd.args(["-l", "0", "--in-memory", "--single-file-segments", "-m", "256", "--no-pci", "--no-telemetry"])
+            .args(["--file-prefix", VUGEN_PREFIX])
+            // The virtio PMD logs the negotiated features and its Rx/Tx paths at this level.
+            .arg("--log-level=pmd.net.virtio.init:debug")
+            .arg("--")
+            .arg("--a")
+            .arg(&sa)
+            .arg("--b")
+            .arg(&sb)
+            .args(["--server", if be.guest_listens() { "1" } else { "0" }])
+            .args(["--in-order", in_order])
+            .args(["--size", &a.size.to_string(), "--runs", &a.runs.to_string()])
+            .args(["--secs", &a.secs.to_string(), "--warm", &a.warm.to_string()])
+            .args(["--timeout", &a.port_timeout.to_string()]);
+        if a.sync {
+            cmd.arg("--sync");
+        }
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(log)?)
+            .spawn()
+            .with_context(|| format!("cannot run {}", exe.display()))?;
+        let out = child.stdout.take().context("vu-gen stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(VuGen { child, lines: rx, log: log.to_owned() })
+    }
+
+    /// The generator's next stdout line, parsed.
+    fn next(&mut self, timeout: Duration) -> Result<serde_json::Value> {
+        use std::sync::mpsc::RecvTimeoutError;
+        match self.lines.recv_timeout(timeout) {
+            Ok(l) => serde_json::from_str(&l).with_context(|| format!("vu-gen printed {l:?}")),
+            Err(RecvTimeoutError::Timeout) => bail!("vu-gen printed nothing for {timeout:?}\n{}", self.log_tail()),
+            Err(RecvTimeoutError::Disconnected) => {
+                let st = self.child.wait()?;
+                bail!("vu-gen exited ({st})\n{}", self.log_tail())
+            }
+        }
+    }
+
+    /// Waits for `{"event":EVENT}`.
+    fn expect(&mut self, event: &str, timeout: Duration) -> Result<serde_json::Value> {
+        let v = self.next(timeout)?;
+        if v["event"] != event {
+            bail!("vu-gen: expected event {event}, got {v}");
+        }
+        Ok(v)
+    }
+
+    /// Starts the next run (`--sync`).
+    fn go(&self) -> Result<()> {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGUSR1).context("signal vu-gen")
+    }
+
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().filter(|l| !l.trim_start().starts_with('-')).collect();
+        format!("--- vu-gen's log, last lines ---\n{}", lines[lines.len().saturating_sub(15)..].join("\n"))
+    }
+
+    /// What the virtio PMD negotiated and which Rx/Tx paths it chose, from its log.
+    fn negotiated(&self) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let mut out: Vec<String> = Vec::new();
+        for l in log.lines() {
+            if let Some(h) = l.split("features after negotiate = ").nth(1) {
+                if let Ok(v) = u64::from_str_radix(h.trim(), 16) {
+                    out.push(format!("virtio-user negotiated {v:#x}: {}", feature_names(v)));
+                }
+            } else if l.contains("Tx path") || l.contains("Rx path") {
+                out.push(l.split_once("): ").map_or(l, |x| x.1).trim().to_owned());
+            }
+        }
+        out.dedup();
+        out.join("\n")
+    }
+
+    /// Waits (up to 30 s) for a clean exit.
+    fn finish(&mut self) -> Result<()> {
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = self.child.try_wait()? {
+                if !st.success() {
+                    bail!("vu-gen failed ({st})\n{}", self.log_tail());
+                }
+                return Ok(());
+            }
+            if Instant::now() > end {
+                bail!("vu-gen did not exit\n{}", self.log_tail());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for VuGen {
+    fn drop(&mut self) {
+        stop_child(&mut self.child);
+        let _ = std::fs::remove_dir_all(format!("/var/run/dpdk/{VUGEN_PREFIX}"));
+    }
+}
+
+/// Virtio feature bits by name (vmnetd's spelling).
+fn feature_names(v: u64) -> String {
+    const NAMES: [(u32, &str); 17] = [
+        (0, "csum"),
+        (1, "guest_csum"),
+        (5, "mac"),
+        (7, "guest_tso4"),
+        (8, "guest_tso6"),
+        (11, "host_tso4"),
+        (12, "host_tso6"),
+        (15, "mrg_rxbuf"),
+        (16, "status"),
+        (17, "ctrl_vq"),
+        (22, "mq"),
+        (28, "indirect_desc"),
+        (29, "event_idx"),
+        (30, "protocol_features"),
+        (32, "version_1"),
+        (34, "ring_packed"),
+        (35, "in_order"),
+    ];
+    (0..64)
+        .filter(|b| v & (1 << b) != 0)
+        .map(|b| NAMES.iter().find(|n| n.0 == b).map_or_else(|| format!("bit{b}"), |n| n.1.to_owned()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn clock_ticks() -> f64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64
+}
+
+/// `o.runs` runs of `o.secs` with a DPDK guest (one vu-gen process), the backend's CPU
+/// sampled as each run's line arrives.
+fn dpdk_runs(o: &Opts, be: &dyn Backend, guest: Guest, size: usize, show: bool) -> Result<Vec<Sample>> {
+    let dir = tempfile::tempdir()?;
+    let args = VuGenArgs { size, runs: o.runs, secs: o.secs, warm: 0.5, port_timeout: 30.0, sync: false };
+    let mut g = VuGen::spawn(&o.vu_gen()?, be, guest, &args, &dir.path().join("vu-gen.log"))?;
+    let wait = Duration::from_secs_f64(o.secs + 60.0);
+    g.expect("start", wait)?;
+    if show {
+        for l in g.negotiated().lines().chain(be.negotiated().lines()) {
+            eprintln!("    {}: {l}", be.name());
+        }
+    }
+    let ticks = clock_ticks();
+    let pid = be.pid();
+    let mut c0 = pid.map(cpu_ticks).unwrap_or(0);
+    let mut out = Vec::new();
+    for _ in 0..o.runs {
+        let v = g.next(wait)?;
+        let c1 = pid.map(cpu_ticks).unwrap_or(0);
+        let n = |k: &str| v[k].as_u64().with_context(|| format!("no {k} in vu-gen's {v}"));
+        let secs = v["secs"].as_f64().with_context(|| format!("no secs in vu-gen's {v}"))?;
+        let (rx, tries, full) = (n("rx")?, n("tx_try")?, n("tx_full")?);
+        let s = Sample {
+            frames: rx,
+            mpps: rx as f64 / secs / 1e6,
+            gbps: rx as f64 * size as f64 * 8.0 / secs / 1e9,
+            cpu: (c1 - c0) as f64 / ticks / secs,
+            full: Some(full as f64 / tries.max(1) as f64),
+        };
+        c0 = c1;
+        eprintln!(
+            "  {:<10} {size:>5} B: {:.3} Mpps {:.2} Gbit/s cpu {:.2}, generator ring full {:.1}% of {tries} tries",
+            be.name(),
+            s.mpps,
+            s.gbps,
+            s.cpu,
+            s.full.unwrap_or(0.0) * 100.0
+        );
+        if rx == 0 {
+            eprintln!("{}\n{}", be.diagnose(), g.log_tail());
+        }
+        out.push(s);
+    }
+    g.finish()?;
+    Ok(out)
 }
 
 /// `--callgrind`: instructions the datapath thread executes per forwarded frame, for each
@@ -448,63 +798,105 @@ fn callgrind(o: &Opts) -> Result<()> {
     let cfg = Config { queue_size: 1024, ..Default::default() };
     let mut rows = Vec::new();
     for name in &o.backends {
-        for &size in &o.sizes {
-            let out = tempfile::tempdir()?;
-            let wrapper: Vec<String> = vec![
-                "valgrind".into(),
-                "--tool=callgrind".into(),
-                "--separate-threads=yes".into(),
-                format!("--callgrind-out-file={}/cg.out", out.path().display()),
-            ];
-            let build = match name.as_str() {
-                "vmnetd" => None,
-                other if other.starts_with("vmnetd-") => {
-                    let label = &other["vmnetd-".len()..];
-                    let path = o.builds.iter().find(|(l, _)| l == label).map(|(l, p)| (l.as_str(), p.as_path()));
-                    Some(path.with_context(|| format!("no --build {label}=PATH for backend {other}"))?)
+        for &guest in &o.guests {
+            for &size in &o.sizes {
+                let out = tempfile::tempdir()?;
+                let wrapper: Vec<String> = vec![
+                    "valgrind".into(),
+                    "--tool=callgrind".into(),
+                    "--separate-threads=yes".into(),
+                    format!("--callgrind-out-file={}/cg.out", out.path().display()),
+                ];
+                let build = match name.as_str() {
+                    "vmnetd" => None,
+                    other if other.starts_with("vmnetd-") => {
+                        let label = &other["vmnetd-".len()..];
+                        let path = o.builds.iter().find(|(l, _)| l == label).map(|(l, p)| (l.as_str(), p.as_path()));
+                        Some(path.with_context(|| format!("no --build {label}=PATH for backend {other}"))?)
+                    }
+                    other => bail!("--callgrind measures vmnetd builds, not {other}"),
+                };
+                let be = Vmnetd::start_under(o.busy_poll_us, build, &wrapper)?;
+                let pid = be.daemon.pid().context("daemon pid")?;
+                let frames;
+                // Whatever drives the ports stays connected until the dump.
+                let driving = match guest {
+                    Guest::Driver => {
+                        let (mut a, mut b) = connect_retry(&be.daemon.root.join("run").join("a.sock"), &cfg)
+                            .and_then(|a| Ok((a, connect_retry(&be.daemon.root.join("run").join("b.sock"), &cfg)?)))?;
+                        std::thread::sleep(Duration::from_millis(500));
+                        learn(&mut a, &mut b);
+                        a.prime_tx(0, &VnetHdr::default(), &frame(MAC_A, MAC_B, size - 4));
+                        measure(&mut a, &mut b, size, 2.0, None);
+                        callgrind_control(pid, "--zero")?;
+                        frames = measure(&mut a, &mut b, size, o.secs, None).frames;
+                        Driving::Driver(a, b)
+                    }
+                    Guest::Dpdk | Guest::DpdkNoOrder => {
+                        // vu-gen warms up, lets the backend drain, and holds; zero, one run
+                        // (until every accepted frame came back), hold again; dump.
+                        let log = out.path().join("vu-gen.log");
+                        let args =
+                            VuGenArgs { size, runs: 1, secs: o.secs, warm: 2.0, port_timeout: 120.0, sync: true };
+                        let mut g = VuGen::spawn(&o.vu_gen()?, &be, guest, &args, &log)?;
+                        g.expect("ready", Duration::from_secs(300))?;
+                        callgrind_control(pid, "--zero")?;
+                        g.go()?;
+                        let v = g.next(Duration::from_secs_f64(o.secs + 300.0))?;
+                        frames = v["rx"].as_u64().with_context(|| format!("no rx in vu-gen's {v}"))?;
+                        eprintln!("  vu-gen: {} tx tries, {} accepted, {frames} received", v["tx_try"], v["tx_ok"]);
+                        Driving::Dpdk(g)
+                    }
+                };
+                let before: Vec<PathBuf> = files(out.path())?;
+                callgrind_control(pid, "--dump=measured")?;
+                let dumped: Vec<PathBuf> = files(out.path())?.into_iter().filter(|f| !before.contains(f)).collect();
+                // The datapath thread is the one that ran the most instructions.
+                let ir = dumped.iter().filter_map(|f| totals(f)).max().context("callgrind wrote no dump")?;
+                let per = ir as f64 / frames.max(1) as f64;
+                eprintln!(
+                    "  {:<14} {:<12} {size:>5} B: {frames} frames, {ir} Ir in the datapath thread, {per:.0} Ir/frame",
+                    be.name,
+                    guest.name()
+                );
+                rows.push((be.name, guest, size, per));
+                if let Driving::Dpdk(mut g) = driving {
+                    // Let it go: it stops its ports and exits.
+                    g.go()?;
+                    g.finish()?;
                 }
-                other => bail!("--callgrind measures vmnetd builds, not {other}"),
-            };
-            let be = Vmnetd::start_under(o.busy_poll_us, build, &wrapper)?;
-            let pid = be.daemon.pid().context("daemon pid")?;
-            let (mut a, mut b) = connect_retry(&be.daemon.root.join("run").join("a.sock"), &cfg)
-                .and_then(|a| Ok((a, connect_retry(&be.daemon.root.join("run").join("b.sock"), &cfg)?)))?;
-            std::thread::sleep(Duration::from_millis(500));
-            learn(&mut a, &mut b);
-            a.prime_tx(0, &VnetHdr::default(), &frame(MAC_A, MAC_B, size - 4));
-            measure(&mut a, &mut b, size, 2.0, None);
-            callgrind_control(pid, "--zero")?;
-            let s = measure(&mut a, &mut b, size, o.secs, None);
-            let before: Vec<PathBuf> = files(out.path())?;
-            callgrind_control(pid, "--dump=measured")?;
-            let dumped: Vec<PathBuf> = files(out.path())?.into_iter().filter(|f| !before.contains(f)).collect();
-            // The datapath thread is the one that ran the most instructions.
-            let ir = dumped.iter().filter_map(|f| totals(f)).max().context("callgrind wrote no dump")?;
-            let per = ir as f64 / s.frames.max(1) as f64;
-            eprintln!(
-                "  {:<14} {size:>5} B: {} frames, {ir} Ir in the datapath thread, {per:.0} Ir/frame",
-                be.name, s.frames
-            );
-            rows.push((be.name, size, per));
-            drop((a, b));
-            drop(be);
+                drop(be);
+            }
         }
     }
     println!();
     println!("instructions per forwarded frame, datapath thread (callgrind; lower is better)");
-    println!("{:<14} {:>6} {:>10}", "build", "frame", "Ir/frame");
-    for (n, size, per) in &rows {
-        println!("{n:<14} {size:>6} {per:>10.0}");
+    println!("{:<14} {:<12} {:>6} {:>10}", "build", "guest", "frame", "Ir/frame");
+    for (n, guest, size, per) in &rows {
+        println!("{n:<14} {:<12} {size:>6} {per:>10.0}", guest.name());
     }
-    for &size in &o.sizes {
-        let this = rows.iter().find(|r| r.0 == "vmnetd" && r.1 == size);
-        for other in rows.iter().filter(|r| r.0 != "vmnetd" && r.1 == size) {
-            if let Some(t) = this {
-                println!("{size:>5} B: vmnetd (this build) / {} {:.3}x instructions", other.0, t.2 / other.2);
+    for &guest in &o.guests {
+        for &size in &o.sizes {
+            let this = rows.iter().find(|r| r.0 == "vmnetd" && r.1 == guest && r.2 == size);
+            for other in rows.iter().filter(|r| r.0 != "vmnetd" && r.1 == guest && r.2 == size) {
+                if let Some(t) = this {
+                    println!(
+                        "{:<12} {size:>5} B: vmnetd (this build) / {} {:.3}x instructions",
+                        guest.name(),
+                        other.0,
+                        t.3 / other.3
+                    );
+                }
             }
         }
     }
     Ok(())
+}
+
+/// What drives the ports while callgrind counts.
+enum Driving {
+    Driver(#[allow(dead_code)] Driver, #[allow(dead_code)] Driver),
+    Dpdk(VuGen),
 }
 
 fn callgrind_control(pid: u32, action: &str) -> Result<()> {
@@ -557,88 +949,171 @@ struct Opts {
     guest_hugepages: bool,
     /// Other vmnetd builds to measure as backends `vmnetd-LABEL` (`--build LABEL=PATH`).
     builds: Vec<(String, PathBuf)>,
+    /// What drives the ports (`--guest driver,dpdk,dpdk-noorder`).
+    guests: Vec<Guest>,
+    /// The DPDK guest binary (`--vu-gen PATH`; default: `vu-gen` in the target dir).
+    vu_gen: PathBuf,
+}
+
+impl Opts {
+    /// The DPDK guest binary, which must have been built.
+    fn vu_gen(&self) -> Result<PathBuf> {
+        if !self.vu_gen.is_file() {
+            bail!(
+                "{} is missing: the DPDK guests (--guest dpdk, dpdk-noorder) need it. bench/vhost.sh builds it \
+                 (cc -O3 $(pkg-config --cflags libdpdk) -march=native bench/dpdk/vu-gen.c -o target/vu-gen \
+                 $(pkg-config --libs libdpdk)); or pass --vu-gen PATH, or --guest driver",
+                self.vu_gen.display()
+            );
+        }
+        Ok(self.vu_gen.clone())
+    }
+}
+
+/// `target/vu-gen`: the target dir is the parent of this binary's profile dir.
+fn default_vu_gen() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut dir = exe.parent().map(Path::to_owned).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir.pop();
+    dir.join("vu-gen")
+}
+
+fn start_backend(name: &str, o: &Opts, guest: Guest) -> Result<Box<dyn Backend>> {
+    Ok(match name {
+        "vmnetd" => Box::new(Vmnetd::start(o.busy_poll_us, None)?),
+        other if other.starts_with("vmnetd-") => {
+            let label = &other["vmnetd-".len()..];
+            let path = o.builds.iter().find(|(l, _)| l == label).map(|(_, p)| p.clone());
+            let path = path.with_context(|| format!("no --build {label}=PATH for backend {other}"))?;
+            Box::new(Vmnetd::start(o.busy_poll_us, Some((label, &path)))?)
+        }
+        // The in-process driver listens for OVS's vhost clients; vu-gen listens itself.
+        "ovs" => Box::new(Ovs::start(false, guest == Guest::Driver)?),
+        "testpmd" => Box::new(Testpmd::start()?),
+        other => bail!("unknown backend {other}"),
+    })
+}
+
+/// The samples of one backend, guest and frame size.
+struct Row {
+    guest: Guest,
+    backend: &'static str,
+    size: usize,
+    samples: Vec<Sample>,
 }
 
 fn throughput(o: &Opts) -> Result<()> {
     pin_self(0);
-    // name -> size -> samples
-    let mut results: BTreeMap<&'static str, BTreeMap<usize, Vec<Sample>>> = BTreeMap::new();
     let mut cfg = Config { queue_size: 1024, ..Default::default() };
     if o.no_mrg_rxbuf {
         cfg.features &= !features::MRG_RXBUF;
     }
     cfg.hugepages = o.guest_hugepages;
-    for name in &o.backends {
-        let mut be: Box<dyn Backend> = match name.as_str() {
-            "vmnetd" => Box::new(Vmnetd::start(o.busy_poll_us, None)?),
-            other if other.starts_with("vmnetd-") => {
-                let label = &other["vmnetd-".len()..];
-                let path = o.builds.iter().find(|(l, _)| l == label).map(|(_, p)| p.clone());
-                let path = path.with_context(|| format!("no --build {label}=PATH for backend {other}"))?;
-                Box::new(Vmnetd::start(o.busy_poll_us, Some((label, &path)))?)
+    let mut rows: Vec<Row> = Vec::new();
+    for &guest in &o.guests {
+        eprintln!("guest {}: {}", guest.name(), guest.describe());
+        for name in &o.backends {
+            let mut be = start_backend(name, o, guest)?;
+            if guest == Guest::Driver {
+                let (mut a, mut b) = be.connect(&cfg)?;
+                std::thread::sleep(Duration::from_millis(500));
+                if be.learns() {
+                    learn(&mut a, &mut b);
+                }
+                for &size in &o.sizes {
+                    a.prime_tx(0, &VnetHdr::default(), &frame(MAC_A, MAC_B, size - 4));
+                    // Warm up: caches, learning, the backend's polling.
+                    measure(&mut a, &mut b, size, 0.5, None);
+                    let mut samples = Vec::new();
+                    for _ in 0..o.runs {
+                        let s = measure(&mut a, &mut b, size, o.secs, be.pid());
+                        eprintln!(
+                            "  {:<10} {size:>5} B: {:.3} Mpps {:.2} Gbit/s cpu {:.2}",
+                            be.name(),
+                            s.mpps,
+                            s.gbps,
+                            s.cpu
+                        );
+                        samples.push(s);
+                    }
+                    rows.push(Row { guest, backend: be.name(), size, samples });
+                }
+                drop((a, b));
+            } else {
+                for (i, &size) in o.sizes.iter().enumerate() {
+                    let samples = dpdk_runs(o, be.as_ref(), guest, size, i == 0)?;
+                    rows.push(Row { guest, backend: be.name(), size, samples });
+                }
             }
-            "ovs" => Box::new(Ovs::start(false)?),
-            "testpmd" => Box::new(Testpmd::start()?),
-            other => bail!("unknown backend {other}"),
-        };
-        let (mut a, mut b) = be.connect(&cfg)?;
-        std::thread::sleep(Duration::from_millis(500));
-        if be.learns() {
-            learn(&mut a, &mut b);
+            drop(be);
         }
-        for &size in &o.sizes {
-            a.prime_tx(0, &VnetHdr::default(), &frame(MAC_A, MAC_B, size - 4));
-            // Warm up: caches, learning, the backend's polling.
-            measure(&mut a, &mut b, size, 0.5, None);
-            for _ in 0..o.runs {
-                let s = measure(&mut a, &mut b, size, o.secs, be.pid());
-                eprintln!("  {:<10} {size:>5} B: {:.3} Mpps {:.2} Gbit/s cpu {:.2}", be.name(), s.mpps, s.gbps, s.cpu);
-                results.entry(be.name()).or_default().entry(size).or_default().push(s);
-            }
-        }
-        drop((a, b));
-        drop(be);
     }
+    report(o, &rows);
+    Ok(())
+}
+
+fn report(o: &Opts, rows: &[Row]) {
     println!();
     println!(
         "vhost-user port to port, 1 datapath core (CPU 1), generator+sink on CPU 0; medians of {} runs of {} s",
         o.runs, o.secs
     );
-    println!("{:<12} {:>6} {:>10} {:>10} {:>8}", "backend", "frame", "Mpps", "Gbit/s", "cores");
-    let mut med: BTreeMap<(&str, usize), (f64, f64)> = BTreeMap::new();
-    for (name, by) in &results {
-        for (size, samples) in by {
-            let mut m: Vec<f64> = samples.iter().map(|s| s.mpps).collect();
-            let mut g: Vec<f64> = samples.iter().map(|s| s.gbps).collect();
-            let mut c: Vec<f64> = samples.iter().map(|s| s.cpu).collect();
+    for &guest in &o.guests {
+        let rs: Vec<&Row> = rows.iter().filter(|r| r.guest == guest).collect();
+        if rs.is_empty() {
+            continue;
+        }
+        let dpdk = guest != Guest::Driver;
+        println!();
+        println!("guest {}: {}", guest.name(), guest.describe());
+        print!("{:<14} {:>6} {:>9} {:>15} {:>8} {:>6}", "backend", "frame", "Mpps", "min-max", "Gbit/s", "cores");
+        if dpdk {
+            print!(" {:>10}", "ring full");
+        }
+        println!();
+        let mut med: BTreeMap<(&str, usize), (f64, f64)> = BTreeMap::new();
+        for r in &rs {
+            let mut m: Vec<f64> = r.samples.iter().map(|s| s.mpps).collect();
+            let mut g: Vec<f64> = r.samples.iter().map(|s| s.gbps).collect();
+            let mut c: Vec<f64> = r.samples.iter().map(|s| s.cpu).collect();
+            let mut f: Vec<f64> = r.samples.iter().filter_map(|s| s.full).collect();
+            let (lo, hi) = m.iter().fold((f64::MAX, 0.0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
             let (mm, gg, cc) = (median(&mut m), median(&mut g), median(&mut c));
-            med.insert((name, *size), (mm, gg));
-            println!("{name:<12} {size:>6} {mm:>10.3} {gg:>10.2} {cc:>8.2}");
+            med.insert((r.backend, r.size), (mm, gg));
+            let range = format!("{lo:.3}-{hi:.3}");
+            print!("{:<14} {:>6} {mm:>9.3} {range:>15} {gg:>8.2} {cc:>6.2}", r.backend, r.size);
+            if dpdk && !f.is_empty() {
+                print!(" {:>9.1}%", median(&mut f) * 100.0);
+            }
+            println!();
+        }
+        if dpdk {
+            println!(
+                "(ring full: share of the generator's TX attempts its ring refused; high = the backend was \
+                 the limit, low with an idle backend = the generator was)"
+            );
+        }
+        for &size in &o.sizes {
+            let Some(v) = med.get(&("vmnetd", size)) else { continue };
+            let mut others =
+                vec![("ovs-dpdk".to_owned(), "OVS-DPDK".to_owned()), ("testpmd-io".into(), "testpmd-io".into())];
+            others.extend(o.builds.iter().map(|(l, _)| (format!("vmnetd-{l}"), format!("vmnetd-{l}"))));
+            let mut ratios = String::new();
+            for (key, label) in &others {
+                let Some(x) = med.iter().find(|((b, s), _)| b == key && *s == size).map(|(_, x)| x) else { continue };
+                ratios.push_str(&format!("  vmnetd/{label} {:.2}x", v.0 / x.0));
+                if size == 1518 {
+                    ratios.push_str(&format!(" ({:.2} vs {:.2} Gbit/s)", v.1, x.1));
+                }
+            }
+            if !ratios.is_empty() {
+                println!("{:<12} {size:>5} B:{ratios}", guest.name());
+            }
         }
     }
-    println!();
-    for &size in &o.sizes {
-        for (label, _) in &o.builds {
-            let other = format!("vmnetd-{label}");
-            if let (Some(v), Some(x)) = (med.get(&("vmnetd", size)), med.get(&(other.as_str(), size))) {
-                println!("{size:>5} B: vmnetd (this build) / {other} {:.2}x", v.0 / x.0);
-            }
-        }
-        let v = med.get(&("vmnetd", size));
-        let ovs = med.get(&("ovs-dpdk", size));
-        let tp = med.get(&("testpmd-io", size));
-        if let Some(v) = v {
-            let mut line = format!("{size:>5} B:");
-            if let Some(x) = ovs {
-                line.push_str(&format!(" vmnetd/OVS-DPDK {:.2}x", v.0 / x.0));
-            }
-            if let Some(x) = tp {
-                line.push_str(&format!("  vmnetd/testpmd-io {:.2}x", v.0 / x.0));
-            }
-            println!("{line}");
-        }
-    }
-    Ok(())
 }
 
 fn gso(o: &Opts) -> Result<()> {
@@ -660,7 +1135,7 @@ fn gso(o: &Opts) -> Result<()> {
                 let path = path.with_context(|| format!("no --build {label}=PATH for backend {other}"))?;
                 Box::new(Vmnetd::start(o.busy_poll_us, Some((label, &path)))?)
             }
-            "ovs" => Box::new(Ovs::start(true)?),
+            "ovs" => Box::new(Ovs::start(true, true)?),
             _ => continue,
         };
         let (mut a, mut b) = be.connect(&cfg)?;
@@ -771,8 +1246,19 @@ fn main() -> Result<()> {
                 (l.to_owned(), PathBuf::from(p))
             })
             .collect(),
+        guests: get("--guest")
+            .unwrap_or_else(|| "driver,dpdk,dpdk-noorder".into())
+            .split(',')
+            .map(Guest::parse)
+            .collect::<Result<_>>()?,
+        vu_gen: get("--vu-gen").map_or_else(default_vu_gen, PathBuf::from),
     };
     let _ = bin("vmnetd");
+    let modes = ["--idle", "--gso"];
+    if !args.iter().any(|a| modes.contains(&a.as_str())) && o.guests.iter().any(|g| *g != Guest::Driver) {
+        // Fail before any backend starts.
+        o.vu_gen()?;
+    }
     if args.iter().any(|a| a == "--idle") {
         return idle();
     }

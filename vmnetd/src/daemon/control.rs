@@ -126,6 +126,20 @@ async fn refuse(mut stream: UnixStream, max: usize) {
     let mut out = serde_json::to_vec(&resp).unwrap_or_default();
     out.push(b'\n');
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&out)).await;
+    // Read (and discard) what the client sends for a moment, so that its request write does
+    // not meet a closed socket before it reads the reason.
+    let _ = stream.shutdown().await;
+    let mut sink = [0u8; 1024];
+    let drain = async {
+        let mut total = 0usize;
+        while let Ok(n) = stream.read(&mut sink).await {
+            total += n;
+            if n == 0 || total > MAX_REQUEST_BYTES {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(200), drain).await;
 }
 
 fn timed_out(what: &str) -> std::io::Error {
