@@ -18,6 +18,7 @@
 # CALLGRIND=1 instead counts the instructions vmnetd's datapath thread runs per forwarded
 # frame under valgrind (this build, and REV with COMPARE), for each guest in GUESTS:
 # deterministic to ~0.1 %, where packet rates on a shared machine vary by +-25 % between runs.
+# CALLGRIND_KEEP=DIR keeps each datapath-thread profile there (for callgrind_annotate).
 # OVS-DPDK, testpmd and vu-gen need huge pages: the script reserves 1024 x 2 MiB for the run
 # and puts the previous reservation back when it ends. Its OVS, testpmd and vu-gen are private
 # (own run directory, own DPDK file prefix) and it stops only what it started.

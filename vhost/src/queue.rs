@@ -440,6 +440,9 @@ impl<'a> RxWriter<'a> {
     pub fn write(&mut self, hdr: &VnetHdr, parts: &[Part<'_>]) -> Result<(), RxError> {
         let frame_len: usize = parts.iter().map(Part::len).sum();
         let need = self.hdr_len + frame_len;
+        if let Some(r) = self.write_one_buffer(hdr, parts, need) {
+            return r;
+        }
         let mut cap = 0;
         while cap < need {
             if !self.mrg && !self.s.chains.is_empty() {
@@ -494,6 +497,54 @@ impl<'a> RxWriter<'a> {
         self.s.descs.clear();
         self.written += 1;
         Ok(())
+    }
+
+    /// The common case of [`RxWriter::write`], taken without the scratch lists: the next
+    /// chain is one writable buffer that holds the whole frame, and nothing else is popped.
+    /// `None` when that is not the case (nothing taken; the general path decides).
+    #[inline]
+    fn write_one_buffer(&mut self, hdr: &VnetHdr, parts: &[Part<'_>], need: usize) -> Option<Result<(), RxError>> {
+        if self.broken.is_some() || self.next_avail == self.avail_end || !self.s.chains.is_empty() {
+            return None;
+        }
+        let ring = self.ring.as_ref()?;
+        let head = ring.avail_head(self.next_avail);
+        let b = ring.single(head)?;
+        if !b.write || (b.len as usize) < need {
+            return None;
+        }
+        self.next_avail = self.next_avail.wrapping_add(1);
+        let Some(d) = self.x.slice(b.addr, need) else {
+            self.put_used(head, 0);
+            return Some(Err(RxError::BadChain));
+        };
+        let mut at = self.hdr_len;
+        for p in parts {
+            let n = p.len();
+            let copied = d.sub(at, n).and_then(|dst| match p {
+                Part::Bytes(b) => Some(dst.write_from(b)),
+                Part::Guest(src, seg) => Xlate::new(src).slice(seg.addr, n).map(|s| s.copy_to(&dst)),
+                Part::Slice(s) => Some(s.copy_to(&dst)),
+            });
+            match copied {
+                Some(true) => at += n,
+                Some(false) => {
+                    self.put_used(head, 0);
+                    return Some(Err(RxError::BadChain));
+                }
+                None => {
+                    self.put_used(head, 0);
+                    return Some(Err(if matches!(p, Part::Guest(..)) { RxError::BadSource } else { RxError::BadChain }));
+                }
+            }
+        }
+        if !header_into(&d, self.hdr_len, hdr, 1) {
+            self.put_used(head, 0);
+            return Some(Err(RxError::BadChain));
+        }
+        self.put_used(head, need as u32);
+        self.written += 1;
+        Some(Ok(()))
     }
 
     /// [`RxWriter::write`] when the frame fits the first buffer of the one chain popped: one

@@ -41,6 +41,7 @@ const AVAIL_F_NO_INTERRUPT: u16 = vr::VRING_AVAIL_F_NO_INTERRUPT as u16;
 const USED_F_NO_NOTIFY: u16 = vr::VRING_USED_F_NO_NOTIFY as u16;
 
 pub use crate::sys::gmem::Span;
+use crate::sys::gmem::Table;
 
 /// Guest address -> host span, remembering the region of the last lookup: a guest has one
 /// or a few regions, and a burst touches the same one over and over, so most lookups are two
@@ -133,18 +134,27 @@ struct Desc {
 
 impl Desc {
     #[inline]
+    fn from_bytes(b: [u8; 16]) -> Desc {
+        let w0 = u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+        let w1 = u64::from_le_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]);
+        Desc { addr: w0, len: w1 as u32, flags: (w1 >> 32) as u16, next: (w1 >> 48) as u16 }
+    }
+
+    /// Descriptor at byte `off` of an (indirect) table.
+    #[inline]
     fn read(table: &Span<'_>, off: usize) -> Option<Desc> {
-        let b: [u8; 16] = table.read_array(off)?;
-        let w0 = u64::from_le_bytes(b[..8].try_into().ok()?);
-        let w1 = u64::from_le_bytes(b[8..].try_into().ok()?);
-        Some(Desc { addr: w0, len: w1 as u32, flags: (w1 >> 32) as u16, next: (w1 >> 48) as u16 })
+        table.read_array(off).map(Desc::from_bytes)
     }
 }
 
 /// The rings of one queue, mapped for a burst.
 pub struct Ring<'m> {
     mem: &'m Memory,
-    desc: Span<'m>,
+    /// The descriptor table, the available ring's entries and the used ring's elements,
+    /// checked once here; positions are taken modulo the size by [`Table`].
+    descs: Table<'m, 16>,
+    avail_ring: Table<'m, 2>,
+    used_ring: Table<'m, 8>,
     avail: Span<'m>,
     used: Span<'m>,
     size: u16,
@@ -169,7 +179,16 @@ impl<'m> Ring<'m> {
         if !aligned(&desc, 16) || !aligned(&avail, 2) || !aligned(&used, 4) {
             return None;
         }
-        Some(Ring { mem, desc, avail, used, size, event_idx: q.event_idx_enabled() })
+        Some(Ring {
+            mem,
+            descs: Table::new(desc, n)?,
+            avail_ring: Table::new(avail.sub(4, 2 * n)?, n)?,
+            used_ring: Table::new(used.sub(4, 8 * n)?, n)?,
+            avail,
+            used,
+            size,
+            event_idx: q.event_idx_enabled(),
+        })
     }
 
     pub fn size(&self) -> u16 {
@@ -183,8 +202,13 @@ impl<'m> Ring<'m> {
 
     /// The chain head at available position `pos`.
     pub fn avail_head(&self, pos: u16) -> u16 {
-        let off = 4 + 2 * usize::from(pos & (self.size - 1));
-        self.avail.load_u16(off, Ordering::Relaxed).unwrap_or(u16::MAX)
+        self.avail_ring.load_u16(usize::from(pos), Ordering::Relaxed)
+    }
+
+    /// Descriptor `i` of the table, when `i` is inside it.
+    #[inline]
+    fn desc_at(&self, i: u16) -> Option<Desc> {
+        (i < self.size).then(|| Desc::from_bytes(self.descs.read16(usize::from(i))))
     }
 
     /// Walks the chain that starts at descriptor `head`, calling `f` for each buffer;
@@ -201,7 +225,7 @@ impl<'m> Ring<'m> {
             if n > limit {
                 return Err(ChainError::TooLong);
             }
-            let d = Desc::read(&self.desc, 16 * usize::from(idx)).ok_or(ChainError::BadIndex)?;
+            let d = self.desc_at(idx).ok_or(ChainError::BadIndex)?;
             if d.flags & F_INDIRECT != 0 {
                 // An indirect descriptor is the whole chain (it may not be chained itself).
                 if d.flags & F_NEXT != 0 || n != 1 {
@@ -260,10 +284,7 @@ impl<'m> Ring<'m> {
     /// Descriptor `i` of the table.
     #[inline]
     pub fn desc(&self, i: u16) -> Option<Buf> {
-        if i >= self.size {
-            return None;
-        }
-        let d = Desc::read(&self.desc, 16 * usize::from(i))?;
+        let d = self.desc_at(i)?;
         Some(Buf { addr: d.addr, len: d.len, write: d.flags & F_WRITE != 0 })
     }
 
@@ -272,10 +293,7 @@ impl<'m> Ring<'m> {
     /// [`Ring::walk`], which also reports what is wrong with it.
     #[inline]
     pub fn single(&self, head: u16) -> Option<Buf> {
-        if head >= self.size {
-            return None;
-        }
-        let d = Desc::read(&self.desc, 16 * usize::from(head))?;
+        let d = self.desc_at(head)?;
         (d.flags & (F_NEXT | F_INDIRECT) == 0 && d.len != 0).then_some(Buf {
             addr: d.addr,
             len: d.len,
@@ -285,19 +303,13 @@ impl<'m> Ring<'m> {
 
     /// Address of the first buffer of the chain at `head`, when it is a plain descriptor.
     pub fn first_buf(&self, head: u16) -> Option<u64> {
-        if head >= self.size {
-            return None;
-        }
-        let d = Desc::read(&self.desc, 16 * usize::from(head))?;
+        let d = self.desc_at(head)?;
         (d.flags & F_INDIRECT == 0).then_some(d.addr)
     }
 
     /// Writes the used element at used position `pos` (not yet visible to the driver).
     pub fn put_used(&self, pos: u16, id: u16, len: u32) {
-        // An element is only 4-byte aligned (the ring starts with two u16s).
-        let off = 4 + 8 * usize::from(pos & (self.size - 1));
-        self.used.store_u32(off, u32::from(id), Ordering::Relaxed);
-        self.used.store_u32(off + 4, len, Ordering::Relaxed);
+        self.used_ring.store_u32_pair(usize::from(pos), u32::from(id), len, Ordering::Relaxed);
     }
 
     /// Makes used elements up to `idx` visible to the driver.

@@ -805,6 +805,9 @@ fn callgrind(o: &Opts) -> Result<()> {
                     "valgrind".into(),
                     "--tool=callgrind".into(),
                     "--separate-threads=yes".into(),
+                    // Each dump self-contained (names not defined in an earlier part), so a
+                    // kept profile reads on its own.
+                    "--compress-strings=no".into(),
                     format!("--callgrind-out-file={}/cg.out", out.path().display()),
                 ];
                 let build = match name.as_str() {
@@ -852,7 +855,18 @@ fn callgrind(o: &Opts) -> Result<()> {
                 callgrind_control(pid, "--dump=measured")?;
                 let dumped: Vec<PathBuf> = files(out.path())?.into_iter().filter(|f| !before.contains(f)).collect();
                 // The datapath thread is the one that ran the most instructions.
-                let ir = dumped.iter().filter_map(|f| totals(f)).max().context("callgrind wrote no dump")?;
+                let (ir, dp_file) = dumped
+                    .iter()
+                    .filter_map(|f| totals(f).map(|ir| (ir, f)))
+                    .max()
+                    .context("callgrind wrote no dump")?;
+                // CALLGRIND_KEEP=DIR keeps the datapath thread's profile for callgrind_annotate.
+                if let Some(dir) = std::env::var_os("CALLGRIND_KEEP") {
+                    let to = Path::new(&dir).join(format!("cg-{}-{}-{size}.out", be.name, guest.name()));
+                    std::fs::create_dir_all(&dir)?;
+                    std::fs::copy(dp_file, &to)?;
+                    eprintln!("  kept {}", to.display());
+                }
                 let per = ir as f64 / frames.max(1) as f64;
                 eprintln!(
                     "  {:<14} {:<12} {size:>5} B: {frames} frames, {ir} Ir in the datapath thread, {per:.0} Ir/frame",

@@ -187,6 +187,71 @@ impl<'m> Span<'m> {
     }
 }
 
+/// `n` (a power of two) elements of `S` bytes at the start of a span, checked once when made
+/// (length, and alignment to `S` or 4 bytes, whichever is less): an element index is taken modulo `n`, so every
+/// access lands inside the span without a check per access. For ring tables, whose
+/// positions are free-running indices and whose heads come from the guest.
+#[derive(Debug, Clone, Copy)]
+pub struct Table<'m, const S: usize> {
+    ptr: NonNull<u8>,
+    mask: usize,
+    _mem: PhantomData<&'m ()>,
+}
+
+impl<'m, const S: usize> Table<'m, S> {
+    const ALIGN: usize = if S < 4 { S } else { 4 };
+
+    /// The first `n * S` bytes of `span` as a table; `None` if `n` is not a power of two,
+    /// the span is too short, or its start is not aligned to `S` or 4 bytes.
+    pub fn new(span: Span<'m>, n: usize) -> Option<Self> {
+        const { assert!(S.is_power_of_two() && S >= 2) };
+        if !n.is_power_of_two() {
+            return None;
+        }
+        if n.checked_mul(S)? > span.len || (span.ptr.as_ptr() as usize) % Self::ALIGN != 0 {
+            return None;
+        }
+        Some(Table { ptr: span.ptr, mask: n - 1, _mem: PhantomData })
+    }
+
+    #[inline]
+    fn at(&self, i: usize) -> *mut u8 {
+        // Inside the table: (i & mask) < n and n * S bytes were checked to be in the span.
+        self.ptr.as_ptr().wrapping_add((i & self.mask) * S)
+    }
+
+    /// Atomic load of the little-endian u16 that starts element `i`.
+    #[inline]
+    pub fn load_u16(&self, i: usize, order: Ordering) -> u16 {
+        // SAFETY: element i (masked) is inside the span; it starts a multiple of S (>= 2)
+        // bytes from a start aligned to ALIGN >= 2 that divides S: 2-byte aligned.
+        let a = unsafe { AtomicU16::from_ptr(self.at(i).cast()) };
+        u16::from_le(a.load(order))
+    }
+
+    /// Atomic stores of two little-endian u32s into element `i` (bytes 0..4 and 4..8).
+    #[inline]
+    pub fn store_u32_pair(&self, i: usize, a: u32, b: u32, order: Ordering) {
+        const { assert!(S >= 8) };
+        let p = self.at(i);
+        // SAFETY: as in load_u16: S >= 8 bytes of element i are inside the span, and with
+        // S >= 8, ALIGN is 4, so both words are 4-byte aligned.
+        unsafe {
+            AtomicU32::from_ptr(p.cast()).store(a.to_le(), order);
+            AtomicU32::from_ptr(p.wrapping_add(4).cast()).store(b.to_le(), order);
+        }
+    }
+
+    /// Element `i`'s first 16 bytes, copied out in one read.
+    #[inline]
+    pub fn read16(&self, i: usize) -> [u8; 16] {
+        const { assert!(S >= 16) };
+        // SAFETY: S >= 16 bytes of element i (masked) are inside the span; an unaligned read
+        // into a local array.
+        unsafe { std::ptr::read_unaligned(self.at(i).cast::<[u8; 16]>()) }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,5 +276,27 @@ mod tests {
         let odd = if base % 2 == 0 { 1 } else { 0 };
         assert!(s.load_u16(odd, Ordering::Relaxed).is_none());
         assert!(s.sub(0, 4).unwrap().copy_to(&s.sub(32, 4).unwrap()) && !s.copy_to(&t));
+    }
+
+    #[test]
+    fn tables_wrap_indices_and_refuse_bad_shapes() {
+        let mut buf = vec![0u64; 32];
+        let s = Span::of_buf(bytemuck_free(&mut buf));
+        assert!(Table::<8>::new(s, 3).is_none(), "not a power of two");
+        assert!(Table::<8>::new(s, 64).is_none(), "longer than the span");
+        assert!(Table::<8>::new(s.sub(2, 200).unwrap(), 16).is_none(), "misaligned");
+        assert!(Table::<2>::new(s.sub(1, 200).unwrap(), 16).is_none(), "misaligned");
+        let t = Table::<8>::new(s, 32).unwrap();
+        t.store_u32_pair(33, 7, 9, Ordering::Relaxed);
+        assert_eq!(t.load_u16(1, Ordering::Relaxed), 7, "index 33 is element 1 of 32");
+        let d = Table::<16>::new(s, 16).unwrap();
+        assert_eq!(&d.read16(16)[..8], &[0u8; 8], "index 16 wraps to element 0");
+        assert_eq!(d.read16(0)[8], 7);
+    }
+
+    fn bytemuck_free(v: &mut [u64]) -> &mut [u8] {
+        let len = std::mem::size_of_val(v);
+        // SAFETY: u64s are plain bytes; same allocation, same lifetime.
+        unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), len) }
     }
 }

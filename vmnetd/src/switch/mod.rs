@@ -76,10 +76,18 @@ pub struct Egress {
 /// What one burst's decisions remember from the previous frame: frames of a burst usually
 /// share a source (learned once per burst) and a destination (looked up once until learning
 /// changes the table).
+/// Keys are `vid << 48 | mac` (never 0: a VLAN id is at least 1), 0 meaning none: one
+/// compare per frame.
 #[derive(Debug, Default)]
 struct BurstMemo {
-    src: Option<(VlanId, MacAddr)>,
-    dst: Option<(VlanId, u64, Option<PortId>)>,
+    src: u64,
+    dst: u64,
+    dst_port: Option<PortId>,
+}
+
+#[inline]
+fn vlan_mac_key(vlan: VlanId, mac48: u64) -> u64 {
+    u64::from(vlan.get()) << 48 | mac48
 }
 
 /// The output of [`Switch::ingress_burst`]: per-destination lists of frames, reused across
@@ -357,7 +365,7 @@ impl Switch {
         in_port: PortId,
         f: &FrameInfo<'_>,
         now: fdb::Nanos,
-        last_src: &mut Option<(VlanId, MacAddr)>,
+        last_src: &mut u64,
     ) -> Result<(VlanId, Option<Tci>, u64), DropReason> {
         let Some(Some(st)) = self.ports.get_mut(in_port.index()) else {
             return Err(DropReason::RxError);
@@ -397,7 +405,8 @@ impl Switch {
         if st.cfg.lock_macs && !st.cfg.macs.contains(&src) {
             return Err(DropReason::MacLocked);
         }
-        if *last_src != Some((vlan, src)) {
+        let src_key = vlan_mac_key(vlan, src48);
+        if *last_src != src_key {
             let max = st.cfg.max_macs;
             match self.fdb.learn_ns(vlan, src, in_port, max, now) {
                 Learn::Refreshed | Learn::Static | Learn::Disabled => {}
@@ -409,7 +418,7 @@ impl Switch {
                 }
                 Learn::StaticElsewhere(_) => return Err(DropReason::SourceIsStaticElsewhere),
             }
-            *last_src = Some((vlan, src));
+            *last_src = src_key;
         }
         Ok((vlan, tci, dst))
     }
@@ -501,16 +510,16 @@ impl Switch {
         };
         if memo.src != src_before {
             // Learning may have changed the table: forget the remembered lookup.
-            memo.dst = None;
+            memo.dst = 0;
         }
         if dst >> 40 & 1 == 0 {
-            let found = match memo.dst {
-                Some((v, d, port)) if v == vlan && d == dst => port,
-                _ => {
-                    let port = self.fdb.lookup_raw(vlan, dst, now);
-                    memo.dst = Some((vlan, dst, port));
-                    port
-                }
+            let dst_key = vlan_mac_key(vlan, dst);
+            let found = if memo.dst == dst_key {
+                memo.dst_port
+            } else {
+                let port = self.fdb.lookup_raw(vlan, dst, now);
+                (memo.dst, memo.dst_port) = (dst_key, port);
+                port
             };
             if let Some(port) = found {
                 if port == in_port {
