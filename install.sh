@@ -1,6 +1,7 @@
 #!/bin/sh
 # Sets up vmnetd on a Debian 12 machine and starts the daemon on its embedded default config:
-# installs build dependencies (and Rust via rustup if cargo is missing), builds a release,
+# installs build dependencies and the programs networks run (dnsmasq-base, nftables; Rust via
+# rustup if cargo is missing), builds a release,
 # installs the binaries to /usr/local/bin, and starts `vmnetd daemon` (under systemd when it
 # runs, else in the background with its log in /var/log/vmnetd.log). Run as root.
 set -eu
@@ -8,7 +9,8 @@ cd "$(dirname "$0")"
 . ./.ci/lib.sh
 
 need_root
-apt_install build-essential pkg-config ca-certificates curl iproute2
+# dnsmasq-base and nftables: the embedded default config's NAT'd network (DHCP, DNS, masquerade).
+apt_install build-essential pkg-config ca-certificates curl iproute2 dnsmasq-base nftables
 ensure_rust
 cargo build --release --locked --workspace --bins
 install -m 0755 target/release/vmnetd /usr/local/bin/vmnetd

@@ -10,7 +10,9 @@
 # min-max spread, the backend's cores and, for DPDK guests, how often the generator's TX ring
 # was full: high = the backend was the limit) and the ratios. Then 64 KiB TSO frames guest to
 # guest, and an idle daemon with 100 vhost-user ports. Root.
-#   bench/vhost.sh [RUNS] [SECS]          (defaults: 5 runs of 3 s)
+#   bench/vhost.sh [ROUNDS] [SECS]        (defaults: 5 rounds, runs of 3 s; every round starts
+#                                         each backend in turn, so drift hits all alike; ratios
+#                                         are medians of per-round pairs, with their range)
 # GUESTS=driver,dpdk,dpdk-noorder picks the guests (throughput and CALLGRIND).
 # COMPARE=REV also builds git revision REV and measures it in the same run (backend
 # vmnetd-before), with the ratio this build / REV. BACKENDS=vmnetd,ovs,testpmd picks backends,

@@ -9,10 +9,10 @@ cd "$(dirname "$0")/.."
 need_root
 # Real peers the tests use: iproute2, ping, tcpdump, tshark, iperf3, QEMU (TCG) with a
 # busybox initramfs, DPDK's testpmd (virtio-user), libvirtd and virsh; cpio, kmod and xz
-# build the guest.
+# build the guest; dnsmasq-base and nftables for networks (tests/tests/network.rs).
 apt_install build-essential pkg-config ca-certificates curl iproute2 iputils-ping \
     tcpdump tshark iperf3 qemu-system-x86 busybox-static cpio kmod xz-utils dpdk dpdk-dev \
-    libvirt-daemon-system libvirt-clients
+    libvirt-daemon-system libvirt-clients dnsmasq-base nftables
 ensure_rust
 # The guest kernel (a Debian cloud kernel, downloaded, never installed) and its modules.
 tests/guest/build.sh target/guest

@@ -8,12 +8,14 @@
 //! - [`client`]: a blocking client of the control socket.
 //! - [`ifname`], [`mac`], [`vlan`]: validated interface names, MAC addresses, VLAN ids, sets
 //!   and port modes (with the OVS `NORMAL` classification rules a mode implies).
+//! - [`net`]: networks with addresses: names, prefixes, DHCP ranges, host names, forwards.
 //! - [`users`]: user and group names resolved the way `tunctl -u` does.
 #![deny(unsafe_code)]
 
 pub mod client;
 pub mod ifname;
 pub mod mac;
+pub mod net;
 pub mod proto;
 pub mod users;
 pub mod vlan;

@@ -148,6 +148,24 @@ pub enum Op {
     Stats(StatsReq),
     /// Stream a port's frames: the reply is followed by [`CaptureEvent`] lines.
     Capture(CaptureReq),
+    /// Declare a network with addresses on a bridge. Result: [`NetworkInfo`](crate::net::NetworkInfo).
+    NetworkAdd(Box<crate::net::NetworkSpec>),
+    /// Remove a network and everything made for it. Result: its [`NetworkInfo`](crate::net::NetworkInfo).
+    NetworkDel(crate::net::NetworkRef),
+    /// Result: `Vec<NetworkInfo>`.
+    NetworkList,
+    /// Result: [`NetworkInfo`](crate::net::NetworkInfo).
+    NetworkShow(crate::net::NetworkRef),
+    /// Result: `Vec<Lease>` (dnsmasq's, and static ones).
+    NetworkLeases(crate::net::NetworkRef),
+    /// Result: [`NetworkInfo`](crate::net::NetworkInfo).
+    LeaseAdd(crate::net::LeaseAdd),
+    /// Result: [`NetworkInfo`](crate::net::NetworkInfo).
+    LeaseDel(crate::net::LeaseDel),
+    /// Result: [`NetworkInfo`](crate::net::NetworkInfo).
+    ForwardAdd(crate::net::ForwardAdd),
+    /// Result: [`NetworkInfo`](crate::net::NetworkInfo).
+    ForwardDel(crate::net::ForwardDel),
     /// Test hook: makes the datapath thread panic (the daemon must then exit). Refused
     /// unless the daemon was started with `VMNETD_TEST_HOOKS=1` in its environment.
     #[doc(hidden)]

@@ -534,7 +534,11 @@ impl<'a> RxWriter<'a> {
                 }
                 None => {
                     self.put_used(head, 0);
-                    return Some(Err(if matches!(p, Part::Guest(..)) { RxError::BadSource } else { RxError::BadChain }));
+                    return Some(Err(if matches!(p, Part::Guest(..)) {
+                        RxError::BadSource
+                    } else {
+                        RxError::BadChain
+                    }));
                 }
             }
         }

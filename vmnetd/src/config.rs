@@ -126,6 +126,84 @@ pub struct Config {
     pub bridges: Vec<BridgeSpec>,
     #[serde(default, rename = "port")]
     pub ports: Vec<PortSpec>,
+    #[serde(default, rename = "network")]
+    pub networks: Vec<NetworkConfig>,
+    #[serde(default)]
+    pub tools: ToolsSection,
+}
+
+/// `[tools]`: the programs networks run. A bare name is looked up in `PATH`, then in
+/// `/usr/sbin` and `/sbin`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolsSection {
+    #[serde(default = "default_dnsmasq")]
+    pub dnsmasq: PathBuf,
+    #[serde(default = "default_nft")]
+    pub nft: PathBuf,
+}
+
+fn default_dnsmasq() -> PathBuf {
+    "dnsmasq".into()
+}
+
+fn default_nft() -> PathBuf {
+    "nft".into()
+}
+
+impl Default for ToolsSection {
+    fn default() -> Self {
+        ToolsSection { dnsmasq: default_dnsmasq(), nft: default_nft() }
+    }
+}
+
+/// `[[network]]`: a network with addresses (see `vmnetd network add`), with its static
+/// leases (`[[network.lease]]`) and port forwards (`[[network.forward]]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkConfig {
+    pub name: vmnetd_api::net::NetName,
+    pub bridge: crate::ifname::IfName,
+    #[serde(default)]
+    pub vlan: Option<crate::switch::VlanId>,
+    #[serde(default)]
+    pub subnet: vmnetd_api::net::SubnetSpec,
+    #[serde(default)]
+    pub gateway: Option<std::net::Ipv4Addr>,
+    #[serde(default)]
+    pub nat: bool,
+    #[serde(default)]
+    pub dhcp: bool,
+    #[serde(default)]
+    pub dhcp_range: Option<vmnetd_api::net::DhcpRange>,
+    #[serde(default)]
+    pub dns: bool,
+    #[serde(default)]
+    pub domain: Option<vmnetd_api::net::DomainName>,
+    #[serde(default)]
+    pub ipv6: bool,
+    #[serde(default, rename = "lease")]
+    pub leases: Vec<vmnetd_api::net::StaticLease>,
+    #[serde(default, rename = "forward")]
+    pub forwards: Vec<vmnetd_api::net::Forward>,
+}
+
+impl NetworkConfig {
+    pub fn spec(&self) -> vmnetd_api::net::NetworkSpec {
+        vmnetd_api::net::NetworkSpec {
+            name: self.name.clone(),
+            bridge: self.bridge.clone(),
+            vlan: self.vlan,
+            subnet: self.subnet,
+            gateway: self.gateway,
+            nat: self.nat,
+            dhcp: (self.dhcp || self.dhcp_range.is_some())
+                .then_some(vmnetd_api::net::DhcpSpec { range: self.dhcp_range }),
+            dns: self.dns,
+            domain: self.domain.clone(),
+            ipv6: self.ipv6,
+        }
+    }
 }
 
 /// A loaded config and where it came from ("embedded default" or a path).
@@ -151,6 +229,12 @@ impl Config {
         for b in &c.bridges {
             if !seen.insert(b.name.as_str().to_owned()) {
                 return Err(Error::Duplicate(origin.to_owned(), format!("bridge {}", b.name)));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for n in &c.networks {
+            if !seen.insert(n.name.as_str().to_owned()) {
+                return Err(Error::Duplicate(origin.to_owned(), format!("network {}", n.name)));
             }
         }
         let mut seen = std::collections::HashSet::new();

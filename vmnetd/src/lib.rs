@@ -11,6 +11,8 @@
 //! - [`daemon`]: `vmnetd daemon` — the control socket and who may do what, the request
 //!   handlers, the reconciler, start-up; [`state`]: the persisted declarations;
 //!   [`config`]: the TOML config and its embedded default.
+//! - [`network`]: networks with addresses on a bridge — gateway, dnsmasq (DHCP, DNS, RA),
+//!   NAT and port forwards in vmnetd's own nftables table.
 //! - [`tap`]: persistent TAP/TUN declarations; [`netlink`]: rtnetlink link queries and
 //!   changes; [`linuxbr`]: Linux bridge messages (VLANs, enslaving).
 //! - [`sys`]: the only `unsafe` code — TUN/TAP ioctls, AF_PACKET, iovecs.
@@ -26,6 +28,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod linuxbr;
 pub mod netlink;
+pub mod network;
 pub mod pcap;
 pub mod ports;
 pub mod state;

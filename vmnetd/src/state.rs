@@ -45,6 +45,27 @@ pub struct State {
     pub bridges: Vec<BridgeDecl>,
     #[serde(default)]
     pub ports: Vec<PortDecl>,
+    /// Networks declared at runtime (`vmnetd network add`), with their leases and forwards.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<crate::network::NetworkDecl>,
+    /// What was resolved for the config file's networks (an `auto` subnet stays the same
+    /// across restarts), by network name.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub config_networks: std::collections::BTreeMap<String, ResolvedNet>,
+    /// Uplinks whose `forwarding` vmnetd switched on for NAT'd networks (switched off again
+    /// when none is left).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub uplink_forwarding: Vec<String>,
+}
+
+/// A config network's resolved subnet and IPv6 prefix.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolvedNet {
+    pub subnet: vmnetd_api::net::Ipv4Cidr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<std::net::Ipv6Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prior_forwarding: Option<bool>,
 }
 
 /// A declared bridge, and whether vmnetd created its kernel device (Linux bridges).

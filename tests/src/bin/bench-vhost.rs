@@ -742,9 +742,9 @@ fn clock_ticks() -> f64 {
 
 /// `o.runs` runs of `o.secs` with a DPDK guest (one vu-gen process), the backend's CPU
 /// sampled as each run's line arrives.
-fn dpdk_runs(o: &Opts, be: &dyn Backend, guest: Guest, size: usize, show: bool) -> Result<Vec<Sample>> {
+fn dpdk_runs(o: &Opts, be: &dyn Backend, guest: Guest, size: usize, runs: usize, show: bool) -> Result<Vec<Sample>> {
     let dir = tempfile::tempdir()?;
-    let args = VuGenArgs { size, runs: o.runs, secs: o.secs, warm: 0.5, port_timeout: 30.0, sync: false };
+    let args = VuGenArgs { size, runs, secs: o.secs, warm: 0.5, port_timeout: 30.0, sync: false };
     let mut g = VuGen::spawn(&o.vu_gen()?, be, guest, &args, &dir.path().join("vu-gen.log"))?;
     let wait = Duration::from_secs_f64(o.secs + 60.0);
     g.expect("start", wait)?;
@@ -757,7 +757,7 @@ fn dpdk_runs(o: &Opts, be: &dyn Backend, guest: Guest, size: usize, show: bool) 
     let pid = be.pid();
     let mut c0 = pid.map(cpu_ticks).unwrap_or(0);
     let mut out = Vec::new();
-    for _ in 0..o.runs {
+    for _ in 0..runs {
         let v = g.next(wait)?;
         let c1 = pid.map(cpu_ticks).unwrap_or(0);
         let n = |k: &str| v[k].as_u64().with_context(|| format!("no {k} in vu-gen's {v}"));
@@ -1019,6 +1019,9 @@ struct Row {
     samples: Vec<Sample>,
 }
 
+/// Rounds, not blocks: each of `--runs` rounds starts every backend in turn and measures
+/// one run per guest and size, so a machine whose speed drifts over minutes (a shared VM)
+/// shifts all backends alike, and each round gives a paired ratio.
 fn throughput(o: &Opts) -> Result<()> {
     pin_self(0);
     let mut cfg = Config { queue_size: 1024, ..Default::default() };
@@ -1027,22 +1030,22 @@ fn throughput(o: &Opts) -> Result<()> {
     }
     cfg.hugepages = o.guest_hugepages;
     let mut rows: Vec<Row> = Vec::new();
-    for &guest in &o.guests {
-        eprintln!("guest {}: {}", guest.name(), guest.describe());
-        for name in &o.backends {
-            let mut be = start_backend(name, o, guest)?;
-            if guest == Guest::Driver {
-                let (mut a, mut b) = be.connect(&cfg)?;
-                std::thread::sleep(Duration::from_millis(500));
-                if be.learns() {
-                    learn(&mut a, &mut b);
-                }
-                for &size in &o.sizes {
-                    a.prime_tx(0, &VnetHdr::default(), &frame(MAC_A, MAC_B, size - 4));
-                    // Warm up: caches, learning, the backend's polling.
-                    measure(&mut a, &mut b, size, 0.5, None);
-                    let mut samples = Vec::new();
-                    for _ in 0..o.runs {
+    for round in 0..o.runs {
+        for &guest in &o.guests {
+            eprintln!("round {}/{}, guest {}: {}", round + 1, o.runs, guest.name(), guest.describe());
+            for name in &o.backends {
+                let mut be = start_backend(name, o, guest)?;
+                let mut got: Vec<(usize, Sample)> = Vec::new();
+                if guest == Guest::Driver {
+                    let (mut a, mut b) = be.connect(&cfg)?;
+                    std::thread::sleep(Duration::from_millis(500));
+                    if be.learns() {
+                        learn(&mut a, &mut b);
+                    }
+                    for &size in &o.sizes {
+                        a.prime_tx(0, &VnetHdr::default(), &frame(MAC_A, MAC_B, size - 4));
+                        // Warm up: caches, learning, the backend's polling.
+                        measure(&mut a, &mut b, size, 0.5, None);
                         let s = measure(&mut a, &mut b, size, o.secs, be.pid());
                         eprintln!(
                             "  {:<10} {size:>5} B: {:.3} Mpps {:.2} Gbit/s cpu {:.2}",
@@ -1051,18 +1054,24 @@ fn throughput(o: &Opts) -> Result<()> {
                             s.gbps,
                             s.cpu
                         );
-                        samples.push(s);
+                        got.push((size, s));
                     }
-                    rows.push(Row { guest, backend: be.name(), size, samples });
+                    drop((a, b));
+                } else {
+                    for (i, &size) in o.sizes.iter().enumerate() {
+                        for s in dpdk_runs(o, be.as_ref(), guest, size, 1, round == 0 && i == 0)? {
+                            got.push((size, s));
+                        }
+                    }
                 }
-                drop((a, b));
-            } else {
-                for (i, &size) in o.sizes.iter().enumerate() {
-                    let samples = dpdk_runs(o, be.as_ref(), guest, size, i == 0)?;
-                    rows.push(Row { guest, backend: be.name(), size, samples });
+                for (size, s) in got {
+                    match rows.iter_mut().find(|r| r.guest == guest && r.backend == be.name() && r.size == size) {
+                        Some(r) => r.samples.push(s),
+                        None => rows.push(Row { guest, backend: be.name(), size, samples: vec![s] }),
+                    }
                 }
+                drop(be);
             }
-            drop(be);
         }
     }
     report(o, &rows);
@@ -1072,7 +1081,8 @@ fn throughput(o: &Opts) -> Result<()> {
 fn report(o: &Opts, rows: &[Row]) {
     println!();
     println!(
-        "vhost-user port to port, 1 datapath core (CPU 1), generator+sink on CPU 0; medians of {} runs of {} s",
+        "vhost-user port to port, 1 datapath core (CPU 1), generator+sink on CPU 0; medians of {} rounds \
+         (each backend started once per round, one run of {} s per size)",
         o.runs, o.secs
     );
     for &guest in &o.guests {
@@ -1112,13 +1122,20 @@ fn report(o: &Opts, rows: &[Row]) {
         }
         for &size in &o.sizes {
             let Some(v) = med.get(&("vmnetd", size)) else { continue };
+            let Some(mine) = rs.iter().find(|r| r.backend == "vmnetd" && r.size == size) else { continue };
             let mut others =
                 vec![("ovs-dpdk".to_owned(), "OVS-DPDK".to_owned()), ("testpmd-io".into(), "testpmd-io".into())];
             others.extend(o.builds.iter().map(|(l, _)| (format!("vmnetd-{l}"), format!("vmnetd-{l}"))));
             let mut ratios = String::new();
             for (key, label) in &others {
                 let Some(x) = med.iter().find(|((b, s), _)| b == key && *s == size).map(|(_, x)| x) else { continue };
-                ratios.push_str(&format!("  vmnetd/{label} {:.2}x", v.0 / x.0));
+                let Some(theirs) = rs.iter().find(|r| r.backend == key.as_str() && r.size == size) else { continue };
+                // The ratio of each round's pair (same minute of the machine's life), then
+                // their median and range.
+                let mut per: Vec<f64> =
+                    mine.samples.iter().zip(&theirs.samples).map(|(a, b)| a.mpps / b.mpps.max(1e-9)).collect();
+                let (lo, hi) = per.iter().fold((f64::MAX, 0.0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+                ratios.push_str(&format!("  vmnetd/{label} {:.2}x [rounds {lo:.2}-{hi:.2}]", median(&mut per)));
                 if size == 1518 {
                     ratios.push_str(&format!(" ({:.2} vs {:.2} Gbit/s)", v.1, x.1));
                 }

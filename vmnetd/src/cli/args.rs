@@ -43,6 +43,11 @@ pub enum Command {
         #[command(subcommand)]
         command: PortCommand,
     },
+    /// Networks with addresses on a bridge: gateway, DHCP, DNS, NAT, port forwards.
+    Network {
+        #[command(subcommand)]
+        command: super::network::NetworkCommand,
+    },
     /// The learning table of a built-in bridge.
     Fdb {
         #[command(subcommand)]

@@ -7,9 +7,11 @@
 //! - `args`: the grammar (clap definitions of every verb);
 //! - this module: each verb as a request and its result;
 //! - [`show`]: human output per noun (bridges, ports, fdb, stats, taps, status, frames);
+//! - [`network`]: the `network` verbs (grammar, requests, output);
 //! - `offline`: `mktap`/`rmtap` when no daemon runs.
 
 mod args;
+pub mod network;
 mod offline;
 pub mod show;
 
@@ -115,6 +117,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Bridge { command } => bridge_cmd(&ctx, command),
         Command::Port { command } => port_cmd(&ctx, command),
         Command::Fdb { command } => fdb_cmd(&ctx, command),
+        Command::Network { command } => network::run(&ctx, command),
         Command::Stats { bridge, port } => {
             let stats: Vec<PortStats> = ctx.call(Op::Stats(StatsReq { bridge, port }))?;
             if ctx.json {

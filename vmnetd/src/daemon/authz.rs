@@ -16,9 +16,10 @@
 //!     (server mode), or, in client mode, only to a frontend that runs as themselves
 //!     (checked on every connection with `SO_PEERCRED`); no internal ports (they make host
 //!     interfaces), no labels that claim a port for the libvirt hook (`created-by`);
-//!   - `port del` and `capture` on the ports they added.
+//!   - `port del` and `capture` on the ports they added;
+//!   - read networks: `network list`, `network show`, `network leases`.
 //!
-//!   Everything else (bridges, internal ports, `fdb flush`, other users' TAPs and ports,
+//!   Everything else (bridges, networks, leases, port forwards, internal ports, `fdb flush`, other users' TAPs and ports,
 //!   ports declared by root or in the config file) is refused with `permission denied`.
 
 use std::path::{Component, Path, PathBuf};
@@ -85,6 +86,9 @@ impl Core {
             | Op::PortList(_)
             | Op::FdbShow(_)
             | Op::Stats(_)
+            | Op::NetworkList
+            | Op::NetworkShow(_)
+            | Op::NetworkLeases(_)
             | Op::Capture(_) => Ok(op),
             Op::Mktap(spec) => Ok(Op::Mktap(self.own_tap(spec, caller)?)),
             Op::Rmtap(rm) => {
@@ -205,6 +209,10 @@ fn op_name(op: &Op) -> &'static str {
         Op::BridgeAdd(_) => "add bridges",
         Op::BridgeDel(_) => "remove bridges",
         Op::FdbFlush(_) => "flush forwarding tables",
+        Op::NetworkAdd(_) => "add networks",
+        Op::NetworkDel(_) => "remove networks",
+        Op::LeaseAdd(_) | Op::LeaseDel(_) => "change static leases",
+        Op::ForwardAdd(_) | Op::ForwardDel(_) => "change port forwards",
         Op::DebugPanic => "use test hooks",
         _ => "do that",
     }

@@ -223,6 +223,12 @@ impl Core {
             ));
         }
         let decl = decl.clone();
+        if let Some(net) = self.network_on_bridge(&req.name) {
+            return Err(err(
+                ErrorKind::Conflict,
+                format!("Bridge {} carries network {net}; `vmnetd network del {net}` first", req.name),
+            ));
+        }
         let info = self.bridge_info(&decl, source).await?;
         let ports: Vec<PortSpec> =
             self.port_decls().filter(|(p, _)| p.spec.bridge == req.name).map(|(p, _)| p.spec.clone()).collect();
@@ -333,6 +339,12 @@ impl Core {
             ));
         }
         let decl = decl.clone();
+        if let Some(net) = decl.spec.external_ids.get(crate::network::NETWORK_LABEL) {
+            return Err(err(
+                ErrorKind::Conflict,
+                format!("Port {} is the gateway of network {net}; `vmnetd network del {net}` removes it", req.name),
+            ));
+        }
         let info = self.port_info(&decl, source).await?;
         self.backend(&decl.spec.bridge)?.detach(&self.ctx(), &decl).await;
         self.state.ports.retain(|p| !(p.spec.bridge == req.bridge && p.spec.name == req.name));

@@ -30,6 +30,8 @@ pub struct Core {
     pub test_hooks: bool,
     /// What non-root callers may hold.
     pub limits: UserLimits,
+    /// Networks: config declarations, running dnsmasqs, the programs they use.
+    pub nets: super::networks::NetRuntime,
 }
 
 #[cfg(test)]
@@ -50,6 +52,7 @@ impl Core {
             started: Instant::now(),
             test_hooks: false,
             limits: UserLimits { max_ports_per_user: 64 },
+            nets: Default::default(),
         }
     }
 }
@@ -147,6 +150,15 @@ impl Core {
             Op::FdbShow(req) => to_value(self.fdb_show(req).await?),
             Op::FdbFlush(req) => to_value(self.fdb_flush(req).await?),
             Op::Stats(req) => to_value(self.stats(req).await?),
+            Op::NetworkAdd(spec) => to_value(self.network_add(*spec).await?),
+            Op::NetworkDel(req) => to_value(self.network_del(req).await?),
+            Op::NetworkList => to_value(self.network_list()?),
+            Op::NetworkShow(req) => to_value(self.network_show(req)?),
+            Op::NetworkLeases(req) => to_value(self.network_leases(req)?),
+            Op::LeaseAdd(req) => to_value(self.lease_add(req).await?),
+            Op::LeaseDel(req) => to_value(self.lease_del(req).await?),
+            Op::ForwardAdd(req) => to_value(self.forward_add(req).await?),
+            Op::ForwardDel(req) => to_value(self.forward_del(req).await?),
             Op::Capture(_) => {
                 Err(ApiError::new(ErrorKind::BadRequest, "capture is served by the connection, not here"))
             }

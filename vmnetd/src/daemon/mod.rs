@@ -9,6 +9,7 @@ pub mod authz;
 pub mod bridges;
 pub mod control;
 pub mod core;
+pub mod networks;
 pub mod reconcile;
 
 use std::fs;
@@ -163,9 +164,13 @@ pub fn run(opts: Options) -> Result<(), Error> {
             started: Instant::now(),
             test_hooks: std::env::var_os("VMNETD_TEST_HOOKS").is_some_and(|v| v == "1"),
             limits: core::UserLimits { max_ports_per_user: loaded.config.control.max_ports_per_user as usize },
+            nets: networks::NetRuntime::new(loaded.config.tools.clone(), &paths.state_dir),
         };
+        let (net_tx, net_rx) = tokio::sync::mpsc::unbounded_channel();
+        core.nets.events = Some(net_tx.clone());
         core.restore(&loaded.config).await;
         core.restore_bridges(&loaded.config).await;
+        core.restore_networks(&loaded.config).await;
         let listener = bind(&paths.socket, loaded.config.daemon.socket_group.as_deref())?;
         log::info!(
             "vmnetd {} ready: socket {}, state {}, config {}",
@@ -179,6 +184,7 @@ pub fn run(opts: Options) -> Result<(), Error> {
         let limits = control::Limits::from(&loaded.config.control);
         let server = tokio::spawn(control::serve(listener, core.clone(), limits));
         let reconciler = tokio::spawn(reconcile::run(core.clone(), events_rx));
+        networks::spawn_supervisor(core.clone(), net_tx, net_rx);
         wait_for_shutdown().await;
         server.abort();
         reconciler.abort();

@@ -13,6 +13,7 @@
 //! - [`port`]: `PortId`, `PortConfig`, counters and drop reasons.
 
 pub mod fdb;
+pub mod flow;
 pub mod port;
 pub mod wire;
 
