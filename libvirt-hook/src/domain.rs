@@ -9,9 +9,11 @@
 //! never by prefix.
 
 use std::collections::HashSet;
+use std::net::Ipv4Addr;
 use std::ops::Range;
 
 use vmnetd_api::mac::MacAddr;
+use vmnetd_api::net::NetName;
 use vmnetd_api::vlan::{Native, VlanId, VlanMode, VlanSet};
 
 use crate::xml::{self, Element, XmlError};
@@ -93,6 +95,10 @@ pub struct MetaPort {
     /// `None`: not stated (access VLAN 1 unless `<vlan>` says otherwise).
     pub vlan: Option<VlanMode>,
     pub lock_mac: bool,
+    /// `ip='…'`: a static DHCP lease for this MAC on the vmnetd network that holds the address
+    /// (or on `network='…'`), with the domain's name as host name when it is a valid one.
+    pub ip: Option<Ipv4Addr>,
+    pub network: Option<NetName>,
 }
 
 /// vmnetd's element in `<metadata>`.
@@ -244,7 +250,7 @@ fn xml_vlan(v: &Element) -> std::result::Result<XmlVlan, String> {
     Ok(XmlVlan { mode })
 }
 
-const META_ATTRS: &str = "mac, bridge, vlan, trunk, native, lock-mac";
+const META_ATTRS: &str = "mac, bridge, vlan, trunk, native, lock-mac, ip, network";
 
 fn metadata(root: &Element) -> Result<Metadata> {
     let Some(md) = root.child("metadata") else { return Ok(Metadata::default()) };
@@ -300,7 +306,16 @@ fn meta_port(p: &Element) -> std::result::Result<MetaPort, String> {
     if bridge.as_deref() == Some("") {
         return Err(at("bridge='' is empty".into()));
     }
-    Ok(MetaPort { mac, bridge, vlan, lock_mac })
+    let ip = match p.attr("ip") {
+        None => None,
+        Some(v) => Some(v.parse::<Ipv4Addr>().map_err(|_| at(format!("ip='{v}' is not an IPv4 address")))?),
+    };
+    let network = match p.attr("network") {
+        None => None,
+        Some(_) if ip.is_none() => return Err(at("network= names where ip= is leased; give ip= too".into())),
+        Some(v) => Some(v.parse::<NetName>().map_err(|e| at(format!("network='{v}': {e}")))?),
+    };
+    Ok(MetaPort { mac, bridge, vlan, lock_mac, ip, network })
 }
 
 fn sharing(root: &Element) -> Sharing {
@@ -369,6 +384,14 @@ mod tests {
         let p = d.metadata.port("52:54:00:00:00:02".parse().unwrap()).unwrap();
         assert_eq!(p.vlan.as_ref().unwrap().to_string(), "trunk 10,20-22 native 1:tagged");
         assert!(p.lock_mac);
+        let md = "<metadata><v:ports xmlns:v='urn:vmnetd:libvirt:1'>\
+                  <v:port mac='52:54:00:00:00:03' ip='10.10.0.5' network='default'/></v:ports></metadata>";
+        let (d, _) = parse(&dom("", md)).unwrap();
+        let p = &d.metadata.ports[0];
+        assert_eq!(
+            (p.ip, p.network.as_ref().map(|n| n.to_string())),
+            (Some([10, 10, 0, 5].into()), Some("default".into()))
+        );
     }
 
     #[test]
@@ -382,6 +405,10 @@ mod tests {
             ("trunk='30-20'", "descending"),
             ("vlans='10'", "unknown attribute"),
             ("lock-mac='maybe'", "yes or no"),
+            ("ip='10.0.0.300'", "not an IPv4"),
+            ("ip='fe80::1'", "not an IPv4"),
+            ("network='default'", "give ip="),
+            ("ip='10.0.0.5' network='../x'", "network='../x'"),
         ];
         for (attrs, want) in cases {
             let md = format!(

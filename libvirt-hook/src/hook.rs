@@ -14,11 +14,13 @@
 //! request on resources named and labelled per domain, and the daemon serialises requests.
 
 use std::io::Read;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use vmnetd_api::client::{self, Client};
 use vmnetd_api::ifname::IfName;
+use vmnetd_api::net::{HostName, LeaseAdd, NetName, NetworkInfo};
 use vmnetd_api::proto::{
     BridgeInfo, Op, PortInfo, PortKind, PortListReq, PortRef, PortSpec, RmTap, Status, TapInfo, TapSpec,
 };
@@ -257,6 +259,9 @@ fn ensure(c: &mut Client, d: &Domain, phase: Phase, cfg: &HookConfig) -> Result<
                 }
             }
         }
+        if phase == Phase::Prepare {
+            leases(c, d)?;
+        }
         Ok(())
     })();
     if res.is_err() && phase != Phase::Reconnect {
@@ -270,6 +275,47 @@ fn ensure(c: &mut Client, d: &Domain, phase: Phase, cfg: &HookConfig) -> Result<
         }
     }
     res
+}
+
+/// The static DHCP leases `<vmnetd:port ip='…'>` asks for, on `network='…'` or else on the one
+/// vmnetd network whose subnet holds the address, named after the domain (its first port on
+/// each network) when the domain's name is a valid host name. Idempotent in the daemon; kept
+/// when the domain stops, as libvirt keeps a network's `<host>` entries.
+fn leases(c: &mut Client, d: &Domain) -> Result<(), String> {
+    let wanted: Vec<(&domain::MetaPort, Ipv4Addr)> =
+        d.metadata.ports.iter().filter_map(|p| p.ip.map(|ip| (p, ip))).collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let nets: Vec<NetworkInfo> = c.call(Op::NetworkList).map_err(err_str)?;
+    let host = d.name.parse::<HostName>().ok();
+    let mut named: Vec<NetName> = Vec::new();
+    for (p, ip) in wanted {
+        let net = match &p.network {
+            Some(n) => n.clone(),
+            None => {
+                let holding: Vec<&NetworkInfo> = nets.iter().filter(|n| n.subnet.is_host(ip)).collect();
+                match holding.as_slice() {
+                    [one] => one.spec.name.clone(),
+                    [] => {
+                        return Err(format!("port {}: no vmnetd network holds {ip} (see `vmnetd network list`)", p.mac))
+                    }
+                    _ => {
+                        return Err(format!(
+                            "port {}: several vmnetd networks hold {ip}; name one with network='…'",
+                            p.mac
+                        ))
+                    }
+                }
+            }
+        };
+        let name = if named.contains(&net) { None } else { host.clone() };
+        named.push(net.clone());
+        let req = LeaseAdd { network: net, mac: p.mac, ip, name };
+        let _: NetworkInfo =
+            c.call(Op::LeaseAdd(req)).map_err(|e| format!("port {}: static lease {ip}: {}", p.mac, err_str(e)))?;
+    }
+    Ok(())
 }
 
 /// `USER:GROUP` as `UID:GID`, so the same owner reads the same however it was named (the DAC

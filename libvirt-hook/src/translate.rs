@@ -179,6 +179,8 @@ pub fn translate(input: &str, opts: &Options) -> Result<Translated, Error> {
             bridge: Some(bridge.to_owned()),
             vlan,
             lock_mac: prior.is_some_and(|p| p.lock_mac),
+            ip: prior.and_then(|p| p.ip),
+            network: prior.and_then(|p| p.network.clone()),
         });
     }
     if new_meta.is_empty() {
@@ -292,6 +294,13 @@ fn meta_port_xml(p: &MetaPort) -> String {
     }
     if p.lock_mac {
         s.push_str(" lock-mac='yes'");
+    }
+    if let Some(ip) = p.ip {
+        s.push_str(&format!(" ip='{ip}'"));
+    }
+    if let Some(n) = &p.network {
+        // A NetName is letters, digits, '-' and '_' only: nothing to escape.
+        s.push_str(&format!(" network='{n}'"));
     }
     s.push_str("/>");
     s

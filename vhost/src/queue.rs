@@ -379,7 +379,7 @@ impl<'a> RxWriter<'a> {
         // The common case: one writable buffer (its address is checked when it is written).
         if let Some(b) = ring.single(head) {
             if !b.write {
-                self.put_used(head, 0);
+                self.refuse_chain(head, first);
                 return Err(RxError::BadChain);
             }
             self.s.descs.push((b.addr, b.len));
@@ -400,14 +400,21 @@ impl<'a> RxWriter<'a> {
             true
         });
         if bad || walked.is_err() {
-            // Give it back empty: the driver sees a zero-length buffer and moves on.
             self.s.descs.truncate(first);
-            self.put_used(head, 0);
+            self.refuse_chain(head, first);
             return Err(RxError::BadChain);
         }
         let n = (self.s.descs.len() - first) as u16;
         self.s.chains.push(RxChain { head, first: first as u32, n, cap });
         Ok(true)
+    }
+
+    /// A chain that cannot take a frame: given back empty (the driver sees a zero-length
+    /// buffer and moves on), after the chains taken before it for the same frame, which the
+    /// caller hands back with [`RxWriter::consume_empty`]: used elements stay in avail order
+    /// (VIRTIO_F_IN_ORDER).
+    fn refuse_chain(&mut self, head: u16, first: usize) {
+        self.s.chains.push(RxChain { head, first: first as u32, n: 0, cap: 0 });
     }
 
     /// Prefetches the first buffers of the next `n` available chains (nothing is taken).
@@ -1104,6 +1111,19 @@ mod tests {
         let ids: Vec<u32> = (0..3).map(|i| used(&vq, i).0).collect();
         assert_eq!(ids, [0, 2, 4]);
         assert_eq!(used(&vq, 0).1 + used(&vq, 1).1, (HDR_LEN + 3000) as u32);
+
+        // A frame that takes chains 0 and 1 and then meets a refused one (read-only) at 2:
+        // all three come back empty, in avail order (not 2, 0, 1).
+        let vq = MockSplitQueue::create(&m, GuestAddress(0x10_0000), 16);
+        rx_chain(&vq, 0, &[(0x4000, 1024)]);
+        rx_chain(&vq, 1, &[(0x5000, 1024)]);
+        vq.add_desc_chains(&[d(0x6000, 1024, 0, 0)], 2).unwrap();
+        let mut q: Queue = vq.create_queue().unwrap();
+        let mut w = RxWriter::new(&mut q, &m, true, HDR_LEN, &mut sc);
+        assert_eq!(w.write(&VnetHdr::default(), &[Part::Bytes(&big)]), Err(RxError::BadChain));
+        drop(w);
+        assert_eq!(vq.used().idx().load(), 3);
+        assert_eq!((0..3).map(|i| used(&vq, i)).collect::<Vec<_>>(), [(0, 0), (1, 0), (2, 0)]);
     }
 
     #[test]

@@ -173,10 +173,11 @@ impl<'m> Ring<'m> {
         let desc = x.slice(q.desc_table(), 16 * n)?;
         let avail = x.slice(q.avail_ring(), 6 + 2 * n)?;
         let used = x.slice(q.used_ring(), 6 + 8 * n)?;
-        // The alignments virtio requires (2.7: 16, 2, 4), in host memory: ring fields are
-        // accessed atomically, which needs them.
+        // The alignments the atomic ring fields need in host memory (virtio 2.7 asks for 2
+        // and 4; it also asks 16 of the descriptor table, which is only read unaligned here,
+        // so a driver that places it less strictly keeps working, as it did before).
         let aligned = |s: &Span<'_>, a: usize| (s.as_ptr() as usize) % a == 0;
-        if !aligned(&desc, 16) || !aligned(&avail, 2) || !aligned(&used, 4) {
+        if !aligned(&avail, 2) || !aligned(&used, 4) {
             return None;
         }
         Some(Ring {

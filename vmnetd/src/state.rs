@@ -66,6 +66,10 @@ pub struct ResolvedNet {
     pub ipv6: Option<std::net::Ipv6Addr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prior_forwarding: Option<bool>,
+    /// Static leases added at runtime (`vmnetd network lease add`, the libvirt hook's
+    /// `ip='…'`) to a network the config file declares; the file's own leases win.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leases: Vec<vmnetd_api::net::StaticLease>,
 }
 
 /// A declared bridge, and whether vmnetd created its kernel device (Linux bridges).

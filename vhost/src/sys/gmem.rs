@@ -4,7 +4,10 @@
 //! it is made (by [`crate::ring::Xlate`] or [`Span::sub`]) and borrowed from the memory map
 //! (`'m`), so it can neither point outside the mapping nor outlive it. Everything done
 //! through it is bounds-checked against its length, and no Rust reference to guest memory is
-//! ever made: the guest may write that memory at any time, so bytes are copied with
+//! ever made except to atomics (interior-mutable, so shared writers are allowed; a guest may
+//! still access the same bytes with other sizes or non-atomically, outside Rust's model, as
+//! with `vm-memory` and DPDK; within this process no location is accessed both ways): the
+//! guest may write that memory at any time, so bytes are copied with
 //! `ptr::copy` (what `vm-memory` does for larger copies and DPDK for all of them), ring
 //! fields are read and written with atomic loads and stores, and anything decided on is
 //! copied into our own memory first and read once (no double fetch).
@@ -199,7 +202,13 @@ pub struct Table<'m, const S: usize> {
 }
 
 impl<'m, const S: usize> Table<'m, S> {
-    const ALIGN: usize = if S < 4 { S } else { 4 };
+    /// What the element accesses need: u16 loads for 2-byte elements, u32 stores for 8-byte
+    /// ones; 16-byte elements (descriptors) are only read unaligned.
+    const ALIGN: usize = match S {
+        2 => 2,
+        16 => 1,
+        _ => 4,
+    };
 
     /// The first `n * S` bytes of `span` as a table; `None` if `n` is not a power of two,
     /// the span is too short, or its start is not aligned to `S` or 4 bytes.
@@ -223,6 +232,7 @@ impl<'m, const S: usize> Table<'m, S> {
     /// Atomic load of the little-endian u16 that starts element `i`.
     #[inline]
     pub fn load_u16(&self, i: usize, order: Ordering) -> u16 {
+        const { assert!(S < 16) };
         // SAFETY: element i (masked) is inside the span; it starts a multiple of S (>= 2)
         // bytes from a start aligned to ALIGN >= 2 that divides S: 2-byte aligned.
         let a = unsafe { AtomicU16::from_ptr(self.at(i).cast()) };
@@ -232,7 +242,7 @@ impl<'m, const S: usize> Table<'m, S> {
     /// Atomic stores of two little-endian u32s into element `i` (bytes 0..4 and 4..8).
     #[inline]
     pub fn store_u32_pair(&self, i: usize, a: u32, b: u32, order: Ordering) {
-        const { assert!(S >= 8) };
+        const { assert!(S >= 8 && S < 16) };
         let p = self.at(i);
         // SAFETY: as in load_u16: S >= 8 bytes of element i are inside the span, and with
         // S >= 8, ALIGN is 4, so both words are 4-byte aligned.

@@ -88,10 +88,14 @@ impl Builtin {
                 // it): with the default arp_ignore=0 the host would answer ARP for its other
                 // addresses (a network's gateway on this bridge) here too, with this
                 // interface's MAC, and the guest's traffic would enter the host on a port
-                // instead of the gateway. Answer only for addresses of this interface.
-                let arp = crate::network::host::sysctl_path("ipv4", ifname.as_str(), "arp_ignore");
-                if let Err(e) = std::fs::write(&arp, "1\n") {
-                    log::debug!("{arp}: {e}");
+                // instead of the gateway. Answer only for addresses of this interface. Only on
+                // virtual links (TAPs, veths: made for VMs and namespaces); a host NIC's ARP
+                // behaviour is the admin's and is left alone.
+                if link.kind.is_some() {
+                    let arp = crate::network::host::sysctl_path("ipv4", ifname.as_str(), "arp_ignore");
+                    if let Err(e) = std::fs::write(&arp, "1\n") {
+                        log::debug!("{arp}: {e}");
+                    }
                 }
                 let port = NetdevPort::open(ifname.clone(), link.index).map_err(|e| {
                     err(ErrorKind::Internal, format!("Cannot open an AF_PACKET socket on {ifname}: {e}"))

@@ -152,6 +152,12 @@ impl Core {
         if spec.external_ids.contains_key(HOOK_LABEL) {
             return Err(denied(format!("Only root may label a port {HOOK_LABEL}=... (the libvirt hook's ports)")));
         }
+        if spec.external_ids.contains_key(crate::network::NETWORK_LABEL) {
+            return Err(denied(format!(
+                "Only root may label a port {}=... (a network's gateway port)",
+                crate::network::NETWORK_LABEL
+            )));
+        }
         let mine = self.state.ports.iter().filter(|p| p.creator == Some(caller.uid)).count();
         if mine >= self.limits.max_ports_per_user {
             return Err(denied(format!(

@@ -30,7 +30,9 @@ use crate::switch::{VlanId, VlanMode};
 use crate::tap::Policy;
 use vmnetd_api::net::{
     ForwardAdd, ForwardDel, Ipv4Cidr, Lease, LeaseAdd, LeaseDel, NetName, NetworkInfo, NetworkRef, NetworkSpec,
+    StaticLease,
 };
+use vmnetd_api::MacAddr;
 
 use super::core::Core;
 
@@ -195,8 +197,9 @@ impl Core {
             }
             Err(e) => return Err(e),
         };
-        nft::apply(&bin, &nets).await.map_err(internal)?;
-        self.nets.expected_rules = (!nets.is_empty()).then(|| nft::rules(&nets).len());
+        let uplinks = self.state.uplink_forwarding.clone();
+        nft::apply(&bin, &nets, &uplinks).await.map_err(internal)?;
+        self.nets.expected_rules = (!nets.is_empty()).then(|| nft::rules(&nets, &uplinks).len());
         Ok(())
     }
 
@@ -474,6 +477,11 @@ impl Core {
                 log::error!("network {}: rollback of the nftables table: {}", spec.name, e2.message);
             }
             self.release_uplinks();
+            // A step may have saved the state with this network's pieces in it (its gateway
+            // port, an uplink): save what is true now.
+            if let Err(e2) = self.store.save(&self.state) {
+                log::error!("network {}: rollback: {}", spec.name, crate::api::error_chain(&e2));
+            }
             return Err(e);
         }
         log::info!(
@@ -654,6 +662,9 @@ impl Core {
     }
 
     pub async fn lease_add(&mut self, req: LeaseAdd) -> Result<NetworkInfo, ApiError> {
+        if self.network_decl(&req.network)?.1 == Source::Config {
+            return self.config_lease_change(&req.network, req.mac, Some(req.lease())).await;
+        }
         let mut d = self.state_network(&req.network)?;
         let lease = req.lease();
         network::check_lease(&d, &lease)?;
@@ -667,7 +678,74 @@ impl Core {
         Ok(info)
     }
 
+    /// Adds (`Some`) or removes (`None`) the runtime static lease of `mac` on a network the
+    /// config file declares: kept in the state beside the file's declaration, which is
+    /// never changed (a lease the file declares cannot be replaced or removed here).
+    async fn config_lease_change(
+        &mut self,
+        name: &NetName,
+        mac: MacAddr,
+        lease: Option<StaticLease>,
+    ) -> Result<NetworkInfo, ApiError> {
+        let (old, _) = self.network_decl(name)?;
+        let runtime: Vec<StaticLease> =
+            self.state.config_networks.get(name.as_str()).map(|r| r.leases.clone()).unwrap_or_default();
+        let from_file = old.leases.iter().any(|l| l.mac == mac && !runtime.contains(l));
+        if from_file {
+            return Err(err(
+                ErrorKind::Conflict,
+                format!(
+                    "The static lease of {mac} on network {name} is declared in {}; change it there",
+                    self.config_origin
+                ),
+            ));
+        }
+        let mut new = old.clone();
+        match &lease {
+            Some(l) => {
+                network::check_lease(&old, l)?;
+                if old.leases.contains(l) {
+                    return self.network_info(&old, Source::Config);
+                }
+                new.leases.retain(|x| x.mac != mac);
+                new.leases.push(l.clone());
+            }
+            None => {
+                if !runtime.iter().any(|l| l.mac == mac) {
+                    return Err(err(ErrorKind::NotFound, format!("Network {name} has no static lease for {mac}")));
+                }
+                new.leases.retain(|x| x.mac != mac);
+            }
+        }
+        let kind = self.bridge_kind(&new.spec.bridge)?;
+        self.ensure_dnsmasq(&new, kind).await?;
+        let Some(r) = self.state.config_networks.get_mut(name.as_str()) else {
+            let _ = self.ensure_dnsmasq(&old, kind).await;
+            return Err(err(ErrorKind::Internal, format!("Network {name} was not set up from the config file")));
+        };
+        r.leases.retain(|x| x.mac != mac);
+        r.leases.extend(lease.clone());
+        if let Err(e) = self.store.save(&self.state) {
+            if let Some(r) = self.state.config_networks.get_mut(name.as_str()) {
+                r.leases = runtime;
+            }
+            let _ = self.ensure_dnsmasq(&old, kind).await;
+            return Err(internal(e));
+        }
+        if let Some(d) = self.nets.config.iter_mut().find(|d| &d.spec.name == name) {
+            *d = new.clone();
+        }
+        match &lease {
+            Some(l) => log::info!("network {name}: static lease {mac} -> {}", l.ip),
+            None => log::info!("network {name}: static lease of {mac} removed"),
+        }
+        self.network_info(&new, Source::Config)
+    }
+
     pub async fn lease_del(&mut self, req: LeaseDel) -> Result<NetworkInfo, ApiError> {
+        if self.network_decl(&req.network)?.1 == Source::Config {
+            return self.config_lease_change(&req.network, req.mac, None).await;
+        }
         let mut d = self.state_network(&req.network)?;
         let before = d.leases.len();
         d.leases.retain(|l| l.mac != req.mac);
@@ -814,6 +892,16 @@ impl Core {
                     }
                 }
             }
+            // Runtime leases of a config network (the file's own leases win on a MAC).
+            for l in recorded.as_ref().map(|r| r.leases.as_slice()).unwrap_or_default() {
+                if decl.leases.iter().any(|c| c.mac == l.mac) {
+                    continue;
+                }
+                match network::check_lease(&decl, l) {
+                    Ok(()) => decl.leases.push(l.clone()),
+                    Err(e) => log::error!("network {}: runtime lease {}: {}", spec.name, l.mac, e.message),
+                }
+            }
             for f in &nc.forwards {
                 match network::check_forward(&decl, f) {
                     Ok(()) => decl.forwards.push(*f),
@@ -854,9 +942,17 @@ impl Core {
                     d.prior_forwarding = decl.prior_forwarding;
                 }
             } else {
+                let leases =
+                    self.state.config_networks.get(name.as_str()).map(|r| r.leases.clone()).unwrap_or_default();
                 self.state.config_networks.insert(
                     name.to_string(),
-                    ResolvedNet { subnet: decl.subnet, ipv6: decl.ipv6, prior_forwarding: decl.prior_forwarding },
+                    ResolvedNet {
+                        subnet: decl.subnet,
+                        ipv6: decl.ipv6,
+                        prior_forwarding: decl.prior_forwarding,
+                        // Only those still in force (the file may have taken a MAC since).
+                        leases: leases.into_iter().filter(|l| decl.leases.contains(l)).collect(),
+                    },
                 );
             }
             log::info!(

@@ -97,6 +97,17 @@ impl NetworkDecl {
 /// [`check_forward`]).
 pub fn resolve(spec: &NetworkSpec, subnet: Ipv4Cidr, kind: BridgeKind, seed: &[u8]) -> Result<NetworkDecl, ApiError> {
     vmnetd_api::net::check_subnet(&subnet).map_err(|e| invalid(e.0))?;
+    // The interface name goes into dnsmasq's `interface=` (where ',' separates a list and
+    // '*' is a wildcard) and nft's `iifname` (a wildcard too): plain names only, so neither
+    // ever matches more than this one interface.
+    if kind == BridgeKind::Linux
+        && !spec.bridge.as_str().bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        return Err(invalid(format!(
+            "A network needs a bridge whose name is letters, digits, '-', '_' and '.' only (not {})",
+            spec.bridge
+        )));
+    }
     if kind == BridgeKind::Linux && spec.vlan.is_some() {
         return Err(ApiError::new(
             ErrorKind::Unsupported,

@@ -19,7 +19,13 @@
 //!                            iifname IF ct state established,related accept
 //!                            iifname IF ip saddr != S drop    (no spoofed sources out of a network)
 //!                            iifname IF accept | drop         (--nat: out to the world; else isolated)
+//!            then, per uplink   iifname UP drop                  (uplinks whose forwarding vmnetd switched on)
 //! ```
+//!
+//! The last rule keeps what vmnetd switched on for its networks' replies (`forwarding` on
+//! an uplink that had it off) from routing anything else that arrives there to the host's
+//! other interfaces (a VPN, a container bridge): such packets were dropped before vmnetd,
+//! and still are.
 //!
 //! An accept here does not override another table's drop (nftables runs every base chain
 //! of a hook); a host firewall with a forward policy of drop must allow the networks itself.
@@ -124,7 +130,7 @@ fn dnatted() -> Statement<'static> {
 }
 
 /// The table's chains and rules for `nets`, as `(chain, statements, comment)`.
-pub fn rules(nets: &[NetRules]) -> Vec<(&'static str, Vec<Statement<'static>>, String)> {
+pub fn rules(nets: &[NetRules], uplinks: &[String]) -> Vec<(&'static str, Vec<Statement<'static>>, String)> {
     let mut out = Vec::new();
     for n in nets {
         let c = format!("vmnetd network {}", n.name);
@@ -169,6 +175,15 @@ pub fn rules(nets: &[NetRules]) -> Vec<(&'static str, Vec<Statement<'static>>, S
             c,
         ));
     }
+    if !nets.is_empty() {
+        for u in uplinks {
+            out.push((
+                "forward",
+                vec![m(meta(MetaKey::Iifname), Operator::EQ, s(u.clone())), Statement::Drop(None)],
+                format!("vmnetd: forwarding on {u} is for vmnetd's networks only"),
+            ));
+        }
+    }
     out
 }
 
@@ -177,7 +192,7 @@ fn table() -> NfListObject<'static> {
 }
 
 /// The transaction that makes the table exactly `nets` (or removes it, for none).
-pub fn batch(nets: &[NetRules]) -> nftables::schema::Nftables<'static> {
+pub fn batch(nets: &[NetRules], uplinks: &[String]) -> nftables::schema::Nftables<'static> {
     let mut b = Batch::new();
     // `add` first so that `delete` cannot fail on a missing table.
     b.add(table());
@@ -204,7 +219,7 @@ pub fn batch(nets: &[NetRules]) -> nftables::schema::Nftables<'static> {
             ..Default::default()
         }));
     }
-    for (chain, expr, comment) in rules(nets) {
+    for (chain, expr, comment) in rules(nets, uplinks) {
         b.add(NfListObject::Rule(Rule {
             family: NfFamily::INet,
             table: TABLE.into(),
@@ -218,8 +233,8 @@ pub fn batch(nets: &[NetRules]) -> nftables::schema::Nftables<'static> {
 }
 
 /// Applies [`batch`] with `nft -j -f -` (off the async threads).
-pub async fn apply(nft: &Path, nets: &[NetRules]) -> Result<(), Error> {
-    let doc = batch(nets);
+pub async fn apply(nft: &Path, nets: &[NetRules], uplinks: &[String]) -> Result<(), Error> {
+    let doc = batch(nets, uplinks);
     let nft: PathBuf = nft.to_owned();
     tokio::task::spawn_blocking(move || {
         nftables::helper::apply_ruleset_with_args(&doc, Some(nft.as_os_str()), std::iter::empty::<&str>())
@@ -291,7 +306,7 @@ mod tests {
             nat: true,
             forwards: vec![f],
         }];
-        let json = serde_json::to_value(batch(&nets)).unwrap();
+        let json = serde_json::to_value(batch(&nets, &["eth9".to_owned()])).unwrap();
         let text = json.to_string();
         assert!(
             text.starts_with(r#"{"nftables":[{"add":{"table":{"family":"inet","name":"vmnetd"}}},{"delete":{"table""#),
@@ -301,13 +316,14 @@ mod tests {
         assert!(text.contains(r#""dnat":{"addr":"10.10.0.5","family":"ip","port":80}"#), "{text}");
         assert!(text.contains(r#""masquerade""#), "{text}");
         let n_rules = json["nftables"].as_array().unwrap().iter().filter(|o| o["add"]["rule"].is_object()).count();
-        assert_eq!(n_rules, rules(&nets).len());
+        assert_eq!(n_rules, rules(&nets, &["eth9".to_owned()]).len());
+        assert!(json.to_string().contains("forwarding on eth9 is for vmnetd's networks only"));
         // Every rule is in our table.
         assert!(json["nftables"].as_array().unwrap().iter().all(|o| {
             let x = o.get("add").or_else(|| o.get("delete")).unwrap();
             x.as_object().unwrap().values().all(|v| v["table"] == TABLE || v["name"] == TABLE)
         }));
-        let empty = serde_json::to_value(batch(&[])).unwrap();
+        let empty = serde_json::to_value(batch(&[], &["eth9".to_owned()])).unwrap();
         assert_eq!(empty["nftables"].as_array().unwrap().len(), 2);
     }
 }
