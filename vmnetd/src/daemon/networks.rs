@@ -29,8 +29,8 @@ use crate::state::{PortDecl, ResolvedNet};
 use crate::switch::{VlanId, VlanMode};
 use crate::tap::Policy;
 use vmnetd_api::net::{
-    ForwardAdd, ForwardDel, Ipv4Cidr, Lease, LeaseAdd, LeaseDel, NetName, NetworkInfo, NetworkRef, NetworkSpec,
-    StaticLease,
+    Forward, ForwardAdd, ForwardDel, Ipv4Cidr, Lease, LeaseAdd, LeaseDel, NetName, NetworkInfo, NetworkRef,
+    NetworkSpec, StaticLease,
 };
 use vmnetd_api::MacAddr;
 
@@ -81,19 +81,19 @@ fn internal<E: std::error::Error + 'static>(e: E) -> ApiError {
     ApiError::from_chain(ErrorKind::Internal, &e)
 }
 
-/// A program of `[tools]`: an absolute path that exists, or a name found in `PATH`,
-/// `/usr/sbin` or `/sbin`.
+/// Where a bare program name of `[tools]` is looked for: system directories only, never the
+/// daemon's `PATH` (a root daemon must not run whatever a relative or user-writable `PATH`
+/// entry offers).
+const TOOL_DIRS: [&str; 6] = ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"];
+
+/// A program of `[tools]`: an absolute path that exists, or a name found in [`TOOL_DIRS`].
 pub fn find_tool(p: &Path) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let exec = |c: &Path| std::fs::metadata(c).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
     if p.components().count() > 1 || p.is_absolute() {
-        return exec(p).then(|| p.to_owned());
+        return (p.is_absolute() && exec(p)).then(|| p.to_owned());
     }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin".into(), "/sbin".into(), "/usr/bin".into()])
-        .map(|d| d.join(p))
-        .find(|c| exec(c))
+    TOOL_DIRS.iter().map(|d| Path::new(d).join(p)).find(|c| exec(c))
 }
 
 /// A step `network add` made, undone if a later one fails.
@@ -524,7 +524,9 @@ impl Core {
         self.stop_dnsmasq(req.name.as_str()).await;
         self.state.networks.retain(|n| n.spec.name != req.name);
         if let Err(e) = self.apply_nft().await {
-            log::error!("network {}: {}", req.name, e.message);
+            log::error!("network {}: {} (the periodic check retries)", req.name, e.message);
+            // Never equal to what the kernel holds: the next check re-applies the table.
+            self.nets.expected_rules = Some(usize::MAX);
         }
         let iface = decl.interface(kind);
         match kind {
@@ -885,6 +887,15 @@ impl Core {
                 }
             }
             for l in &nc.leases {
+                if decl.leases.iter().any(|o| o.mac == l.mac) {
+                    log::error!(
+                        "network {} in {}: two leases for {}; the first is kept",
+                        spec.name,
+                        self.config_origin,
+                        l.mac
+                    );
+                    continue;
+                }
                 match network::check_lease(&decl, l) {
                     Ok(()) => decl.leases.push(l.clone()),
                     Err(e) => {
@@ -903,6 +914,19 @@ impl Core {
                 }
             }
             for f in &nc.forwards {
+                let same = |o: &Forward| o.proto == f.proto && o.host_port == f.host_port;
+                let taken = decl.forwards.iter().any(same)
+                    || config_decls.iter().chain(self.state.networks.iter()).any(|n| n.forwards.iter().any(same));
+                if taken {
+                    log::error!(
+                        "network {} in {}: {} port {} is forwarded twice; the first declaration is kept",
+                        spec.name,
+                        self.config_origin,
+                        f.proto,
+                        f.host_port
+                    );
+                    continue;
+                }
                 match network::check_forward(&decl, f) {
                     Ok(()) => decl.forwards.push(*f),
                     Err(e) => log::error!(

@@ -254,7 +254,7 @@ pub async fn stop_stale(files: &Files) {
     log::info!("dnsmasq {pid} (left by an earlier vmnetd for {}): replacing it", files.conf().display());
     let _ = kill(p, Signal::SIGTERM);
     for i in 0..50 {
-        if !Path::new(&format!("/proc/{pid}")).exists() {
+        if !alive(pid) {
             break;
         }
         if i == 30 {
@@ -263,6 +263,14 @@ pub async fn stop_stale(files: &Files) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let _ = std::fs::remove_file(files.pid());
+}
+
+/// Whether process `pid` still runs: a zombie (exited, not yet reaped by a parent that may
+/// never reap it, e.g. after our own SIGKILL re-parented it) counts as gone.
+fn alive(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    // "PID (comm) S ...": the state follows the last ')' (comm may hold anything).
+    stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).is_some_and(|st| st != "Z" && st != "X")
 }
 
 /// Removes a network's dnsmasq files (the run directory; the lease file with `leases`).
