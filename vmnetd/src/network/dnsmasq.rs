@@ -201,19 +201,28 @@ pub async fn start(
             on_exit(pid);
         }
     });
-    // dnsmasq checks its config, binds and writes its pid file within milliseconds; one that
-    // is still up after this is serving.
-    match tokio::time::timeout(Duration::from_millis(400), &mut status_rx).await {
-        Ok(Ok(status)) => {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            let log = first_lines.lock().map(|s| s.trim_end_matches("; ").to_owned()).unwrap_or_default();
-            Err(Error::Exited { name: name.to_owned(), status, log })
+    // dnsmasq checks its config and binds its sockets before it writes its pid file: once
+    // the file names this child, it serves. One that exits first failed (a port in use, a bad
+    // interface). On a slow machine this can take a while; after 5 s without either, it is
+    // taken as up (the supervisor restarts it if it exits later).
+    let started = std::time::Instant::now();
+    loop {
+        match tokio::time::timeout(Duration::from_millis(20), &mut status_rx).await {
+            Ok(Ok(status)) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let log = first_lines.lock().map(|s| s.trim_end_matches("; ").to_owned()).unwrap_or_default();
+                return Err(Error::Exited { name: name.to_owned(), status, log });
+            }
+            Ok(Err(_)) => break,
+            Err(_) => {}
         }
-        _ => {
-            drop(status_rx);
-            Ok(Instance { pid, exited: rx })
+        let written = std::fs::read_to_string(files.pid()).is_ok_and(|p| p.trim() == pid.to_string());
+        if written || started.elapsed() > Duration::from_secs(5) {
+            break;
         }
     }
+    drop(status_rx);
+    Ok(Instance { pid, exited: rx })
 }
 
 /// Stops a dnsmasq the daemon started: SIGTERM, then SIGKILL after 3 s.
