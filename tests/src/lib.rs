@@ -43,6 +43,31 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// Runs the libvirt hook binary as libvirt does (`DOMAIN OP SUBOP -`, the domain XML on
+/// stdin) against the daemon listening on `socket`, with no host hook config leaking in.
+pub fn libvirt_hook(socket: &Path, args: [&str; 3], xml: &str) -> Out {
+    use std::io::Write;
+    let mut c = Command::new(bin("vmnetd-libvirt-hook"));
+    c.args(args)
+        .arg("-")
+        .env("VMNETD_SOCKET", socket)
+        // The host's own hook config must not leak in.
+        .env("VMNETD_LIBVIRT_HOOK_CONFIG", "/nonexistent/vmnetd-libvirt-hook.toml")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().expect("spawn hook");
+    // The hook may exit without reading (phases with nothing to do): ignore EPIPE.
+    let _ = child.stdin.take().expect("piped stdin").write_all(xml.as_bytes());
+    let o = child.wait_with_output().expect("hook output");
+    Out {
+        code: o.status.code(),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        what: format!("vmnetd-libvirt-hook {}", args.join(" ")),
+    }
+}
+
 /// The captured result of a command, with helpers that fail loudly.
 #[derive(Debug)]
 pub struct Out {

@@ -3,10 +3,8 @@
 //! namespace. The same flow with libvirtd itself is in `libvirt_e2e.rs`.
 #![cfg(feature = "root-tests")]
 
-use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use serde_json::Value;
 use vmnetd_tests::*;
@@ -25,29 +23,6 @@ fn phase_xml(phase: &str, dir: &Path) -> String {
 /// Where the hook's socket of interface `x` ("a" or "b") of cap1 is.
 fn sock_path(dir: &Path, x: &str) -> std::path::PathBuf {
     dir.join(format!("run/libvirt/cap1/{x}.sock"))
-}
-
-/// Runs the hook like libvirt does; `socket` is the daemon's control socket.
-fn hook(socket: &Path, args: [&str; 3], xml: &str) -> Out {
-    let mut c = Command::new(bin("vmnetd-libvirt-hook"));
-    c.args(args)
-        .arg("-")
-        .env("VMNETD_SOCKET", socket)
-        // The host's own hook config must not leak in.
-        .env("VMNETD_LIBVIRT_HOOK_CONFIG", "/nonexistent/vmnetd-libvirt-hook.toml")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = c.spawn().expect("spawn hook");
-    // The hook may exit without reading (phases with nothing to do): ignore EPIPE.
-    let _ = child.stdin.take().unwrap().write_all(xml.as_bytes());
-    let o = child.wait_with_output().unwrap();
-    Out {
-        code: o.status.code(),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-        what: format!("vmnetd-libvirt-hook {}", args.join(" ")),
-    }
 }
 
 fn ports(d: &Daemon) -> Vec<Value> {
@@ -88,7 +63,7 @@ fn every_phase_as_libvirt_calls_it() {
         let sock = d.socket.clone();
 
         // prepare: both vhost-user ports, the pre-made TAP and its port.
-        hook(&sock, ["cap1", "prepare", "begin"], &phase_xml("prepare-begin", dir.path())).ok();
+        libvirt_hook(&sock, ["cap1", "prepare", "begin"], &phase_xml("prepare-begin", dir.path())).ok();
         let ps = ports(&d);
         assert_eq!(ps.len(), 3, "{ps:#?}");
         for p in &ps {
@@ -113,12 +88,12 @@ fn every_phase_as_libvirt_calls_it() {
 
         // Again (libvirt retries a start): nothing changes, the listening socket is the same.
         let before = summary(&d);
-        hook(&sock, ["cap1", "prepare", "begin"], &phase_xml("prepare-begin", dir.path())).ok();
+        libvirt_hook(&sock, ["cap1", "prepare", "begin"], &phase_xml("prepare-begin", dir.path())).ok();
         assert_eq!(summary(&d), before);
         assert_eq!(std::fs::metadata(sock_path(dir.path(), "a")).unwrap().ino(), meta.ino());
 
         // start: nothing to do, stdin not even read.
-        hook(&sock, ["cap1", "start", "begin"], "not xml at all").ok();
+        libvirt_hook(&sock, ["cap1", "start", "begin"], "not xml at all").ok();
 
         // started: libvirt made vnet3 on lvbr0; the metadata puts it on VLAN 20, which this
         // kernel cannot do (no bridge VLAN filtering): refused, so libvirt stops the domain
@@ -127,29 +102,29 @@ fn every_phase_as_libvirt_calls_it() {
         // The host-side address libvirt gives the TAP of the guest MAC 52:54:00:77:00:04.
         ip("link set vnet3 address fe:54:00:77:00:04");
         ip("link set vnet3 master lvbr0");
-        let o = hook(&sock, ["cap1", "started", "begin"], &phase_xml("started-begin", dir.path()));
+        let o = libvirt_hook(&sock, ["cap1", "started", "begin"], &phase_xml("started-begin", dir.path()));
         let line = o.failed_one_line();
         assert!(line.starts_with("vmnetd: domain cap1: This kernel has no bridge VLAN filtering"), "{line}");
         // Without a VLAN for it, a Linux bridge interface needs nothing from vmnetd.
         let no_vlan =
             phase_xml("started-begin", dir.path()).replace(" bridge=\"lvbr0\" vlan=\"20\"", " bridge=\"lvbr0\"");
-        hook(&sock, ["cap1", "started", "begin"], &no_vlan).ok();
+        libvirt_hook(&sock, ["cap1", "started", "begin"], &no_vlan).ok();
         assert_eq!(summary(&d), before);
 
         // reconnect (libvirtd restarted): idempotent, and never fatal for the running VM —
         // the VLAN it cannot set is a warning.
-        let o = hook(&sock, ["cap1", "reconnect", "begin"], &phase_xml("reconnect-begin", dir.path()));
+        let o = libvirt_hook(&sock, ["cap1", "reconnect", "begin"], &phase_xml("reconnect-begin", dir.path()));
         assert!(o.success(), "{o:?}");
         assert!(o.stderr.contains("no bridge VLAN filtering"), "{o:?}");
         assert_eq!(summary(&d), before);
-        hook(&sock, ["cap1", "reconnect", "begin"], &no_vlan.replace("started", "reconnect")).ok();
+        libvirt_hook(&sock, ["cap1", "reconnect", "begin"], &no_vlan.replace("started", "reconnect")).ok();
         assert_eq!(summary(&d), before);
 
-        hook(&sock, ["cap1", "stopped", "end"], &phase_xml("stopped-end", dir.path())).ok();
+        libvirt_hook(&sock, ["cap1", "stopped", "end"], &phase_xml("stopped-end", dir.path())).ok();
         assert_eq!(summary(&d), before, "stopped changes nothing; release does");
 
         // release: every port and the TAP made for the domain go; the bridges stay.
-        hook(&sock, ["cap1", "release", "end"], &phase_xml("release-end", dir.path())).ok();
+        libvirt_hook(&sock, ["cap1", "release", "end"], &phase_xml("release-end", dir.path())).ok();
         assert!(ports(&d).is_empty(), "{:#?}", ports(&d));
         assert!(!link_exists("lvtap0"));
         assert!(!sock_path(dir.path(), "a").exists());
@@ -166,39 +141,39 @@ fn leftovers_are_replaced_and_hand_made_ports_respected() {
         let d = setup(dir.path());
         let sock = d.socket.clone();
         let x = phase_xml("prepare-begin", dir.path());
-        hook(&sock, ["cap1", "prepare", "begin"], &x).ok();
+        libvirt_hook(&sock, ["cap1", "prepare", "begin"], &x).ok();
         // No release came (libvirtd died); the next start has another VLAN for a.
         let x11 = x.replace(
             "mac=\"52:54:00:77:00:01\" bridge=\"vmnet0\" vlan=\"10\"",
             "mac=\"52:54:00:77:00:01\" bridge=\"vmnet0\" vlan=\"11\"",
         );
         assert_ne!(x, x11);
-        hook(&sock, ["cap1", "prepare", "begin"], &x11).ok();
+        libvirt_hook(&sock, ["cap1", "prepare", "begin"], &x11).ok();
         let s = summary(&d);
         assert_eq!(s.len(), 3, "{s:?}");
         assert!(s.iter().any(|p| p.contains("\"vlan\":11")), "{s:?}");
-        hook(&sock, ["cap1", "release", "end"], &x11).ok();
+        libvirt_hook(&sock, ["cap1", "release", "end"], &x11).ok();
         assert!(ports(&d).is_empty());
 
         // A TAP and port the admin declared by hand: used when they match...
         d.cli(&["mktap", "lvtap0"]).ok();
         d.cli(&["port", "add", "vmnet0", "mine", "--netdev", "lvtap0", "--vlan", "10"]).ok();
-        hook(&sock, ["cap1", "prepare", "begin"], &x).ok();
+        libvirt_hook(&sock, ["cap1", "prepare", "begin"], &x).ok();
         assert_eq!(ports(&d).len(), 3);
         // ...kept at release...
-        hook(&sock, ["cap1", "release", "end"], &x).ok();
+        libvirt_hook(&sock, ["cap1", "release", "end"], &x).ok();
         assert_eq!(summary(&d), vec!["vmnet0/mine netdev {\"mode\":\"access\",\"vlan\":10}".to_owned()]);
         assert!(link_exists("lvtap0"));
         // ...and refused, saying why, when the domain wants something else.
         let x30 = x.replace("vlan=\"10\" lock-mac", "vlan=\"30\" lock-mac");
-        let o = hook(&sock, ["cap1", "prepare", "begin"], &x30);
+        let o = libvirt_hook(&sock, ["cap1", "prepare", "begin"], &x30);
         let line = o.failed_one_line();
         assert!(
             line.contains("interface lvtap0 is already port mine of bridge vmnet0 (access 10), but the domain wants it on vmnet0 (access 30)"),
             "{line}"
         );
         d.cli(&["port", "del", "vmnet0", "mine"]).ok();
-        hook(&sock, ["cap1", "release", "end"], &x).ok();
+        libvirt_hook(&sock, ["cap1", "release", "end"], &x).ok();
         d.cli(&["rmtap", "lvtap0"]).ok();
     });
 }
@@ -212,15 +187,15 @@ fn refusals_are_one_line_and_only_where_libvirt_must_stop() {
         let x = phase_xml("prepare-begin", dir.path());
 
         // No daemon: a domain that uses vmnetd cannot start...
-        let o = hook(&nosock, ["cap1", "prepare", "begin"], &x);
+        let o = libvirt_hook(&nosock, ["cap1", "prepare", "begin"], &x);
         assert!(o.failed_one_line().starts_with("vmnetd: domain cap1: vmnetd daemon is not running"), "{o:?}");
         // ...one that does not, starts; release never fails.
         let start = x.find("<metadata").unwrap();
         let end = x.find("</metadata>").unwrap() + "</metadata>".len();
         let plain = format!("{}{}", &x[..start], &x[end..]);
-        let o = hook(&nosock, ["cap1", "prepare", "begin"], &plain);
+        let o = libvirt_hook(&nosock, ["cap1", "prepare", "begin"], &plain);
         assert!(o.success() && o.stderr.is_empty(), "{o:?}");
-        let o = hook(&nosock, ["cap1", "release", "end"], &x);
+        let o = libvirt_hook(&nosock, ["cap1", "release", "end"], &x);
         assert!(o.success() && o.stderr.is_empty(), "{o:?}");
 
         let d = setup(dir.path());
@@ -241,14 +216,14 @@ fn refusals_are_one_line_and_only_where_libvirt_must_stop() {
             (x.replace("<access mode='shared'/>", ""), "needs guest memory shared with vmnetd"),
         ];
         for (input, want) in &cases {
-            let o = hook(&sock, ["cap1", "prepare", "begin"], input);
+            let o = libvirt_hook(&sock, ["cap1", "prepare", "begin"], input);
             let line = o.failed_one_line();
             assert!(line.starts_with("vmnetd: domain ") && line.contains(want), "want {want:?}: {line}");
             // Nothing half-done is left behind.
             assert!(ports(&d).is_empty(), "{want}: {:#?}", ports(&d));
             // The same input at release or reconnect is a warning, never a failure.
             for (op, sub) in [("release", "end"), ("reconnect", "begin")] {
-                let o = hook(&sock, ["cap1", op, sub], input);
+                let o = libvirt_hook(&sock, ["cap1", op, sub], input);
                 assert!(o.success(), "{op} {want}: {o:?}");
             }
         }
@@ -263,7 +238,7 @@ fn refusals_are_one_line_and_only_where_libvirt_must_stop() {
         late_a.insert_str(at, &a);
         std::fs::create_dir_all(sock_path(dir.path(), "a").parent().unwrap()).unwrap();
         std::fs::write(sock_path(dir.path(), "a"), "not a socket").unwrap();
-        let o = hook(&sock, ["cap1", "prepare", "begin"], &late_a);
+        let o = libvirt_hook(&sock, ["cap1", "prepare", "begin"], &late_a);
         assert!(o.failed_one_line().contains("cap1/a.sock"), "{o:?}");
         assert!(ports(&d).is_empty(), "{:#?}", ports(&d));
         assert!(!link_exists("lvtap0"));
@@ -274,7 +249,7 @@ fn refusals_are_one_line_and_only_where_libvirt_must_stop() {
         for (op, sub) in
             [("migrate", "begin"), ("restore", "begin"), ("stopped", "end"), ("attach", "begin"), ("new-op", "x")]
         {
-            assert!(hook(&sock, ["cap1", op, sub], "\u{0}garbage").success(), "{op}");
+            assert!(libvirt_hook(&sock, ["cap1", op, sub], "\u{0}garbage").success(), "{op}");
         }
     });
 }
@@ -309,7 +284,7 @@ fn concurrent_hooks_for_different_domains_do_not_race() {
                     .map(|&n| {
                         let x = nth_domain(dir.path(), n, phase);
                         let sock = sock.clone();
-                        s.spawn(move || hook(&sock, [&format!("cap{n}"), op[0], op[1]], &x))
+                        s.spawn(move || libvirt_hook(&sock, [&format!("cap{n}"), op[0], op[1]], &x))
                     })
                     .collect();
                 for h in hs {
@@ -362,7 +337,7 @@ fn hostile_domain_xml_touches_nothing_outside_the_domain_directory() {
         for path in [dotdot.as_str(), "/tmp/x/x.sock", &format!("{}/sub/x.sock", cap1.display())] {
             let bad = x.replace(&format!("{}/b.sock", cap1.display()), path);
             assert_ne!(bad, x);
-            let o = hook(&sock, ["cap1", "prepare", "begin"], &bad);
+            let o = libvirt_hook(&sock, ["cap1", "prepare", "begin"], &bad);
             let line = o.failed_one_line();
             assert!(line.contains("must be a file directly in") && line.contains("/libvirt/cap1/"), "{line}");
             assert!(ports(&d).is_empty(), "{path}");
@@ -373,10 +348,10 @@ fn hostile_domain_xml_touches_nothing_outside_the_domain_directory() {
         //    is neither chowned nor emptied, at prepare or at release.
         std::fs::create_dir_all(cap1.parent().unwrap()).unwrap();
         std::os::unix::fs::symlink(&victim, &cap1).unwrap();
-        let o = hook(&sock, ["cap1", "prepare", "begin"], &x);
+        let o = libvirt_hook(&sock, ["cap1", "prepare", "begin"], &x);
         assert!(o.failed_one_line().contains("symlink"), "{o:?}");
         untouched("symlinked domain dir");
-        let o = hook(&sock, ["cap1", "release", "end"], &x);
+        let o = libvirt_hook(&sock, ["cap1", "release", "end"], &x);
         assert!(o.success(), "{o:?}");
         untouched("release through a symlink");
         std::fs::remove_file(&cap1).unwrap();
@@ -384,15 +359,15 @@ fn hostile_domain_xml_touches_nothing_outside_the_domain_directory() {
         let libvirt = cap1.parent().unwrap().to_owned();
         std::fs::remove_dir(&libvirt).unwrap();
         std::os::unix::fs::symlink(&victim, &libvirt).unwrap();
-        let o = hook(&sock, ["cap1", "prepare", "begin"], &x);
+        let o = libvirt_hook(&sock, ["cap1", "prepare", "begin"], &x);
         assert!(o.failed_one_line().contains("symlink"), "{o:?}");
         untouched("symlinked libvirt dir");
         std::fs::remove_file(&libvirt).unwrap();
         // 4. A symlink QEMU (or anyone) left inside the domain's directory: release removes
         //    sockets only, and only in there.
-        hook(&sock, ["cap1", "prepare", "begin"], &x).ok();
+        libvirt_hook(&sock, ["cap1", "prepare", "begin"], &x).ok();
         std::os::unix::fs::symlink(victim.join("keep.sock"), cap1.join("evil.sock")).unwrap();
-        hook(&sock, ["cap1", "release", "end"], &x).ok();
+        libvirt_hook(&sock, ["cap1", "release", "end"], &x).ok();
         untouched("release with a planted symlink");
         assert!(ports(&d).is_empty());
 
@@ -401,17 +376,17 @@ fn hostile_domain_xml_touches_nothing_outside_the_domain_directory() {
         ip("link add eth0 type veth peer name eth0p");
         let eth0 = x.replace("dev='lvtap0'", "dev='eth0'");
         assert_ne!(eth0, x);
-        let o = hook(&sock, ["cap1", "prepare", "begin"], &eth0);
+        let o = libvirt_hook(&sock, ["cap1", "prepare", "begin"], &eth0);
         let line = o.failed_one_line();
         assert!(line.contains("eth0 exists and is not a TAP declared in vmnetd"), "{line}");
         assert!(ports(&d).is_empty(), "{:#?}", ports(&d));
         // 6. The same for a TAP libvirt makes (<target dev> filled in at started): the
         //    device must be the domain's TAP, not a NIC, not another VM's TAP.
-        hook(&sock, ["cap1", "prepare", "begin"], &x).ok();
+        libvirt_hook(&sock, ["cap1", "prepare", "begin"], &x).ok();
         let n = ports(&d).len();
         let started = phase_xml("started-begin", dir.path());
         assert!(started.contains("<target dev='vnet3'/>"));
-        let o = hook(
+        let o = libvirt_hook(
             &sock,
             ["cap1", "started", "begin"],
             &started.replace("<target dev='vnet3'/>", "<target dev='eth0'/>"),
@@ -419,14 +394,14 @@ fn hostile_domain_xml_touches_nothing_outside_the_domain_directory() {
         assert!(o.failed_one_line().contains("eth0 is not a TAP device"), "{o:?}");
         ip("tuntap add vnet9 mode tap");
         ip("link set vnet9 master lvbr0");
-        let o = hook(
+        let o = libvirt_hook(
             &sock,
             ["cap1", "started", "begin"],
             &started.replace("<target dev='vnet3'/>", "<target dev='vnet9'/>"),
         );
         assert!(o.failed_one_line().contains("vnet9 is not the TAP libvirt made for the interface with MAC"), "{o:?}");
         assert_eq!(ports(&d).len(), n);
-        hook(&sock, ["cap1", "release", "end"], &x).ok();
+        libvirt_hook(&sock, ["cap1", "release", "end"], &x).ok();
         ip("link del vnet9");
         ip("link del eth0");
     });

@@ -402,28 +402,6 @@ fn bad_input_collisions_and_missing_programs_change_nothing() {
     });
 }
 
-/// Runs the libvirt hook like libvirt does, against this test's daemon.
-fn libvirt_hook(d: &Daemon, domain: &str, phase: [&str; 2], xml: &str) -> Out {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let mut c = Command::new(bin("vmnetd-libvirt-hook"));
-    c.args([domain, phase[0], phase[1], "-"])
-        .env("VMNETD_SOCKET", &d.socket)
-        .env("VMNETD_LIBVIRT_HOOK_CONFIG", "/nonexistent/vmnetd-libvirt-hook.toml")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = c.spawn().expect("spawn hook");
-    let _ = child.stdin.take().unwrap().write_all(xml.as_bytes());
-    let o = child.wait_with_output().unwrap();
-    Out {
-        code: o.status.code(),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-        what: format!("vmnetd-libvirt-hook {domain} {}", phase.join(" ")),
-    }
-}
-
 /// A domain with one `ethernet` interface (TAP `tap`) whose vmnetd metadata asks for `ip`.
 fn domain_xml(name: &str, mac: &str, tap: &str, ip: &str) -> String {
     format!(
@@ -474,26 +452,26 @@ fn domain_ip_metadata_becomes_a_static_lease_on_a_config_network() {
         .unwrap();
         let mut d = Daemon::start_with(dir.path(), &["--config", cfg.to_str().unwrap()]);
         let web = domain_xml("web1", "52:54:00:77:00:20", "web1tap", "10.77.0.20");
-        libvirt_hook(&d, "web1", ["prepare", "begin"], &web).ok();
+        libvirt_hook(&d.socket, ["web1", "prepare", "begin"], &web).ok();
         let want = vec!["52:54:00:77:00:09 10.77.0.9 -".to_owned(), "52:54:00:77:00:20 10.77.0.20 web1".to_owned()];
         assert_eq!(leases_of(&d, "lab"), want);
         let hosts = read(&dir.path().join("run/networks/lab/hosts"));
         assert!(hosts.contains("52:54:00:77:00:20,10.77.0.20,web1"), "{hosts}");
         // Again (libvirt may call prepare twice across a failed start): nothing changes.
-        libvirt_hook(&d, "web1", ["prepare", "begin"], &web).ok();
+        libvirt_hook(&d.socket, ["web1", "prepare", "begin"], &web).ok();
         assert_eq!(leases_of(&d, "lab"), want);
         // The file's lease is the file's.
         let o = d.cli(&["network", "lease", "del", "lab", "52:54:00:77:00:09"]);
         assert!(o.failed_one_line().contains("declared in"), "{}", o.stderr);
         // Another domain asking for web1's address: refused, its TAP and port taken back.
         let thief = domain_xml("thief", "52:54:00:77:00:21", "thieftap", "10.77.0.20");
-        let o = libvirt_hook(&d, "thief", ["prepare", "begin"], &thief);
+        let o = libvirt_hook(&d.socket, ["thief", "prepare", "begin"], &thief);
         assert!(o.failed_one_line().contains("already the static lease"), "{}", o.stderr);
         let ports = d.cli(&["--json", "port", "list"]).json();
         assert!(!ports.to_string().contains("thief"), "{ports}");
         // An address no network holds: refused with the way out.
         let lost = domain_xml("lost", "52:54:00:77:00:22", "losttap", "10.99.0.5");
-        let o = libvirt_hook(&d, "lost", ["prepare", "begin"], &lost);
+        let o = libvirt_hook(&d.socket, ["lost", "prepare", "begin"], &lost);
         assert!(o.failed_one_line().contains("no vmnetd network holds 10.99.0.5"), "{}", o.stderr);
         // Kept across a restart, and removable from the CLI.
         d.stop();
@@ -504,6 +482,6 @@ fn domain_ip_metadata_becomes_a_static_lease_on_a_config_network() {
         d.stop();
         d.restart();
         assert_eq!(leases_of(&d, "lab"), want[..1].to_vec());
-        libvirt_hook(&d, "web1", ["release", "end"], &web).ok();
+        libvirt_hook(&d.socket, ["web1", "release", "end"], &web).ok();
     });
 }
