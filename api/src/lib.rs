@@ -9,6 +9,7 @@
 //! - [`ifname`], [`mac`], [`vlan`]: validated interface names, MAC addresses, VLAN ids, sets
 //!   and port modes (with the OVS `NORMAL` classification rules a mode implies).
 //! - [`net`]: networks with addresses: names, prefixes, DHCP ranges, host names, forwards.
+//! - [`policy`]: flow rules, `trace` and mirrors of the built-in bridge.
 //! - [`users`]: user and group names resolved the way `tunctl -u` does.
 #![deny(unsafe_code)]
 
@@ -16,6 +17,7 @@ pub mod client;
 pub mod ifname;
 pub mod mac;
 pub mod net;
+pub mod policy;
 pub mod proto;
 pub mod users;
 pub mod vlan;

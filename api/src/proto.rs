@@ -99,6 +99,10 @@ pub fn validate_external_ids(ids: &ExternalIds) -> Result<(), ApiError> {
     Ok(())
 }
 
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
 fn no_ids(ids: &ExternalIds) -> bool {
     ids.is_empty()
 }
@@ -166,6 +170,22 @@ pub enum Op {
     ForwardAdd(crate::net::ForwardAdd),
     /// Result: [`NetworkInfo`](crate::net::NetworkInfo).
     ForwardDel(crate::net::ForwardDel),
+    /// Add flow rules to a built-in bridge. Result: [`FlowChange`](crate::policy::FlowChange).
+    FlowAdd(crate::policy::FlowMod),
+    /// Remove flow rules. Result: [`FlowChange`](crate::policy::FlowChange).
+    FlowDel(crate::policy::FlowDel),
+    /// Swap a bridge's whole rule set. Result: [`FlowChange`](crate::policy::FlowChange).
+    FlowReplace(crate::policy::FlowMod),
+    /// Result: `Vec<FlowInfo>`(crate::policy::FlowInfo).
+    FlowShow(BridgeRef),
+    /// What the bridge would do with a frame. Result: [`TraceInfo`](crate::policy::TraceInfo).
+    Trace(crate::policy::TraceReq),
+    /// Result: [`MirrorInfo`](crate::policy::MirrorInfo).
+    MirrorAdd(crate::policy::MirrorSpec),
+    /// Result: [`MirrorInfo`](crate::policy::MirrorInfo) of what was removed.
+    MirrorDel(crate::policy::MirrorRef),
+    /// Result: `Vec<MirrorInfo>`.
+    MirrorList(PortListReq),
     /// Test hook: makes the datapath thread panic (the daemon must then exit). Refused
     /// unless the daemon was started with `VMNETD_TEST_HOOKS=1` in its environment.
     #[doc(hidden)]
@@ -325,6 +345,23 @@ pub struct PortSpec {
     /// Accept frames only from `macs`.
     #[serde(default)]
     pub lock_mac: bool,
+    /// Talk only to ports that are not isolated (built-in bridge; on a Linux bridge, the
+    /// kernel's `isolated` port flag).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub isolated: bool,
+    /// Ingress policing: what the port sends the bridge beyond this rate (kbit/s) is dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress_rate_kbit: Option<u64>,
+    /// The policer's bucket, KB (1000 bytes); by default 80 % of a second of the rate (as OVS),
+    /// at least 64 KiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress_burst_kb: Option<u64>,
+    /// Egress policing: what the bridge sends the port beyond this rate (kbit/s) is dropped
+    /// (libvirt's `<bandwidth><inbound>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_rate_kbit: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_burst_kb: Option<u64>,
     /// Labels kept with the declaration (see [`ExternalIds`]).
     #[serde(default, skip_serializing_if = "no_ids")]
     pub external_ids: ExternalIds,
@@ -405,6 +442,16 @@ pub struct PortInfo {
     pub vlan: VlanMode,
     pub macs: Vec<MacAddr>,
     pub lock_mac: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub isolated: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress_rate_kbit: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress_burst_kb: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_rate_kbit: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_burst_kb: Option<u64>,
     /// The kernel interface behind the port.
     pub ifname: Option<IfName>,
     pub status: PortStatus,

@@ -16,6 +16,7 @@ use vmnetd_api::mac::MacAddr;
 use vmnetd_api::net::NetName;
 use vmnetd_api::vlan::{Native, VlanId, VlanMode, VlanSet};
 
+use crate::bandwidth::{self, XmlBandwidth};
 use crate::xml::{self, Element, XmlError};
 
 /// The namespace of vmnetd's metadata.
@@ -74,6 +75,11 @@ pub struct Interface {
     pub model: Option<String>,
     /// `<driver queues>`.
     pub queues: Option<u16>,
+    /// `<port isolated='yes|no'/>`; `None` when not stated. libvirt itself only accepts
+    /// `yes` on `bridge` and `network` interfaces; on the others the vmnetd metadata says it.
+    pub isolated: Option<bool>,
+    /// `<bandwidth>`, as written (converted only for interfaces that become vmnetd ports).
+    pub bandwidth: Option<XmlBandwidth>,
     pub span: Range<usize>,
 }
 
@@ -95,6 +101,10 @@ pub struct MetaPort {
     /// `None`: not stated (access VLAN 1 unless `<vlan>` says otherwise).
     pub vlan: Option<VlanMode>,
     pub lock_mac: bool,
+    /// `isolated='yes'`: the port talks only to ports that are not isolated. The way to ask
+    /// for it on `vhostuser` and `ethernet` interfaces, where libvirt refuses
+    /// `<port isolated='yes'/>`.
+    pub isolated: bool,
     /// `ip='…'`: a static DHCP lease for this MAC on the vmnetd network that holds the address
     /// (or on `network='…'`), with the domain's name as host name when it is a valid one.
     pub ip: Option<Ipv4Addr>,
@@ -203,6 +213,13 @@ fn interface(index: usize, el: &Element) -> Result<Interface> {
         ),
         None => None,
     };
+    // libvirt accepts exactly these two values (and refuses the element otherwise).
+    let isolated = match el.child("port").and_then(|p| p.attr("isolated")) {
+        None => None,
+        Some("yes") => Some(true),
+        Some("no") => Some(false),
+        Some(v) => return Err(invalid(ctx(&format!("<port isolated='{v}'> must be yes or no")))),
+    };
     Ok(Interface {
         index,
         kind,
@@ -214,6 +231,8 @@ fn interface(index: usize, el: &Element) -> Result<Interface> {
         virtualport: el.child("virtualport").and_then(|v| v.attr("type")).map(str::to_owned),
         model: el.child("model").and_then(|m| m.attr("type")).map(str::to_owned),
         queues,
+        isolated,
+        bandwidth: el.child("bandwidth").map(bandwidth::read),
         span: el.span.clone(),
     })
 }
@@ -250,7 +269,7 @@ fn xml_vlan(v: &Element) -> std::result::Result<XmlVlan, String> {
     Ok(XmlVlan { mode })
 }
 
-const META_ATTRS: &str = "mac, bridge, vlan, trunk, native, lock-mac, ip, network";
+const META_ATTRS: &str = "mac, bridge, vlan, trunk, native, lock-mac, isolated, ip, network";
 
 fn metadata(root: &Element) -> Result<Metadata> {
     let Some(md) = root.child("metadata") else { return Ok(Metadata::default()) };
@@ -302,6 +321,11 @@ fn meta_port(p: &Element) -> std::result::Result<MetaPort, String> {
         Some("yes") => true,
         Some(v) => return Err(at(format!("lock-mac='{v}' must be yes or no"))),
     };
+    let isolated = match p.attr("isolated") {
+        None | Some("no") => false,
+        Some("yes") => true,
+        Some(v) => return Err(at(format!("isolated='{v}' must be yes or no"))),
+    };
     let bridge = p.attr("bridge").map(str::to_owned);
     if bridge.as_deref() == Some("") {
         return Err(at("bridge='' is empty".into()));
@@ -315,7 +339,7 @@ fn meta_port(p: &Element) -> std::result::Result<MetaPort, String> {
         Some(_) if ip.is_none() => return Err(at("network= names where ip= is leased; give ip= too".into())),
         Some(v) => Some(v.parse::<NetName>().map_err(|e| at(format!("network='{v}': {e}")))?),
     };
-    Ok(MetaPort { mac, bridge, vlan, lock_mac, ip, network })
+    Ok(MetaPort { mac, bridge, vlan, lock_mac, isolated, ip, network })
 }
 
 fn sharing(root: &Element) -> Sharing {
@@ -374,6 +398,39 @@ mod tests {
     }
 
     #[test]
+    fn port_isolated_yes_no_or_refused() {
+        let iface = |port: &str| dom(&format!("<interface type='bridge'>{port}</interface>"), "");
+        let isolated = |port: &str| parse(&iface(port)).map(|(d, _)| d.interfaces[0].isolated);
+        assert_eq!(isolated("<port isolated='yes'/>").unwrap(), Some(true));
+        assert_eq!(isolated("<port isolated='no'/>").unwrap(), Some(false));
+        assert_eq!(isolated("").unwrap(), None);
+        assert_eq!(isolated("<port/>").unwrap(), None);
+        for bad in ["maybe", "YES", "1", "true", ""] {
+            let e = isolated(&format!("<port isolated='{bad}'/>")).unwrap_err().to_string();
+            assert!(e.contains(&format!("<port isolated='{bad}'> must be yes or no")), "{e}");
+            assert!(e.starts_with("interface #1 (bridge)"), "{e}");
+        }
+    }
+
+    #[test]
+    fn bandwidth_is_kept_as_written() {
+        // Converted only for interfaces that become ports: libvirt accepts values vmnetd does
+        // not, and a domain vmnetd does not manage must still parse.
+        let x = dom(
+            "<interface type='bridge'><bandwidth><inbound average='0' peak='x'/><outbound average='10'/></bandwidth></interface>\
+             <interface type='bridge'/>",
+            "",
+        );
+        let (d, _) = parse(&x).unwrap();
+        let b = d.interfaces[0].bandwidth.as_ref().unwrap();
+        assert_eq!(b.inbound.as_ref().unwrap().average.as_deref(), Some("0"));
+        assert_eq!(b.inbound.as_ref().unwrap().peak.as_deref(), Some("x"));
+        assert_eq!(b.outbound.as_ref().unwrap().average.as_deref(), Some("10"));
+        assert!(b.policing().is_err());
+        assert_eq!(d.interfaces[1].bandwidth, None);
+    }
+
+    #[test]
     fn metadata_by_namespace_not_prefix() {
         let md = "<metadata xmlns:zz='urn:vmnetd:libvirt:1'><o:x xmlns:o='urn:other'/><zz:ports>\
                   <zz:port mac='52:54:00:00:00:01' bridge='lan' vlan='10'/>\
@@ -384,6 +441,12 @@ mod tests {
         let p = d.metadata.port("52:54:00:00:00:02".parse().unwrap()).unwrap();
         assert_eq!(p.vlan.as_ref().unwrap().to_string(), "trunk 10,20-22 native 1:tagged");
         assert!(p.lock_mac);
+        assert!(!p.isolated);
+        let md = "<metadata><v:ports xmlns:v='urn:vmnetd:libvirt:1'>\
+                  <v:port mac='52:54:00:00:00:03' isolated='yes'/><v:port mac='52:54:00:00:00:04' isolated='no'/>\
+                  </v:ports></metadata>";
+        let (d, _) = parse(&dom("", md)).unwrap();
+        assert_eq!(d.metadata.ports.iter().map(|p| p.isolated).collect::<Vec<_>>(), [true, false]);
         let md = "<metadata><v:ports xmlns:v='urn:vmnetd:libvirt:1'>\
                   <v:port mac='52:54:00:00:00:03' ip='10.10.0.5' network='default'/></v:ports></metadata>";
         let (d, _) = parse(&dom("", md)).unwrap();
@@ -405,6 +468,7 @@ mod tests {
             ("trunk='30-20'", "descending"),
             ("vlans='10'", "unknown attribute"),
             ("lock-mac='maybe'", "yes or no"),
+            ("isolated='maybe'", "isolated='maybe' must be yes or no"),
             ("ip='10.0.0.300'", "not an IPv4"),
             ("ip='fe80::1'", "not an IPv4"),
             ("network='default'", "give ip="),

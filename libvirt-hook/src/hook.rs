@@ -41,7 +41,8 @@ pub enum Step {
     AddPort(Box<PortSpec>),
 }
 
-/// A port as declared, comparable with a [`PortSpec`].
+/// A port as declared, comparable with a [`PortSpec`] (isolation and policers included, so
+/// a changed `<bandwidth>` replaces the port).
 fn same(info: &PortInfo, spec: &PortSpec) -> bool {
     info.bridge == spec.bridge
         && info.name == spec.name
@@ -49,6 +50,11 @@ fn same(info: &PortInfo, spec: &PortSpec) -> bool {
         && info.vlan == spec.vlan
         && info.macs == spec.macs
         && info.lock_mac == spec.lock_mac
+        && info.isolated == spec.isolated
+        && info.ingress_rate_kbit == spec.ingress_rate_kbit
+        && info.ingress_burst_kb == spec.ingress_burst_kb
+        && info.egress_rate_kbit == spec.egress_rate_kbit
+        && info.egress_burst_kb == spec.egress_burst_kb
         && info.external_ids == spec.external_ids
 }
 
@@ -198,7 +204,7 @@ pub fn run(name: &str, op: &str, sub: &str, xml: &mut dyn Read, cfg: &HookConfig
         Err(e) => return fail(phase, &d.name, vmnetd_api::proto::error_chain(&e)),
     };
     match ensure(&mut c, &d, phase, cfg) {
-        Ok(()) => Outcome::Ok(Vec::new()),
+        Ok(notes) => Outcome::Ok(notes.into_iter().map(|n| format!("vmnetd: domain {}: {n}", d.name)).collect()),
         Err(e) => fail(phase, &d.name, e),
     }
 }
@@ -216,7 +222,9 @@ fn err_str(e: client::Error) -> String {
     vmnetd_api::proto::error_chain(&e)
 }
 
-fn ensure(c: &mut Client, d: &Domain, phase: Phase, cfg: &HookConfig) -> Result<(), String> {
+/// Brings the daemon to what the domain needs at `phase`. Returns the wants' notes (what of
+/// the XML vmnetd does not apply), for warnings.
+fn ensure(c: &mut Client, d: &Domain, phase: Phase, cfg: &HookConfig) -> Result<Vec<String>, String> {
     let status: Status = c.call(Op::Status).map_err(err_str)?;
     let bridges: Vec<BridgeInfo> = c.call(Op::BridgeList).map_err(err_str)?;
     let facts = Facts {
@@ -226,8 +234,9 @@ fn ensure(c: &mut Client, d: &Domain, phase: Phase, cfg: &HookConfig) -> Result<
     };
     let wants = plan::plan(d, phase, &facts).map_err(|e| e.0)?;
     if wants.is_empty() && phase != Phase::Prepare {
-        return Ok(());
+        return Ok(Vec::new());
     }
+    let notes: Vec<String> = wants.iter().flat_map(|w| w.notes.iter().cloned()).collect();
     for w in &wants {
         if let Some((dev, mac)) = &w.libvirt_tap {
             check_libvirt_tap(dev, *mac)?;
@@ -274,7 +283,7 @@ fn ensure(c: &mut Client, d: &Domain, phase: Phase, cfg: &HookConfig) -> Result<
             let _ = c.call::<TapInfo>(Op::Rmtap(RmTap { name, force: false }));
         }
     }
-    res
+    res.map(|()| notes)
 }
 
 /// The static DHCP leases `<vmnetd:port ip='…'>` asks for, on `network='…'` or else on the one

@@ -11,6 +11,10 @@
 //!   VLAN → the VLAN of the `vnetN` tap at `started`. On a vmnetd built-in bridge: refused,
 //!   with the way out (`translate`), since libvirt cannot enslave a TAP to it.
 //! - Everything else is left alone: interfaces without metadata, bridges vmnetd does not know.
+//!
+//! Every port made for an interface carries the interface's isolation (`<port isolated>` or
+//! the metadata's `isolated='yes'`) and its `<bandwidth>` as vmnetd policers (see
+//! [`crate::bandwidth`]).
 
 use std::path::{Path, PathBuf};
 
@@ -18,6 +22,7 @@ use vmnetd_api::ifname::IfName;
 use vmnetd_api::proto::{BridgeKind, ExternalIds, PortKind, PortSpec, TapSpec, VhostMode};
 use vmnetd_api::{MacAddr, VlanMode};
 
+use crate::bandwidth::Policer;
 use crate::domain::{Domain, Interface, Sharing};
 
 /// The hook phases that change something.
@@ -73,6 +78,9 @@ pub struct Want {
     /// The port's interface must be the TAP libvirt made for this interface (checked before
     /// anything changes).
     pub libvirt_tap: Option<(IfName, MacAddr)>,
+    /// What of the interface's XML vmnetd does not apply (`<bandwidth>` `peak`, `floor`), one
+    /// line each: the hook reports them as warnings, the domain starts.
+    pub notes: Vec<String>,
 }
 
 /// `path` if it names a plain file directly inside `dir` (lexically: absolute, no `.` or
@@ -161,6 +169,45 @@ fn merge_vlan(i: &Interface, meta: Option<&VlanMode>) -> Result<Option<VlanMode>
     }
 }
 
+/// Whether a port is isolated: `<port isolated>` (`xml`) and the metadata's `isolated=`
+/// (`meta`) agree, or only one speaks.
+pub fn merge_isolated(xml: Option<bool>, meta: bool) -> Result<bool, String> {
+    match xml {
+        Some(false) if meta => {
+            Err("<port isolated='no'/> but the vmnetd metadata says isolated='yes'; keep one".into())
+        }
+        xml => Ok(xml.unwrap_or(false) || meta),
+    }
+}
+
+/// Isolation and policing of the port made for an interface.
+#[derive(Debug, Default)]
+struct PortPolicy {
+    isolated: bool,
+    /// What the port sends the bridge: the guest's traffic, libvirt's `<outbound>`.
+    ingress: Option<Policer>,
+    /// What the bridge sends the port: traffic to the guest, libvirt's `<inbound>`.
+    egress: Option<Policer>,
+    notes: Vec<String>,
+}
+
+/// The [`PortPolicy`] of interface `i`, `meta_isolated` being its metadata's `isolated=`. A
+/// `<bandwidth>` vmnetd cannot apply refuses the interface rather than starting the guest
+/// without the limit it was given. (On `ethernet` and kernel-bridge TAPs libvirt applies
+/// `<bandwidth>` with tc as well: the same limits, twice.)
+fn port_policy(i: &Interface, meta_isolated: bool) -> Result<PortPolicy, PlanError> {
+    let label = i.label();
+    let isolated = merge_isolated(i.isolated, meta_isolated).map_err(|m| PlanError(format!("{label}: {m}")))?;
+    let Some(bw) = &i.bandwidth else { return Ok(PortPolicy { isolated, ..Default::default() }) };
+    let p = bw.policing().map_err(|m| PlanError(format!("{label}: {m}")))?;
+    Ok(PortPolicy {
+        isolated,
+        ingress: p.from_guest,
+        egress: p.to_guest,
+        notes: p.ignored.iter().map(|n| format!("{label}: {n}")).collect(),
+    })
+}
+
 fn ifname(s: &str, what: &str) -> Result<IfName, PlanError> {
     IfName::new(s).map_err(|e| PlanError(format!("{what}: {e}")))
 }
@@ -227,6 +274,7 @@ pub fn plan(d: &Domain, phase: Phase, f: &Facts) -> Result<Vec<Want>, PlanError>
                 // QEMU as the server creates its socket in the domain's directory, which the
                 // hook makes; vmnetd as the server makes the directory itself.
                 let socket_dir = (mode == VhostMode::Client).then(|| (dir.clone(), owner.clone()));
+                let pol = port_policy(i, meta.isolated)?;
                 out.push(Want {
                     tap: None,
                     port: PortSpec {
@@ -241,10 +289,16 @@ pub fn plan(d: &Domain, phase: Phase, f: &Facts) -> Result<Vec<Want>, PlanError>
                         vlan: merge_vlan(i, meta.vlan.as_ref())?.unwrap_or_default(),
                         macs: vec![mac],
                         lock_mac: meta.lock_mac,
+                        isolated: pol.isolated,
+                        ingress_rate_kbit: pol.ingress.map(|p| p.rate_kbit),
+                        ingress_burst_kb: pol.ingress.and_then(|p| p.burst_kb),
+                        egress_rate_kbit: pol.egress.map(|p| p.rate_kbit),
+                        egress_burst_kb: pol.egress.and_then(|p| p.burst_kb),
                         external_ids: external_ids(d, mac),
                     },
                     socket_dir,
                     libvirt_tap: None,
+                    notes: pol.notes,
                 });
             }
             "ethernet" => {
@@ -271,6 +325,7 @@ pub fn plan(d: &Domain, phase: Phase, f: &Facts) -> Result<Vec<Want>, PlanError>
                 });
                 let builtin = kind == BridgeKind::Builtin;
                 let libvirt_tap = (!i.unmanaged_target).then(|| (dev.clone(), i.mac.unwrap_or(mac)));
+                let pol = port_policy(i, meta.isolated)?;
                 out.push(Want {
                     tap,
                     port: PortSpec {
@@ -280,10 +335,16 @@ pub fn plan(d: &Domain, phase: Phase, f: &Facts) -> Result<Vec<Want>, PlanError>
                         vlan: merge_vlan(i, meta.vlan.as_ref())?.unwrap_or_default(),
                         macs: if builtin { vec![mac] } else { Vec::new() },
                         lock_mac: builtin && meta.lock_mac,
+                        isolated: pol.isolated,
+                        ingress_rate_kbit: pol.ingress.map(|p| p.rate_kbit),
+                        ingress_burst_kb: pol.ingress.and_then(|p| p.burst_kb),
+                        egress_rate_kbit: pol.egress.map(|p| p.rate_kbit),
+                        egress_burst_kb: pol.egress.and_then(|p| p.burst_kb),
                         external_ids: external_ids(d, mac),
                     },
                     socket_dir: None,
                     libvirt_tap,
+                    notes: pol.notes,
                 });
             }
             "bridge" | "network" => {
@@ -320,6 +381,10 @@ pub fn plan(d: &Domain, phase: Phase, f: &Facts) -> Result<Vec<Want>, PlanError>
                         let Some(mac) = i.mac else {
                             return Err(PlanError(format!("{label}: libvirt did not give it a MAC")));
                         };
+                        // On a kernel bridge libvirt sets both itself (the port's isolated
+                        // flag, tc on its TAP); the declaration says them too, so it describes
+                        // the port as the kernel has it.
+                        let pol = port_policy(i, meta.is_some_and(|m| m.isolated))?;
                         out.push(Want {
                             tap: None,
                             port: PortSpec {
@@ -329,10 +394,16 @@ pub fn plan(d: &Domain, phase: Phase, f: &Facts) -> Result<Vec<Want>, PlanError>
                                 vlan,
                                 macs: Vec::new(),
                                 lock_mac: false,
+                                isolated: pol.isolated,
+                                ingress_rate_kbit: pol.ingress.map(|p| p.rate_kbit),
+                                ingress_burst_kb: pol.ingress.and_then(|p| p.burst_kb),
+                                egress_rate_kbit: pol.egress.map(|p| p.rate_kbit),
+                                egress_burst_kb: pol.egress.and_then(|p| p.burst_kb),
                                 external_ids: external_ids(d, mac),
                             },
                             socket_dir: None,
                             libvirt_tap: Some((dev_for_check, mac)),
+                            notes: pol.notes,
                         });
                     }
                     None if meta.is_some_and(|m| m.vlan.is_some()) => {
@@ -382,4 +453,156 @@ pub fn may_need_daemon(d: &Domain) -> bool {
 /// Whether the domain surely needs the daemon: some interface carries vmnetd metadata.
 pub fn needs_daemon(d: &Domain) -> bool {
     d.interfaces.iter().any(|i| i.mac.is_some_and(|m| d.metadata.port(m).is_some()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain;
+
+    fn facts() -> Facts {
+        Facts {
+            bridges: vec![("vmnet0".into(), BridgeKind::Builtin), ("lvbr0".into(), BridgeKind::Linux)],
+            run_dir: "/run/vmnetd".into(),
+            qemu_owner: "64055:64055".into(),
+        }
+    }
+
+    /// A domain with shared memory, one interface (MAC ..:01) and vmnetd metadata for it, on
+    /// the interface's bridge.
+    fn dom(iface: &str, meta_attrs: &str) -> Domain {
+        let bridge = if iface.contains("'lvbr0'") { "lvbr0" } else { "vmnet0" };
+        let x = format!(
+            "<domain type='kvm'><name>d1</name><uuid>u-1</uuid>\
+             <metadata><v:ports xmlns:v='urn:vmnetd:libvirt:1'>\
+             <v:port mac='52:54:00:00:00:01' bridge='{bridge}' {meta_attrs}/></v:ports></metadata>\
+             <memoryBacking><source type='memfd'/><access mode='shared'/></memoryBacking>\
+             <devices>{iface}</devices></domain>"
+        );
+        domain::parse(&x).unwrap_or_else(|e| panic!("{x}: {e}")).0
+    }
+
+    fn vhost(extra: &str) -> String {
+        format!(
+            "<interface type='vhostuser'><mac address='52:54:00:00:00:01'/>\
+             <source type='unix' path='/run/vmnetd/libvirt/d1/a.sock' mode='server'/>{extra}</interface>"
+        )
+    }
+
+    /// A `bridge` interface on the vmnetd Linux bridge, as libvirt sends it at `started`.
+    fn on_linux_bridge(extra: &str) -> String {
+        format!(
+            "<interface type='bridge'><mac address='52:54:00:00:00:01'/><source bridge='lvbr0'/>\
+             <target dev='vnet3'/><vlan><tag id='20'/></vlan>{extra}</interface>"
+        )
+    }
+
+    fn one(d: &Domain, phase: Phase) -> Result<Want, PlanError> {
+        let mut w = plan(d, phase, &facts())?;
+        assert_eq!(w.len(), 1, "{w:?}");
+        Ok(w.remove(0))
+    }
+
+    #[test]
+    fn port_isolated_yes_no_absent() {
+        let isolated = |port: &str| one(&dom(&vhost(port), ""), Phase::Prepare).map(|w| w.port.isolated);
+        assert!(isolated("<port isolated='yes'/>").unwrap());
+        assert!(!isolated("<port isolated='no'/>").unwrap());
+        assert!(!isolated("").unwrap());
+        // On a kernel bridge too (where libvirt itself also sets the kernel's flag).
+        let d = dom(&on_linux_bridge("<port isolated='yes'/>"), "");
+        assert!(one(&d, Phase::Started).unwrap().port.isolated);
+        let d = dom(&on_linux_bridge(""), "");
+        assert!(!one(&d, Phase::Started).unwrap().port.isolated);
+    }
+
+    #[test]
+    fn isolated_from_the_metadata_and_conflicts() {
+        // libvirt refuses <port isolated='yes'/> on vhost-user: the metadata says it there.
+        let w = one(&dom(&vhost(""), "isolated='yes'"), Phase::Prepare).unwrap();
+        assert!(w.port.isolated);
+        let w = one(&dom(&vhost("<port isolated='yes'/>"), "isolated='yes'"), Phase::Prepare).unwrap();
+        assert!(w.port.isolated);
+        let e = one(&dom(&vhost("<port isolated='no'/>"), "isolated='yes'"), Phase::Prepare).unwrap_err().0;
+        assert!(e.contains("interface 52:54:00:00:00:01: <port isolated='no'/> but the vmnetd metadata"), "{e}");
+    }
+
+    #[test]
+    fn bandwidth_becomes_the_ports_policers() {
+        let bw = "<bandwidth><inbound average='1000' burst='1000'/><outbound average='1000'/></bandwidth>";
+        let w = one(&dom(&vhost(bw), ""), Phase::Prepare).unwrap();
+        // <inbound> is what the guest receives: what the bridge sends the port (egress).
+        assert_eq!((w.port.egress_rate_kbit, w.port.egress_burst_kb), (Some(8192), Some(1024)));
+        // <outbound> is what the guest sends: what the port sends the bridge (ingress).
+        assert_eq!((w.port.ingress_rate_kbit, w.port.ingress_burst_kb), (Some(8192), None));
+        assert!(w.notes.is_empty(), "{:?}", w.notes);
+
+        let w = one(&dom(&vhost("<bandwidth><outbound average='10' burst='10'/></bandwidth>"), ""), Phase::Prepare)
+            .unwrap();
+        assert_eq!((w.port.ingress_rate_kbit, w.port.ingress_burst_kb), (Some(82), Some(11)));
+        assert_eq!((w.port.egress_rate_kbit, w.port.egress_burst_kb), (None, None));
+
+        let w = one(&dom(&vhost(""), ""), Phase::Prepare).unwrap();
+        assert_eq!(
+            (w.port.ingress_rate_kbit, w.port.ingress_burst_kb, w.port.egress_rate_kbit, w.port.egress_burst_kb),
+            (None, None, None, None)
+        );
+    }
+
+    #[test]
+    fn bandwidth_on_every_kind_of_port() {
+        let bw = "<bandwidth><inbound average='125'/></bandwidth>";
+        let eth = format!(
+            "<interface type='ethernet'><mac address='52:54:00:00:00:01'/><target dev='tap9' managed='no'/>{bw}</interface>"
+        );
+        let w = one(&dom(&eth, ""), Phase::Prepare).unwrap();
+        assert_eq!(w.port.egress_rate_kbit, Some(1024));
+        let w = one(&dom(&on_linux_bridge(bw), ""), Phase::Started).unwrap();
+        assert_eq!(w.port.egress_rate_kbit, Some(1024));
+    }
+
+    #[test]
+    fn peak_and_floor_are_notes_not_failures() {
+        let bw = "<bandwidth><inbound average='1000' peak='2000' floor='10'/></bandwidth>";
+        let w = one(&dom(&vhost(bw), ""), Phase::Prepare).unwrap();
+        assert_eq!(w.port.egress_rate_kbit, Some(8192));
+        assert_eq!(w.notes.len(), 2, "{:?}", w.notes);
+        assert!(w.notes.iter().all(|n| n.starts_with("interface 52:54:00:00:00:01: <bandwidth><inbound ")));
+        assert!(w.notes[0].contains("peak='2000'> ignored"), "{:?}", w.notes);
+        assert!(w.notes[1].contains("floor='10'> ignored"), "{:?}", w.notes);
+    }
+
+    #[test]
+    fn bad_bandwidth_refuses_the_port() {
+        for (bw, want) in [
+            ("<inbound average='0'/>", "<bandwidth><inbound average='0'> is no rate"),
+            ("<outbound average='1000' burst='0'/>", "burst='0'> is an empty bucket"),
+            ("<outbound average='lots'/>", "is not a whole number"),
+            ("<inbound average='18446744073709551615'/>", "more than vmnetd polices"),
+            ("<inbound average='99999999999999999999'/>", "is too large"),
+        ] {
+            let d = dom(&vhost(&format!("<bandwidth>{bw}</bandwidth>")), "");
+            let e = plan(&d, Phase::Prepare, &facts()).unwrap_err().0;
+            assert!(e.starts_with("interface 52:54:00:00:00:01: "), "{e}");
+            assert!(e.contains(want), "{bw}: {e}");
+        }
+    }
+
+    #[test]
+    fn bandwidth_of_interfaces_vmnetd_does_not_manage_is_not_checked() {
+        // libvirt reads average='0' as "no limit"; a domain vmnetd does not manage never
+        // fails because of what vmnetd would refuse.
+        let x = "<domain type='kvm'><name>d2</name><devices>\
+                 <interface type='bridge'><mac address='52:54:00:00:00:09'/><source bridge='virbr0'/>\
+                 <target dev='vnet0'/><bandwidth><inbound average='0'/></bandwidth></interface>\
+                 </devices></domain>";
+        let (d, _) = domain::parse(x).unwrap();
+        for phase in [Phase::Prepare, Phase::Started, Phase::Reconnect] {
+            assert!(plan(&d, phase, &facts()).unwrap().is_empty());
+        }
+        // Nor on a vmnetd Linux bridge without a VLAN: libvirt does all there is to do.
+        let x = x.replace("virbr0", "lvbr0");
+        let (d, _) = domain::parse(&x).unwrap();
+        assert!(plan(&d, Phase::Started, &facts()).unwrap().is_empty());
+    }
 }

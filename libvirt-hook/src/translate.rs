@@ -7,6 +7,11 @@
 //! NIC across vmnetd restarts (vmnetd reconnects). Its bridge and VLAN move to vmnetd's
 //! `<metadata>`, and guest memory becomes shared (memfd) where it is not.
 //!
+//! QoS and isolation stay with the interface, applied by vmnetd instead of the kernel:
+//! `<bandwidth>` is kept as it is (libvirt accepts it on vhost-user, applies nothing and logs
+//! so; the hook turns it into the port's policers), while `<port isolated='yes'/>`, which
+//! libvirt refuses on vhost-user interfaces, becomes `isolated='yes'` in vmnetd's metadata.
+//!
 //! The output is the input with those spans spliced: comments, attribute quoting, ordering,
 //! indentation and everything else stay byte-for-byte. Translating twice changes nothing
 //! the second time.
@@ -16,18 +21,22 @@ use std::path::{Path, PathBuf};
 
 use vmnetd_api::{MacAddr, VlanMode};
 
+use crate::bandwidth::{Policer, Policing};
 use crate::domain::{self, Domain, Interface, MetaPort, NS};
 use crate::plan;
 use crate::xml::{escape_attr, Element};
 
 /// Elements of a bridge interface that mean nothing (or something else) on vhost-user:
-/// removed, with a note when dropping them changes behaviour.
+/// removed, with a note when dropping them changes behaviour. (`<bandwidth>` is not one of
+/// them: vmnetd polices it.)
 const DROPPED: &[(&str, Option<&str>)] = &[
     ("source", None),
     ("vlan", None),
     ("virtualport", None),
     ("target", None),
-    ("bandwidth", Some("QoS <bandwidth> is not applied to vhost-user interfaces")),
+    // libvirt refuses `<port isolated='yes'/>` on vhost-user; `translate` moves it to the
+    // metadata (and says so).
+    ("port", None),
     ("filterref", Some("nwfilter <filterref> needs a kernel TAP; use --lock-mac in vmnetd metadata (lock-mac='yes')")),
     ("ip", Some("<ip> applies to TAP interfaces only")),
     ("route", Some("<route> applies to TAP interfaces only")),
@@ -161,6 +170,21 @@ pub fn translate(input: &str, opts: &Options) -> Result<Translated, Error> {
         };
         convert(input, &d, i, el, mac, opts, &mut edits, &mut notes)?;
         let prior = d.metadata.port(mac);
+        let label = format!("interface {mac}");
+        let isolated = plan::merge_isolated(i.isolated, prior.is_some_and(|p| p.isolated))
+            .map_err(|m| Error::Refused(format!("{label}: {m}")))?;
+        if i.isolated == Some(true) {
+            notes.push(format!(
+                "{label}: <port isolated='yes'/> -> isolated='yes' in the vmnetd metadata \
+                 (libvirt refuses it on vhost-user interfaces)"
+            ));
+        }
+        if let Some(bw) = &i.bandwidth {
+            // Checked now, so a limit vmnetd cannot apply is refused here rather than at start.
+            let p = bw.policing().map_err(|m| Error::Refused(format!("{label}: {m}")))?;
+            notes.push(format!("{label}: <bandwidth> kept: {}", policing_note(&p)));
+            notes.extend(p.ignored.iter().map(|n| format!("{label}: {n}")));
+        }
         let vlan = match (i.vlan.as_ref().map(|v| v.mode.clone()), prior.and_then(|p| p.vlan.clone())) {
             (Some(a), Some(b)) if a != b => {
                 return Err(Error::Refused(format!(
@@ -179,6 +203,7 @@ pub fn translate(input: &str, opts: &Options) -> Result<Translated, Error> {
             bridge: Some(bridge.to_owned()),
             vlan,
             lock_mac: prior.is_some_and(|p| p.lock_mac),
+            isolated,
             ip: prior.and_then(|p| p.ip),
             network: prior.and_then(|p| p.network.clone()),
         });
@@ -197,6 +222,23 @@ pub fn translate(input: &str, opts: &Options) -> Result<Translated, Error> {
         }
     }
     Ok(Translated { xml, notes })
+}
+
+/// What vmnetd will do with a `<bandwidth>`, in words.
+fn policing_note(p: &Policing) -> String {
+    let one = |what: &str, p: &Option<Policer>| {
+        p.map(|p| match p.burst_kb {
+            Some(b) => format!("{what} {} kbit/s (burst {b} KB)", p.rate_kbit),
+            None => format!("{what} {} kbit/s", p.rate_kbit),
+        })
+    };
+    let parts: Vec<String> =
+        [one("to the guest", &p.to_guest), one("from the guest", &p.from_guest)].into_iter().flatten().collect();
+    if parts.is_empty() {
+        "nothing in it for vmnetd to police".into()
+    } else {
+        format!("vmnetd polices {}", parts.join(", "))
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -294,6 +336,9 @@ fn meta_port_xml(p: &MetaPort) -> String {
     }
     if p.lock_mac {
         s.push_str(" lock-mac='yes'");
+    }
+    if p.isolated {
+        s.push_str(" isolated='yes'");
     }
     if let Some(ip) = p.ip {
         s.push_str(&format!(" ip='{ip}'"));
@@ -450,5 +495,121 @@ impl MacRng {
             }
             self.0 = self.0.wrapping_add(1);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{Facts, Phase};
+    use vmnetd_api::proto::BridgeKind;
+
+    fn opts() -> Options {
+        Options { builtin_bridges: vec!["vmnet0".into()], run_dir: "/run/vmnetd".into(), mac_seed: Some(7) }
+    }
+
+    fn domain_with(iface_extra: &str, meta: &str) -> String {
+        format!(
+            "<domain type='kvm'>\n  <name>q1</name>\n{meta}  <memory unit='MiB'>256</memory>\n  <devices>\n    \
+             <interface type='bridge'>\n      <mac address='52:54:00:00:00:01'/>\n      \
+             <source bridge='vmnet0'/>\n      <model type='virtio'/>\n{iface_extra}    </interface>\n  \
+             </devices>\n</domain>\n"
+        )
+    }
+
+    const BW: &str = "      <bandwidth>\n        <inbound average='1000' burst='1000'/>\n        \
+                      <outbound average='125' peak='250'/>\n      </bandwidth>\n";
+
+    #[test]
+    fn bandwidth_is_kept_and_policed_not_dropped() {
+        let t = translate(&domain_with(BW, ""), &opts()).unwrap();
+        assert!(t.xml.contains(BW), "<bandwidth> stays byte for byte:\n{}", t.xml);
+        assert!(t.xml.contains("<interface type='vhostuser'>"), "{}", t.xml);
+        assert!(!t.notes.iter().any(|n| n.contains("dropped")), "{:?}", t.notes);
+        let kept = "interface 52:54:00:00:00:01: <bandwidth> kept: vmnetd polices to the guest 8192 kbit/s \
+                    (burst 1024 KB), from the guest 1024 kbit/s";
+        assert!(t.notes.iter().any(|n| n == kept), "{:?}", t.notes);
+        assert!(
+            t.notes
+                .iter()
+                .any(|n| n.starts_with("interface 52:54:00:00:00:01: <bandwidth><outbound peak='250'> ignored")),
+            "{:?}",
+            t.notes
+        );
+        // The hook then makes the port with those policers.
+        let (d, _) = domain::parse(&t.xml).unwrap();
+        let facts = Facts {
+            bridges: vec![("vmnet0".into(), BridgeKind::Builtin)],
+            run_dir: "/run/vmnetd".into(),
+            qemu_owner: "64055:64055".into(),
+        };
+        let w = plan::plan(&d, Phase::Prepare, &facts).unwrap();
+        let p = &w[0].port;
+        assert_eq!((p.egress_rate_kbit, p.egress_burst_kb), (Some(8192), Some(1024)));
+        assert_eq!((p.ingress_rate_kbit, p.ingress_burst_kb), (Some(1024), None));
+        assert!(!p.isolated);
+        // And translating again changes nothing.
+        assert_eq!(translate(&t.xml, &opts()).unwrap().xml, t.xml);
+    }
+
+    #[test]
+    fn port_isolated_moves_to_the_metadata() {
+        let t = translate(&domain_with("      <port isolated='yes'/>\n", ""), &opts()).unwrap();
+        // libvirt refuses <port isolated='yes'/> on vhost-user interfaces.
+        assert!(!t.xml.contains("<port "), "{}", t.xml);
+        assert!(t.xml.contains("<vmnetd:port mac='52:54:00:00:00:01' bridge='vmnet0' isolated='yes'/>"), "{}", t.xml);
+        assert!(t.notes.iter().any(|n| n.contains("<port isolated='yes'/> -> isolated='yes' in the vmnetd metadata")));
+        assert!(!t.notes.iter().any(|n| n.contains("dropped")), "{:?}", t.notes);
+        let (d, _) = domain::parse(&t.xml).unwrap();
+        assert!(d.metadata.ports[0].isolated);
+        assert_eq!(translate(&t.xml, &opts()).unwrap().xml, t.xml);
+
+        // 'no' is the default: removed, nothing to carry.
+        let t = translate(&domain_with("      <port isolated='no'/>\n", ""), &opts()).unwrap();
+        assert!(!t.xml.contains("<port ") && !t.xml.contains("isolated="), "{}", t.xml);
+        assert!(!t.notes.iter().any(|n| n.contains("isolated")), "{:?}", t.notes);
+
+        // Already in the metadata: kept.
+        let meta = "  <metadata>\n    <vmnetd:ports xmlns:vmnetd='urn:vmnetd:libvirt:1'>\n      \
+                    <vmnetd:port mac='52:54:00:00:00:01' isolated='yes'/>\n    </vmnetd:ports>\n  </metadata>\n";
+        let t = translate(&domain_with("", meta), &opts()).unwrap();
+        assert!(t.xml.contains("bridge='vmnet0' isolated='yes'/>"), "{}", t.xml);
+    }
+
+    #[test]
+    fn translate_refusals_for_bandwidth_and_isolation() {
+        let cases = [
+            (domain_with("      <bandwidth><inbound average='0'/></bandwidth>\n", ""), "average='0'> is no rate"),
+            (
+                domain_with("      <bandwidth><outbound average='100' burst='x'/></bandwidth>\n", ""),
+                "burst='x'> is not a whole number",
+            ),
+            (
+                domain_with("      <bandwidth><inbound average='18446744073709551615'/></bandwidth>\n", ""),
+                "more than vmnetd polices",
+            ),
+            (domain_with("      <port isolated='maybe'/>\n", ""), "<port isolated='maybe'> must be yes or no"),
+            (
+                domain_with(
+                    "      <port isolated='no'/>\n",
+                    "  <metadata><v:ports xmlns:v='urn:vmnetd:libvirt:1'>\
+                     <v:port mac='52:54:00:00:00:01' isolated='yes'/></v:ports></metadata>\n",
+                ),
+                "interface 52:54:00:00:00:01: <port isolated='no'/> but the vmnetd metadata says isolated='yes'",
+            ),
+        ];
+        for (input, want) in cases {
+            let e = translate(&input, &opts()).unwrap_err().to_string();
+            assert!(e.contains(want), "want {want:?} in {e}");
+        }
+    }
+
+    #[test]
+    fn interfaces_not_converted_keep_their_bandwidth_unchecked() {
+        // Not on a built-in bridge: not translate's business, even with values vmnetd refuses.
+        let x = domain_with("      <bandwidth><inbound average='0'/></bandwidth>\n", "").replace("vmnet0", "virbr0");
+        let t = translate(&x, &opts()).unwrap();
+        assert_eq!(t.xml, x);
+        assert!(t.notes.is_empty());
     }
 }

@@ -94,7 +94,9 @@ pub struct Tcpdump {
 
 impl Tcpdump {
     pub fn start(ns: &Ns, dev: &str, file: &std::path::Path) -> Tcpdump {
-        let child = ns.spawn("tcpdump", &["-i", dev, "-U", "-n", "-w", file.to_str().unwrap()]);
+        // Immediate mode: frames are handed over as they come, not when a ring block fills
+        // or times out, so a capture stopped right after its traffic has all of it.
+        let child = ns.spawn("tcpdump", &["-i", dev, "--immediate-mode", "-U", "-n", "-w", file.to_str().unwrap()]);
         let t = Tcpdump { child: Some(child), file: file.to_owned() };
         // tcpdump is capturing once the file has its header.
         assert!(

@@ -128,6 +128,12 @@ pub struct Config {
     pub ports: Vec<PortSpec>,
     #[serde(default, rename = "network")]
     pub networks: Vec<NetworkConfig>,
+    /// `[[flow]]`: rules of built-in bridges (see `vmnetd flow`).
+    #[serde(default, rename = "flow")]
+    pub flows: Vec<crate::daemon::policy::FlowConfig>,
+    /// `[[mirror]]`: mirrors of built-in bridges (see `vmnetd mirror add`).
+    #[serde(default, rename = "mirror")]
+    pub mirrors: Vec<vmnetd_api::policy::MirrorSpec>,
     #[serde(default)]
     pub tools: ToolsSection,
 }

@@ -56,6 +56,13 @@ pub struct State {
     /// when none is left).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub uplink_forwarding: Vec<String>,
+    /// Flow rules of built-in bridges changed at runtime (printed rules, by bridge); a
+    /// bridge listed here ignores the config file's `[[flow]]` entries.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub flows: std::collections::BTreeMap<String, Vec<String>>,
+    /// Mirrors added at runtime.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<vmnetd_api::policy::MirrorSpec>,
 }
 
 /// A config network's resolved subnet and IPv6 prefix.

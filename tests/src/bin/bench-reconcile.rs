@@ -94,6 +94,11 @@ fn bench(label: &str, binary: &Path, ports: usize, flaps: usize, idle: u64) -> R
                 vlan: Default::default(),
                 macs: Vec::new(),
                 lock_mac: false,
+                isolated: false,
+                ingress_rate_kbit: None,
+                ingress_burst_kb: None,
+                egress_rate_kbit: None,
+                egress_burst_kb: None,
                 external_ids: Default::default(),
             };
             let _: serde_json::Value = c.call(Op::PortAdd(Box::new(spec))).unwrap();

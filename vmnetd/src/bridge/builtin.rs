@@ -14,7 +14,7 @@ use crate::ifname::IfName;
 use crate::netlink::LinkChange;
 use crate::ports::{EdgeState, InternalPort, NetdevPort, PortEdge, VhostPort, VhostState};
 use crate::state::{BridgeDecl, PortDecl};
-use crate::switch::{FdbConfig, PortConfig, SwitchConfig, VlanId};
+use crate::switch::{FdbConfig, Policer, PortConfig, SwitchConfig, VlanId};
 use crate::tap::{self, Policy, TapDecl};
 
 use super::{err, gone, identity, internal, port_ifname, port_resource, same_interface, BridgeBackend, Ctx, PortView};
@@ -266,6 +266,9 @@ impl BridgeBackend for Builtin {
                 mtu,
                 macs: spec.macs.clone(),
                 lock_macs: spec.lock_mac,
+                isolated: spec.isolated,
+                policer: spec.ingress_rate_kbit.map(|r| Policer::new(r, spec.ingress_burst_kb)),
+                egress_policer: spec.egress_rate_kbit.map(|r| Policer::new(r, spec.egress_burst_kb)),
                 ..Default::default()
             };
             let (bridge, name) = (spec.bridge.to_string(), spec.name.to_string());

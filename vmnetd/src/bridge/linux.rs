@@ -54,6 +54,12 @@ impl BridgeBackend for Linux {
     }
 
     fn check_port(&self, spec: &PortSpec) -> Result<(), ApiError> {
+        if spec.isolated || spec.ingress_rate_kbit.is_some() || spec.egress_rate_kbit.is_some() {
+            return Err(err(
+                ErrorKind::Unsupported,
+                "--isolated and policing are built-in bridge features (on a Linux bridge use `bridge link set dev IF isolated on` and tc)",
+            ));
+        }
         match &spec.kind {
             PortKind::Netdev { .. } => Ok(()),
             PortKind::Internal { .. } => Err(err(

@@ -53,6 +53,22 @@ pub enum Command {
         #[command(subcommand)]
         command: FdbCommand,
     },
+    /// Flow rules of a built-in bridge (ovs-ofctl syntax): add, del, replace, show.
+    Flow {
+        #[command(subcommand)]
+        command: super::policy::FlowCommand,
+    },
+    /// What a built-in bridge would do with a frame, and why (like ovs-appctl ofproto/trace).
+    Trace {
+        bridge: IfName,
+        /// The frame as a match: in_port=PORT and any of dl_src, dl_dst, dl_vlan, ip, tcp, nw_dst, tp_dst, …
+        flow: String,
+    },
+    /// Port mirrors of a built-in bridge: add, del, list.
+    Mirror {
+        #[command(subcommand)]
+        command: super::policy::MirrorCommand,
+    },
     /// Per-port counters.
     Stats { bridge: Option<IfName>, port: Option<IfName> },
     /// Capture what a port sends and receives (pcap with -w, else one line per frame).
@@ -151,6 +167,21 @@ pub struct PortAddArgs {
     /// Accept frames only from the --mac addresses.
     #[arg(long, requires = "mac")]
     pub lock_mac: bool,
+    /// Exchange frames only with ports that are not isolated.
+    #[arg(long)]
+    pub isolated: bool,
+    /// Police what the port sends the bridge to this rate (kbit/s), like OVS ingress_policing_rate.
+    #[arg(long, value_name = "KBIT")]
+    pub ingress_rate: Option<u64>,
+    /// The ingress policer's burst, KB (default 80 % of a second of the rate, as OVS; at least 64 KiB).
+    #[arg(long, value_name = "KB", requires = "ingress_rate")]
+    pub ingress_burst: Option<u64>,
+    /// Police what the bridge sends the port to this rate (kbit/s).
+    #[arg(long, value_name = "KBIT")]
+    pub egress_rate: Option<u64>,
+    /// The egress policer's burst, KB.
+    #[arg(long, value_name = "KB", requires = "egress_rate")]
+    pub egress_burst: Option<u64>,
     /// A label kept with the port (repeatable), like OVS external_ids.
     #[arg(long = "external-id", value_name = "KEY=VALUE", value_parser = parse_external_id)]
     pub external_ids: Vec<(String, String)>,

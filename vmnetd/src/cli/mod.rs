@@ -8,11 +8,13 @@
 //! - this module: each verb as a request and its result;
 //! - [`show`]: human output per noun (bridges, ports, fdb, stats, taps, status, frames);
 //! - [`network`]: the `network` verbs (grammar, requests, output);
+//! - [`policy`]: `flow`, `trace` and `mirror`;
 //! - `offline`: `mktap`/`rmtap` when no daemon runs.
 
 mod args;
 pub mod network;
 mod offline;
+pub mod policy;
 pub mod show;
 
 use std::path::PathBuf;
@@ -118,6 +120,9 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Port { command } => port_cmd(&ctx, command),
         Command::Fdb { command } => fdb_cmd(&ctx, command),
         Command::Network { command } => network::run(&ctx, command),
+        Command::Flow { command } => policy::flow(&ctx, command),
+        Command::Trace { bridge, flow } => policy::trace(&ctx, bridge, flow),
+        Command::Mirror { command } => policy::mirror(&ctx, command),
         Command::Stats { bridge, port } => {
             let stats: Vec<PortStats> = ctx.call(Op::Stats(StatsReq { bridge, port }))?;
             if ctx.json {
@@ -260,6 +265,11 @@ fn port_cmd(ctx: &Ctx, cmd: PortCommand) -> Result<(), Failure> {
                 vlan,
                 macs: a.mac,
                 lock_mac: a.lock_mac,
+                isolated: a.isolated,
+                ingress_rate_kbit: a.ingress_rate,
+                ingress_burst_kb: a.ingress_burst,
+                egress_rate_kbit: a.egress_rate,
+                egress_burst_kb: a.egress_burst,
                 external_ids: a.external_ids.into_iter().collect(),
             };
             let info: PortInfo = ctx.call(Op::PortAdd(Box::new(spec)))?;

@@ -36,7 +36,20 @@ pub fn ports(list: &[PortInfo]) {
                     .map(|i| i.to_string())
                     .or_else(|| p.vhost.as_ref().map(|v| v.socket.clone()))
                     .unwrap_or_else(|| "-".into()),
-                p.vlan.to_string(),
+                {
+                    // The VLAN mode, then any policy on the port.
+                    let mut v = p.vlan.to_string();
+                    if p.isolated {
+                        v += " isolated";
+                    }
+                    if let Some(r) = p.ingress_rate_kbit {
+                        v += &format!(" in<={r}kbit");
+                    }
+                    if let Some(r) = p.egress_rate_kbit {
+                        v += &format!(" out<={r}kbit");
+                    }
+                    v
+                },
                 if p.macs.is_empty() {
                     "-".into()
                 } else {

@@ -89,6 +89,9 @@ impl Core {
             | Op::NetworkList
             | Op::NetworkShow(_)
             | Op::NetworkLeases(_)
+            | Op::FlowShow(_)
+            | Op::Trace(_)
+            | Op::MirrorList(_)
             | Op::Capture(_) => Ok(op),
             Op::Mktap(spec) => Ok(Op::Mktap(self.own_tap(spec, caller)?)),
             Op::Rmtap(rm) => {
@@ -219,6 +222,8 @@ fn op_name(op: &Op) -> &'static str {
         Op::NetworkDel(_) => "remove networks",
         Op::LeaseAdd(_) | Op::LeaseDel(_) => "change static leases",
         Op::ForwardAdd(_) | Op::ForwardDel(_) => "change port forwards",
+        Op::FlowAdd(_) | Op::FlowDel(_) | Op::FlowReplace(_) => "change flow rules",
+        Op::MirrorAdd(_) | Op::MirrorDel(_) => "change mirrors",
         Op::DebugPanic => "use test hooks",
         _ => "do that",
     }

@@ -39,6 +39,11 @@ fn port_info(decl: &PortDecl, source: Source, view: PortView) -> PortInfo {
         vlan: decl.spec.vlan.clone(),
         macs: decl.spec.macs.clone(),
         lock_mac: decl.spec.lock_mac,
+        isolated: decl.spec.isolated,
+        ingress_rate_kbit: decl.spec.ingress_rate_kbit,
+        ingress_burst_kb: decl.spec.ingress_burst_kb,
+        egress_rate_kbit: decl.spec.egress_rate_kbit,
+        egress_burst_kb: decl.spec.egress_burst_kb,
         ifname: port_ifname(&decl.spec),
         status: view.status,
         source,
@@ -69,6 +74,21 @@ fn validate_port(spec: &PortSpec) -> Result<(), ApiError> {
     }
     if let Some(m) = spec.macs.iter().find(|m| !m.is_unicast()) {
         return Err(err(ErrorKind::InvalidArgument, format!("MAC {m} is not a unicast address")));
+    }
+    for (what, rate) in [("--ingress-rate", spec.ingress_rate_kbit), ("--egress-rate", spec.egress_rate_kbit)] {
+        if let Some(r) = rate {
+            if !(1..=400_000_000).contains(&r) {
+                return Err(err(
+                    ErrorKind::InvalidArgument,
+                    format!("{what} {r} kbit/s is out of range (1-400000000)"),
+                ));
+            }
+        }
+    }
+    for (what, b) in [("--ingress-burst", spec.ingress_burst_kb), ("--egress-burst", spec.egress_burst_kb)] {
+        if b.is_some_and(|b| b > 1 << 32) {
+            return Err(err(ErrorKind::InvalidArgument, format!("{what} is too large")));
+        }
     }
     if spec.lock_mac && spec.macs.is_empty() {
         return Err(err(ErrorKind::InvalidArgument, "--lock-mac needs the port's address (--mac)"));

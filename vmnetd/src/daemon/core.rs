@@ -32,6 +32,8 @@ pub struct Core {
     pub limits: UserLimits,
     /// Networks: config declarations, running dnsmasqs, the programs they use.
     pub nets: super::networks::NetRuntime,
+    /// Flow rules and mirrors from the config file.
+    pub policy: super::policy::PolicyConfig,
 }
 
 #[cfg(test)]
@@ -53,6 +55,7 @@ impl Core {
             test_hooks: false,
             limits: UserLimits { max_ports_per_user: 64 },
             nets: Default::default(),
+            policy: Default::default(),
         }
     }
 }
@@ -159,6 +162,14 @@ impl Core {
             Op::LeaseDel(req) => to_value(self.lease_del(req).await?),
             Op::ForwardAdd(req) => to_value(self.forward_add(req).await?),
             Op::ForwardDel(req) => to_value(self.forward_del(req).await?),
+            Op::FlowAdd(req) => to_value(self.flow_add(req).await?),
+            Op::FlowDel(req) => to_value(self.flow_del(req).await?),
+            Op::FlowReplace(req) => to_value(self.flow_replace(req).await?),
+            Op::FlowShow(req) => to_value(self.flow_show(req).await?),
+            Op::Trace(req) => to_value(self.trace(req).await?),
+            Op::MirrorAdd(req) => to_value(self.mirror_add(req).await?),
+            Op::MirrorDel(req) => to_value(self.mirror_del(req).await?),
+            Op::MirrorList(req) => to_value(self.mirror_list(req).await?),
             Op::Capture(_) => {
                 Err(ApiError::new(ErrorKind::BadRequest, "capture is served by the connection, not here"))
             }

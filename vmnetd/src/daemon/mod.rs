@@ -10,6 +10,7 @@ pub mod bridges;
 pub mod control;
 pub mod core;
 pub mod networks;
+pub mod policy;
 pub mod reconcile;
 
 use std::fs;
@@ -165,11 +166,22 @@ pub fn run(opts: Options) -> Result<(), Error> {
             test_hooks: std::env::var_os("VMNETD_TEST_HOOKS").is_some_and(|v| v == "1"),
             limits: core::UserLimits { max_ports_per_user: loaded.config.control.max_ports_per_user as usize },
             nets: networks::NetRuntime::new(loaded.config.tools.clone(), &paths.state_dir),
+            policy: policy::PolicyConfig {
+                flows: loaded.config.flows.iter().fold(
+                    Default::default(),
+                    |mut m: std::collections::BTreeMap<String, Vec<String>>, f| {
+                        m.entry(f.bridge.to_string()).or_default().push(f.rule.clone());
+                        m
+                    },
+                ),
+                mirrors: loaded.config.mirrors.clone(),
+            },
         };
         let (net_tx, net_rx) = tokio::sync::mpsc::unbounded_channel();
         core.nets.events = Some(net_tx.clone());
         core.restore(&loaded.config).await;
         core.restore_bridges(&loaded.config).await;
+        core.restore_policy().await;
         core.restore_networks(&loaded.config).await;
         let listener = bind(&paths.socket, loaded.config.daemon.socket_group.as_deref())?;
         log::info!(

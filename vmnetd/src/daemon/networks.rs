@@ -115,6 +115,11 @@ fn gateway_port(decl: &NetworkDecl) -> PortSpec {
         vlan: VlanMode::access(decl.spec.vlan.unwrap_or(VlanId::DEFAULT)),
         macs: Vec::new(),
         lock_mac: false,
+        isolated: false,
+        ingress_rate_kbit: None,
+        ingress_burst_kb: None,
+        egress_rate_kbit: None,
+        egress_burst_kb: None,
         external_ids: [(NETWORK_LABEL.to_owned(), decl.spec.name.to_string())].into_iter().collect(),
     }
 }

@@ -17,7 +17,7 @@ use vmnetd_vhost::virtio_net::VnetHdr;
 use crate::sys::iov::{GuestPart, IoPart};
 
 use crate::switch::wire::{HEAD_LEN, TAG_OFFSET, VLAN_HLEN};
-use crate::switch::{FrameInfo, TagAction};
+use crate::switch::{FrameInfo, TagAction, FLOW_HEAD};
 
 /// Frames per burst from a kernel edge (AF_PACKET, TAP): the unit of receiving, deciding and
 /// sending. Each may be a 64 KiB GSO frame in a local buffer, so this stays small.
@@ -56,6 +56,23 @@ pub struct Frame {
     /// Offloads: GSO and partial checksum, with offsets into this frame.
     pub vnet: VnetHdr,
     pub tail: Tail,
+    /// Bytes after the head that were copied into the batch's deep head of this frame
+    /// ([`Batch::deepen`]) and are sent from that copy, not from guest memory: what the
+    /// flow rules looked at is what leaves.
+    pub pre: u8,
+}
+
+/// A frame's first [`FLOW_HEAD`] bytes (or all of it, if shorter), copied.
+#[derive(Debug, Clone, Copy)]
+pub struct DeepHead {
+    pub bytes: [u8; FLOW_HEAD],
+    pub len: u8,
+}
+
+impl Default for DeepHead {
+    fn default() -> Self {
+        DeepHead { bytes: [0; FLOW_HEAD], len: 0 }
+    }
 }
 
 impl Frame {
@@ -67,6 +84,7 @@ impl Frame {
             len: t.len,
             vnet: t.vnet,
             tail: Tail::Guest { seg: t.first_seg, nsegs: t.nsegs },
+            pre: 0,
         }
     }
 
@@ -109,17 +127,89 @@ pub struct Batch {
     /// Guest memory the `Tail::Guest` frames live in (held for the burst).
     pub mem: Option<Arc<Memory>>,
     pub segs: Vec<Seg>,
+    /// The frames' deep heads, by frame index, when the switch asked for them.
+    pub deep: Vec<DeepHead>,
 }
 
 impl Batch {
     pub fn new() -> Self {
-        Batch { frames: Vec::with_capacity(VHOST_BURST), bufs: Vec::new(), mem: None, segs: Vec::new() }
+        Batch {
+            frames: Vec::with_capacity(VHOST_BURST),
+            bufs: Vec::new(),
+            mem: None,
+            segs: Vec::new(),
+            deep: Vec::new(),
+        }
     }
 
     pub fn clear(&mut self) {
         self.frames.clear();
         self.segs.clear();
+        self.deep.clear();
         self.mem = None;
+    }
+
+    /// Copies the first [`FLOW_HEAD`] bytes of every frame into [`Batch::deep`] (for flow
+    /// rules). A frame in guest memory is then sent from that copy for those bytes, so
+    /// the guest cannot change them between the decision and the send. A frame whose
+    /// bytes cannot be read gets a short deep head, which the switch refuses.
+    pub fn deepen(&mut self) {
+        self.deep.clear();
+        self.deep.resize(self.frames.len(), DeepHead::default());
+        for i in 0..self.frames.len() {
+            let f = self.frames[i];
+            let want = (f.len as usize).min(FLOW_HEAD);
+            let hl = usize::from(f.head_len).min(want);
+            let d = &mut self.deep[i];
+            d.bytes[..hl].copy_from_slice(&f.head[..hl]);
+            let mut n = hl;
+            match f.tail {
+                Tail::Local { buf, off } => {
+                    let off = off as usize;
+                    let take = want - hl;
+                    if let Some(src) = self.bufs.get(usize::from(buf)).and_then(|b| b.get(off..off + take)) {
+                        d.bytes[hl..want].copy_from_slice(src);
+                        n = want;
+                    }
+                }
+                Tail::Guest { seg, nsegs } => {
+                    let Some(mem) = self.mem.as_deref() else { continue };
+                    for s in &self.segs[seg as usize..seg as usize + usize::from(nsegs)] {
+                        if n >= want {
+                            break;
+                        }
+                        let take = (s.len as usize).min(want - n);
+                        if mem.read_slice(&mut d.bytes[n..n + take], GuestAddress(s.addr)).is_err() {
+                            break;
+                        }
+                        n += take;
+                    }
+                    self.frames[i].pre = (n - hl) as u8;
+                }
+            }
+            d.len = n as u8;
+        }
+    }
+
+    /// The frames as the switch sees them after [`Batch::deepen`].
+    pub fn deep_infos(&self) -> impl Iterator<Item = FrameInfo<'_>> {
+        self.frames.iter().zip(&self.deep).map(|(f, d)| FrameInfo {
+            head: &d.bytes[..usize::from(d.len)],
+            len: f.len as usize,
+            gso: f.vnet.is_gso(),
+        })
+    }
+
+    /// The tail bytes of frame `i` sent from its deep head (see [`Frame::pre`]).
+    fn pre_bytes(&self, i: usize) -> &[u8] {
+        let f = &self.frames[i];
+        match (f.pre, self.deep.get(i)) {
+            (0, _) | (_, None) => &[],
+            (pre, Some(d)) => {
+                let hl = usize::from(f.head_len);
+                &d.bytes[hl..hl + usize::from(pre)]
+            }
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -153,22 +243,38 @@ impl Batch {
         }
     }
 
-    fn guest_segs(&self, f: &Frame) -> &[Seg] {
-        match f.tail {
+    /// The guest segments of frame `i` after its deep-head bytes.
+    fn guest_segs(&self, i: usize) -> impl Iterator<Item = Seg> + '_ {
+        let f = &self.frames[i];
+        let segs = match f.tail {
             Tail::Guest { seg, nsegs } => &self.segs[seg as usize..seg as usize + usize::from(nsegs)],
             Tail::Local { .. } => &[],
-        }
+        };
+        let mut skip = u32::from(f.pre);
+        segs.iter().filter_map(move |s| {
+            if skip >= s.len {
+                skip -= s.len;
+                return None;
+            }
+            let out = Seg { addr: s.addr + u64::from(skip), len: s.len - skip };
+            skip = 0;
+            Some(out)
+        })
     }
 
     /// Appends the tail of `f` to a kernel scatter list. `false` if a guest segment is no
     /// longer valid guest memory (the frame must then be dropped).
-    pub fn tail_io<'a>(&'a self, f: &Frame, out: &mut Vec<IoPart<'a>>) -> bool {
+    pub fn tail_io<'a>(&'a self, i: usize, out: &mut Vec<IoPart<'a>>) -> bool {
+        let f = &self.frames[i];
         if let Some(t) = self.local_tail(f) {
             out.push(IoPart::Bytes(t));
             return true;
         }
         let Some(mem) = self.mem.as_deref() else { return false };
-        for s in self.guest_segs(f) {
+        if f.pre > 0 {
+            out.push(IoPart::Bytes(self.pre_bytes(i)));
+        }
+        for s in self.guest_segs(i) {
             match mem.get_slice(GuestAddress(s.addr), s.len as usize) {
                 Ok(v) => out.push(IoPart::Guest(GuestPart::new(&v))),
                 Err(_) => return false,
@@ -179,17 +285,21 @@ impl Batch {
 
     /// Appends the tail of `f` to a vhost receive-queue write; guest segments are translated
     /// with `x` (made by [`Batch::xlate`] for this burst) when given.
-    pub fn tail_parts<'a, 'x: 'a>(&'a self, f: &Frame, x: Option<&mut Xlate<'x>>, out: &mut impl Extend<Part<'a>>) {
+    pub fn tail_parts<'a, 'x: 'a>(&'a self, i: usize, x: Option<&mut Xlate<'x>>, out: &mut impl Extend<Part<'a>>) {
+        let f = &self.frames[i];
         if let Some(t) = self.local_tail(f) {
             out.extend(std::iter::once(Part::Bytes(t)));
         } else if let Some(mem) = self.mem.as_deref() {
+            if f.pre > 0 {
+                out.extend(std::iter::once(Part::Bytes(self.pre_bytes(i))));
+            }
             match x {
-                Some(x) => out.extend(self.guest_segs(f).iter().map(|s| match x.slice(s.addr, s.len as usize) {
+                Some(x) => out.extend(self.guest_segs(i).map(|s| match x.slice(s.addr, s.len as usize) {
                     Some(v) => Part::Slice(v),
                     // Not guest memory (any more): the write reports it.
-                    None => Part::Guest(mem, *s),
+                    None => Part::Guest(mem, s),
                 })),
-                None => out.extend(self.guest_segs(f).iter().map(|s| Part::Guest(mem, *s))),
+                None => out.extend(self.guest_segs(i).map(|s| Part::Guest(mem, s))),
             }
         }
     }
@@ -229,6 +339,7 @@ impl Batch {
             len: total as u32,
             vnet,
             tail: Tail::Local { buf, off: tail_off as u32 },
+            pre: 0,
         });
     }
 
@@ -242,7 +353,9 @@ impl Batch {
         if let Some(tail) = self.local_tail(f) {
             v.extend_from_slice(&tail[..tail.len().min(snaplen.saturating_sub(n))]);
         } else if let Some(mem) = self.mem.as_deref() {
-            for s in self.guest_segs(f) {
+            let pre = self.pre_bytes(i);
+            v.extend_from_slice(&pre[..pre.len().min(snaplen.saturating_sub(n))]);
+            for s in self.guest_segs(i) {
                 let at = v.len();
                 let take = (s.len as usize).min(snaplen.saturating_sub(at));
                 v.resize(at + take, 0);
@@ -309,5 +422,23 @@ mod tests {
         assert_eq!(&pushed[16..], &f[12..]);
         assert_eq!(batch.frames[1].head_len, 10);
         assert_eq!(batch.local_tail(&batch.frames[1]).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn deep_heads_cover_the_flow_head_and_the_rest_is_sent_once() {
+        let mut batch = Batch::new();
+        batch.bufs.push(vec![0u8; 300].into_boxed_slice());
+        let mut f = frame_bytes();
+        f.resize(200, 7);
+        batch.bufs[0][..200].copy_from_slice(&f);
+        batch.push_local(0, 0, 200, VnetHdr::default(), None);
+        batch.push_local(0, 0, 10, VnetHdr::default(), None);
+        batch.deepen();
+        let infos: Vec<_> = batch.deep_infos().collect();
+        assert_eq!(infos[0].head, &f[..FLOW_HEAD]);
+        assert_eq!(infos[1].head, &f[..10]);
+        // Local frames keep their tails where they are.
+        assert_eq!(batch.frames[0].pre, 0);
+        assert_eq!(batch.materialize(0, TagAction::Keep, 1 << 16), f);
     }
 }

@@ -33,8 +33,11 @@ use std::time::{Duration, Instant};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
+use crate::ifname::IfName;
 use crate::ports::{EdgeState, EventId, PortEdge};
-use crate::switch::{BurstPlan, PortConfig, PortId, Switch, SwitchConfig};
+use crate::switch::flow::Classifier;
+use crate::switch::{BurstPlan, MirrorConfig, MirrorOutput, PortConfig, PortId, Switch, SwitchConfig, VlanSet};
+use vmnetd_api::policy::MirrorSpec;
 
 use batch::Batch;
 use capture::Sink;
@@ -155,11 +158,80 @@ pub struct Bridge {
     pub name: String,
     pub switch: Switch,
     pub ports: Vec<Option<Port>>,
+    /// The mirrors as declared (by port names), resolved into the switch whenever ports
+    /// come or go; flow rules keep their names in the switch itself.
+    mirrors: Vec<MirrorSpec>,
+}
+
+fn port_id_in(ports: &[Option<Port>], name: &str) -> Option<PortId> {
+    ports.iter().position(|p| p.as_ref().is_some_and(|p| p.name == name)).map(PortId::from_index)
 }
 
 impl Bridge {
     pub fn port_id(&self, name: &str) -> Option<PortId> {
-        self.ports.iter().position(|p| p.as_ref().is_some_and(|p| p.name == name)).map(PortId::from_index)
+        port_id_in(&self.ports, name)
+    }
+
+    /// Changes the flow table as `f` says, on a copy: all of it or nothing. Port names
+    /// resolve to the ports attached now, others to [`PortId::NONE`] (re-resolved when
+    /// ports come and go).
+    pub fn change_flows<R, E>(
+        &mut self,
+        now: Duration,
+        f: impl FnOnce(&mut Classifier, &dyn Fn(&str) -> Option<PortId>, u64) -> Result<R, E>,
+    ) -> Result<R, E> {
+        let ports = &self.ports;
+        let resolve = |n: &str| Some(port_id_in(ports, n).unwrap_or(PortId::NONE));
+        let mut next = self.switch.flows().clone();
+        let r = f(&mut next, &resolve, now.as_nanos() as u64)?;
+        self.switch.set_flows(next);
+        Ok(r)
+    }
+
+    pub fn mirror_specs(&self) -> &[MirrorSpec] {
+        &self.mirrors
+    }
+
+    /// Sets the mirrors (by names).
+    pub fn set_mirrors(&mut self, specs: Vec<MirrorSpec>) {
+        self.mirrors = specs;
+        self.resolve_mirrors();
+    }
+
+    fn resolve_mirrors(&mut self) {
+        let ports = &self.ports;
+        let id = |n: &IfName| port_id_in(ports, n.as_str()).unwrap_or(PortId::NONE);
+        let cfgs = self
+            .mirrors
+            .iter()
+            .map(|m| MirrorConfig {
+                name: m.name.clone(),
+                select_src: m.select_src.iter().map(id).collect(),
+                select_dst: m.select_dst.iter().map(id).collect(),
+                select_vlan: (!m.select_vlan.is_empty()).then(|| {
+                    let mut set = VlanSet::new();
+                    for v in &m.select_vlan {
+                        set.insert(*v);
+                    }
+                    set
+                }),
+                output: match (&m.output_port, m.output_vlan) {
+                    (Some(p), _) => MirrorOutput::Port(id(p)),
+                    (None, Some(v)) => MirrorOutput::Vlan(v),
+                    (None, None) => MirrorOutput::Port(PortId::NONE),
+                },
+            })
+            .collect();
+        self.switch.set_mirrors(cfgs);
+    }
+
+    /// Ports came or went: resolve the names in rules and mirrors again.
+    fn ports_changed(&mut self) {
+        let ports = &self.ports;
+        self.switch.flow_reresolve(&|n: &str| Some(port_id_in(ports, n).unwrap_or(PortId::NONE)));
+        if !self.mirrors.is_empty() {
+            self.resolve_mirrors();
+        }
     }
 
     pub fn port(&self, id: PortId) -> Option<&Port> {
@@ -225,7 +297,7 @@ impl Datapath {
     }
 
     pub fn add_bridge(&mut self, name: &str, cfg: SwitchConfig) -> usize {
-        let b = Bridge { name: name.to_owned(), switch: Switch::new(cfg), ports: Vec::new() };
+        let b = Bridge { name: name.to_owned(), switch: Switch::new(cfg), ports: Vec::new(), mirrors: Vec::new() };
         match self.bridges.iter().position(Option::is_none) {
             Some(i) => {
                 self.bridges[i] = Some(b);
@@ -296,6 +368,7 @@ impl Datapath {
             watched: Vec::new(),
             batch: Batch::new(),
         });
+        br.ports_changed();
         if let Err(e) = self.watch(handle) {
             self.remove_port_at(b, id);
             return Err(e);
@@ -314,6 +387,7 @@ impl Datapath {
         let br = self.bridges.get_mut(b)?.as_mut()?;
         let mut p = br.ports.get_mut(id.index())?.take()?;
         br.switch.remove_port(id);
+        br.ports_changed();
         self.unwatch(&mut p);
         // Every handle to it dies here: its queued and polled work, its epoll tokens.
         self.slab.remove(p.handle);

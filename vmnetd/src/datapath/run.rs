@@ -167,7 +167,7 @@ impl Datapath {
         batch.clear();
         let plan = &mut self.plan;
         let cx = EventCx { from_epoll, poll };
-        let outcome = edge.on_event(ev, cx, &mut batch, &mut |b: &Batch, refused: Refused| {
+        let outcome = edge.on_event(ev, cx, &mut batch, &mut |b: &mut Batch, refused: Refused| {
             ingress(br, p, b, refused, now, plan);
         });
         batch.clear();
@@ -212,7 +212,7 @@ impl Datapath {
 }
 
 /// A burst received on port `p`: captured, counted, decided on, and forwarded.
-fn ingress(br: &mut Bridge, p: PortId, batch: &Batch, refused: Refused, now: Duration, plan: &mut BurstPlan) {
+fn ingress(br: &mut Bridge, p: PortId, batch: &mut Batch, refused: Refused, now: Duration, plan: &mut BurstPlan) {
     for (reason, (frames, bytes)) in [(DropReason::RxError, refused.rx_error), (DropReason::BadGso, refused.bad_gso)] {
         for _ in 0..frames {
             br.switch.record_rx_drop(p, reason, (bytes / frames.max(1)) as usize);
@@ -226,7 +226,12 @@ fn ingress(br: &mut Bridge, p: PortId, batch: &Batch, refused: Refused, now: Dur
             capture(&mut port.captures, Dir::Rx, batch, (0..batch.len()).map(|i| (i, TagAction::Keep)));
         }
     }
-    br.switch.ingress_burst(p, batch.infos(), now, plan);
+    if br.switch.wants_deep_heads() {
+        batch.deepen();
+        br.switch.ingress_burst(p, batch.deep_infos(), now, plan);
+    } else {
+        br.switch.ingress_burst(p, batch.infos(), now, plan);
+    }
     forward(br, batch, plan);
 }
 
@@ -285,7 +290,13 @@ mod tests {
         fn watches(&mut self) -> Vec<(OwnedFd, EventId)> {
             Vec::new()
         }
-        fn on_event(&mut self, _: EventId, _: EventCx, _: &mut Batch, _: &mut dyn FnMut(&Batch, Refused)) -> Outcome {
+        fn on_event(
+            &mut self,
+            _: EventId,
+            _: EventCx,
+            _: &mut Batch,
+            _: &mut dyn FnMut(&mut Batch, Refused),
+        ) -> Outcome {
             self.0.fetch_add(1, Ordering::SeqCst);
             Outcome::Idle
         }

@@ -81,7 +81,7 @@ impl InternalPort {
             let mut parts = Vec::with_capacity(8);
             parts.push(IoPart::Bytes(&vnet));
             parts.push(IoPart::Bytes(&head[..n]));
-            if !src.tail_io(f, &mut parts) {
+            if !src.tail_io(e.frame, &mut parts) {
                 res.errors.0 += 1;
                 res.errors.1 += len;
                 continue;
@@ -117,7 +117,7 @@ impl PortEdge for InternalPort {
         _ev: EventId,
         _cx: EventCx,
         batch: &mut Batch,
-        ingress: &mut dyn FnMut(&Batch, Refused),
+        ingress: &mut dyn FnMut(&mut Batch, Refused),
     ) -> Outcome {
         let r = self.recv(batch);
         kernel_burst(r, batch, ingress)

@@ -110,8 +110,8 @@ pub(crate) struct Received {
 /// The one event of a kernel edge (its socket or TAP is readable), run as a burst.
 pub(crate) fn kernel_burst(
     recv: io::Result<Received>,
-    batch: &Batch,
-    ingress: &mut dyn FnMut(&Batch, Refused),
+    batch: &mut Batch,
+    ingress: &mut dyn FnMut(&mut Batch, Refused),
 ) -> Outcome {
     match recv {
         Ok(r) => {
@@ -154,7 +154,7 @@ pub trait PortEdge: Send + std::fmt::Debug {
         ev: EventId,
         cx: EventCx,
         batch: &mut Batch,
-        ingress: &mut dyn FnMut(&Batch, Refused),
+        ingress: &mut dyn FnMut(&mut Batch, Refused),
     ) -> Outcome;
 
     /// Busy polling of `ev` ends: turn its notifications back on. Returns whether work

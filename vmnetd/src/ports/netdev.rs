@@ -86,7 +86,7 @@ impl NetdevPort {
             let mut sendable: Vec<&Egress> = Vec::with_capacity(chunk.len());
             for (k, e) in chunk.iter().enumerate() {
                 let mut p = vec![IoPart::Bytes(&vnets[k]), IoPart::Bytes(&heads[k][..lens[k]])];
-                if src.tail_io(&src.frames[e.frame], &mut p) {
+                if src.tail_io(e.frame, &mut p) {
                     parts.push(p);
                     sendable.push(e);
                 } else {
@@ -130,7 +130,7 @@ impl PortEdge for NetdevPort {
         _ev: EventId,
         _cx: EventCx,
         batch: &mut Batch,
-        ingress: &mut dyn FnMut(&Batch, Refused),
+        ingress: &mut dyn FnMut(&mut Batch, Refused),
     ) -> Outcome {
         let r = self.recv(batch);
         kernel_burst(r, batch, ingress)

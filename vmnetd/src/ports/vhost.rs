@@ -101,7 +101,7 @@ impl PortEdge for VhostPort {
         ev: EventId,
         cx: EventCx,
         batch: &mut Batch,
-        ingress: &mut dyn FnMut(&Batch, Refused),
+        ingress: &mut dyn FnMut(&mut Batch, Refused),
     ) -> Outcome {
         match ev {
             EV_DEVICE => {
@@ -195,7 +195,7 @@ impl VhostPort {
         pair: usize,
         cx: EventCx,
         batch: &mut Batch,
-        ingress: &mut dyn FnMut(&Batch, Refused),
+        ingress: &mut dyn FnMut(&mut Batch, Refused),
     ) -> Outcome {
         let shared = self.shared.clone();
         let mut st = shared.lock();
@@ -378,7 +378,7 @@ fn write_one<'s>(
         let n = f.out_head(e.action, &mut head);
         parts.push(Part::Bytes(&head[..n]));
     }
-    src.tail_parts(f, sx, &mut parts);
+    src.tail_parts(e.frame, sx, &mut parts);
     Ok(w.write(&vnet, &parts)?)
 }
 

@@ -14,6 +14,7 @@
 
 pub mod fdb;
 pub mod flow;
+pub mod policy;
 pub mod port;
 pub mod wire;
 
@@ -24,7 +25,8 @@ use std::time::Duration;
 
 pub use fdb::{Fdb, FdbConfig, FdbEntry, Learn};
 pub use mac::{MacAddr, MacParseError};
-pub use port::{DropReason, PortConfig, PortCounters, PortId};
+pub use policy::{Mirror, MirrorConfig, MirrorOutput, PipelineTrace, FLOW_HEAD};
+pub use port::{Bucket, DropReason, Policer, PortConfig, PortCounters, PortId};
 pub use vlan::{EgressTagging, Ingress, Native, VlanError, VlanId, VlanMode, VlanSet};
 pub use wire::{EthernetFrame, EthernetRepr, Splice, TagAction, Tci, WireError};
 
@@ -64,6 +66,11 @@ pub enum Decision {
         vlan: VlanId,
         in_tci: Option<Tci>,
     },
+    /// Where flow rules, isolation or mirrors sent it: `outputs` copies, listed in the plan.
+    Outputs {
+        vlan: VlanId,
+        outputs: u32,
+    },
 }
 
 /// One frame of a burst for one destination port.
@@ -84,6 +91,10 @@ struct BurstMemo {
     src: u64,
     dst: u64,
     dst_port: Option<PortId>,
+    /// The last flow key looked up and the rule it hit (valid for the burst: rules only
+    /// change between bursts), with the hits not yet added to that rule's counters.
+    flow: Option<(flow::key::Words, Option<flow::RuleId>)>,
+    hits: Option<(flow::RuleId, u64, u64)>,
 }
 
 #[inline]
@@ -131,12 +142,23 @@ impl BurstPlan {
     pub fn is_empty(&self) -> bool {
         self.touched.is_empty()
     }
+
+    /// Whether frame `idx` is already the last one listed for `port` (one copy per port).
+    #[inline]
+    fn has(&self, port: PortId, idx: usize) -> bool {
+        self.out.get(port.index()).and_then(|l| l.last()).is_some_and(|e| e.frame == idx)
+    }
 }
 
 #[derive(Debug, Clone)]
 struct PortState {
     cfg: PortConfig,
     counters: PortCounters,
+    /// The policers' tokens (when `cfg.policer`, `cfg.egress_policer` are set).
+    bucket: Bucket,
+    egress_bucket: Bucket,
+    /// The port is a mirror's output: it sends copies and nothing else.
+    mirror_out: bool,
 }
 
 enum EgressOutcome {
@@ -159,6 +181,16 @@ pub struct Switch {
     fdb: Fdb,
     /// Member ports of each VLAN, indexed by VID (0 and 4095 always empty).
     flood: Vec<Vec<PortId>>,
+    /// Flow rules, looked at before the normal pipeline.
+    flows: flow::Classifier,
+    mirrors: Vec<Mirror>,
+    /// Rules, mirrors, isolated or policed ports exist: frames take the full pipeline
+    /// ([`policy`]); otherwise the plain L2 one, which is not slowed by any of it.
+    slow: bool,
+    /// The ports the current frame went to (for mirrors selecting by destination).
+    outs: Vec<PortId>,
+    /// The current frame's time (for egress policers).
+    clock: fdb::Nanos,
 }
 
 /// The tag change for a frame of `vlan` that came in with `in_tci` and leaves `tagging`.
@@ -199,7 +231,16 @@ impl Default for Switch {
 
 impl Switch {
     pub fn new(cfg: SwitchConfig) -> Switch {
-        Switch { ports: Vec::new(), fdb: Fdb::new(cfg.fdb), flood: vec![Vec::new(); 4096] }
+        Switch {
+            ports: Vec::new(),
+            fdb: Fdb::new(cfg.fdb),
+            flood: vec![Vec::new(); 4096],
+            flows: flow::Classifier::new(),
+            mirrors: Vec::new(),
+            slow: false,
+            outs: Vec::new(),
+            clock: 0,
+        }
     }
 
     pub fn fdb(&self) -> &Fdb {
@@ -231,9 +272,16 @@ impl Switch {
             self.ports.len() - 1
         });
         let id = PortId::from_index(i);
-        self.ports[i] = Some(PortState { cfg, counters: PortCounters::default() });
+        self.ports[i] = Some(PortState {
+            cfg,
+            counters: PortCounters::default(),
+            bucket: Bucket::default(),
+            egress_bucket: Bucket::default(),
+            mirror_out: false,
+        });
         self.install_statics(id);
         self.rebuild_flood();
+        self.refresh();
         id
     }
 
@@ -242,6 +290,7 @@ impl Switch {
         let st = self.ports.get_mut(id.index())?.take()?;
         self.fdb.flush_port(id);
         self.rebuild_flood();
+        self.refresh();
         Some(st.cfg)
     }
 
@@ -250,6 +299,12 @@ impl Switch {
         let Some(Some(st)) = self.ports.get_mut(id.index()) else {
             return false;
         };
+        if st.cfg.policer != cfg.policer {
+            st.bucket = Bucket::default();
+        }
+        if st.cfg.egress_policer != cfg.egress_policer {
+            st.egress_bucket = Bucket::default();
+        }
         let old = std::mem::replace(&mut st.cfg, cfg);
         for v in old.mode.members().iter() {
             for m in &old.macs {
@@ -260,6 +315,7 @@ impl Switch {
         self.fdb.flush_port_vlans(id, |v| members.contains(v));
         self.install_statics(id);
         self.rebuild_flood();
+        self.refresh();
         true
     }
 
@@ -343,8 +399,18 @@ impl Switch {
         }
     }
 
-    /// Reclaims aged-out learned entries and counts them on their ports.
-    pub fn expire(&mut self, now: Duration) {
+    /// Reclaims aged-out learned entries and counts them on their ports; removes flow rules
+    /// whose timeouts passed (returned).
+    pub fn expire(&mut self, now: Duration) -> Vec<flow::Installed> {
+        let gone = if self.flows.is_empty() { Vec::new() } else { self.flows.expire(fdb::nanos(now)) };
+        if !gone.is_empty() {
+            self.refresh();
+        }
+        self.expire_fdb(now);
+        gone
+    }
+
+    fn expire_fdb(&mut self, now: Duration) {
         let ports = &mut self.ports;
         self.fdb.expire(now, |port| {
             if let Some(Some(p)) = ports.get_mut(port.index()) {
@@ -406,10 +472,38 @@ impl Switch {
         if st.cfg.lock_macs && !st.cfg.macs.contains(&src) {
             return Err(DropReason::MacLocked);
         }
+        let max = st.cfg.max_macs;
+        self.learn_with(in_port, vlan, src48, max, now, last_src)?;
+        Ok((vlan, tci, dst))
+    }
+
+    /// Learns `src48` in `vlan` on `in_port` (unless it is the burst's last source).
+    #[inline]
+    fn learn(
+        &mut self,
+        in_port: PortId,
+        vlan: VlanId,
+        src48: u64,
+        now: fdb::Nanos,
+        last_src: &mut u64,
+    ) -> Result<(), DropReason> {
+        let max = self.port(in_port).map_or(0, |c| c.max_macs);
+        self.learn_with(in_port, vlan, src48, max, now, last_src)
+    }
+
+    #[inline]
+    fn learn_with(
+        &mut self,
+        in_port: PortId,
+        vlan: VlanId,
+        src48: u64,
+        max: usize,
+        now: fdb::Nanos,
+        last_src: &mut u64,
+    ) -> Result<(), DropReason> {
         let src_key = vlan_mac_key(vlan, src48);
         if *last_src != src_key {
-            let max = st.cfg.max_macs;
-            match self.fdb.learn_ns(vlan, src, in_port, max, now) {
+            match self.fdb.learn_ns(vlan, MacAddr::from_u64(src48), in_port, max, now) {
                 Learn::Refreshed | Learn::Static | Learn::Disabled => {}
                 Learn::New { evicted } => {
                     self.count_learn(in_port, evicted, false);
@@ -421,7 +515,7 @@ impl Switch {
             }
             *last_src = src_key;
         }
-        Ok((vlan, tci, dst))
+        Ok(())
     }
 
     fn count_learn(&mut self, port: PortId, evicted: Option<PortId>, moved: bool) {
@@ -470,7 +564,9 @@ impl Switch {
     pub fn ingress(&mut self, in_port: PortId, f: FrameInfo<'_>, now: Duration) -> Decision {
         let mut plan = BurstPlan::new();
         let mut memo = BurstMemo::default();
-        self.decide(in_port, 0, &f, fdb::nanos(now), &mut plan, &mut memo)
+        let d = self.decide(in_port, 0, &f, fdb::nanos(now), &mut plan, &mut memo);
+        self.flush_hits(&mut memo, fdb::nanos(now));
+        d
     }
 
     /// Decides on a burst of frames from one port. Afterwards `plan` lists, per destination
@@ -489,6 +585,7 @@ impl Switch {
         for (i, f) in frames.into_iter().enumerate() {
             self.decide(in_port, i, &f, now, plan, &mut memo);
         }
+        self.flush_hits(&mut memo, now);
     }
 
     #[inline]
@@ -501,6 +598,9 @@ impl Switch {
         plan: &mut BurstPlan,
         memo: &mut BurstMemo,
     ) -> Decision {
+        if self.slow {
+            return self.decide_slow(in_port, idx, f, now, plan, memo);
+        }
         let src_before = memo.src;
         let (vlan, in_tci, dst) = match self.classify(in_port, f, now, &mut memo.src) {
             Ok(x) => x,
@@ -582,6 +682,9 @@ mod tests;
 
 #[cfg(test)]
 mod proptests;
+
+#[cfg(test)]
+mod policy_tests;
 
 #[cfg(test)]
 mod netsim;

@@ -135,7 +135,7 @@ impl Hasher for WordHasher {
 type WordMap<V> = HashMap<Words, V, BuildHasherDefault<WordHasher>>;
 
 /// The rules sharing one mask.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Subtable {
     mask: Words,
     max_priority: u16,
@@ -150,6 +150,19 @@ impl Subtable {
     }
 }
 
+/// The port of names that resolve to nothing: no frame comes from it, nothing goes to it.
+pub const NO_PORT: PortId = PortId::NONE;
+
+fn resolve_action<E>(a: &Action, port: &dyn Fn(&str) -> Result<PortId, E>) -> Result<ResolvedAction, E> {
+    Ok(match a {
+        Action::Normal => ResolvedAction::Normal,
+        Action::Flood => ResolvedAction::Flood,
+        Action::Output(p) => ResolvedAction::Output(port(p)?),
+        Action::ModVlanVid(v) => ResolvedAction::ModVlanVid(*v),
+        Action::StripVlan => ResolvedAction::StripVlan,
+    })
+}
+
 /// `a` beats `b`: higher priority, or equal priority and installed earlier.
 #[inline]
 fn better(a: (u16, RuleId), b: (u16, RuleId)) -> bool {
@@ -157,7 +170,7 @@ fn better(a: (u16, RuleId), b: (u16, RuleId)) -> bool {
 }
 
 /// The installed rules of one bridge.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Classifier {
     rules: HashMap<RuleId, Installed>,
     /// Decreasing `max_priority`.
@@ -192,6 +205,7 @@ impl Classifier {
         self.subtables.len()
     }
 
+    #[inline]
     pub fn get(&self, id: RuleId) -> Option<&Installed> {
         self.rules.get(&id)
     }
@@ -214,19 +228,8 @@ impl Classifier {
     ) -> Result<RuleId, InstallError> {
         let port = |name: &str| resolve(name).ok_or_else(|| InstallError::UnknownPort(name.to_owned()));
         let in_port = rule.matches.in_port.as_deref().map(port).transpose()?;
-        let actions = rule
-            .actions
-            .iter()
-            .map(|a| {
-                Ok(match a {
-                    Action::Normal => ResolvedAction::Normal,
-                    Action::Flood => ResolvedAction::Flood,
-                    Action::Output(p) => ResolvedAction::Output(port(p)?),
-                    Action::ModVlanVid(v) => ResolvedAction::ModVlanVid(*v),
-                    Action::StripVlan => ResolvedAction::StripVlan,
-                })
-            })
-            .collect::<Result<Vec<_>, InstallError>>()?;
+        let actions =
+            rule.actions.iter().map(|a| resolve_action(a, &port)).collect::<Result<Vec<_>, InstallError>>()?;
         let (value, mask) = match_words(&rule.matches, in_port);
         let replaced = self.find_exact(&value, &mask, rule.priority);
         if replaced.is_none() && self.rules.len() >= MAX_RULES {
@@ -237,9 +240,16 @@ impl Classifier {
         }
         let id = RuleId(self.next_id);
         self.next_id += 1;
-        let priority = rule.priority;
         let stats = RuleStats { installed_at: now, last_used: now, ..RuleStats::default() };
-        self.rules.insert(id, Installed { id, rule, in_port, actions, stats, value, mask });
+        self.place(Installed { id, rule, in_port, actions, stats, value, mask });
+        self.generation += 1;
+        Ok(id)
+    }
+
+    /// Files an installed rule into its subtable.
+    fn place(&mut self, r: Installed) {
+        let (id, priority, value, mask) = (r.id, r.rule.priority, r.value, r.mask);
+        self.rules.insert(id, r);
         let st = match self.subtables.iter().position(|s| s.mask == mask) {
             Some(i) => &mut self.subtables[i],
             None => {
@@ -252,8 +262,30 @@ impl Classifier {
         bucket.insert(at, (priority, id));
         st.max_priority = st.max_priority.max(priority);
         self.sort_subtables();
+    }
+
+    /// Resolves every rule's port names again (ports came, went or were re-created with
+    /// other ids), keeping each rule's id, counters and times. A name `resolve` does not
+    /// know becomes [`NO_PORT`]: an `in_port` no frame has, an output that sends nothing.
+    pub fn reresolve(&mut self, resolve: &dyn Fn(&str) -> Option<PortId>) {
+        let port = |n: &str| resolve(n).unwrap_or(NO_PORT);
+        let mut all: Vec<Installed> = self.rules.drain().map(|(_, r)| r).collect();
+        all.sort_by_key(|r| r.id);
+        self.subtables.clear();
+        for mut r in all {
+            r.in_port = r.rule.matches.in_port.as_deref().map(port);
+            r.actions = r
+                .rule
+                .actions
+                .iter()
+                .map(|a| resolve_action(a, &|n| Ok::<_, ()>(port(n))).unwrap_or(ResolvedAction::Normal))
+                .collect();
+            (r.value, r.mask) = match_words(&r.rule.matches, r.in_port);
+            // Two rules that differed only by a port name that now resolves the same way
+            // keep both (the earlier wins lookups), as they were installed.
+            self.place(r);
+        }
         self.generation += 1;
-        Ok(id)
     }
 
     fn find_exact(&self, value: &Words, mask: &Words, priority: u16) -> Option<RuleId> {
@@ -338,7 +370,8 @@ impl Classifier {
         self.lookup_id(&key.words()).and_then(|id| self.rules.get(&id))
     }
 
-    fn lookup_id(&self, w: &Words) -> Option<RuleId> {
+    #[inline]
+    pub(crate) fn lookup_id(&self, w: &Words) -> Option<RuleId> {
         let mut best: Option<(u16, RuleId)> = None;
         for st in &self.subtables {
             if let Some((p, _)) = best {

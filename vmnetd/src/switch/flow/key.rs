@@ -169,6 +169,83 @@ impl FlowKey {
         out.join(",")
     }
 
+    /// A frame with this key (for `trace`): the headers the key has, every other byte zero,
+    /// lengths and versions filled in so that [`FlowKey::extract`] gives the key back.
+    /// Without an Ethernet part, an empty frame.
+    pub fn to_frame(&self) -> Vec<u8> {
+        let Some(e) = &self.eth else { return Vec::new() };
+        let mut f = Vec::with_capacity(128);
+        f.extend_from_slice(&e.dst.0);
+        f.extend_from_slice(&e.src.0);
+        if let Some(t) = e.tci {
+            f.extend_from_slice(&0x8100u16.to_be_bytes());
+            f.extend_from_slice(&t.to_be_bytes());
+        }
+        f.extend_from_slice(&e.dl_type.to_be_bytes());
+        let proto = self.nw_proto.unwrap_or(0);
+        let l4 = |f: &mut Vec<u8>, icmp: u8| match proto {
+            IPPROTO_TCP => {
+                let (s, d) = self.tp.unwrap_or_default();
+                let mut h = [0u8; 20];
+                h[..2].copy_from_slice(&s.to_be_bytes());
+                h[2..4].copy_from_slice(&d.to_be_bytes());
+                h[12] = 5 << 4;
+                f.extend_from_slice(&h);
+            }
+            IPPROTO_UDP => {
+                let (s, d) = self.tp.unwrap_or_default();
+                f.extend_from_slice(&s.to_be_bytes());
+                f.extend_from_slice(&d.to_be_bytes());
+                f.extend_from_slice(&8u16.to_be_bytes());
+                f.extend_from_slice(&[0, 0]);
+            }
+            p if p == icmp => f.extend_from_slice(&[self.icmp_type.unwrap_or(0), 0, 0, 0]),
+            _ => {}
+        };
+        match e.dl_type {
+            ETH_TYPE_IP => {
+                let (s, d) = self.nw.unwrap_or((Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED));
+                let mut h = [0u8; 20];
+                h[0] = 0x45;
+                h[8] = 64;
+                h[9] = proto;
+                h[12..16].copy_from_slice(&s.octets());
+                h[16..20].copy_from_slice(&d.octets());
+                f.extend_from_slice(&h);
+                let at = f.len() - 20;
+                l4(&mut f, IPPROTO_ICMP);
+                let tot = (f.len() - at) as u16;
+                f[at + 2..at + 4].copy_from_slice(&tot.to_be_bytes());
+            }
+            ETH_TYPE_IPV6 => {
+                let (s, d) = self.ipv6.unwrap_or((Ipv6Addr::UNSPECIFIED, Ipv6Addr::UNSPECIFIED));
+                let mut h = [0u8; 40];
+                h[0] = 0x60;
+                h[6] = proto;
+                h[7] = 64;
+                h[8..24].copy_from_slice(&s.octets());
+                h[24..40].copy_from_slice(&d.octets());
+                f.extend_from_slice(&h);
+                l4(&mut f, IPPROTO_ICMPV6);
+            }
+            ETH_TYPE_ARP => {
+                let (s, d) = self.nw.unwrap_or((Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED));
+                let mut h = [0u8; 28];
+                h[..8].copy_from_slice(&[0, 1, 0x08, 0, 6, 4, 0, 1]);
+                h[8..14].copy_from_slice(&e.src.0);
+                h[14..18].copy_from_slice(&s.octets());
+                h[24..28].copy_from_slice(&d.octets());
+                f.extend_from_slice(&h);
+            }
+            _ => {}
+        }
+        // Padded to the Ethernet minimum, as a real frame would be.
+        if f.len() < 60 {
+            f.resize(60, 0);
+        }
+        f
+    }
+
     /// The packed form the classifier hashes (see [`Words`]).
     pub(crate) fn words(&self) -> Words {
         let mut w = [0u64; WORDS];
@@ -226,7 +303,8 @@ impl fmt::Display for FlowKey {
 /// untagged frame. The in-port is passed resolved.
 pub fn key_from_match(m: &Match, in_port: Option<PortId>) -> FlowKey {
     let val = |x: Option<Masked<u16>>| x.map_or(0, |x| x.value);
-    let dl_type = m.dl_type.unwrap_or(0);
+    // No ethertype named: an 802.3 frame, as `extract` reads one (OVS says dl_type=0).
+    let dl_type = m.dl_type.unwrap_or(DL_TYPE_NONE);
     let mut k = FlowKey {
         in_port,
         eth: Some(EthKey {

@@ -218,11 +218,12 @@ fn parse_fields(s: &str, meta: bool) -> Result<FlowRule, ParseError> {
                 seen.claim("nw_proto", tok)?;
                 m.nw_proto = Some(num(tok, val, u8::MAX.into())? as u8);
             }
-            "tp_src" => {
+            // `tcp_src`, `udp_src` (OVS's names for the same field) are accepted too.
+            "tp_src" | "tcp_src" | "udp_src" => {
                 seen.claim("tp_src", tok)?;
                 m.tp_src = u16_masked(tok, val)?;
             }
-            "tp_dst" => {
+            "tp_dst" | "tcp_dst" | "udp_dst" => {
                 seen.claim("tp_dst", tok)?;
                 m.tp_dst = u16_masked(tok, val)?;
             }

@@ -1,0 +1,472 @@
+//! Flow rules, `trace` and mirrors of built-in bridges: validation against the declared
+//! ports, the datapath's tables, and persistence.
+//!
+//! Rules and mirrors name ports; a name must be a port declared on the bridge when a rule
+//! or mirror is added (as `ovs-ofctl` refuses unknown ports). The datapath resolves names
+//! to the ports attached at the moment and again whenever ports come or go, so a port that
+//! is re-created (a VM restarted) is followed by name.
+//!
+//! Persistence: a bridge's rule set (its rules without timeouts, in their printed form) is
+//! kept in the state once it is changed at runtime; until then the config file's `[[flow]]`
+//! entries for that bridge are its rules. Mirrors from the config file (`[[mirror]]`) stay
+//! as declared; mirrors added at runtime are kept in the state.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::api::{ApiError, BridgeKind, BridgeRef, ErrorKind, PortListReq, Source};
+use crate::ifname::IfName;
+use crate::switch::flow::{self, actions_to_string, parse_match, parse_rule, Action, FlowRule, Installed, Match};
+use crate::switch::{MacAddr, PortId};
+use vmnetd_api::policy::{
+    FlowChange, FlowDel, FlowInfo, FlowMod, MirrorInfo, MirrorRef, MirrorSpec, TraceInfo, TraceReq, MAX_MIRRORS,
+    MAX_RULES_PER_REQUEST,
+};
+
+use super::core::Core;
+
+fn err(kind: ErrorKind, msg: impl Into<String>) -> ApiError {
+    ApiError::new(kind, msg)
+}
+
+fn gone(e: crate::datapath::Gone) -> ApiError {
+    ApiError::from_chain(ErrorKind::Internal, &e)
+}
+
+/// `[[flow]]` in the config file: one rule of a bridge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowConfig {
+    pub bridge: IfName,
+    pub rule: String,
+}
+
+/// Policy from the config file.
+#[derive(Debug, Clone, Default)]
+pub struct PolicyConfig {
+    pub flows: BTreeMap<String, Vec<String>>,
+    pub mirrors: Vec<MirrorSpec>,
+}
+
+/// Parses rules, each error naming its rule.
+fn parse_rules(rules: &[String]) -> Result<Vec<FlowRule>, ApiError> {
+    if rules.len() > MAX_RULES_PER_REQUEST {
+        return Err(err(ErrorKind::InvalidArgument, format!("{} rules; at most {MAX_RULES_PER_REQUEST}", rules.len())));
+    }
+    rules
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            parse_rule(r).map_err(|e| {
+                let which = if rules.len() > 1 { format!("rule {}: ", i + 1) } else { String::new() };
+                err(ErrorKind::InvalidArgument, format!("{which}{e}"))
+            })
+        })
+        .collect()
+}
+
+/// The port names a rule uses.
+fn rule_ports(r: &FlowRule) -> impl Iterator<Item = &str> {
+    r.matches.in_port.as_deref().into_iter().chain(r.actions.iter().filter_map(|a| match a {
+        Action::Output(p) => Some(p.as_str()),
+        _ => None,
+    }))
+}
+
+/// What is persisted of a rule set: rules without timeouts, printed.
+fn persistent(c: &flow::Classifier) -> Vec<String> {
+    c.rules()
+        .into_iter()
+        .filter(|r| r.rule.idle_timeout == 0 && r.rule.hard_timeout == 0)
+        .map(|r| r.rule.to_string())
+        .collect()
+}
+
+/// Whether rule `r` names at least `filter`'s fields with its values (`flow del` without
+/// `--strict`, as `ovs-ofctl del-flows`).
+fn narrower(r: &Match, filter: &Match) -> bool {
+    fn f<T: PartialEq>(rule: &Option<T>, filter: &Option<T>) -> bool {
+        filter.is_none() || rule == filter
+    }
+    f(&r.in_port, &filter.in_port)
+        && f(&r.dl_src, &filter.dl_src)
+        && f(&r.dl_dst, &filter.dl_dst)
+        && f(&r.dl_vlan, &filter.dl_vlan)
+        && f(&r.dl_type, &filter.dl_type)
+        && f(&r.nw_src, &filter.nw_src)
+        && f(&r.nw_dst, &filter.nw_dst)
+        && f(&r.ipv6_src, &filter.ipv6_src)
+        && f(&r.ipv6_dst, &filter.ipv6_dst)
+        && f(&r.nw_proto, &filter.nw_proto)
+        && f(&r.tp_src, &filter.tp_src)
+        && f(&r.tp_dst, &filter.tp_dst)
+        && f(&r.icmp_type, &filter.icmp_type)
+}
+
+fn flow_info(r: &Installed, now: u64) -> FlowInfo {
+    let mut m = r.rule.matches.to_string();
+    if m.is_empty() {
+        m = String::new();
+    }
+    FlowInfo {
+        cookie: r.rule.cookie,
+        duration_secs: r.stats.duration(now),
+        table: 0,
+        priority: r.rule.priority,
+        n_packets: r.stats.n_packets,
+        n_bytes: r.stats.n_bytes,
+        idle_age_secs: r.stats.idle_age(now),
+        idle_timeout: r.rule.idle_timeout,
+        hard_timeout: r.rule.hard_timeout,
+        matches: m,
+        actions: actions_to_string(&r.rule.actions),
+    }
+}
+
+impl Core {
+    /// A declared built-in bridge, or why not.
+    fn builtin(&self, bridge: &IfName) -> Result<(), ApiError> {
+        match self.bridge_decl(bridge.as_str()) {
+            None => Err(err(ErrorKind::NotFound, format!("No bridge {bridge}"))),
+            Some((b, _)) if b.spec.kind != BridgeKind::Builtin => Err(err(
+                ErrorKind::Unsupported,
+                format!("Bridge {bridge} is a Linux bridge; flow rules, trace and mirrors need a built-in bridge"),
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+
+    fn check_port_names<'a>(&self, bridge: &IfName, names: impl IntoIterator<Item = &'a str>) -> Result<(), ApiError> {
+        for n in names {
+            if self.port_decl(bridge.as_str(), n).is_none() {
+                return Err(err(ErrorKind::NotFound, format!("No port {n} on bridge {bridge}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Saves a bridge's rule set after a change.
+    async fn persist_flows(&mut self, bridge: &IfName) -> Result<(), ApiError> {
+        let name = bridge.to_string();
+        let texts = self
+            .dp
+            .call(move |dp| dp.bridge(&name).map(|b| persistent(b.switch.flows())).unwrap_or_default())
+            .await
+            .map_err(gone)?;
+        self.state.flows.insert(bridge.to_string(), texts);
+        self.store.save(&self.state).map_err(|e| ApiError::from_chain(ErrorKind::Internal, &e))
+    }
+
+    pub async fn flow_add(&mut self, req: FlowMod) -> Result<FlowChange, ApiError> {
+        self.builtin(&req.bridge)?;
+        let rules = parse_rules(&req.rules)?;
+        self.check_port_names(&req.bridge, rules.iter().flat_map(rule_ports))?;
+        let name = req.bridge.to_string();
+        let change = self
+            .dp
+            .call(move |dp| {
+                let now = dp.now();
+                let br = dp.bridge_mut(&name).ok_or_else(|| format!("bridge {name} is not in the datapath"))?;
+                br.change_flows(now, |c, resolve, t| {
+                    let before = c.len();
+                    let added = rules.len();
+                    for r in rules {
+                        c.insert(r, resolve, t).map_err(|e| e.to_string())?;
+                    }
+                    Ok(FlowChange { added, removed: before + added - c.len(), rules: c.len() })
+                })
+            })
+            .await
+            .map_err(gone)?
+            .map_err(|e: String| err(ErrorKind::Conflict, e))?;
+        self.persist_flows(&req.bridge).await?;
+        log::info!("bridge {}: {} rule(s) added ({} installed)", req.bridge, change.added, change.rules);
+        Ok(change)
+    }
+
+    pub async fn flow_replace(&mut self, req: FlowMod) -> Result<FlowChange, ApiError> {
+        self.builtin(&req.bridge)?;
+        let rules = parse_rules(&req.rules)?;
+        self.check_port_names(&req.bridge, rules.iter().flat_map(rule_ports))?;
+        let name = req.bridge.to_string();
+        let change = self
+            .dp
+            .call(move |dp| {
+                let now = dp.now();
+                let br = dp.bridge_mut(&name).ok_or_else(|| format!("bridge {name} is not in the datapath"))?;
+                br.change_flows(now, |c, resolve, t| {
+                    let before = c.len();
+                    let added = rules.len();
+                    c.replace_all(rules, resolve, t).map_err(|e| e.to_string())?;
+                    Ok(FlowChange { added, removed: before, rules: c.len() })
+                })
+            })
+            .await
+            .map_err(gone)?
+            .map_err(|e: String| err(ErrorKind::Conflict, e))?;
+        self.persist_flows(&req.bridge).await?;
+        log::info!("bridge {}: rule set replaced ({} rules)", req.bridge, change.rules);
+        Ok(change)
+    }
+
+    pub async fn flow_del(&mut self, req: FlowDel) -> Result<FlowChange, ApiError> {
+        self.builtin(&req.bridge)?;
+        // The filter is a match with optional priority and cookie.
+        let filter = match &req.filter {
+            None => None,
+            Some(f) => {
+                let m = parse_match(f).map_err(|e| err(ErrorKind::InvalidArgument, e.to_string()))?;
+                let meta = parse_rule(&format!("{f} actions=drop")).ok();
+                let named = |k: &str| f.split(|c: char| c == ',' || c.is_ascii_whitespace()).any(|t| t.starts_with(k));
+                let priority = meta.as_ref().filter(|_| named("priority=")).map(|r| r.priority);
+                let cookie = meta.as_ref().filter(|_| named("cookie=")).map(|r| r.cookie);
+                Some((m, priority, cookie))
+            }
+        };
+        if req.strict && filter.is_none() {
+            return Err(err(ErrorKind::InvalidArgument, "--strict needs a rule's match"));
+        }
+        let strict = req.strict;
+        let name = req.bridge.to_string();
+        let change = self
+            .dp
+            .call(move |dp| {
+                let now = dp.now();
+                let br = dp.bridge_mut(&name).ok_or_else(|| format!("bridge {name} is not in the datapath"))?;
+                br.change_flows(now, |c, _, _| {
+                    let gone = c.retain(|r| match &filter {
+                        None => false,
+                        Some((m, prio, cookie)) => {
+                            let hit = if strict {
+                                r.rule.matches == *m && r.rule.priority == prio.unwrap_or(flow::DEFAULT_PRIORITY)
+                            } else {
+                                narrower(&r.rule.matches, m)
+                            };
+                            !(hit && cookie.is_none_or(|k| k == r.rule.cookie))
+                        }
+                    });
+                    Ok::<_, String>(FlowChange { added: 0, removed: gone.len(), rules: c.len() })
+                })
+            })
+            .await
+            .map_err(gone)?
+            .map_err(|e: String| err(ErrorKind::Conflict, e))?;
+        self.persist_flows(&req.bridge).await?;
+        log::info!("bridge {}: {} rule(s) removed", req.bridge, change.removed);
+        Ok(change)
+    }
+
+    pub async fn flow_show(&self, req: BridgeRef) -> Result<Vec<FlowInfo>, ApiError> {
+        self.builtin(&req.bridge)?;
+        let name = req.bridge.to_string();
+        self.dp
+            .call(move |dp| {
+                let now = dp.now().as_nanos() as u64;
+                dp.bridge(&name)
+                    .map(|b| b.switch.flows().rules().into_iter().map(|r| flow_info(r, now)).collect())
+                    .unwrap_or_default()
+            })
+            .await
+            .map_err(gone)
+    }
+
+    pub async fn trace(&self, req: TraceReq) -> Result<TraceInfo, ApiError> {
+        self.builtin(&req.bridge)?;
+        let m = parse_match(&req.flow).map_err(|e| err(ErrorKind::InvalidArgument, e.to_string()))?;
+        let Some(in_port) = m.in_port.clone() else {
+            return Err(err(ErrorKind::InvalidArgument, "the flow needs in_port=PORT"));
+        };
+        self.check_port_names(&req.bridge, [in_port.as_str()])?;
+        let name = req.bridge.to_string();
+        self.dp
+            .call(move |dp| {
+                let now = dp.now();
+                let br = dp.bridge(&name).ok_or_else(|| format!("bridge {name} is not in the datapath"))?;
+                let id = br.port_id(&in_port).ok_or_else(|| format!("port {in_port} is not attached"))?;
+                let mut key = flow::key_from_match(&m, Some(id));
+                // A frame needs a source; the trace of one without gets a neutral one.
+                if let Some(e) = key.eth.as_mut() {
+                    if m.dl_src.is_none() {
+                        e.src = MacAddr([0x02, 0, 0, 0, 0, 0x01]);
+                    }
+                }
+                let frame = key.to_frame();
+                let t = br.switch.trace(id, &frame, now);
+                let pname = |p: PortId| br.port(p).map_or_else(|| "(none)".to_owned(), |x| x.name.clone());
+                Ok(TraceInfo {
+                    text: t.render(&pname),
+                    rule: t.flow.as_ref().and_then(|f| f.matched.as_ref()).map(|r| r.rule.to_string()),
+                    outputs: t.outputs.iter().map(|(p, _)| pname(*p)).collect(),
+                    drop: match t.decision {
+                        crate::switch::Decision::Drop(r) => Some(r.name().to_owned()),
+                        _ => None,
+                    },
+                })
+            })
+            .await
+            .map_err(gone)?
+            .map_err(|e: String| err(ErrorKind::NotFound, e))
+    }
+
+    /// The mirrors of a bridge (config and state), as declared.
+    fn mirror_decls(&self, bridge: &str) -> Vec<(MirrorSpec, Source)> {
+        self.policy
+            .mirrors
+            .iter()
+            .map(|m| (m.clone(), Source::Config))
+            .chain(self.state.mirrors.iter().map(|m| (m.clone(), Source::State)))
+            .filter(|(m, _)| m.bridge.as_str() == bridge)
+            .collect()
+    }
+
+    async fn push_mirrors(&self, bridge: &IfName) -> Result<(), ApiError> {
+        let specs: Vec<MirrorSpec> = self.mirror_decls(bridge.as_str()).into_iter().map(|(m, _)| m).collect();
+        let name = bridge.to_string();
+        self.dp
+            .call(move |dp| {
+                if let Some(b) = dp.bridge_mut(&name) {
+                    b.set_mirrors(specs);
+                }
+            })
+            .await
+            .map_err(gone)
+    }
+
+    pub async fn mirror_add(&mut self, spec: MirrorSpec) -> Result<MirrorInfo, ApiError> {
+        spec.validate()?;
+        self.builtin(&spec.bridge)?;
+        let ports = spec.select_src.iter().chain(&spec.select_dst).chain(&spec.output_port).map(|p| p.as_str());
+        self.check_port_names(&spec.bridge, ports)?;
+        let existing = self.mirror_decls(spec.bridge.as_str());
+        if let Some((m, source)) = existing.iter().find(|(m, _)| m.name == spec.name) {
+            if *m == spec {
+                return Ok(MirrorInfo { spec, packets: 0, bytes: 0, source: *source });
+            }
+            return Err(err(ErrorKind::Conflict, format!("Mirror {} exists with other settings", spec.name)));
+        }
+        if existing.len() >= MAX_MIRRORS {
+            return Err(err(ErrorKind::Conflict, format!("Bridge {} has {MAX_MIRRORS} mirrors already", spec.bridge)));
+        }
+        if let Some(o) = &spec.output_port {
+            if let Some((m, _)) = existing.iter().find(|(m, _)| m.output_port.as_ref() == Some(o)) {
+                return Err(err(ErrorKind::Conflict, format!("Port {o} is already the output of mirror {}", m.name)));
+            }
+            if existing.iter().any(|(m, _)| m.select_src.contains(o) || m.select_dst.contains(o)) {
+                return Err(err(ErrorKind::Conflict, format!("Port {o} is selected by another mirror")));
+            }
+        }
+        self.state.mirrors.push(spec.clone());
+        if let Err(e) = self.store.save(&self.state) {
+            self.state.mirrors.pop();
+            return Err(ApiError::from_chain(ErrorKind::Internal, &e));
+        }
+        self.push_mirrors(&spec.bridge).await?;
+        log::info!("bridge {}: mirror {} added", spec.bridge, spec.name);
+        Ok(MirrorInfo { spec, packets: 0, bytes: 0, source: Source::State })
+    }
+
+    pub async fn mirror_del(&mut self, req: MirrorRef) -> Result<MirrorInfo, ApiError> {
+        let decls = self.mirror_decls(req.bridge.as_str());
+        let Some((spec, source)) = decls.into_iter().find(|(m, _)| m.name == req.name) else {
+            return Err(err(ErrorKind::NotFound, format!("No mirror {} on bridge {}", req.name, req.bridge)));
+        };
+        if source == Source::Config {
+            return Err(err(
+                ErrorKind::Conflict,
+                format!("Mirror {} is declared in {}; remove it there", req.name, self.config_origin),
+            ));
+        }
+        let info = self
+            .mirror_list(PortListReq { bridge: Some(req.bridge.clone()) })
+            .await?
+            .into_iter()
+            .find(|m| m.spec.name == req.name);
+        self.state.mirrors.retain(|m| !(m.bridge == req.bridge && m.name == req.name));
+        self.store.save(&self.state).map_err(|e| ApiError::from_chain(ErrorKind::Internal, &e))?;
+        self.push_mirrors(&req.bridge).await?;
+        log::info!("bridge {}: mirror {} removed", req.bridge, req.name);
+        Ok(info.unwrap_or(MirrorInfo { spec, packets: 0, bytes: 0, source }))
+    }
+
+    pub async fn mirror_list(&self, req: PortListReq) -> Result<Vec<MirrorInfo>, ApiError> {
+        let decls: Vec<(MirrorSpec, Source)> = self
+            .policy
+            .mirrors
+            .iter()
+            .map(|m| (m.clone(), Source::Config))
+            .chain(self.state.mirrors.iter().map(|m| (m.clone(), Source::State)))
+            .filter(|(m, _)| req.bridge.as_ref().is_none_or(|b| *b == m.bridge))
+            .collect();
+        let keys: Vec<(String, String)> = decls.iter().map(|(m, _)| (m.bridge.to_string(), m.name.clone())).collect();
+        let counts = self
+            .dp
+            .call(move |dp| {
+                keys.iter()
+                    .map(|(b, n)| {
+                        dp.bridge(b)
+                            .and_then(|br| br.switch.mirrors().iter().find(|m| m.cfg.name == *n))
+                            .map_or((0, 0), |m| (m.counters.packets, m.counters.bytes))
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .map_err(gone)?;
+        Ok(decls
+            .into_iter()
+            .zip(counts)
+            .map(|((spec, source), (packets, bytes))| MirrorInfo { spec, packets, bytes, source })
+            .collect())
+    }
+
+    /// Installs the declared rules and mirrors of every built-in bridge (at start). A rule
+    /// that no longer parses is logged and skipped.
+    pub async fn restore_policy(&mut self) {
+        let bridges: Vec<IfName> = self
+            .config_bridges
+            .iter()
+            .chain(&self.state.bridges)
+            .filter(|b| b.spec.kind == BridgeKind::Builtin)
+            .map(|b| b.spec.name.clone())
+            .collect();
+        for b in bridges {
+            let texts = match self.state.flows.get(b.as_str()) {
+                Some(t) => t.clone(),
+                None => self.policy.flows.get(b.as_str()).cloned().unwrap_or_default(),
+            };
+            let mut rules = Vec::new();
+            for t in &texts {
+                match parse_rule(t) {
+                    Ok(r) => rules.push(r),
+                    Err(e) => log::error!("bridge {b}: rule {t:?} skipped: {e}"),
+                }
+            }
+            if !rules.is_empty() {
+                let name = b.to_string();
+                let n = rules.len();
+                let r = self
+                    .dp
+                    .call(move |dp| {
+                        let now = dp.now();
+                        match dp.bridge_mut(&name) {
+                            Some(br) => br.change_flows(now, |c, resolve, t| {
+                                c.replace_all(rules, resolve, t).map_err(|e| e.to_string())
+                            }),
+                            None => Err("not in the datapath".to_owned()),
+                        }
+                    })
+                    .await;
+                match r {
+                    Ok(Ok(())) => log::info!("bridge {b}: {n} flow rule(s) installed"),
+                    Ok(Err(e)) => log::error!("bridge {b}: flow rules not installed: {e}"),
+                    Err(e) => log::error!("bridge {b}: {e}"),
+                }
+            }
+            if !self.mirror_decls(b.as_str()).is_empty() {
+                if let Err(e) = self.push_mirrors(&b).await {
+                    log::error!("bridge {b}: mirrors: {}", e.message);
+                }
+            }
+        }
+    }
+}
