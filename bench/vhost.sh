@@ -17,6 +17,9 @@
 # COMPARE=REV also builds git revision REV and measures it in the same run (backend
 # vmnetd-before), with the ratio this build / REV. BACKENDS=vmnetd,ovs,testpmd picks backends,
 # SIZES=64,512,1518 frame sizes; THROUGHPUT_ONLY=1 skips the TSO and idle parts.
+# Flow rules: backend vmnetd-rulesN is this build with N rules installed, one matching (the
+# lowest priority, so every other rule's subtable is probed first); it is reported against
+# vmnetd without rules, e.g. BACKENDS=vmnetd,vmnetd-rules10,vmnetd-rules1000 (also with CALLGRIND).
 # CALLGRIND=1 instead counts the instructions vmnetd's datapath thread runs per forwarded
 # frame under valgrind (this build, and REV with COMPARE), for each guest in GUESTS:
 # deterministic to ~0.1 %, where packet rates on a shared machine vary by +-25 % between runs.
@@ -68,8 +71,8 @@ if [ -n "${COMPARE:-}" ]; then
 fi
 if [ -n "${CALLGRIND:-}" ]; then
     command -v valgrind >/dev/null || { echo "valgrind is missing: apt-get install valgrind" >&2; exit 1; }
-    cb=vmnetd
-    [ -n "$compare" ] && cb=vmnetd-before,vmnetd
+    cb=${BACKENDS:-vmnetd}
+    [ -n "$compare" ] && cb=vmnetd-before,$cb
     # shellcheck disable=SC2086
     target/release/bench-vhost --callgrind --secs "$secs" --backends "$cb" --sizes "${SIZES:-64,1518}" \
         --guest "$guests" $compare

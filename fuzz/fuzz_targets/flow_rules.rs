@@ -44,6 +44,7 @@ fuzz_target!(|input: Input| {
     let mut clock = input.clock.iter();
     for (port, bytes) in input.frames.iter().take(64) {
         let key = FlowKey::extract(Some(PortId::from_index(usize::from(*port % 8))), bytes);
+        assert!(FlowKey::packings_agree(PortId::from_index(usize::from(*port % 8)), bytes));
         let best = c.rules().into_iter().filter(|r| r.matches(&key)).fold(None, |b: Option<&Installed>, r| match b {
             Some(b) if b.rule.priority >= r.rule.priority => Some(b),
             _ => Some(r),

@@ -6,6 +6,10 @@
 //! - `learned_tagged`: the same from a trunk port to access ports (a tag pop per frame).
 //! - `flood`: broadcast, so each frame fans out to 7 ports.
 //! - `learning_churn`: every frame from a new source (learning and eviction on each frame).
+//! - `rules_N`: `learned` with N flow rules installed, the frames matching only the lowest
+//!   priority one (`actions=normal`), so every other mask's subtable is probed; frames differ
+//!   in their destination, so the per-burst memo misses on each (the classifier's own cost).
+//!   `rules_N_one_flow`: every frame of the burst alike (the memo's case, as a bulk flow).
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -88,7 +92,48 @@ fn bench(c: &mut Criterion) {
             black_box(&plan);
         })
     });
+    for n in [0usize, 10, 1000] {
+        for one_flow in [false, true] {
+            let (mut sw, ids) = setup(VlanMode::access(VlanId::new(10).unwrap()));
+            let resolve = |name: &str| name.strip_prefix('p').and_then(|i| i.parse().ok()).map(PortId::from_index);
+            let rules = rules(n);
+            if !rules.is_empty() {
+                sw.flow_replace(rules, &resolve, Duration::ZERO).expect("rules install");
+            }
+            let frames: Vec<Vec<u8>> =
+                (0..BURST).map(|k| frame(mac(1 + if one_flow { 0 } else { k % (PORTS - 1) }), mac(0), None)).collect();
+            let mut plan = BurstPlan::new();
+            let name = format!("rules_{n}{}", if one_flow { "_one_flow" } else { "" });
+            g.bench_function(&name, |b| {
+                b.iter(|| {
+                    sw.ingress_burst(ids[0], frames.iter().map(|f| FrameInfo::whole(f)), now, &mut plan);
+                    black_box(&plan);
+                })
+            });
+        }
+    }
     g.finish();
+}
+
+/// N rules, the benchmark's frames matching only the last (lowest priority): five shapes of
+/// non-matching rules (five masks), as bench/vhost.sh installs.
+fn rules(n: usize) -> Vec<flow::FlowRule> {
+    let mut out = Vec::new();
+    for i in 0..n.saturating_sub(1) {
+        let (hi, lo) = (i / 250 % 250, i % 250 + 1);
+        let r = match i % 5 {
+            0 => format!("priority=100,ip,nw_dst=10.99.{hi}.{lo} actions=drop"),
+            1 => format!("priority=100,tcp,tp_dst={} actions=drop", 10000 + i),
+            2 => format!("priority=100,dl_src=02:99:00:00:{hi:02x}:{lo:02x} actions=drop"),
+            3 => format!("priority=100,arp,arp_tpa=10.98.{hi}.{lo} actions=drop"),
+            _ => format!("priority=100,in_port=p1,ip,nw_src=10.97.{hi}.{lo} actions=drop"),
+        };
+        out.push(flow::parse_rule(&r).expect("bench rule"));
+    }
+    if n > 0 {
+        out.push(flow::parse_rule("priority=1,in_port=p0 actions=normal").expect("bench rule"));
+    }
+    out
 }
 
 criterion_group! {

@@ -174,6 +174,43 @@ impl Vmnetd {
     }
 }
 
+/// `vmnetd-rulesN`: vmnetd with N flow rules installed, one of them matching.
+fn rules_of(name: &str) -> Option<usize> {
+    name.strip_prefix("vmnetd-rules")?.parse().ok()
+}
+
+/// N rules of which exactly one matches the benchmark's frames (the lowest priority,
+/// `in_port=a actions=normal`), the others in five shapes (five masks, all probed before the
+/// match): IPv4 destinations, TCP ports, source MACs, ARP targets, and traffic from `b`.
+fn bench_rules(n: usize) -> String {
+    let mut out = String::new();
+    for i in 0..n.saturating_sub(1) {
+        let (hi, lo) = (i / 250 % 250, i % 250 + 1);
+        let r = match i % 5 {
+            0 => format!("priority=100,ip,nw_dst=10.99.{hi}.{lo} actions=drop"),
+            1 => format!("priority=100,tcp,tp_dst={} actions=drop", 10000 + i),
+            2 => format!("priority=100,dl_src=02:99:00:00:{:02x}:{:02x} actions=drop", hi, lo),
+            3 => format!("priority=100,arp,arp_tpa=10.98.{hi}.{lo} actions=drop"),
+            _ => format!("priority=100,in_port=b,ip,nw_src=10.97.{hi}.{lo} actions=drop"),
+        };
+        out.push_str(&r);
+        out.push('\n');
+    }
+    out.push_str("priority=1,in_port=a actions=normal\n");
+    out
+}
+
+impl Vmnetd {
+    /// Installs [`bench_rules`] and takes the name `vmnetd-rulesN`.
+    fn with_rules(mut self, n: usize) -> Result<Vmnetd> {
+        let file = self._dir.path().join("bench.rules");
+        std::fs::write(&file, bench_rules(n))?;
+        self.daemon.cli(&["flow", "replace", "br0", file.to_str().unwrap()]).ok();
+        self.name = Box::leak(format!("vmnetd-rules{n}").into_boxed_str());
+        Ok(self)
+    }
+}
+
 impl Backend for Vmnetd {
     fn name(&self) -> &'static str {
         self.name
@@ -812,6 +849,7 @@ fn callgrind(o: &Opts) -> Result<()> {
                 ];
                 let build = match name.as_str() {
                     "vmnetd" => None,
+                    other if rules_of(other).is_some() => None,
                     other if other.starts_with("vmnetd-") => {
                         let label = &other["vmnetd-".len()..];
                         let path = o.builds.iter().find(|(l, _)| l == label).map(|(l, p)| (l.as_str(), p.as_path()));
@@ -819,7 +857,10 @@ fn callgrind(o: &Opts) -> Result<()> {
                     }
                     other => bail!("--callgrind measures vmnetd builds, not {other}"),
                 };
-                let be = Vmnetd::start_under(o.busy_poll_us, build, &wrapper)?;
+                let mut be = Vmnetd::start_under(o.busy_poll_us, build, &wrapper)?;
+                if let Some(n) = rules_of(name) {
+                    be = be.with_rules(n)?;
+                }
                 let pid = be.daemon.pid().context("daemon pid")?;
                 let frames;
                 // Whatever drives the ports stays connected until the dump.
@@ -998,6 +1039,9 @@ fn default_vu_gen() -> PathBuf {
 fn start_backend(name: &str, o: &Opts, guest: Guest) -> Result<Box<dyn Backend>> {
     Ok(match name {
         "vmnetd" => Box::new(Vmnetd::start(o.busy_poll_us, None)?),
+        other if rules_of(other).is_some() => {
+            Box::new(Vmnetd::start(o.busy_poll_us, None)?.with_rules(rules_of(other).unwrap_or(0))?)
+        }
         other if other.starts_with("vmnetd-") => {
             let label = &other["vmnetd-".len()..];
             let path = o.builds.iter().find(|(l, _)| l == label).map(|(_, p)| p.clone());
@@ -1139,6 +1183,19 @@ fn report(o: &Opts, rows: &[Row]) {
                 if size == 1518 {
                     ratios.push_str(&format!(" ({:.2} vs {:.2} Gbit/s)", v.1, x.1));
                 }
+            }
+            // Flow rules against none: this run's vmnetd with N rules / without.
+            for (key, x) in med.iter().filter(|((b, s), _)| rules_of(b).is_some() && *s == size) {
+                let Some(theirs) = rs.iter().find(|r| r.backend == key.0 && r.size == size) else { continue };
+                let mut per: Vec<f64> =
+                    theirs.samples.iter().zip(&mine.samples).map(|(a, b)| a.mpps / b.mpps.max(1e-9)).collect();
+                let (lo, hi) = per.iter().fold((f64::MAX, 0.0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+                ratios.push_str(&format!(
+                    "  {}/no-rules {:.2}x [rounds {lo:.2}-{hi:.2}] ({:.3} Mpps)",
+                    key.0,
+                    median(&mut per),
+                    x.0
+                ));
             }
             if !ratios.is_empty() {
                 println!("{:<12} {size:>5} B:{ratios}", guest.name());

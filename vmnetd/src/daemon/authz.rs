@@ -89,8 +89,6 @@ impl Core {
             | Op::NetworkList
             | Op::NetworkShow(_)
             | Op::NetworkLeases(_)
-            | Op::FlowShow(_)
-            | Op::Trace(_)
             | Op::MirrorList(_)
             | Op::Capture(_) => Ok(op),
             Op::Mktap(spec) => Ok(Op::Mktap(self.own_tap(spec, caller)?)),
@@ -101,7 +99,18 @@ impl Core {
                 }
                 Ok(Op::Rmtap(rm))
             }
-            Op::PortAdd(spec) => Ok(Op::PortAdd(Box::new(self.own_port(*spec, caller)?))),
+            Op::PortAdd(spec) => {
+                // Rules and mirrors follow ports by name: a name they use is root's to give
+                // (else a user could add a port by that name and inherit a mirror's copies or
+                // a rule's permissions).
+                if self.policy_names_port(spec.bridge.as_str(), spec.name.as_str()) {
+                    return Err(denied(format!(
+                        "Port name {} is used by the flow rules or mirrors of bridge {}; only root may add it",
+                        spec.name, spec.bridge
+                    )));
+                }
+                Ok(Op::PortAdd(Box::new(self.own_port(*spec, caller)?)))
+            }
             Op::PortDel(r) => {
                 self.own_existing_port(r.bridge.as_str(), r.name.as_str(), caller)?;
                 Ok(Op::PortDel(r))
@@ -223,6 +232,7 @@ fn op_name(op: &Op) -> &'static str {
         Op::LeaseAdd(_) | Op::LeaseDel(_) => "change static leases",
         Op::ForwardAdd(_) | Op::ForwardDel(_) => "change port forwards",
         Op::FlowAdd(_) | Op::FlowDel(_) | Op::FlowReplace(_) => "change flow rules",
+        Op::FlowShow(_) | Op::Trace(_) => "read flow rules or trace (they run on the datapath thread)",
         Op::MirrorAdd(_) | Op::MirrorDel(_) => "change mirrors",
         Op::DebugPanic => "use test hooks",
         _ => "do that",

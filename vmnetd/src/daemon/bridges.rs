@@ -183,6 +183,8 @@ impl Core {
         let keys: HashSet<(String, String)> =
             self.config_ports.iter().map(|p| (p.spec.bridge.to_string(), p.spec.name.to_string())).collect();
         self.state.ports.retain(|p| !keys.contains(&(p.spec.bridge.to_string(), p.spec.name.to_string())));
+        // Rules and mirrors are in place before the first port carries a frame.
+        self.restore_policy().await;
         let ports: Vec<PortDecl> = self.port_decls().map(|(p, _)| p.clone()).collect();
         for decl in ports {
             let spec = &decl.spec;
@@ -269,6 +271,9 @@ impl Core {
         }
         bridge::backend(decl.spec.kind).destroy(&self.ctx(), &decl).await;
         self.state.bridges.retain(|b| b.spec.name != req.name);
+        // Its rules and mirrors go with it: a new bridge of that name starts clean.
+        self.state.flows.remove(req.name.as_str());
+        self.state.mirrors.retain(|m| m.bridge != req.name);
         self.store.save(&self.state).map_err(internal)?;
         log::info!("bridge {}: removed", req.name);
         Ok(info)

@@ -181,7 +181,6 @@ pub fn run(opts: Options) -> Result<(), Error> {
         core.nets.events = Some(net_tx.clone());
         core.restore(&loaded.config).await;
         core.restore_bridges(&loaded.config).await;
-        core.restore_policy().await;
         core.restore_networks(&loaded.config).await;
         let listener = bind(&paths.socket, loaded.config.daemon.socket_group.as_deref())?;
         log::info!(

@@ -309,6 +309,18 @@ impl Core {
             .map_err(|e: String| err(ErrorKind::NotFound, e))
     }
 
+    /// Whether a rule or mirror of `bridge` (declared or installed) names port `name`.
+    pub(crate) fn policy_names_port(&self, bridge: &str, name: &str) -> bool {
+        let rules = self.state.flows.get(bridge).or_else(|| self.policy.flows.get(bridge));
+        let in_rules = rules.is_some_and(|texts| {
+            texts.iter().filter_map(|t| parse_rule(t).ok()).any(|r| rule_ports(&r).any(|p| p == name))
+        });
+        in_rules
+            || self.mirror_decls(bridge).iter().any(|(m, _)| {
+                m.select_src.iter().chain(&m.select_dst).chain(&m.output_port).any(|p| p.as_str() == name)
+            })
+    }
+
     /// The mirrors of a bridge (config and state), as declared.
     fn mirror_decls(&self, bridge: &str) -> Vec<(MirrorSpec, Source)> {
         self.policy
@@ -321,7 +333,8 @@ impl Core {
     }
 
     async fn push_mirrors(&self, bridge: &IfName) -> Result<(), ApiError> {
-        let specs: Vec<MirrorSpec> = self.mirror_decls(bridge.as_str()).into_iter().map(|(m, _)| m).collect();
+        let specs: Vec<MirrorSpec> =
+            self.mirror_decls(bridge.as_str()).into_iter().map(|(m, _)| m).take(MAX_MIRRORS).collect();
         let name = bridge.to_string();
         self.dp
             .call(move |dp| {
@@ -461,6 +474,20 @@ impl Core {
                     Ok(Err(e)) => log::error!("bridge {b}: flow rules not installed: {e}"),
                     Err(e) => log::error!("bridge {b}: {e}"),
                 }
+            }
+            let bad: Vec<String> = self
+                .policy
+                .mirrors
+                .iter()
+                .filter(|m| m.bridge == b)
+                .filter_map(|m| m.validate().err().map(|e| format!("mirror {}: {}", m.name, e.message)))
+                .collect();
+            for e in &bad {
+                log::error!("bridge {b} in {}: {e}", self.config_origin);
+            }
+            self.policy.mirrors.retain(|m| m.bridge != b || m.validate().is_ok());
+            if self.mirror_decls(b.as_str()).len() > MAX_MIRRORS {
+                log::error!("bridge {b}: more than {MAX_MIRRORS} mirrors; the first {MAX_MIRRORS} are used");
             }
             if !self.mirror_decls(b.as_str()).is_empty() {
                 if let Err(e) = self.push_mirrors(&b).await {

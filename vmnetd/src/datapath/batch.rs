@@ -145,7 +145,6 @@ impl Batch {
     pub fn clear(&mut self) {
         self.frames.clear();
         self.segs.clear();
-        self.deep.clear();
         self.mem = None;
     }
 
@@ -154,37 +153,39 @@ impl Batch {
     /// the guest cannot change them between the decision and the send. A frame whose
     /// bytes cannot be read gets a short deep head, which the switch refuses.
     pub fn deepen(&mut self) {
-        self.deep.clear();
-        self.deep.resize(self.frames.len(), DeepHead::default());
-        for i in 0..self.frames.len() {
-            let f = self.frames[i];
+        let Batch { frames, bufs, mem, segs, deep } = self;
+        // Deep heads are reused across bursts: only their first `len` bytes mean anything.
+        if deep.len() < frames.len() {
+            deep.resize(frames.len(), DeepHead::default());
+        }
+        let mut x = mem.as_deref().map(Xlate::new);
+        for (f, d) in frames.iter_mut().zip(deep.iter_mut()) {
             let want = (f.len as usize).min(FLOW_HEAD);
             let hl = usize::from(f.head_len).min(want);
-            let d = &mut self.deep[i];
-            d.bytes[..hl].copy_from_slice(&f.head[..hl]);
+            // The whole head array (a fixed-size copy); bytes past `hl` are overwritten or
+            // past `len`.
+            d.bytes[..HEAD_LEN].copy_from_slice(&f.head);
             let mut n = hl;
             match f.tail {
                 Tail::Local { buf, off } => {
                     let off = off as usize;
-                    let take = want - hl;
-                    if let Some(src) = self.bufs.get(usize::from(buf)).and_then(|b| b.get(off..off + take)) {
+                    if let Some(src) = bufs.get(usize::from(buf)).and_then(|b| b.get(off..off + (want - hl))) {
                         d.bytes[hl..want].copy_from_slice(src);
                         n = want;
                     }
                 }
                 Tail::Guest { seg, nsegs } => {
-                    let Some(mem) = self.mem.as_deref() else { continue };
-                    for s in &self.segs[seg as usize..seg as usize + usize::from(nsegs)] {
+                    for s in segs.get(seg as usize..seg as usize + usize::from(nsegs)).unwrap_or_default() {
                         if n >= want {
                             break;
                         }
                         let take = (s.len as usize).min(want - n);
-                        if mem.read_slice(&mut d.bytes[n..n + take], GuestAddress(s.addr)).is_err() {
-                            break;
+                        match x.as_mut().and_then(|x| x.slice(s.addr, take)) {
+                            Some(span) if span.read_to(&mut d.bytes[n..n + take]) => n += take,
+                            _ => break,
                         }
-                        n += take;
                     }
-                    self.frames[i].pre = (n - hl) as u8;
+                    f.pre = (n - hl) as u8;
                 }
             }
             d.len = n as u8;
@@ -440,5 +441,67 @@ mod tests {
         // Local frames keep their tails where they are.
         assert_eq!(batch.frames[0].pre, 0);
         assert_eq!(batch.materialize(0, TagAction::Keep, 1 << 16), f);
+    }
+
+    /// A guest frame in short segments: the deep head is copied across them, the tail is
+    /// sent from the copy for those bytes and from guest memory after them, and a guest
+    /// that rewrites its buffer after the decision changes nothing the rules looked at.
+    #[test]
+    fn guest_tails_skip_what_the_deep_head_holds() {
+        let mem = Memory::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let mut f = frame_bytes();
+        f.resize(300, 0);
+        for (i, b) in f.iter_mut().enumerate().skip(14) {
+            *b = (i * 7) as u8;
+        }
+        // The head (18 bytes) is copied by the ring; the rest in segments of 50, 30, 202.
+        let mut at = 0x1000u64;
+        let mut segs = Vec::new();
+        let mut off = HEAD_LEN;
+        for len in [50usize, 30, 202] {
+            mem.write_slice(&f[off..off + len], GuestAddress(at)).unwrap();
+            segs.push(Seg { addr: at, len: len as u32 });
+            at += 0x100;
+            off += len;
+        }
+        let mut batch = Batch::new();
+        batch.mem = Some(Arc::new(mem));
+        batch.segs = segs.clone();
+        let mut head = [0u8; HEAD_LEN];
+        head.copy_from_slice(&f[..HEAD_LEN]);
+        batch.frames.push(Frame {
+            head,
+            head_len: HEAD_LEN as u8,
+            len: 300,
+            vnet: VnetHdr::default(),
+            tail: Tail::Guest { seg: 0, nsegs: 3 },
+            pre: 0,
+        });
+        batch.deepen();
+        assert_eq!(batch.frames[0].pre as usize, FLOW_HEAD - HEAD_LEN);
+        assert_eq!(batch.deep_infos().next().unwrap().head, &f[..FLOW_HEAD]);
+        // The guest rewrites bytes 20..140 (in the deep head) and 200 (after it).
+        let m = batch.mem.as_deref().unwrap();
+        m.write_slice(&[0xee; 50], GuestAddress(0x1000)).unwrap();
+        m.write_slice(&[0xee; 30], GuestAddress(0x1100)).unwrap();
+        m.write_slice(&[0xee; 1], GuestAddress(0x1200 + 100)).unwrap();
+        let out = batch.materialize(0, TagAction::Keep, 1 << 16);
+        assert_eq!(out.len(), 300);
+        assert_eq!(&out[..FLOW_HEAD], &f[..FLOW_HEAD], "what the rules saw is what leaves");
+        assert_eq!(out[HEAD_LEN + 80 + 100], 0xee, "bytes after the deep head come from the guest");
+        let mut parts: Vec<Part<'_>> = Vec::new();
+        batch.tail_parts(0, None, &mut parts);
+        let total: usize = parts
+            .iter()
+            .map(|p| match p {
+                Part::Bytes(b) => b.len(),
+                Part::Guest(_, s) => s.len as usize,
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(total, 300 - HEAD_LEN);
+        let mut io = Vec::new();
+        assert!(batch.tail_io(0, &mut io));
+        assert_eq!(io.len(), 2, "the copy, then the rest of the last segment");
     }
 }

@@ -91,9 +91,7 @@ struct BurstMemo {
     src: u64,
     dst: u64,
     dst_port: Option<PortId>,
-    /// The last flow key looked up and the rule it hit (valid for the burst: rules only
-    /// change between bursts), with the hits not yet added to that rule's counters.
-    flow: Option<(flow::key::Words, Option<flow::RuleId>)>,
+    /// The hits of the burst's last rule not yet added to its counters.
     hits: Option<(flow::RuleId, u64, u64)>,
 }
 
@@ -191,6 +189,11 @@ pub struct Switch {
     outs: Vec<PortId>,
     /// The current frame's time (for egress policers).
     clock: fdb::Nanos,
+    /// The burst's last flow lookup (see [`policy::FlowMemo`]).
+    fmemo: policy::FlowMemo,
+    /// Rules are the only thing that makes the bridge `slow`.
+    flows_only: bool,
+    emc: policy::Emc,
 }
 
 /// The tag change for a frame of `vlan` that came in with `in_tci` and leaves `tagging`.
@@ -240,6 +243,9 @@ impl Switch {
             slow: false,
             outs: Vec::new(),
             clock: 0,
+            fmemo: policy::FlowMemo::default(),
+            flows_only: false,
+            emc: policy::Emc::default(),
         }
     }
 
@@ -472,14 +478,17 @@ impl Switch {
         if st.cfg.lock_macs && !st.cfg.macs.contains(&src) {
             return Err(DropReason::MacLocked);
         }
-        let max = st.cfg.max_macs;
-        self.learn_with(in_port, vlan, src48, max, now, last_src)?;
+        // The burst's frames usually share their source: learned once.
+        if *last_src != vlan_mac_key(vlan, src48) {
+            let max = st.cfg.max_macs;
+            self.learn_with(in_port, vlan, src48, max, now, last_src)?;
+        }
         Ok((vlan, tci, dst))
     }
 
     /// Learns `src48` in `vlan` on `in_port` (unless it is the burst's last source).
     #[inline]
-    fn learn(
+    pub(super) fn learn(
         &mut self,
         in_port: PortId,
         vlan: VlanId,
@@ -487,11 +496,14 @@ impl Switch {
         now: fdb::Nanos,
         last_src: &mut u64,
     ) -> Result<(), DropReason> {
+        if *last_src == vlan_mac_key(vlan, src48) {
+            return Ok(());
+        }
         let max = self.port(in_port).map_or(0, |c| c.max_macs);
         self.learn_with(in_port, vlan, src48, max, now, last_src)
     }
 
-    #[inline]
+    #[inline(never)]
     fn learn_with(
         &mut self,
         in_port: PortId,
@@ -564,6 +576,7 @@ impl Switch {
     pub fn ingress(&mut self, in_port: PortId, f: FrameInfo<'_>, now: Duration) -> Decision {
         let mut plan = BurstPlan::new();
         let mut memo = BurstMemo::default();
+        self.fmemo.valid = false;
         let d = self.decide(in_port, 0, &f, fdb::nanos(now), &mut plan, &mut memo);
         self.flush_hits(&mut memo, fdb::nanos(now));
         d
@@ -582,13 +595,14 @@ impl Switch {
         plan.clear();
         let now = fdb::nanos(now);
         let mut memo = BurstMemo::default();
+        self.fmemo.valid = false;
         for (i, f) in frames.into_iter().enumerate() {
             self.decide(in_port, i, &f, now, plan, &mut memo);
         }
         self.flush_hits(&mut memo, now);
     }
 
-    #[inline]
+    #[inline(always)]
     fn decide(
         &mut self,
         in_port: PortId,
@@ -599,7 +613,20 @@ impl Switch {
         memo: &mut BurstMemo,
     ) -> Decision {
         if self.slow {
-            return self.decide_slow(in_port, idx, f, now, plan, memo);
+            // A bridge with rules and nothing else special: a frame whose rule says NORMAL
+            // (or that no rule matches) takes the plain pipeline below.
+            let looked_up = if self.flows_only {
+                match self.flow_lookup(in_port, f, now, memo) {
+                    Some(true) => false,
+                    Some(false) => true,
+                    None => return self.decide_slow(in_port, idx, f, now, plan, memo, false),
+                }
+            } else {
+                false
+            };
+            if looked_up || !self.flows_only {
+                return self.decide_slow(in_port, idx, f, now, plan, memo, looked_up);
+            }
         }
         let src_before = memo.src;
         let (vlan, in_tci, dst) = match self.classify(in_port, f, now, &mut memo.src) {

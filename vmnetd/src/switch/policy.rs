@@ -142,6 +142,67 @@ fn tag_note(a: TagAction) -> String {
     }
 }
 
+/// The burst's last flow lookup: frames of a burst mostly belong to one flow, so a frame
+/// whose key equals the previous one's reuses its rule and actions (the rules cannot change
+/// within a burst: the control plane runs between bursts). Like OVS's exact-match cache,
+/// for one entry.
+#[derive(Debug, Clone)]
+pub(super) struct FlowMemo {
+    pub(super) valid: bool,
+    words: flow::key::Words,
+    rule: Option<flow::RuleId>,
+    acts: [ResolvedAction; MAX_ACTIONS],
+    n: usize,
+}
+
+impl Default for FlowMemo {
+    fn default() -> Self {
+        FlowMemo {
+            valid: false,
+            words: flow::key::Words([0; flow::key::WORDS]),
+            rule: None,
+            acts: [ResolvedAction::Normal; MAX_ACTIONS],
+            n: 0,
+        }
+    }
+}
+
+/// Entries of the exact-match cache (a power of two).
+const EMC_SIZE: usize = 4096;
+
+/// An exact-match cache in front of the classifier, as OVS's EMC: a flow key's rule,
+/// found by the key's hash, valid while the rules have not changed since (`epoch`). Many
+/// flows at once (frames of a burst to many destinations) then cost one hash and compare
+/// each instead of a probe per subtable.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Emc {
+    slots: Vec<(flow::key::Words, Option<flow::RuleId>, u64)>,
+    /// Bumped by every change of the rules; 0 is never valid.
+    pub(super) epoch: u64,
+}
+
+impl Emc {
+    #[inline]
+    fn slot(w: &flow::key::Words) -> usize {
+        let h = w.0.iter().fold(0x9e37_79b9_7f4a_7c15u64, |h, x| (h ^ x).wrapping_mul(0xff51_afd7_ed55_8ccd));
+        (h ^ (h >> 29)) as usize & (EMC_SIZE - 1)
+    }
+
+    #[inline]
+    fn get(&self, w: &flow::key::Words) -> Option<Option<flow::RuleId>> {
+        let (k, r, e) = self.slots.get(Self::slot(w))?;
+        // Slots start at epoch 0, the cache's at 1 (bumped before any lookup).
+        (*e == self.epoch && FlowKey::same_words(k, w)).then_some(*r)
+    }
+
+    fn put(&mut self, w: flow::key::Words, r: Option<flow::RuleId>) {
+        if self.slots.is_empty() {
+            self.slots = vec![(flow::key::Words([0; flow::key::WORDS]), None, 0); EMC_SIZE];
+        }
+        self.slots[Self::slot(&w)] = (w, r, self.epoch);
+    }
+}
+
 /// One destination's outcome in the full pipeline.
 enum Out {
     Sent,
@@ -171,6 +232,50 @@ impl Switch {
             }
         }
         self.slow = special || !self.flows.is_empty() || !self.mirrors.is_empty();
+        // Whatever changed, cached lookups are forgotten.
+        self.emc.epoch += 1;
+        self.fmemo.valid = false;
+        self.flows_only = !special && self.mirrors.is_empty() && !self.flows.is_empty();
+    }
+
+    /// The flow table's verdict for a frame, through the burst's memo, counting the hit:
+    /// `Some(true)` if it is plain NORMAL (no rule matched, or the rule's only action is
+    /// `normal`), `Some(false)` for anything else (the actions are in the memo), `None` if
+    /// the frame is too short to look up (the full pipeline refuses it).
+    #[inline]
+    pub(super) fn flow_lookup(
+        &mut self,
+        in_port: PortId,
+        f: &FrameInfo<'_>,
+        now: fdb::Nanos,
+        memo: &mut BurstMemo,
+    ) -> Option<bool> {
+        let head = &f.head[..f.head.len().min(f.len)];
+        if head.len() < f.len.min(FLOW_HEAD) {
+            return None;
+        }
+        let w = FlowKey::words_of(in_port, &head[..head.len().min(FLOW_HEAD)]);
+        if !(self.fmemo.valid && FlowKey::same_words(&self.fmemo.words, &w)) {
+            let rule = match self.emc.get(&w) {
+                Some(r) => r,
+                None => {
+                    let r = self.flows.lookup_id(&w);
+                    self.emc.put(w, r);
+                    r
+                }
+            };
+            let m = &mut self.fmemo;
+            (m.valid, m.words, m.rule, m.n) = (true, w, rule, 1);
+            m.acts[0] = ResolvedAction::Normal;
+            if let Some(r) = rule.and_then(|id| self.flows.get(id)) {
+                m.n = r.actions.len().min(MAX_ACTIONS);
+                m.acts[..m.n].copy_from_slice(&r.actions[..m.n]);
+            }
+        }
+        if let Some(id) = self.fmemo.rule {
+            self.hit(memo, id, f.len, now);
+        }
+        Some(self.fmemo.n == 1 && self.fmemo.acts[0] == ResolvedAction::Normal)
     }
 
     /// The edges must hand the switch at least `min(len, FLOW_HEAD)` bytes of each frame.
@@ -224,6 +329,7 @@ impl Switch {
     pub fn flow_reresolve(&mut self, resolve: &dyn Fn(&str) -> Option<PortId>) {
         if !self.flows.is_empty() {
             self.flows.reresolve(resolve);
+            self.refresh();
         }
     }
 
@@ -261,6 +367,7 @@ impl Switch {
         // The decision itself is made by the datapath's own code, on a copy.
         let mut sim = self.clone();
         sim.slow = true;
+        sim.fmemo.valid = false;
         let mut plan = BurstPlan::new();
         let mut memo = BurstMemo::default();
         // A trace learns nothing (as ofproto/trace): the source counts as learned already.
@@ -323,7 +430,12 @@ impl Switch {
         }
     }
 
-    /// The full pipeline for one frame (see the module documentation).
+    /// The full pipeline for one frame (see the module documentation). Out of line, so the
+    /// plain pipeline stays small.
+    /// `looked_up`: [`Switch::flow_lookup`] ran for this frame already (its verdict is in
+    /// the memo).
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn decide_slow(
         &mut self,
         in_port: PortId,
@@ -332,16 +444,18 @@ impl Switch {
         now: fdb::Nanos,
         plan: &mut BurstPlan,
         memo: &mut BurstMemo,
+        looked_up: bool,
     ) -> Decision {
         self.outs.clear();
         self.clock = now;
-        let (d, vlan, in_tci) = self.pipeline(in_port, idx, f, now, plan, memo);
+        let (d, vlan, in_tci) = self.pipeline(in_port, idx, f, now, plan, memo, looked_up);
         if let (Some(v), false) = (vlan, self.mirrors.is_empty()) {
             self.mirror(in_port, idx, f, v, in_tci, plan);
         }
         d
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn pipeline(
         &mut self,
         in_port: PortId,
@@ -350,6 +464,7 @@ impl Switch {
         now: fdb::Nanos,
         plan: &mut BurstPlan,
         memo: &mut BurstMemo,
+        looked_up: bool,
     ) -> (Decision, Option<VlanId>, Option<Tci>) {
         let drop = |s: &mut Switch, r: DropReason, vlan: Option<VlanId>, tci: Option<Tci>| {
             s.count_drop(in_port, r);
@@ -395,36 +510,23 @@ impl Switch {
             }
         }
         let isolated = st.cfg.isolated;
-        let mut acts = [ResolvedAction::Normal; MAX_ACTIONS];
         let mut n = 1;
-        if !self.flows.is_empty() {
+        if looked_up {
+            n = self.fmemo.n;
+        } else if !self.flows.is_empty() {
             // Fail closed: a rule must never miss a frame for want of its bytes.
-            if head.len() < f.len.min(FLOW_HEAD) {
-                return drop(self, DropReason::RxError, Some(vlan), in_tci);
+            match self.flow_lookup(in_port, f, now, memo) {
+                None => return drop(self, DropReason::RxError, Some(vlan), in_tci),
+                Some(_) => n = self.fmemo.n,
             }
-            let w = FlowKey::extract(Some(in_port), &head[..head.len().min(FLOW_HEAD)]).words();
-            let id = match memo.flow {
-                Some((mw, id)) if mw == w => id,
-                _ => {
-                    let id = self.flows.lookup_id(&w);
-                    memo.flow = Some((w, id));
-                    id
-                }
-            };
-            if let Some(id) = id {
-                self.hit(memo, id, f.len, now);
-                n = 0;
-                if let Some(r) = self.flows.get(id) {
-                    n = r.actions.len().min(MAX_ACTIONS);
-                    acts[..n].copy_from_slice(&r.actions[..n]);
-                }
-            }
+        } else {
+            self.fmemo.acts[0] = ResolvedAction::Normal;
         }
-        let only_normal = n == 1 && acts[0] == ResolvedAction::Normal;
+        let only_normal = n == 1 && self.fmemo.acts[0] == ResolvedAction::Normal;
         let (mut cur, mut untag, mut outputs) = (vlan, false, 0u32);
         let mut why = DropReason::Policy;
-        for a in &acts[..n] {
-            match *a {
+        for i in 0..n {
+            match self.fmemo.acts[i] {
                 ResolvedAction::Normal => {
                     match self.normal(in_port, idx, f, cur, in_tci, untag, isolated, now, plan, memo) {
                         Ok((k, d)) => {

@@ -391,3 +391,20 @@ fn trace_frames_carry_their_key() {
         assert_eq!(flow::FlowKey::extract(key.in_port, &f), key, "{m}");
     }
 }
+
+/// Two rules that differ only by port name stay two rules while both ports are detached
+/// (their names resolve alike): a drop rule is never replaced by another port's rule.
+#[test]
+fn rules_of_detached_ports_do_not_replace_each_other() {
+    let (mut s, p) = switch(vec![access(1), access(1)]);
+    let none = |_: &str| Some(PortId::NONE);
+    s.flow_insert(parse_rule("priority=100,in_port=vmA actions=drop").unwrap(), &none, Duration::ZERO).unwrap();
+    s.flow_insert(parse_rule("priority=100,in_port=vmB actions=normal").unwrap(), &none, Duration::ZERO).unwrap();
+    assert_eq!(s.flows().len(), 2);
+    // vmA comes back as p0: its drop rule applies.
+    s.flow_reresolve(&|n| Some(if n == "vmA" { p[0] } else { PortId::NONE }));
+    assert_eq!(dests(&mut s, p[0], &tcp(BCAST, mac(1), None, [10, 0, 0, 2], 80)), Vec::<usize>::new());
+    // The same text again does replace.
+    s.flow_insert(parse_rule("priority=100,in_port=vmA actions=drop").unwrap(), &none, Duration::ZERO).unwrap();
+    assert_eq!(s.flows().len(), 2);
+}

@@ -99,7 +99,9 @@ impl Bucket {
         if !self.started {
             (self.started, self.tokens_mb, self.last) = (true, cap, now_ns);
         }
-        let dt = now_ns.saturating_sub(self.last);
+        // Capped (about 18 minutes: any bucket a valid rate can fill is full by then), so the
+        // product below stays far inside u128.
+        let dt = now_ns.saturating_sub(self.last).min(1 << 40);
         if dt > 0 {
             // rate_kbit * 1000 / 8 bytes/s = rate_kbit * 125 B/s = rate_kbit * 125_000 mB/s.
             let add = u128::from(p.rate_kbit) * 125_000 * u128::from(dt) / 1_000_000_000;

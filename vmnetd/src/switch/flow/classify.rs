@@ -140,7 +140,8 @@ struct Subtable {
     mask: Words,
     max_priority: u16,
     /// Masked value → (priority, id) of its rules, best first (priority descending, then
-    /// installation order). One value holds one rule per priority.
+    /// installation order). A value holds one rule per priority and match (two rules whose
+    /// port names resolve alike, both detached, share a value).
     buckets: WordMap<Vec<(u16, RuleId)>>,
 }
 
@@ -172,7 +173,9 @@ fn better(a: (u16, RuleId), b: (u16, RuleId)) -> bool {
 /// The installed rules of one bridge.
 #[derive(Debug, Default, Clone)]
 pub struct Classifier {
-    rules: HashMap<RuleId, Installed>,
+    rules: HashMap<RuleId, Installed, BuildHasherDefault<WordHasher>>,
+    /// Rules by priority and match as written: what a new rule replaces.
+    by_match: HashMap<(u16, Match), RuleId>,
     /// Decreasing `max_priority`.
     subtables: Vec<Subtable>,
     generation: u64,
@@ -231,7 +234,7 @@ impl Classifier {
         let actions =
             rule.actions.iter().map(|a| resolve_action(a, &port)).collect::<Result<Vec<_>, InstallError>>()?;
         let (value, mask) = match_words(&rule.matches, in_port);
-        let replaced = self.find_exact(&value, &mask, rule.priority);
+        let replaced = self.by_match.get(&(rule.priority, rule.matches.clone())).copied();
         if replaced.is_none() && self.rules.len() >= MAX_RULES {
             return Err(InstallError::TooManyRules);
         }
@@ -241,14 +244,15 @@ impl Classifier {
         let id = RuleId(self.next_id);
         self.next_id += 1;
         let stats = RuleStats { installed_at: now, last_used: now, ..RuleStats::default() };
-        self.place(Installed { id, rule, in_port, actions, stats, value, mask });
+        self.place(Installed { id, rule, in_port, actions, stats, value, mask }, true);
         self.generation += 1;
         Ok(id)
     }
 
     /// Files an installed rule into its subtable.
-    fn place(&mut self, r: Installed) {
+    fn place(&mut self, r: Installed, sort: bool) {
         let (id, priority, value, mask) = (r.id, r.rule.priority, r.value, r.mask);
+        self.by_match.insert((priority, r.rule.matches.clone()), id);
         self.rules.insert(id, r);
         let st = match self.subtables.iter().position(|s| s.mask == mask) {
             Some(i) => &mut self.subtables[i],
@@ -261,7 +265,9 @@ impl Classifier {
         let at = bucket.partition_point(|e| better(*e, (priority, id)));
         bucket.insert(at, (priority, id));
         st.max_priority = st.max_priority.max(priority);
-        self.sort_subtables();
+        if sort {
+            self.sort_subtables();
+        }
     }
 
     /// Resolves every rule's port names again (ports came, went or were re-created with
@@ -283,14 +289,10 @@ impl Classifier {
             (r.value, r.mask) = match_words(&r.rule.matches, r.in_port);
             // Two rules that differed only by a port name that now resolves the same way
             // keep both (the earlier wins lookups), as they were installed.
-            self.place(r);
+            self.place(r, false);
         }
+        self.sort_subtables();
         self.generation += 1;
-    }
-
-    fn find_exact(&self, value: &Words, mask: &Words, priority: u16) -> Option<RuleId> {
-        let st = self.subtables.iter().find(|s| s.mask == *mask)?;
-        st.buckets.get(value)?.iter().find(|e| e.0 == priority).map(|e| e.1)
     }
 
     fn sort_subtables(&mut self) {
@@ -301,6 +303,7 @@ impl Classifier {
     /// Removes a rule without bumping the generation.
     fn remove_quiet(&mut self, id: RuleId) -> Option<Installed> {
         let r = self.rules.remove(&id)?;
+        self.by_match.remove(&(r.rule.priority, r.rule.matches.clone()));
         if let Some(i) = self.subtables.iter().position(|s| s.mask == r.mask) {
             let st = &mut self.subtables[i];
             if let Some(b) = st.buckets.get_mut(&r.value) {
@@ -339,6 +342,7 @@ impl Classifier {
     pub fn clear(&mut self) {
         if !self.rules.is_empty() {
             self.rules.clear();
+            self.by_match.clear();
             self.subtables.clear();
             self.generation += 1;
         }

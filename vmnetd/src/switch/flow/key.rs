@@ -246,6 +246,93 @@ impl FlowKey {
         f
     }
 
+    /// `FlowKey::extract(Some(in_port), b).words()`, straight from the bytes: the datapath's
+    /// per-frame form, with no intermediate key (a property test and the `flow_rules` fuzz
+    /// target hold the two equal on any bytes).
+    #[inline]
+    pub(crate) fn words_of(in_port: PortId, b: &[u8]) -> Words {
+        #[inline(always)]
+        fn be16(b: &[u8], at: usize) -> u64 {
+            u64::from(u16::from_be_bytes([b[at], b[at + 1]]))
+        }
+        #[inline(always)]
+        fn be32(b: &[u8], at: usize) -> u64 {
+            u64::from(u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]))
+        }
+        let mut w = [0u64; WORDS];
+        let mut flags = F_IN_PORT;
+        w[0] = (in_port.index() as u64 & 0xffff_ffff) << 32;
+        if b.len() < 14 {
+            w[2] = flags;
+            return Words(w);
+        }
+        let outer = be16(b, 12);
+        let (l3_off, mut dl_type) = if outer == 0x8100 {
+            if b.len() < 18 {
+                w[2] = flags;
+                return Words(w);
+            }
+            w[0] |= be16(b, 14) | u64::from(VLAN_CFI);
+            (18, be16(b, 16))
+        } else {
+            (14, outer)
+        };
+        if dl_type < 0x0600 {
+            dl_type = u64::from(DL_TYPE_NONE);
+        }
+        flags |= F_ETH;
+        w[0] |= dl_type << 16;
+        w[1] = MacAddr::u64_at(b, 6) << 16;
+        let dst = MacAddr::u64_at(b, 0);
+        let l3 = &b[l3_off..];
+        match dl_type as u16 {
+            ETH_TYPE_IP => {
+                if let Some(&vihl) = l3.first() {
+                    let ihl = usize::from(vihl & 0x0f) * 4;
+                    if vihl >> 4 == 4 && ihl >= 20 && l3.len() >= ihl {
+                        let proto = l3[9];
+                        flags |= F_NW | F_PROTO;
+                        w[3] = be32(l3, 12) << 32 | be32(l3, 16);
+                        w[1] |= u64::from(proto) << 8;
+                        if be16(l3, 6) & 0x1fff == 0 {
+                            words_l4(proto, &l3[ihl..], false, &mut flags, &mut w);
+                        }
+                    }
+                }
+            }
+            ETH_TYPE_IPV6 if l3.len() >= 40 && l3[0] >> 4 == 6 => {
+                let proto = l3[6];
+                flags |= F_IP6 | F_PROTO;
+                w[1] |= u64::from(proto) << 8;
+                w[5] = be32(l3, 8) << 32 | be32(l3, 12);
+                w[6] = be32(l3, 16) << 32 | be32(l3, 20);
+                w[7] = be32(l3, 24) << 32 | be32(l3, 28);
+                w[8] = be32(l3, 32) << 32 | be32(l3, 36);
+                words_l4(proto, &l3[40..], true, &mut flags, &mut w);
+            }
+            ETH_TYPE_ARP if l3.len() >= 28 && be16(l3, 0) == 1 && be16(l3, 2) == 0x0800 && l3[4] == 6 && l3[5] == 4 => {
+                flags |= F_NW;
+                w[3] = be32(l3, 14) << 32 | be32(l3, 24);
+            }
+            _ => {}
+        }
+        w[2] = dst << 16 | flags;
+        Words(w)
+    }
+
+    /// Whether [`FlowKey::words_of`] and `extract(..).words()` agree on `b` (for the fuzz
+    /// target; always true).
+    #[doc(hidden)]
+    pub fn packings_agree(in_port: PortId, b: &[u8]) -> bool {
+        Self::words_of(in_port, b) == Self::extract(Some(in_port), b).words()
+    }
+
+    /// Equal keys (the burst memo's test): word by word, without a call to `memcmp`.
+    #[inline(always)]
+    pub(crate) fn same_words(a: &Words, b: &Words) -> bool {
+        a.0.iter().zip(&b.0).fold(0u64, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+
     /// The packed form the classifier hashes (see [`Words`]).
     pub(crate) fn words(&self) -> Words {
         let mut w = [0u64; WORDS];
@@ -340,6 +427,33 @@ pub fn key_from_match(m: &Match, in_port: Option<PortId>) -> FlowKey {
         _ => {}
     }
     k
+}
+
+/// The L4 part of [`FlowKey::words_of`] (the same rules as `FlowKey::l4`).
+#[inline(always)]
+fn words_l4(proto: u8, t: &[u8], v6: bool, flags: &mut u64, w: &mut [u64; WORDS]) {
+    let ports = |t: &[u8]| {
+        u64::from(u16::from_be_bytes([t[0], t[1]])) << 48 | u64::from(u16::from_be_bytes([t[2], t[3]])) << 32
+    };
+    match proto {
+        IPPROTO_TCP if t.len() >= 20 => {
+            *flags |= F_TP;
+            w[4] = ports(t);
+        }
+        IPPROTO_UDP if t.len() >= 8 => {
+            *flags |= F_TP;
+            w[4] = ports(t);
+        }
+        IPPROTO_ICMP if !v6 && t.len() >= 4 => {
+            *flags |= F_ICMP;
+            w[1] |= u64::from(t[0]);
+        }
+        IPPROTO_ICMPV6 if v6 && t.len() >= 4 => {
+            *flags |= F_ICMP;
+            w[1] |= u64::from(t[0]);
+        }
+        _ => {}
+    }
 }
 
 // ---- the packed form -----------------------------------------------------------------------
