@@ -693,14 +693,13 @@ impl Switch {
         let action = tag_action(tagging, vlan, in_tci);
         let out_len = len_after(f.len, action);
         if !f.gso && !fits_mtu(&st.cfg, out_len, tagging == EgressTagging::Tagged) {
+            // Not sent: a mirror selecting the port's output does not copy it.
             st.counters.drop(DropReason::Mtu);
-            self.outs.push(port);
             return Out::Counted;
         }
         if let Some(p) = st.cfg.egress_policer {
             if !st.egress_bucket.take(&p, out_len, self.clock) {
                 st.counters.drop(DropReason::EgressPoliced);
-                self.outs.push(port);
                 return Out::Counted;
             }
         }
