@@ -97,6 +97,30 @@ fn ports_attach_detach_and_carry_traffic_through_the_kernel_bridge() {
     });
 }
 
+/// `--isolated` on a Linux bridge is the kernel's own port flag: isolated ports reach only
+/// ports that are not; policing is refused (tc's business there).
+#[test]
+fn isolated_ports_use_the_kernel_flag() {
+    in_netns(|| {
+        let dir = test_dir();
+        let d = Daemon::start(dir.path());
+        d.cli(&["bridge", "add", "lbr0", "--kind", "linux"]).ok();
+        let (a, b, c) = (Ns::new("a"), Ns::new("b"), Ns::new("c"));
+        a.veth("va", "eth0", Some("10.0.0.1/24"));
+        b.veth("vb", "eth0", Some("10.0.0.2/24"));
+        c.veth("vc", "eth0", Some("10.0.0.3/24"));
+        d.cli(&["port", "add", "lbr0", "pa", "--netdev", "va", "--isolated"]).ok();
+        d.cli(&["port", "add", "lbr0", "pb", "--netdev", "vb", "--isolated"]).ok();
+        d.cli(&["port", "add", "lbr0", "pc", "--netdev", "vc"]).ok();
+        assert!(link_details("va").contains("isolated on"), "{}", link_details("va"));
+        assert!(link_details("vc").contains("isolated off"), "{}", link_details("vc"));
+        assert!(a.ping("10.0.0.3", 2) && b.ping("10.0.0.3", 2));
+        assert!(!a.ping("10.0.0.2", 2), "isolated ports reached each other");
+        let o = d.cli(&["port", "add", "lbr0", "pd", "--netdev", "vc", "--ingress-rate", "1000"]);
+        assert!(o.failed_one_line().contains("tc"), "{}", o.stderr);
+    });
+}
+
 #[test]
 fn vlans_are_refused_on_this_kernel_and_nothing_changes() {
     in_netns(|| {

@@ -314,6 +314,16 @@ pub async fn enslave(nl: &Netlink, port: &Link, bridge: u32) -> Result<()> {
     nl.handle().link().set(msg).execute().await.map_err(rt_err(format!("enslave {}", port.name)))
 }
 
+/// `ip link set dev PORT type bridge_slave isolated on|off` (`IFLA_BRPORT_ISOLATED`: an
+/// isolated port forwards only to ports that are not isolated).
+pub async fn set_isolated(nl: &Netlink, port: u32, on: bool) -> Result<()> {
+    let msg = rtnetlink::LinkBridgePort::new(port)
+        .append_info_data(netlink_packet_route::link::InfoBridgePort::Isolated(on))
+        .build();
+    // RTM_NEWLINK: the kernel reads bridge-port data only there (as iproute2 sends it).
+    nl.handle().link().set_port(msg).execute().await.map_err(rt_err(format!("set isolated on port #{port}")))
+}
+
 /// `ip link set dev PORT nomaster`.
 pub async fn release(nl: &Netlink, port: u32) -> Result<()> {
     let msg = LinkUnspec::new_with_index(port).nocontroller().build();

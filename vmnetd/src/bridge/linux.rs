@@ -54,10 +54,10 @@ impl BridgeBackend for Linux {
     }
 
     fn check_port(&self, spec: &PortSpec) -> Result<(), ApiError> {
-        if spec.isolated || spec.ingress_rate_kbit.is_some() || spec.egress_rate_kbit.is_some() {
+        if spec.ingress_rate_kbit.is_some() || spec.egress_rate_kbit.is_some() {
             return Err(err(
                 ErrorKind::Unsupported,
-                "--isolated and policing are built-in bridge features (on a Linux bridge use `bridge link set dev IF isolated on` and tc)",
+                "Policing is a built-in bridge feature (on a Linux bridge, use tc on the port)",
             ));
         }
         match &spec.kind {
@@ -111,6 +111,16 @@ impl BridgeBackend for Linux {
             }
             if needs_vlans || filtering {
                 if let Err(e) = linuxbr::apply_vlans(nl, &ifname, link.index, &spec.vlan).await {
+                    if !enslaved {
+                        let _ = linuxbr::release(nl, link.index).await;
+                    }
+                    return Err(lb_err(e));
+                }
+            }
+            // The kernel bridge's own port isolation (a released port loses it with its
+            // bridge-port state, so only `on` is ever set).
+            if spec.isolated {
+                if let Err(e) = linuxbr::set_isolated(nl, link.index, true).await {
                     if !enslaved {
                         let _ = linuxbr::release(nl, link.index).await;
                     }
