@@ -105,10 +105,6 @@ fn narrower(r: &Match, filter: &Match) -> bool {
 }
 
 fn flow_info(r: &Installed, now: u64) -> FlowInfo {
-    let mut m = r.rule.matches.to_string();
-    if m.is_empty() {
-        m = String::new();
-    }
     FlowInfo {
         cookie: r.rule.cookie,
         duration_secs: r.stats.duration(now),
@@ -119,7 +115,7 @@ fn flow_info(r: &Installed, now: u64) -> FlowInfo {
         idle_age_secs: r.stats.idle_age(now),
         idle_timeout: r.rule.idle_timeout,
         hard_timeout: r.rule.hard_timeout,
-        matches: m,
+        matches: r.rule.matches.to_string(),
         actions: actions_to_string(&r.rule.actions),
     }
 }
@@ -158,28 +154,39 @@ impl Core {
         self.store.save(&self.state).map_err(|e| ApiError::from_chain(ErrorKind::Internal, &e))
     }
 
+    /// Runs `f` on the bridge's flow table in the datapath (all or nothing, see
+    /// [`crate::datapath::Bridge::change_flows`]); its error is a conflict.
+    async fn change_flows<R: Send + 'static>(
+        &self,
+        bridge: &IfName,
+        f: impl FnOnce(&mut flow::Classifier, &dyn Fn(&str) -> Option<PortId>, u64) -> Result<R, String> + Send + 'static,
+    ) -> Result<R, ApiError> {
+        let name = bridge.to_string();
+        self.dp
+            .call(move |dp| {
+                let now = dp.now();
+                let br = dp.bridge_mut(&name).ok_or_else(|| format!("bridge {name} is not in the datapath"))?;
+                br.change_flows(now, f)
+            })
+            .await
+            .map_err(gone)?
+            .map_err(|e| err(ErrorKind::Conflict, e))
+    }
+
     pub async fn flow_add(&mut self, req: FlowMod) -> Result<FlowChange, ApiError> {
         self.builtin(&req.bridge)?;
         let rules = parse_rules(&req.rules)?;
         self.check_port_names(&req.bridge, rules.iter().flat_map(rule_ports))?;
-        let name = req.bridge.to_string();
         let change = self
-            .dp
-            .call(move |dp| {
-                let now = dp.now();
-                let br = dp.bridge_mut(&name).ok_or_else(|| format!("bridge {name} is not in the datapath"))?;
-                br.change_flows(now, |c, resolve, t| {
-                    let before = c.len();
-                    let added = rules.len();
-                    for r in rules {
-                        c.insert(r, resolve, t).map_err(|e| e.to_string())?;
-                    }
-                    Ok(FlowChange { added, removed: before + added - c.len(), rules: c.len() })
-                })
+            .change_flows(&req.bridge, |c, resolve, t| {
+                let before = c.len();
+                let added = rules.len();
+                for r in rules {
+                    c.insert(r, resolve, t).map_err(|e| e.to_string())?;
+                }
+                Ok(FlowChange { added, removed: before + added - c.len(), rules: c.len() })
             })
-            .await
-            .map_err(gone)?
-            .map_err(|e: String| err(ErrorKind::Conflict, e))?;
+            .await?;
         self.persist_flows(&req.bridge).await?;
         log::info!("bridge {}: {} rule(s) added ({} installed)", req.bridge, change.added, change.rules);
         Ok(change)
@@ -189,22 +196,14 @@ impl Core {
         self.builtin(&req.bridge)?;
         let rules = parse_rules(&req.rules)?;
         self.check_port_names(&req.bridge, rules.iter().flat_map(rule_ports))?;
-        let name = req.bridge.to_string();
         let change = self
-            .dp
-            .call(move |dp| {
-                let now = dp.now();
-                let br = dp.bridge_mut(&name).ok_or_else(|| format!("bridge {name} is not in the datapath"))?;
-                br.change_flows(now, |c, resolve, t| {
-                    let before = c.len();
-                    let added = rules.len();
-                    c.replace_all(rules, resolve, t).map_err(|e| e.to_string())?;
-                    Ok(FlowChange { added, removed: before, rules: c.len() })
-                })
+            .change_flows(&req.bridge, |c, resolve, t| {
+                let before = c.len();
+                let added = rules.len();
+                c.replace_all(rules, resolve, t).map_err(|e| e.to_string())?;
+                Ok(FlowChange { added, removed: before, rules: c.len() })
             })
-            .await
-            .map_err(gone)?
-            .map_err(|e: String| err(ErrorKind::Conflict, e))?;
+            .await?;
         self.persist_flows(&req.bridge).await?;
         log::info!("bridge {}: rule set replaced ({} rules)", req.bridge, change.rules);
         Ok(change)
@@ -228,30 +227,22 @@ impl Core {
             return Err(err(ErrorKind::InvalidArgument, "--strict needs a rule's match"));
         }
         let strict = req.strict;
-        let name = req.bridge.to_string();
         let change = self
-            .dp
-            .call(move |dp| {
-                let now = dp.now();
-                let br = dp.bridge_mut(&name).ok_or_else(|| format!("bridge {name} is not in the datapath"))?;
-                br.change_flows(now, |c, _, _| {
-                    let gone = c.retain(|r| match &filter {
-                        None => false,
-                        Some((m, prio, cookie)) => {
-                            let hit = if strict {
-                                r.rule.matches == *m && r.rule.priority == prio.unwrap_or(flow::DEFAULT_PRIORITY)
-                            } else {
-                                narrower(&r.rule.matches, m)
-                            };
-                            !(hit && cookie.is_none_or(|k| k == r.rule.cookie))
-                        }
-                    });
-                    Ok::<_, String>(FlowChange { added: 0, removed: gone.len(), rules: c.len() })
-                })
+            .change_flows(&req.bridge, move |c, _, _| {
+                let gone = c.retain(|r| match &filter {
+                    None => false,
+                    Some((m, prio, cookie)) => {
+                        let hit = if strict {
+                            r.rule.matches == *m && r.rule.priority == prio.unwrap_or(flow::DEFAULT_PRIORITY)
+                        } else {
+                            narrower(&r.rule.matches, m)
+                        };
+                        !(hit && cookie.is_none_or(|k| k == r.rule.cookie))
+                    }
+                });
+                Ok(FlowChange { added: 0, removed: gone.len(), rules: c.len() })
             })
-            .await
-            .map_err(gone)?
-            .map_err(|e: String| err(ErrorKind::Conflict, e))?;
+            .await?;
         self.persist_flows(&req.bridge).await?;
         log::info!("bridge {}: {} rule(s) removed", req.bridge, change.removed);
         Ok(change)
@@ -262,7 +253,7 @@ impl Core {
         let name = req.bridge.to_string();
         self.dp
             .call(move |dp| {
-                let now = dp.now().as_nanos() as u64;
+                let now = crate::switch::fdb::nanos(dp.now());
                 dp.bridge(&name)
                     .map(|b| b.switch.flows().rules().into_iter().map(|r| flow_info(r, now)).collect())
                     .unwrap_or_default()
@@ -323,12 +314,17 @@ impl Core {
 
     /// The mirrors of a bridge (config and state), as declared.
     fn mirror_decls(&self, bridge: &str) -> Vec<(MirrorSpec, Source)> {
+        self.mirror_decls_of(Some(bridge))
+    }
+
+    /// The mirrors of one bridge, or of all (config first, then state).
+    fn mirror_decls_of(&self, bridge: Option<&str>) -> Vec<(MirrorSpec, Source)> {
         self.policy
             .mirrors
             .iter()
             .map(|m| (m.clone(), Source::Config))
             .chain(self.state.mirrors.iter().map(|m| (m.clone(), Source::State)))
-            .filter(|(m, _)| m.bridge.as_str() == bridge)
+            .filter(|(m, _)| bridge.is_none_or(|b| m.bridge.as_str() == b))
             .collect()
     }
 
@@ -403,14 +399,7 @@ impl Core {
     }
 
     pub async fn mirror_list(&self, req: PortListReq) -> Result<Vec<MirrorInfo>, ApiError> {
-        let decls: Vec<(MirrorSpec, Source)> = self
-            .policy
-            .mirrors
-            .iter()
-            .map(|m| (m.clone(), Source::Config))
-            .chain(self.state.mirrors.iter().map(|m| (m.clone(), Source::State)))
-            .filter(|(m, _)| req.bridge.as_ref().is_none_or(|b| *b == m.bridge))
-            .collect();
+        let decls = self.mirror_decls_of(req.bridge.as_ref().map(|b| b.as_str()));
         let keys: Vec<(String, String)> = decls.iter().map(|(m, _)| (m.bridge.to_string(), m.name.clone())).collect();
         let counts = self
             .dp
@@ -455,24 +444,13 @@ impl Core {
                 }
             }
             if !rules.is_empty() {
-                let name = b.to_string();
                 let n = rules.len();
                 let r = self
-                    .dp
-                    .call(move |dp| {
-                        let now = dp.now();
-                        match dp.bridge_mut(&name) {
-                            Some(br) => br.change_flows(now, |c, resolve, t| {
-                                c.replace_all(rules, resolve, t).map_err(|e| e.to_string())
-                            }),
-                            None => Err("not in the datapath".to_owned()),
-                        }
-                    })
+                    .change_flows(&b, |c, resolve, t| c.replace_all(rules, resolve, t).map_err(|e| e.to_string()))
                     .await;
                 match r {
-                    Ok(Ok(())) => log::info!("bridge {b}: {n} flow rule(s) installed"),
-                    Ok(Err(e)) => log::error!("bridge {b}: flow rules not installed: {e}"),
-                    Err(e) => log::error!("bridge {b}: {e}"),
+                    Ok(()) => log::info!("bridge {b}: {n} flow rule(s) installed"),
+                    Err(e) => log::error!("bridge {b}: flow rules not installed: {}", e.message),
                 }
             }
             let bad: Vec<String> = self

@@ -183,13 +183,9 @@ impl Bridge {
         let ports = &self.ports;
         let resolve = |n: &str| Some(port_id_in(ports, n).unwrap_or(PortId::NONE));
         let mut next = self.switch.flows().clone();
-        let r = f(&mut next, &resolve, now.as_nanos() as u64)?;
+        let r = f(&mut next, &resolve, crate::switch::fdb::nanos(now))?;
         self.switch.set_flows(next);
         Ok(r)
-    }
-
-    pub fn mirror_specs(&self) -> &[MirrorSpec] {
-        &self.mirrors
     }
 
     /// Sets the mirrors (by names).

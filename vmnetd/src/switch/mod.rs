@@ -209,6 +209,34 @@ pub fn tag_action(tagging: EgressTagging, vlan: VlanId, in_tci: Option<Tci>) -> 
     }
 }
 
+/// The 802.1Q tag of a frame head (the bytes at hand, at most the frame), or why the
+/// head is refused: shorter than an Ethernet header, or ending inside its tag.
+#[inline(always)]
+fn head_tci(head: &[u8]) -> Result<Option<Tci>, DropReason> {
+    if head.len() < ETH_HLEN {
+        return Err(DropReason::Runt);
+    }
+    let frame = EthernetFrame::new_unchecked(head);
+    if frame.outer_ethertype() != ETHERTYPE_VLAN {
+        return Ok(None);
+    }
+    if head.len() < TAG_OFFSET + VLAN_HLEN + 2 {
+        return Err(DropReason::TruncatedTag);
+    }
+    Ok(frame.tci())
+}
+
+/// The VLAN a port in `mode` puts a frame tagged `tci` in, or why it refuses it.
+#[inline(always)]
+fn ingress_vlan_of(mode: &VlanMode, tci: Option<Tci>) -> Result<VlanId, DropReason> {
+    match mode.classify(tci.map(Tci::vid)) {
+        Ingress::Vlan(v) => Ok(v),
+        Ingress::NotMember => Err(DropReason::VlanNotAllowed),
+        Ingress::UntaggedOnTrunk => Err(DropReason::UntaggedOnTrunk),
+        Ingress::ReservedVid => Err(DropReason::ReservedVid),
+    }
+}
+
 /// Length of a frame of `len` bytes after `action`.
 #[inline]
 fn len_after(len: usize, action: TagAction) -> usize {
@@ -438,7 +466,7 @@ impl Switch {
         in_port: PortId,
         f: &FrameInfo<'_>,
         now: fdb::Nanos,
-        last_src: &mut u64,
+        memo: &mut BurstMemo,
     ) -> Result<(VlanId, Option<Tci>, u64), DropReason> {
         let Some(Some(st)) = self.ports.get_mut(in_port.index()) else {
             return Err(DropReason::RxError);
@@ -446,18 +474,7 @@ impl Switch {
         st.counters.rx_packets += 1;
         st.counters.rx_bytes += f.len as u64;
         let head = &f.head[..f.head.len().min(f.len)];
-        if head.len() < ETH_HLEN {
-            return Err(DropReason::Runt);
-        }
-        let frame = EthernetFrame::new_unchecked(head);
-        let tci = if frame.outer_ethertype() == ETHERTYPE_VLAN {
-            if head.len() < TAG_OFFSET + VLAN_HLEN + 2 {
-                return Err(DropReason::TruncatedTag);
-            }
-            frame.tci()
-        } else {
-            None
-        };
+        let tci = head_tci(head)?;
         // Addresses as 48-bit integers straight from the frame: one load each.
         let dst = MacAddr::u64_at(head, 0);
         let src48 = MacAddr::u64_at(head, 6);
@@ -469,38 +486,33 @@ impl Switch {
             return Err(DropReason::LinkLocal);
         }
         let src = MacAddr::from_u64(src48);
-        let vlan = match st.cfg.mode.classify(tci.map(Tci::vid)) {
-            Ingress::Vlan(v) => v,
-            Ingress::NotMember => return Err(DropReason::VlanNotAllowed),
-            Ingress::UntaggedOnTrunk => return Err(DropReason::UntaggedOnTrunk),
-            Ingress::ReservedVid => return Err(DropReason::ReservedVid),
-        };
+        let vlan = ingress_vlan_of(&st.cfg.mode, tci)?;
         if st.cfg.lock_macs && !st.cfg.macs.contains(&src) {
             return Err(DropReason::MacLocked);
         }
         // The burst's frames usually share their source: learned once.
-        if *last_src != vlan_mac_key(vlan, src48) {
+        if memo.src != vlan_mac_key(vlan, src48) {
             let max = st.cfg.max_macs;
-            self.learn_with(in_port, vlan, src48, max, now, last_src)?;
+            self.learn_with(in_port, vlan, src48, max, now, memo)?;
         }
         Ok((vlan, tci, dst))
     }
 
     /// Learns `src48` in `vlan` on `in_port` (unless it is the burst's last source).
     #[inline]
-    pub(super) fn learn(
+    fn learn(
         &mut self,
         in_port: PortId,
         vlan: VlanId,
         src48: u64,
         now: fdb::Nanos,
-        last_src: &mut u64,
+        memo: &mut BurstMemo,
     ) -> Result<(), DropReason> {
-        if *last_src == vlan_mac_key(vlan, src48) {
+        if memo.src == vlan_mac_key(vlan, src48) {
             return Ok(());
         }
         let max = self.port(in_port).map_or(0, |c| c.max_macs);
-        self.learn_with(in_port, vlan, src48, max, now, last_src)
+        self.learn_with(in_port, vlan, src48, max, now, memo)
     }
 
     #[inline(never)]
@@ -511,10 +523,10 @@ impl Switch {
         src48: u64,
         max: usize,
         now: fdb::Nanos,
-        last_src: &mut u64,
+        memo: &mut BurstMemo,
     ) -> Result<(), DropReason> {
         let src_key = vlan_mac_key(vlan, src48);
-        if *last_src != src_key {
+        if memo.src != src_key {
             match self.fdb.learn_ns(vlan, MacAddr::from_u64(src48), in_port, max, now) {
                 Learn::Refreshed | Learn::Static | Learn::Disabled => {}
                 Learn::New { evicted } => {
@@ -525,9 +537,23 @@ impl Switch {
                 }
                 Learn::StaticElsewhere(_) => return Err(DropReason::SourceIsStaticElsewhere),
             }
-            *last_src = src_key;
+            memo.src = src_key;
+            // Learning may have changed the table: forget the remembered lookup.
+            memo.dst = 0;
         }
         Ok(())
+    }
+
+    /// The port unicast `dst` was learned on in `vlan`, through the burst's memo.
+    #[inline(always)]
+    fn lookup_dst(&self, memo: &mut BurstMemo, vlan: VlanId, dst: u64, now: fdb::Nanos) -> Option<PortId> {
+        let dst_key = vlan_mac_key(vlan, dst);
+        if memo.dst == dst_key {
+            return memo.dst_port;
+        }
+        let port = self.fdb.lookup_raw(vlan, dst, now);
+        (memo.dst, memo.dst_port) = (dst_key, port);
+        port
     }
 
     fn count_learn(&mut self, port: PortId, evicted: Option<PortId>, moved: bool) {
@@ -628,28 +654,15 @@ impl Switch {
                 return self.decide_slow(in_port, idx, f, now, plan, memo, looked_up);
             }
         }
-        let src_before = memo.src;
-        let (vlan, in_tci, dst) = match self.classify(in_port, f, now, &mut memo.src) {
+        let (vlan, in_tci, dst) = match self.classify(in_port, f, now, memo) {
             Ok(x) => x,
             Err(r) => {
                 self.count_drop(in_port, r);
                 return Decision::Drop(r);
             }
         };
-        if memo.src != src_before {
-            // Learning may have changed the table: forget the remembered lookup.
-            memo.dst = 0;
-        }
         if dst >> 40 & 1 == 0 {
-            let dst_key = vlan_mac_key(vlan, dst);
-            let found = if memo.dst == dst_key {
-                memo.dst_port
-            } else {
-                let port = self.fdb.lookup_raw(vlan, dst, now);
-                (memo.dst, memo.dst_port) = (dst_key, port);
-                port
-            };
-            if let Some(port) = found {
+            if let Some(port) = self.lookup_dst(memo, vlan, dst, now) {
                 if port == in_port {
                     self.count_drop(in_port, DropReason::SamePort);
                     return Decision::Drop(DropReason::SamePort);

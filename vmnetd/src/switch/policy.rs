@@ -389,24 +389,7 @@ impl Switch {
     /// The VLAN `frame` is classified into on `in_port`, or why it is refused first.
     fn ingress_vlan(&self, in_port: PortId, frame: &[u8]) -> Result<VlanId, DropReason> {
         let cfg = self.port(in_port).ok_or(DropReason::RxError)?;
-        if frame.len() < ETH_HLEN {
-            return Err(DropReason::Runt);
-        }
-        let f = EthernetFrame::new_unchecked(frame);
-        let tci = if f.outer_ethertype() == ETHERTYPE_VLAN {
-            if frame.len() < TAG_OFFSET + VLAN_HLEN + 2 {
-                return Err(DropReason::TruncatedTag);
-            }
-            f.tci()
-        } else {
-            None
-        };
-        match cfg.mode.classify(tci.map(Tci::vid)) {
-            Ingress::Vlan(v) => Ok(v),
-            Ingress::NotMember => Err(DropReason::VlanNotAllowed),
-            Ingress::UntaggedOnTrunk => Err(DropReason::UntaggedOnTrunk),
-            Ingress::ReservedVid => Err(DropReason::ReservedVid),
-        }
+        ingress_vlan_of(&cfg.mode, head_tci(frame)?)
     }
 
     /// Adds the hits of the burst's last rule to its counters.
@@ -476,17 +459,9 @@ impl Switch {
         st.counters.rx_packets += 1;
         st.counters.rx_bytes += f.len as u64;
         let head = &f.head[..f.head.len().min(f.len)];
-        if head.len() < ETH_HLEN {
-            return drop(self, DropReason::Runt, None, None);
-        }
-        let frame = EthernetFrame::new_unchecked(head);
-        let in_tci = if frame.outer_ethertype() == ETHERTYPE_VLAN {
-            if head.len() < TAG_OFFSET + VLAN_HLEN + 2 {
-                return drop(self, DropReason::TruncatedTag, None, None);
-            }
-            frame.tci()
-        } else {
-            None
+        let in_tci = match head_tci(head) {
+            Ok(t) => t,
+            Err(r) => return drop(self, r, None, None),
         };
         if st.mirror_out {
             return drop(self, DropReason::MirrorPort, None, in_tci);
@@ -495,11 +470,9 @@ impl Switch {
         if src48 >> 40 & 1 != 0 || src48 == 0 {
             return drop(self, DropReason::BadSource, None, in_tci);
         }
-        let vlan = match st.cfg.mode.classify(in_tci.map(Tci::vid)) {
-            Ingress::Vlan(v) => v,
-            Ingress::NotMember => return drop(self, DropReason::VlanNotAllowed, None, in_tci),
-            Ingress::UntaggedOnTrunk => return drop(self, DropReason::UntaggedOnTrunk, None, in_tci),
-            Ingress::ReservedVid => return drop(self, DropReason::ReservedVid, None, in_tci),
+        let vlan = match ingress_vlan_of(&st.cfg.mode, in_tci) {
+            Ok(v) => v,
+            Err(r) => return drop(self, r, None, in_tci),
         };
         if st.cfg.lock_macs && !st.cfg.macs.contains(&MacAddr::from_u64(src48)) {
             return drop(self, DropReason::MacLocked, Some(vlan), in_tci);
@@ -590,21 +563,9 @@ impl Switch {
             return Err(DropReason::LinkLocal);
         }
         let src48 = MacAddr::u64_at(f.head, 6);
-        let src_before = memo.src;
-        self.learn(in_port, vlan, src48, now, &mut memo.src)?;
-        if memo.src != src_before {
-            memo.dst = 0;
-        }
+        self.learn(in_port, vlan, src48, now, memo)?;
         if dst >> 40 & 1 == 0 {
-            let dst_key = vlan_mac_key(vlan, dst);
-            let found = if memo.dst == dst_key {
-                memo.dst_port
-            } else {
-                let port = self.fdb.lookup_raw(vlan, dst, now);
-                (memo.dst, memo.dst_port) = (dst_key, port);
-                port
-            };
-            if let Some(port) = found {
+            if let Some(port) = self.lookup_dst(memo, vlan, dst, now) {
                 if port == in_port {
                     return Err(DropReason::SamePort);
                 }
