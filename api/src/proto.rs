@@ -276,6 +276,58 @@ pub enum PortKind {
         #[serde(default = "one")]
         queues: u16,
     },
+    /// A VXLAN tunnel (RFC 7348) to other hosts. On a built-in bridge vmnetd encapsulates
+    /// in userspace over a UDP socket; on a Linux bridge it is a kernel vxlan device.
+    Vxlan {
+        /// The one VNI of an access tunnel (the port's VLAN).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vni: Option<u32>,
+        /// A trunk tunnel: each VLAN in its own VNI.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        vni_map: Vec<VniMapping>,
+        /// The underlay address to send from and listen on (default: any).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        local: Option<std::net::IpAddr>,
+        /// Remote VTEPs: broadcast, unknown unicast and multicast go to each (head-end
+        /// replication); only their datagrams are taken.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        remotes: Vec<std::net::IpAddr>,
+        /// A multicast group instead of (or besides) a remote list, joined on `dev`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        group: Option<std::net::IpAddr>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        dev: Option<IfName>,
+        /// The UDP port (IANA's 4789 by default).
+        #[serde(default = "vxlan_port")]
+        dstport: u16,
+    },
+}
+
+/// One VLAN of a trunk tunnel and the VNI that carries it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VniMapping {
+    pub vlan: VlanId,
+    pub vni: u32,
+}
+
+fn vxlan_port() -> u16 {
+    4789
+}
+
+/// A tunnel port's own counters (built-in bridge).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VxlanInfo {
+    /// Frames (and bytes) sent into the tunnel, each copy counted once per remote.
+    pub encapsulated: u64,
+    pub encapsulated_bytes: u64,
+    /// Datagrams taken from the tunnel.
+    pub decapsulated: u64,
+    pub decapsulated_bytes: u64,
+    /// Inner MACs whose remote VTEP is known.
+    pub remote_macs: usize,
+    /// The underlay MTU the tunnel checks inner frames against (inner frame + 50 or 70).
+    pub underlay_mtu: usize,
 }
 
 fn one() -> u16 {
@@ -327,6 +379,7 @@ impl PortKind {
             PortKind::Netdev { .. } => "netdev",
             PortKind::Internal { .. } => "internal",
             PortKind::VhostUser { .. } => "vhost-user",
+            PortKind::Vxlan { .. } => "vxlan",
         }
     }
 }
@@ -465,6 +518,9 @@ pub struct PortInfo {
     /// vhost-user ports: the device's negotiation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vhost: Option<VhostInfo>,
+    /// VXLAN tunnel ports of a built-in bridge: what the tunnel did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vxlan: Option<VxlanInfo>,
     #[serde(default, skip_serializing_if = "no_ids")]
     pub external_ids: ExternalIds,
     /// The uid of the non-root user who added the port (absent: root or the config file).
@@ -567,6 +623,9 @@ pub struct FdbRow {
     pub age_secs: u64,
     #[serde(rename = "static")]
     pub is_static: bool,
+    /// The remote VTEP behind the address, when its port is a VXLAN tunnel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<std::net::IpAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

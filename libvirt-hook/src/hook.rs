@@ -63,7 +63,7 @@ fn resource(kind: &PortKind) -> Option<String> {
     match kind {
         PortKind::Netdev { ifname } => Some(format!("interface {ifname}")),
         PortKind::VhostUser { path, .. } => Some(format!("socket {}", path.display())),
-        PortKind::Internal { .. } => None,
+        PortKind::Internal { .. } | PortKind::Vxlan { .. } => None,
     }
 }
 

@@ -54,6 +54,7 @@ fn render(wants: &[Want]) -> String {
                 )
             }
             PortKind::Internal { .. } => "internal".into(),
+            PortKind::Vxlan { .. } => "vxlan".into(),
         };
         let macs: Vec<String> = p.macs.iter().map(|m| m.to_string()).collect();
         s.push_str(&format!(

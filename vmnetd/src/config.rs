@@ -329,6 +329,24 @@ vlan = { mode = "access", vlan = 10 }
         assert!(format!("{e:?}").contains("4095"), "{e:?}");
     }
 
+    /// The commented VXLAN example of the embedded default, uncommented, parses.
+    #[test]
+    fn the_default_configs_tunnel_example_parses() {
+        let ex: String = EMBEDDED_DEFAULT
+            .lines()
+            .skip_while(|l| !l.contains("A VXLAN tunnel"))
+            .skip(1)
+            .take_while(|l| l.starts_with("# "))
+            .map(|l| format!("{}\n", &l[2..]))
+            .collect();
+        let c = Config::parse(&ex, "t").unwrap();
+        let crate::api::PortKind::Vxlan { vni_map, remotes, dstport, .. } = &c.ports[0].kind else {
+            panic!("{:?}", c.ports[0].kind)
+        };
+        assert_eq!((vni_map.len(), remotes.len(), *dstport), (2, 2, 4789));
+        assert_eq!(c.ports[0].vlan.to_string(), "trunk 10,20");
+    }
+
     #[test]
     fn explicit_missing_file_is_an_error() {
         assert!(matches!(Config::load(Some(Path::new("/nonexistent/vmnetd.toml"))), Err(Error::Read(..))));

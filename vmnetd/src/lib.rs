@@ -16,6 +16,7 @@
 //! - [`tap`]: persistent TAP/TUN declarations; [`netlink`]: rtnetlink link queries and
 //!   changes; [`linuxbr`]: Linux bridge messages (VLANs, enslaving).
 //! - [`sys`]: the only `unsafe` code — TUN/TAP ioctls, AF_PACKET, iovecs.
+//! - [`vxlan`]: VXLAN headers, VNI maps and remote VTEP learning for tunnel ports.
 //! - [`cli`]: the command line; [`pcap`]: capture files.
 //! - [`api`], [`client`], [`ifname`], [`users`]: re-exported from the leaf crate
 //!   `vmnetd-api` (the protocol and its value types, shared with the libvirt hook).
@@ -35,6 +36,7 @@ pub mod state;
 pub mod switch;
 pub mod sys;
 pub mod tap;
+pub mod vxlan;
 
 // The protocol and value types live in the leaf crate `vmnetd-api` (shared with the libvirt
 // hook); they keep their paths here.

@@ -324,6 +324,80 @@ pub async fn set_isolated(nl: &Netlink, port: u32, on: bool) -> Result<()> {
     nl.handle().link().set_port(msg).execute().await.map_err(rt_err(format!("set isolated on port #{port}")))
 }
 
+/// What a kernel vxlan device is made with.
+#[derive(Debug, Clone)]
+pub struct VxlanDev<'a> {
+    pub name: &'a IfName,
+    pub vni: u32,
+    pub local: Option<std::net::IpAddr>,
+    pub remotes: &'a [std::net::IpAddr],
+    pub group: Option<std::net::IpAddr>,
+    /// The underlay interface (for a group).
+    pub dev: Option<u32>,
+    pub dstport: u16,
+}
+
+/// `ip link add NAME type vxlan id VNI [local A] [group G dev IF] dstport P learning`, then
+/// for each remote `bridge fdb append 00:00:00:00:00:00 dev NAME dst R` (head-end
+/// replication of broadcast and unknown unicast). A remote that cannot be added deletes the
+/// device again: all or nothing.
+pub async fn create_vxlan(nl: &Netlink, d: &VxlanDev<'_>) -> Result<Link> {
+    use std::net::IpAddr;
+    let mut b = rtnetlink::LinkVxlan::new(d.name.as_str(), d.vni).port(d.dstport).learning(true);
+    match d.local {
+        Some(IpAddr::V4(a)) => b = b.local(a),
+        Some(IpAddr::V6(a)) => b = b.local6(a),
+        None => {}
+    }
+    match d.group {
+        Some(IpAddr::V4(g)) => b = b.group(g),
+        Some(IpAddr::V6(g)) => b = b.group6(g),
+        None => {}
+    }
+    if let Some(i) = d.dev {
+        b = b.dev(i);
+    }
+    let name = d.name;
+    nl.handle().link().add(b.build()).execute().await.map_err(rt_err(format!("create vxlan device {name}")))?;
+    let link = nl
+        .link(name)
+        .await
+        .map_err(nl_err(format!("look up {name}")))?
+        .ok_or_else(|| Error::NoSuchLink(name.clone()))?;
+    for r in d.remotes {
+        if let Err(e) = append_remote(nl, link.index, *r).await {
+            let _ = nl.delete_link(link.index).await;
+            return Err(e);
+        }
+    }
+    Ok(link)
+}
+
+/// `bridge fdb append 00:00:00:00:00:00 dev VXLAN dst REMOTE` (NTF_SELF, NLM_F_APPEND: one
+/// all-zero entry per remote).
+async fn append_remote(nl: &Netlink, ifindex: u32, remote: std::net::IpAddr) -> Result<()> {
+    use futures::StreamExt;
+    use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST};
+    use netlink_packet_route::neighbour::{NeighbourFlags, NeighbourState};
+    let mut req = nl.handle().neighbours().add_bridge(ifindex, &[0; 6]).destination(remote);
+    let m = req.message_mut();
+    m.header.flags = NeighbourFlags::Own;
+    m.header.state = NeighbourState::Permanent;
+    let mut msg = NetlinkMessage::from(netlink_packet_route::RouteNetlinkMessage::NewNeighbour(m.clone()));
+    msg.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND;
+    let what = format!("add remote {remote} to vxlan #{ifindex}");
+    let mut handle = nl.handle().clone();
+    let mut resp = handle.request(msg).map_err(rt_err(what.clone()))?;
+    while let Some(m) = resp.next().await {
+        if let NetlinkPayload::Error(e) = m.payload {
+            if e.code.is_some() {
+                return Err(rt_err(what)(rtnetlink::Error::NetlinkError(e)));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// `ip link set dev PORT nomaster`.
 pub async fn release(nl: &Netlink, port: u32) -> Result<()> {
     let msg = LinkUnspec::new_with_index(port).nocontroller().build();

@@ -12,10 +12,12 @@ use crate::datapath::capture::Sink;
 use crate::datapath::PortState;
 use crate::ifname::IfName;
 use crate::netlink::LinkChange;
-use crate::ports::{EdgeState, InternalPort, NetdevPort, PortEdge, VhostPort, VhostState};
+use crate::ports::{EdgeState, InternalPort, NetdevPort, PortEdge, VhostPort, VhostState, VxlanPort};
 use crate::state::{BridgeDecl, PortDecl};
 use crate::switch::{FdbConfig, Policer, PortConfig, SwitchConfig, VlanId};
 use crate::tap::{self, Policy, TapDecl};
+use crate::vxlan;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use super::{err, gone, identity, internal, port_ifname, port_resource, same_interface, BridgeBackend, Ctx, PortView};
 
@@ -131,6 +133,10 @@ impl Builtin {
                 let mtu = cx.nl.link(&ifname).await.ok().flatten().and_then(|l| l.mtu).unwrap_or(1500);
                 Ok((Box::new(port), mtu, outcome == tap::Outcome::Created))
             }
+            PortKind::Vxlan { .. } => {
+                let (edge, mtu) = open_vxlan(cx, spec).await?;
+                Ok((Box::new(edge), mtu, false))
+            }
         }
     }
 
@@ -199,6 +205,88 @@ fn open_vhost(
         ApiError::from_chain(kind, &e)
     })?;
     Ok(VhostPort::new(shared, server))
+}
+
+/// Opens a tunnel port: its socket bound (and group joined), its MTU from the underlay.
+/// Returns the edge and the inner MTU the switch enforces.
+async fn open_vxlan(cx: &Ctx, spec: &PortSpec) -> Result<(VxlanPort, u32), ApiError> {
+    let PortKind::Vxlan { vni, vni_map, local, remotes, group, dev, dstport } = &spec.kind else {
+        return Err(err(ErrorKind::Internal, "not a tunnel"));
+    };
+    let map = match vni {
+        Some(v) => vxlan::VniMap::Single(*v),
+        None => {
+            let mut m: Vec<(VlanId, u32)> = vni_map.iter().map(|m| (m.vlan, m.vni)).collect();
+            m.sort();
+            vxlan::VniMap::Vlans(m)
+        }
+    };
+    let v6 = local.or(*group).or(remotes.first().copied()).is_some_and(|a| a.is_ipv6());
+    let any = if v6 { IpAddr::V6(Ipv6Addr::UNSPECIFIED) } else { IpAddr::V4(Ipv4Addr::UNSPECIFIED) };
+    let mut dev_link = None;
+    if let Some(d) = dev {
+        let l = cx
+            .nl
+            .link(d)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| err(ErrorKind::NotFound, format!("No interface {d}")))?;
+        dev_link = Some(l);
+    }
+    let group = match (group, &dev_link) {
+        (Some(g), Some(l)) => Some((*g, l.index)),
+        (Some(_), None) => return Err(err(ErrorKind::InvalidArgument, "--group needs --dev (the underlay interface)")),
+        (None, _) => None,
+    };
+    // A multicast tunnel listens on the wildcard address: datagrams to the group are not
+    // addressed to the local unicast address.
+    let bind_ip = if group.is_some() { any } else { local.unwrap_or(any) };
+    let underlay_mtu = match (&dev_link, remotes.first()) {
+        (Some(l), _) => l.mtu.unwrap_or(1500) as usize,
+        (None, Some(r)) => match crate::sys::udp::path_mtu(*r) {
+            Ok(m) if m >= 576 => m,
+            Ok(_) | Err(_) => {
+                log::warn!("port {}: no route to {r} yet; assuming an underlay MTU of 1500", spec.name);
+                1500
+            }
+        },
+        (None, None) => 1500,
+    };
+    let tunnel = vxlan::Tunnel::new(map, remotes.clone(), group.is_some(), std::time::Duration::from_secs(300));
+    let setup = crate::ports::vxlan::Setup { tunnel, bind: SocketAddr::new(bind_ip, *dstport), group, underlay_mtu };
+    let port = VxlanPort::open(setup).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            // Another tunnel on the same socket carries one of these VNIs.
+            err(ErrorKind::Conflict, e.to_string())
+        } else if e.kind() == std::io::ErrorKind::AddrInUse {
+            err(
+                ErrorKind::Conflict,
+                format!(
+                    "UDP port {dstport} on {bind_ip} is in use by another program (the kernel's vxlan module, say), \
+                     or by a tunnel bound to another local address; give the same --local as the other tunnels, \
+                     or another --dstport"
+                ),
+            )
+        } else if e.kind() == std::io::ErrorKind::AddrNotAvailable {
+            err(ErrorKind::InvalidArgument, format!("{bind_ip} is not an address of this host (--local)"))
+        } else {
+            err(ErrorKind::Internal, format!("Cannot open the tunnel's UDP socket on {bind_ip}:{dstport}: {e}"))
+        }
+    })?;
+    let inner = crate::ports::vxlan::max_inner(underlay_mtu, v6);
+    if inner < 68 + 14 {
+        return Err(err(
+            ErrorKind::InvalidArgument,
+            format!("The underlay MTU {underlay_mtu} leaves no room for frames"),
+        ));
+    }
+    log::info!(
+        "port {}: VXLAN on {bind_ip}:{dstport}, underlay MTU {underlay_mtu}: inner frames up to {} bytes (MTU {})",
+        spec.name,
+        inner,
+        inner - 14
+    );
+    Ok((port, (inner - 14) as u32))
 }
 
 fn vhost_view(cx: &Ctx, spec: &PortSpec, v: &VhostState) -> (PortStatus, VhostInfo) {
@@ -333,7 +421,22 @@ impl BridgeBackend for Builtin {
                 let view = match live {
                     Some(Live { state: PortState::Up, counters, edge: EdgeState::Vhost(v) }) => {
                         let (status, info) = vhost_view(cx, &decl.spec, &v);
-                        PortView { status, counters, vhost: Some(info), kernel_vlans: None }
+                        PortView {
+                            status,
+                            counters,
+                            vhost: Some(info),
+                            ..PortView::of(PortStatus::Up { queue_pairs: None })
+                        }
+                    }
+                    Some(Live { state: PortState::Up, counters, edge: EdgeState::Vxlan(v) }) => {
+                        // The tunnel's own drops (datagrams it did not take) join the port's.
+                        let counters = counters.map(|mut c| {
+                            for (name, n) in &v.drops {
+                                *c.drops.entry((*name).to_owned()).or_default() += n;
+                            }
+                            c
+                        });
+                        PortView { counters, vxlan: Some(v.info), ..PortView::of(PortStatus::Up { queue_pairs: None }) }
                     }
                     Some(Live { state: PortState::Up, counters, edge: EdgeState::Up }) => {
                         PortView { counters, ..PortView::of(PortStatus::Up { queue_pairs: None }) }
@@ -377,6 +480,10 @@ impl BridgeBackend for Builtin {
                             port: b.port_name(e.port).to_owned(),
                             age_secs: e.age.as_secs(),
                             is_static: e.is_static,
+                            remote: b
+                                .port(e.port)
+                                .and_then(|p| p.edge())
+                                .and_then(|edge| edge.remote_of(e.vlan, e.mac.0)),
                         })
                         .collect::<Vec<_>>()
                 })

@@ -70,64 +70,44 @@ impl BridgeBackend for Linux {
                 ErrorKind::Unsupported,
                 "vhost-user ports need a built-in bridge (the kernel bridge has no vhost-user backend here)",
             )),
+            PortKind::Vxlan { vni_map, .. } if !vni_map.is_empty() => Err(err(
+                ErrorKind::Unsupported,
+                "--vni-map needs a built-in bridge (a Linux bridge would need VLAN filtering and per-VLAN tunnel \
+                 mapping); on a Linux bridge add one tunnel port per VNI",
+            )),
+            PortKind::Vxlan { .. } => Ok(()),
         }
     }
 
     /// Enslaves a netdev to the bridge with its VLANs. When the port needs VLANs and the
     /// kernel cannot filter them, refuses before changing anything; a VLAN step that fails
     /// after enslaving releases the port again.
-    fn attach<'a>(&'a self, cx: &'a Ctx, decl: &'a PortDecl, _policy: Policy) -> BoxFuture<'a, Result<bool, ApiError>> {
+    fn attach<'a>(&'a self, cx: &'a Ctx, decl: &'a PortDecl, policy: Policy) -> BoxFuture<'a, Result<bool, ApiError>> {
         async move {
             let spec = &decl.spec;
             self.check_port(spec)?;
-            let ifname = port_ifname(spec).unwrap_or_else(|| spec.name.clone());
+            let ifname = kernel_ifname(spec);
             let nl = &cx.nl;
             let br = nl
                 .link(&spec.bridge)
                 .await
                 .map_err(internal)?
                 .ok_or_else(|| err(ErrorKind::NotFound, format!("Linux bridge {} does not exist", spec.bridge)))?;
-            let link = nl
-                .link(&ifname)
-                .await
-                .map_err(internal)?
-                .ok_or_else(|| err(ErrorKind::NotFound, format!("No interface {ifname}")))?;
-            if link.name == "lo" || link.index == br.index {
-                return Err(err(ErrorKind::InvalidArgument, format!("{ifname} cannot be a port of {}", spec.bridge)));
-            }
-            same_interface(decl, &link)?;
-            let enslaved = link.controller == Some(br.index);
-            if let (false, Some(c)) = (enslaved, link.controller) {
-                let owner = nl.link_by_index(c).await.ok().flatten().map_or(c.to_string(), |l| l.name);
-                return Err(lb_err(linuxbr::Error::EnslavedElsewhere { port: ifname.clone(), owner }));
-            }
-            let filtering = linuxbr::filtering_enabled(nl, br.index).await.map_err(lb_err)?;
-            let needs_vlans = spec.vlan != VlanMode::default();
-            if needs_vlans {
-                linuxbr::ensure_filtering(nl, &br, &ifname, &spec.vlan).await.map_err(lb_err)?;
-            }
-            if !enslaved {
-                linuxbr::enslave(nl, &link, br.index).await.map_err(lb_err)?;
-            }
-            if needs_vlans || filtering {
-                if let Err(e) = linuxbr::apply_vlans(nl, &ifname, link.index, &spec.vlan).await {
-                    if !enslaved {
-                        let _ = linuxbr::release(nl, link.index).await;
+            let made = match &spec.kind {
+                PortKind::Vxlan { .. } => ensure_vxlan(cx, decl, policy).await?,
+                _ => false,
+            };
+            match enslave_port(cx, decl, &br, &ifname).await {
+                Ok(()) => Ok(made),
+                Err(e) => {
+                    if made {
+                        if let Ok(Some(l)) = nl.link(&ifname).await {
+                            let _ = nl.delete_link(l.index).await;
+                        }
                     }
-                    return Err(lb_err(e));
+                    Err(e)
                 }
             }
-            // The kernel bridge's own port isolation (a released port loses it with its
-            // bridge-port state, so only `on` is ever set).
-            if spec.isolated {
-                if let Err(e) = linuxbr::set_isolated(nl, link.index, true).await {
-                    if !enslaved {
-                        let _ = linuxbr::release(nl, link.index).await;
-                    }
-                    return Err(lb_err(e));
-                }
-            }
-            Ok(false)
         }
         .boxed()
     }
@@ -136,7 +116,18 @@ impl BridgeBackend for Linux {
     fn detach<'a>(&'a self, cx: &'a Ctx, decl: &'a PortDecl) -> BoxFuture<'a, ()> {
         async move {
             let spec = &decl.spec;
-            let Some(ifname) = port_ifname(spec) else { return };
+            let ifname = kernel_ifname(spec);
+            if matches!(spec.kind, PortKind::Vxlan { .. }) {
+                // The device vmnetd made for the tunnel goes with the port.
+                if let Ok(Some(link)) = cx.nl.link(&ifname).await {
+                    if decl.created && link.kind.as_deref() == Some("vxlan") {
+                        if let Err(e) = cx.nl.delete_link(link.index).await {
+                            log::warn!("port {}: {}", spec.name, crate::api::error_chain(&e));
+                        }
+                    }
+                }
+                return;
+            }
             if let (Ok(Some(br)), Ok(Some(link))) = (cx.nl.link(&spec.bridge).await, cx.nl.link(&ifname).await) {
                 if link.controller == Some(br.index) && identity(decl, &link).is_ok() {
                     if let Err(e) = linuxbr::release(&cx.nl, link.index).await {
@@ -155,7 +146,7 @@ impl BridgeBackend for Linux {
             if decls.is_empty() {
                 return Ok(Vec::new());
             }
-            let mut names: Vec<IfName> = decls.iter().filter_map(|d| port_ifname(&d.spec)).collect();
+            let mut names: Vec<IfName> = decls.iter().map(|d| kernel_ifname(&d.spec)).collect();
             for d in decls {
                 if !names.contains(&d.spec.bridge) {
                     names.push(d.spec.bridge.clone());
@@ -168,10 +159,7 @@ impl BridgeBackend for Linux {
             let mut out = Vec::with_capacity(decls.len());
             for decl in decls {
                 let spec = &decl.spec;
-                let Some(ifname) = port_ifname(spec) else {
-                    out.push(PortView::of(PortStatus::Missing { reason: "no interface".into() }));
-                    continue;
-                };
+                let ifname = kernel_ifname(spec);
                 let Some(br) = by_name.get(spec.bridge.as_str()) else {
                     out.push(PortView::of(PortStatus::Missing {
                         reason: format!("Linux bridge {} does not exist", spec.bridge),
@@ -241,7 +229,7 @@ impl BridgeBackend for Linux {
                 format!(
                     "{} is a Linux bridge; capture on its port's interface (tcpdump -i {})",
                     decl.spec.bridge,
-                    port_ifname(&decl.spec).map_or_else(|| decl.spec.name.to_string(), |i| i.to_string())
+                    kernel_ifname(&decl.spec)
                 ),
             ))
         }
@@ -251,4 +239,106 @@ impl BridgeBackend for Linux {
     fn needs_repair(&self, status: &PortStatus) -> bool {
         matches!(status, PortStatus::Detached { .. } | PortStatus::VlanDrift)
     }
+}
+
+/// The kernel interface of a port of a Linux bridge: a netdev's, or the vxlan device a
+/// tunnel port makes (named as the port).
+fn kernel_ifname(spec: &PortSpec) -> IfName {
+    port_ifname(spec).unwrap_or_else(|| spec.name.clone())
+}
+
+/// Enslaves a port's interface to the bridge with its VLANs and isolation. A VLAN or
+/// isolation step that fails after enslaving releases the port again.
+async fn enslave_port(cx: &Ctx, decl: &PortDecl, br: &crate::netlink::Link, ifname: &IfName) -> Result<(), ApiError> {
+    let spec = &decl.spec;
+    let nl = &cx.nl;
+    let ifname = ifname.clone();
+    let link = nl
+        .link(&ifname)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| err(ErrorKind::NotFound, format!("No interface {ifname}")))?;
+    if link.name == "lo" || link.index == br.index {
+        return Err(err(ErrorKind::InvalidArgument, format!("{ifname} cannot be a port of {}", spec.bridge)));
+    }
+    same_interface(decl, &link)?;
+    let enslaved = link.controller == Some(br.index);
+    if let (false, Some(c)) = (enslaved, link.controller) {
+        let owner = nl.link_by_index(c).await.ok().flatten().map_or(c.to_string(), |l| l.name);
+        return Err(lb_err(linuxbr::Error::EnslavedElsewhere { port: ifname.clone(), owner }));
+    }
+    let filtering = linuxbr::filtering_enabled(nl, br.index).await.map_err(lb_err)?;
+    let needs_vlans = spec.vlan != VlanMode::default();
+    if needs_vlans {
+        linuxbr::ensure_filtering(nl, br, &ifname, &spec.vlan).await.map_err(lb_err)?;
+    }
+    if !enslaved {
+        linuxbr::enslave(nl, &link, br.index).await.map_err(lb_err)?;
+    }
+    if needs_vlans || filtering {
+        if let Err(e) = linuxbr::apply_vlans(nl, &ifname, link.index, &spec.vlan).await {
+            if !enslaved {
+                let _ = linuxbr::release(nl, link.index).await;
+            }
+            return Err(lb_err(e));
+        }
+    }
+    // The kernel bridge's own port isolation (a released port loses it with its
+    // bridge-port state, so only `on` is ever set).
+    if spec.isolated {
+        if let Err(e) = linuxbr::set_isolated(nl, link.index, true).await {
+            if !enslaved {
+                let _ = linuxbr::release(nl, link.index).await;
+            }
+            return Err(lb_err(e));
+        }
+    }
+    Ok(())
+}
+
+/// Makes a tunnel port's kernel vxlan device, or takes the one it made before (a restart).
+/// Returns whether it was made now. A device of that name vmnetd did not make is refused.
+async fn ensure_vxlan(cx: &Ctx, decl: &PortDecl, policy: Policy) -> Result<bool, ApiError> {
+    let spec = &decl.spec;
+    let PortKind::Vxlan { vni, local, remotes, group, dev, dstport, .. } = &spec.kind else {
+        return Ok(false);
+    };
+    let Some(vni) = vni else {
+        return Err(err(ErrorKind::InvalidArgument, "A tunnel port on a Linux bridge needs --vni"));
+    };
+    if let Some(l) = cx.nl.link(&spec.name).await.map_err(internal)? {
+        if l.kind.as_deref() == Some("vxlan") && (policy == Policy::Restore || decl.created) {
+            return Ok(false);
+        }
+        return Err(err(
+            ErrorKind::Conflict,
+            format!(
+                "{} exists already (a {} device); a tunnel port makes its own device, named as the port",
+                spec.name,
+                l.kind.as_deref().unwrap_or("kernel")
+            ),
+        ));
+    }
+    let dev_index = match dev {
+        Some(d) => Some(
+            cx.nl
+                .link(d)
+                .await
+                .map_err(internal)?
+                .ok_or_else(|| err(ErrorKind::NotFound, format!("No interface {d}")))?
+                .index,
+        ),
+        None => None,
+    };
+    let d = linuxbr::VxlanDev {
+        name: &spec.name,
+        vni: *vni,
+        local: *local,
+        remotes,
+        group: *group,
+        dev: dev_index,
+        dstport: *dstport,
+    };
+    linuxbr::create_vxlan(&cx.nl, &d).await.map_err(lb_err)?;
+    Ok(true)
 }

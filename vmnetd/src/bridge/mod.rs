@@ -24,7 +24,7 @@ use futures::future::BoxFuture;
 
 use crate::api::{
     ApiError, BridgeKind, BridgeSpec, Counters, ErrorKind, FdbRow, KernelVlan, PortKind, PortSpec, PortStatus,
-    VhostInfo,
+    VhostInfo, VxlanInfo,
 };
 use crate::datapath::capture::Sink;
 use crate::datapath::DatapathHandle;
@@ -67,11 +67,12 @@ pub struct PortView {
     pub counters: Option<Counters>,
     pub vhost: Option<VhostInfo>,
     pub kernel_vlans: Option<Vec<KernelVlan>>,
+    pub vxlan: Option<VxlanInfo>,
 }
 
 impl PortView {
     pub fn of(status: PortStatus) -> PortView {
-        PortView { status, counters: None, vhost: None, kernel_vlans: None }
+        PortView { status, counters: None, vhost: None, kernel_vlans: None, vxlan: None }
     }
 }
 
@@ -162,7 +163,7 @@ pub fn port_ifname(spec: &PortSpec) -> Option<IfName> {
     match &spec.kind {
         PortKind::Netdev { ifname } => Some(ifname.clone()),
         PortKind::Internal { ifname } => Some(ifname.clone().unwrap_or_else(|| spec.name.clone())),
-        PortKind::VhostUser { .. } => None,
+        PortKind::VhostUser { .. } | PortKind::Vxlan { .. } => None,
     }
 }
 
@@ -170,6 +171,13 @@ pub fn port_ifname(spec: &PortSpec) -> Option<IfName> {
 pub fn port_resource(spec: &PortSpec) -> String {
     match (&spec.kind, port_ifname(spec)) {
         (PortKind::VhostUser { path, .. }, _) => format!("socket {}", path.display()),
+        // A VNI on a UDP port is one tunnel's (a built-in tunnel's socket is checked when
+        // it binds).
+        (PortKind::Vxlan { vni, vni_map, local, dstport, .. }, _) => {
+            let first = vni.or(vni_map.first().map(|m| m.vni)).unwrap_or(0);
+            let at = local.map_or_else(|| "*".to_owned(), |a| a.to_string());
+            format!("VXLAN VNI {first} on {at} port {dstport}")
+        }
         (_, Some(i)) => i.to_string(),
         (_, None) => String::new(),
     }

@@ -127,7 +127,7 @@ pub enum PortCommand {
 }
 
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("kind").required(true).args(["netdev", "internal", "vhost_user"])))]
+#[command(group(clap::ArgGroup::new("kind").required(true).args(["netdev", "internal", "vhost_user", "vxlan"])))]
 pub struct PortAddArgs {
     pub bridge: IfName,
     pub port: IfName,
@@ -152,6 +152,30 @@ pub struct PortAddArgs {
     /// Queue pairs offered to the guest (1-16).
     #[arg(long, value_name = "N", requires = "vhost_user", default_value_t = 1)]
     pub queues: u16,
+    /// A VXLAN tunnel to other hosts (RFC 7348); needs --vni or --vni-map, and --remote or --group.
+    #[arg(long)]
+    pub vxlan: bool,
+    /// The tunnel's VNI (an access tunnel: the port's --vlan travels in it).
+    #[arg(long, value_name = "N", requires = "vxlan", conflicts_with = "vni_map")]
+    pub vni: Option<u32>,
+    /// A trunk tunnel: each VLAN in its own VNI, e.g. 10:1010,20:1020 (with --trunk 10,20).
+    #[arg(long, value_name = "VID:VNI,...", requires = "vxlan", value_parser = parse_vni_map)]
+    pub vni_map: Option<VniMapArg>,
+    /// The underlay address to send from and listen on.
+    #[arg(long, value_name = "ADDR", requires = "vxlan")]
+    pub local: Option<std::net::IpAddr>,
+    /// Remote VTEPs (comma-separated or repeated): broadcasts go to each.
+    #[arg(long, value_name = "A[,B...]", requires = "vxlan", value_delimiter = ',')]
+    pub remote: Vec<std::net::IpAddr>,
+    /// A multicast group for broadcasts instead of a remote list (with --dev).
+    #[arg(long, value_name = "MCAST", requires = "vxlan")]
+    pub group: Option<std::net::IpAddr>,
+    /// The underlay interface the group is joined on.
+    #[arg(long, value_name = "IF", requires = "group")]
+    pub dev: Option<IfName>,
+    /// The tunnel's UDP port.
+    #[arg(long, value_name = "PORT", requires = "vxlan", default_value_t = 4789)]
+    pub dstport: u16,
     /// Access port in this VLAN (default: access VLAN 1).
     #[arg(long, value_name = "VID", conflicts_with = "trunk")]
     pub vlan: Option<VlanId>,
@@ -185,6 +209,14 @@ pub struct PortAddArgs {
     /// A label kept with the port (repeatable), like OVS external_ids.
     #[arg(long = "external-id", value_name = "KEY=VALUE", value_parser = parse_external_id)]
     pub external_ids: Vec<(String, String)>,
+}
+
+/// `--vni-map VID:VNI,...`.
+#[derive(Debug, Clone)]
+pub struct VniMapArg(pub Vec<(VlanId, u32)>);
+
+fn parse_vni_map(s: &str) -> Result<VniMapArg, String> {
+    crate::vxlan::parse_vni_map(s).map(VniMapArg)
 }
 
 fn parse_external_id(s: &str) -> Result<(String, String), String> {

@@ -240,7 +240,17 @@ fn port_cmd(ctx: &Ctx, cmd: PortCommand) -> Result<(), Failure> {
     match cmd {
         PortCommand::Add(a) => {
             let a = *a;
+            let vni_map = a.vni_map.clone().map(|m| m.0).unwrap_or_default();
             let kind = match (a.netdev, a.vhost_user) {
+                _ if a.vxlan => PortKind::Vxlan {
+                    vni: a.vni,
+                    vni_map: vni_map.iter().map(|(vlan, vni)| api::VniMapping { vlan: *vlan, vni: *vni }).collect(),
+                    local: a.local,
+                    remotes: a.remote,
+                    group: a.group,
+                    dev: a.dev,
+                    dstport: a.dstport,
+                },
                 (Some(ifname), _) => PortKind::Netdev { ifname },
                 (None, Some(path)) => PortKind::VhostUser {
                     path,
@@ -255,6 +265,14 @@ fn port_cmd(ctx: &Ctx, cmd: PortCommand) -> Result<(), Failure> {
             };
             let vlan = match (a.vlan, a.trunk) {
                 (_, Some(vlans)) => VlanMode::Trunk { vlans, native: a.native },
+                // A trunk tunnel carries exactly its mapped VLANs.
+                (None, None) if !vni_map.is_empty() => {
+                    let mut vlans = crate::switch::VlanSet::new();
+                    for (v, _) in &vni_map {
+                        vlans.insert(*v);
+                    }
+                    VlanMode::Trunk { vlans, native: None }
+                }
                 (Some(v), None) => VlanMode::access(v),
                 (None, None) => VlanMode::default(),
             };

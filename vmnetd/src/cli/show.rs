@@ -22,6 +22,21 @@ pub fn bridges(list: &[BridgeInfo]) {
 }
 
 /// `vmnetd port list`.
+/// A tunnel port's VNIs and where it sends: `vni 1010 -> 10.0.0.2,10.0.0.3`.
+fn tunnel(kind: &crate::api::PortKind) -> Option<String> {
+    let crate::api::PortKind::Vxlan { vni, vni_map, remotes, group, dstport, .. } = kind else { return None };
+    let vnis = match vni {
+        Some(v) => format!("vni {v}"),
+        None => {
+            format!("vni {}", vni_map.iter().map(|m| format!("{}:{}", m.vlan, m.vni)).collect::<Vec<_>>().join(","))
+        }
+    };
+    let mut to: Vec<String> = remotes.iter().map(|r| r.to_string()).collect();
+    to.extend(group.map(|g| g.to_string()));
+    let port = if *dstport == crate::vxlan::PORT { String::new() } else { format!(" port {dstport}") };
+    Some(format!("{vnis} -> {}{port}", to.join(",")))
+}
+
 pub fn ports(list: &[PortInfo]) {
     let rows = list
         .iter()
@@ -35,6 +50,7 @@ pub fn ports(list: &[PortInfo]) {
                     .as_ref()
                     .map(|i| i.to_string())
                     .or_else(|| p.vhost.as_ref().map(|v| v.socket.clone()))
+                    .or_else(|| tunnel(&p.kind))
                     .unwrap_or_else(|| "-".into()),
                 {
                     // The VLAN mode, then any policy on the port.
@@ -89,18 +105,28 @@ pub fn ports(list: &[PortInfo]) {
 
 /// `vmnetd fdb show`.
 pub fn fdb(rows: &[FdbRow]) {
+    // The remote VTEP column only where a bridge has tunnels.
+    let remotes = rows.iter().any(|r| r.remote.is_some());
     let t = rows
         .iter()
         .map(|r| {
-            vec![
+            let mut row = vec![
                 r.vlan.to_string(),
                 r.mac.to_string(),
                 r.port.clone(),
                 if r.is_static { "static".into() } else { format!("{}s", r.age_secs) },
-            ]
+            ];
+            if remotes {
+                row.push(r.remote.map_or_else(|| "-".into(), |a| a.to_string()));
+            }
+            row
         })
         .collect::<Vec<_>>();
-    table(&["VLAN", "MAC", "PORT", "AGE"], &t);
+    if remotes {
+        table(&["VLAN", "MAC", "PORT", "AGE", "REMOTE"], &t);
+    } else {
+        table(&["VLAN", "MAC", "PORT", "AGE"], &t);
+    }
 }
 
 /// `vmnetd status`.

@@ -180,6 +180,9 @@ impl Core {
             PortKind::Internal { .. } => {
                 return Err(denied("Only root may add internal ports (they make host interfaces)"));
             }
+            PortKind::Vxlan { .. } => {
+                return Err(denied("Only root may add VXLAN tunnels (they exchange frames with other hosts)"));
+            }
             PortKind::Netdev { ifname } => {
                 let owner = self
                     .config_taps

@@ -50,6 +50,7 @@ fn port_info(decl: &PortDecl, source: Source, view: PortView) -> PortInfo {
         counters: view.counters,
         kernel_vlans: view.kernel_vlans,
         vhost: view.vhost,
+        vxlan: view.vxlan,
         external_ids: decl.spec.external_ids.clone(),
         creator: decl.creator,
     }
@@ -93,6 +94,9 @@ fn validate_port(spec: &PortSpec) -> Result<(), ApiError> {
     if spec.lock_mac && spec.macs.is_empty() {
         return Err(err(ErrorKind::InvalidArgument, "--lock-mac needs the port's address (--mac)"));
     }
+    if let PortKind::Vxlan { .. } = &spec.kind {
+        validate_vxlan(spec)?;
+    }
     if let PortKind::VhostUser { queues, path, .. } = &spec.kind {
         let max = crate::api::MAX_QUEUE_PAIRS;
         if !(1..=max).contains(queues) {
@@ -100,6 +104,92 @@ fn validate_port(spec: &PortSpec) -> Result<(), ApiError> {
         }
         if path.as_os_str().is_empty() {
             return Err(err(ErrorKind::InvalidArgument, "--vhost-user needs a socket path"));
+        }
+    }
+    Ok(())
+}
+
+/// A tunnel port's addresses, VNIs and VLANs: one family, real remotes, a VNI per VLAN.
+fn validate_vxlan(spec: &PortSpec) -> Result<(), ApiError> {
+    let PortKind::Vxlan { vni, vni_map, local, remotes, group, dev, dstport } = &spec.kind else {
+        return Ok(());
+    };
+    let bad = |m: String| Err(err(ErrorKind::InvalidArgument, m));
+    let max = crate::vxlan::MAX_VNI;
+    match (vni, vni_map.is_empty()) {
+        (Some(_), false) => return bad("Give either --vni (one VLAN) or --vni-map (a trunk), not both".into()),
+        (None, true) => return bad("A VXLAN port needs --vni N (or --vni-map VID:VNI,... for a trunk)".into()),
+        _ => {}
+    }
+    if let Some(v) = vni.filter(|v| *v > max) {
+        return bad(format!("VNI {v} is out of range (0-{max})"));
+    }
+    if *dstport == 0 {
+        return bad("--dstport must not be 0".into());
+    }
+    if !vni_map.is_empty() {
+        let mut vlans = crate::switch::VlanSet::new();
+        let mut vnis = HashSet::new();
+        for m in vni_map {
+            if m.vni > max {
+                return bad(format!("VNI {} is out of range (0-{max})", m.vni));
+            }
+            if vlans.contains(m.vlan) || !vnis.insert(m.vni) {
+                return bad(format!("--vni-map maps VLAN {} or VNI {} twice", m.vlan, m.vni));
+            }
+            vlans.insert(m.vlan);
+        }
+        match &spec.vlan {
+            VlanMode::Trunk { vlans: t, native: None } if *t == vlans => {}
+            _ => {
+                return bad(format!(
+                    "A tunnel with --vni-map is a trunk of exactly the mapped VLANs (--trunk {}, no --native)",
+                    vni_map.iter().map(|m| m.vlan.to_string()).collect::<Vec<_>>().join(",")
+                ))
+            }
+        }
+    } else if matches!(spec.vlan, VlanMode::Trunk { .. }) {
+        return bad("A tunnel with one --vni carries one VLAN (--vlan VID); map a trunk with --vni-map".into());
+    }
+    if remotes.is_empty() && group.is_none() {
+        return bad("A VXLAN port needs --remote A[,B...] or --group ADDR --dev IF (where to send broadcasts)".into());
+    }
+    if remotes.len() > 1024 {
+        return bad("At most 1024 remotes".into());
+    }
+    let family = local.or(*group).or(remotes.first().copied()).map(|a| a.is_ipv6());
+    let mut seen = HashSet::new();
+    for r in remotes {
+        if r.is_unspecified() || r.is_multicast() || r.is_loopback() && local.is_none_or(|l| !l.is_loopback()) {
+            return bad(format!("{r} cannot be a remote VTEP"));
+        }
+        if Some(r.is_ipv6()) != family {
+            return bad("The local address, remotes and group must all be IPv4 or all IPv6".into());
+        }
+        if Some(*r) == *local {
+            return bad(format!("{r} is the local address"));
+        }
+        if !seen.insert(*r) {
+            return bad(format!("Remote {r} is given twice"));
+        }
+    }
+    if let Some(g) = group {
+        if !g.is_multicast() {
+            return bad(format!("--group {g} is not a multicast address"));
+        }
+        if dev.is_none() {
+            return bad("--group needs --dev (the underlay interface to join it on)".into());
+        }
+        if Some(g.is_ipv6()) != family {
+            return bad("The local address, remotes and group must all be IPv4 or all IPv6".into());
+        }
+    }
+    if let Some(l) = local {
+        if l.is_multicast() || l.is_unspecified() {
+            return bad(format!("--local {l} must be a unicast address of this host"));
+        }
+        if Some(l.is_ipv6()) != family {
+            return bad("The local address, remotes and group must all be IPv4 or all IPv6".into());
         }
     }
     Ok(())

@@ -144,6 +144,11 @@ impl Port {
         self.edge.as_ref().map_or(EdgeState::Up, |e| e.state())
     }
 
+    /// The port's edge (absent only while one of its own events runs).
+    pub fn edge(&self) -> Option<&dyn PortEdge> {
+        self.edge.as_deref()
+    }
+
     pub fn edge_kind(&self) -> &'static str {
         self.edge.as_ref().map_or("?", |e| e.kind())
     }

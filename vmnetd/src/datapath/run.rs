@@ -248,9 +248,12 @@ fn forward(br: &mut Bridge, batch: &Batch, plan: &BurstPlan) {
         if !dport.captures.is_empty() {
             capture(&mut dport.captures, Dir::Tx, batch, list.iter().map(|e| (e.frame, e.action)));
         }
-        for (reason, (frames, bytes)) in
-            [(DropReason::NoRoom, r.no_room), (DropReason::TxError, r.errors), (DropReason::BadGso, r.bad_gso)]
-        {
+        for (reason, (frames, bytes)) in [
+            (DropReason::NoRoom, r.no_room),
+            (DropReason::TxError, r.errors),
+            (DropReason::BadGso, r.bad_gso),
+            (DropReason::Mtu, r.mtu),
+        ] {
             if frames > 0 {
                 br.switch.record_tx_failure(dst, reason, frames, bytes);
             }

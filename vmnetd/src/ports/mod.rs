@@ -6,6 +6,7 @@
 //! - [`internal`]: a TAP whose userspace side vmnetd holds; its kernel side is a host
 //!   interface.
 //! - [`vhost`]: a vhost-user-net device: a guest's virtqueues.
+//! - [`vxlan`]: a VXLAN tunnel to other hosts, over a UDP socket.
 //!
 //! An edge names its own events (an [`EventId`] per fd it wants watched); the datapath
 //! watches the fds and calls [`PortEdge::on_event`] when one fires, or when work it left
@@ -15,6 +16,7 @@
 pub mod internal;
 pub mod netdev;
 pub mod vhost;
+pub mod vxlan;
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -25,6 +27,7 @@ use crate::switch::Egress;
 pub use internal::InternalPort;
 pub use netdev::NetdevPort;
 pub use vhost::VhostPort;
+pub use vxlan::VxlanPort;
 
 /// An edge's name for one of its event sources (one fd it wants watched).
 pub type EventId = u8;
@@ -40,6 +43,8 @@ pub struct SendResult {
     /// Frames (and bytes) whose offloads could not be done in software (a malformed GSO or
     /// checksum request that got past the sender's checks).
     pub bad_gso: (u64, u64),
+    /// Frames (and bytes) longer than the edge carries (a tunnel's segments).
+    pub mtu: (u64, u64),
 }
 
 /// Frames an edge took but could not hand to the switch, by reason.
@@ -84,6 +89,8 @@ pub enum EdgeState {
     Up,
     /// A vhost-user device.
     Vhost(VhostState),
+    /// A VXLAN tunnel.
+    Vxlan(vxlan::VxlanState),
 }
 
 /// A vhost-user device's state.
@@ -172,6 +179,11 @@ pub trait PortEdge: Send + std::fmt::Debug {
 
     fn state(&self) -> EdgeState {
         EdgeState::Up
+    }
+
+    /// The remote VTEP behind `mac` in `vlan`, for a tunnel edge that learned it.
+    fn remote_of(&self, _vlan: crate::switch::VlanId, _mac: [u8; 6]) -> Option<std::net::IpAddr> {
+        None
     }
 
     /// The edge is being removed: let go of what it holds. `delete_device`: vmnetd made the

@@ -8,6 +8,7 @@
 pub mod iov;
 pub mod packet;
 pub mod tap;
+pub mod udp;
 
 use std::io;
 

@@ -1,0 +1,775 @@
+//! `vxlan` ports: a VXLAN tunnel (RFC 7348) of the built-in bridge. Frames the switch sends
+//! the port leave encapsulated in UDP to the remote VTEP that announced the destination MAC
+//! (learned from the datagrams taken), or — broadcast, multicast, unknown unicast — to every
+//! configured remote (head-end replication) or the multicast group. Datagrams received are
+//! checked ([`crate::vxlan::Tunnel::receive`]) and their inner frames enter the switch in
+//! the VLAN their VNI maps to.
+//!
+//! A trunk tunnel's frames leave the switch tagged; the tag selects the VNI and is removed.
+//! GSO super-frames and partial checksums (from guests, TAPs, veths) are cut and completed
+//! here, since the far side receives plain frames: each segment is its own datagram.
+//! Frames longer than the underlay carries (its MTU less 50 bytes over IPv4, 70 over IPv6)
+//! are dropped and counted (`mtu`): the switch refuses plain frames, this edge the segments.
+//! Datagrams leave from the tunnel's UDP port (so the outer source port carries no per-flow
+//! entropy for ECMP; the kernel's vxlan varies it).
+
+use std::io::{self, IoSliceMut};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::eventfd::{EfdFlags, EventFd};
+
+use vmnetd_vhost::virtio_net::VnetHdr;
+
+use crate::api::VxlanInfo;
+use crate::datapath::batch::{Batch, BURST, MAX_FRAME, OUT_HEAD_MAX};
+use crate::datapath::offload;
+use crate::switch::{Egress, VlanId};
+use crate::sys::iov::IoPart;
+use crate::sys::udp::{self, Datagram, Dest};
+use crate::vxlan::{self, RxDrop, Tunnel, HDR_LEN};
+
+use super::{kernel_burst, EdgeState, EventCx, EventId, Outcome, PortEdge, Received, Refused, SendResult};
+
+/// What a tunnel port counts besides the switch's counters.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TunnelStats {
+    pub encap: u64,
+    pub encap_bytes: u64,
+    pub decap: u64,
+    pub decap_bytes: u64,
+    /// Datagrams not taken, by [`RxDrop::ALL`] order.
+    pub rx_drops: [u64; 4],
+}
+
+impl TunnelStats {
+    pub fn count(&mut self, d: RxDrop) {
+        self.rx_drops[d as usize] += 1;
+    }
+}
+
+/// A tunnel port's state for `port list`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanState {
+    pub info: VxlanInfo,
+    pub drops: Vec<(&'static str, u64)>,
+}
+
+/// How a tunnel port is set up.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    pub tunnel: Tunnel,
+    /// Where the socket binds: the local address (or any) and the tunnel's port.
+    pub bind: SocketAddr,
+    /// Multicast group and the interface it is joined on.
+    pub group: Option<(IpAddr, u32)>,
+    /// The underlay's MTU.
+    pub underlay_mtu: usize,
+}
+
+/// One UDP socket (a local address and port) and the tunnels that share it, each with the
+/// VNIs it carries. Whichever tunnel's event reads a burst takes its own datagrams at once
+/// and parks the others' in their inboxes (the common case, one tunnel per socket, never
+/// copies).
+#[derive(Debug)]
+struct SharedSock {
+    sock: UdpSocket,
+    bind: SocketAddr,
+    members: Mutex<Vec<Member>>,
+    /// `members.len()`, read per burst without the lock.
+    count: AtomicUsize,
+    groups: Mutex<Vec<IpAddr>>,
+}
+
+#[derive(Debug)]
+struct Member {
+    id: u64,
+    vnis: Vec<u32>,
+    inbox: Arc<Inbox>,
+}
+
+/// Datagrams another tunnel read for this one.
+#[derive(Debug)]
+struct Inbox {
+    queue: Mutex<std::collections::VecDeque<Parked>>,
+    efd: EventFd,
+    /// Datagrams dropped because the inbox was full.
+    overflow: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Parked {
+    hdr: [u8; HDR_LEN],
+    bytes: Vec<u8>,
+    from: SocketAddr,
+}
+
+/// Datagrams an inbox holds at most (a tunnel that stopped reading loses the rest).
+const INBOX_MAX: usize = 4096;
+
+/// The sockets open now, by bound address.
+static SOCKETS: Mutex<Vec<std::sync::Weak<SharedSock>>> = Mutex::new(Vec::new());
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+impl SharedSock {
+    /// The socket bound to `bind` (shared), or a new one; `vnis` must not be carried by a
+    /// tunnel on it already.
+    fn join(bind: SocketAddr, vnis: &[u32], id: u64, inbox: Arc<Inbox>) -> io::Result<Arc<SharedSock>> {
+        let mut all = SOCKETS.lock().unwrap_or_else(|e| e.into_inner());
+        all.retain(|w| w.strong_count() > 0);
+        let found = all.iter().filter_map(std::sync::Weak::upgrade).find(|s| s.bind == bind);
+        let shared = match found {
+            Some(s) => s,
+            None => {
+                let sock = UdpSocket::bind(bind)?;
+                sock.set_nonblocking(true)?;
+                udp::set_buffers(&sock, 4 << 20);
+                let bound = sock.local_addr().unwrap_or(bind);
+                let s = Arc::new(SharedSock {
+                    sock,
+                    bind: if bind.port() == 0 { bound } else { bind },
+                    members: Mutex::new(Vec::new()),
+                    count: AtomicUsize::new(0),
+                    groups: Mutex::new(Vec::new()),
+                });
+                all.push(Arc::downgrade(&s));
+                s
+            }
+        };
+        let mut members = shared.members.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(v) = vnis.iter().find(|v| members.iter().any(|m| m.vnis.contains(v))) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("VNI {v} is carried by another tunnel on {bind} already"),
+            ));
+        }
+        members.push(Member { id, vnis: vnis.to_vec(), inbox });
+        shared.count.store(members.len(), Ordering::Relaxed);
+        drop(members);
+        Ok(shared)
+    }
+
+    fn leave(&self, id: u64) {
+        let mut members = self.members.lock().unwrap_or_else(|e| e.into_inner());
+        members.retain(|m| m.id != id);
+        self.count.store(members.len(), Ordering::Relaxed);
+    }
+
+    /// Joins `group` on `ifindex` once per socket.
+    fn join_group(&self, group: IpAddr, ifindex: u32) -> io::Result<()> {
+        let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        if !groups.contains(&group) {
+            udp::join_group(&self.sock, group, ifindex)?;
+            groups.push(group);
+        }
+        Ok(())
+    }
+
+    /// Parks a datagram for the tunnel carrying `vni`, if another one does. Returns whether
+    /// it was parked (or dropped because that tunnel's inbox is full).
+    fn park(&self, me: u64, vni: u32, hdr: &[u8; HDR_LEN], bytes: &[u8], from: SocketAddr) -> bool {
+        let members = self.members.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(m) = members.iter().find(|m| m.id != me && m.vnis.contains(&vni)) else {
+            return false;
+        };
+        let mut q = m.inbox.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if q.len() >= INBOX_MAX {
+            m.inbox.overflow.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
+        q.push_back(Parked { hdr: *hdr, bytes: bytes.to_vec(), from });
+        drop(q);
+        let _ = m.inbox.efd.write(1);
+        true
+    }
+}
+
+#[derive(Debug)]
+pub struct VxlanPort {
+    shared: Arc<SharedSock>,
+    id: u64,
+    inbox: Arc<Inbox>,
+    /// The VNIs this tunnel carries.
+    vnis: Vec<u32>,
+    tunnel: Tunnel,
+    port: u16,
+    /// Where flooded frames go: each remote, and the group.
+    flood: Vec<Dest>,
+    /// The longest inner frame (Ethernet header included, no tag) the underlay carries.
+    max_inner: usize,
+    underlay_mtu: usize,
+    clock: Instant,
+    hdrs: Vec<[u8; HDR_LEN]>,
+    grams: Vec<Datagram>,
+    pub stats: TunnelStats,
+}
+
+/// The largest inner frame an underlay of `mtu` carries to `family_v6` peers.
+pub fn max_inner(mtu: usize, v6: bool) -> usize {
+    mtu.saturating_sub(if v6 { vxlan::OVERHEAD_V6 } else { vxlan::OVERHEAD_V4 })
+}
+
+impl VxlanPort {
+    /// Binds the tunnel's socket, or shares the one bound to the same address and port
+    /// (and joins its group).
+    pub fn open(setup: Setup) -> io::Result<VxlanPort> {
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let efd = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
+        let inbox =
+            Arc::new(Inbox { queue: Mutex::new(std::collections::VecDeque::new()), efd, overflow: AtomicU64::new(0) });
+        let vnis = setup.tunnel.map.vnis();
+        let shared = SharedSock::join(setup.bind, &vnis, id, inbox.clone())?;
+        if let Some((g, ifindex)) = setup.group {
+            if let Err(e) = shared.join_group(g, ifindex) {
+                shared.leave(id);
+                return Err(e);
+            }
+        }
+        // The port bound (the given one; a test's port 0 becomes the kernel's choice).
+        let port = shared.bind.port();
+        let mut flood: Vec<Dest> = setup.tunnel.remotes.iter().map(|a| Dest::new(SocketAddr::new(*a, port))).collect();
+        if let Some((g, _)) = setup.group {
+            flood.push(Dest::new(SocketAddr::new(g, port)));
+        }
+        let v6 = setup.bind.is_ipv6() || setup.tunnel.remotes.first().is_some_and(IpAddr::is_ipv6);
+        Ok(VxlanPort {
+            shared,
+            id,
+            inbox,
+            vnis,
+            port,
+            flood,
+            max_inner: max_inner(setup.underlay_mtu, v6),
+            underlay_mtu: setup.underlay_mtu,
+            tunnel: setup.tunnel,
+            clock: Instant::now(),
+            hdrs: vec![[0; HDR_LEN]; BURST],
+            grams: vec![Datagram { len: 0, truncated: false, from: None }; BURST],
+            stats: TunnelStats::default(),
+        })
+    }
+
+    fn sock(&self) -> &UdpSocket {
+        &self.shared.sock
+    }
+
+    fn now(&self) -> Duration {
+        self.clock.elapsed()
+    }
+
+    fn recv(&mut self, batch: &mut Batch) -> io::Result<Received> {
+        batch.ensure_bufs(BURST, 0);
+        let mut iovs: Vec<[IoSliceMut<'_>; 2]> = self
+            .hdrs
+            .iter_mut()
+            .zip(batch.bufs.iter_mut())
+            .map(|(h, b)| [IoSliceMut::new(h), IoSliceMut::new(&mut b[..MAX_FRAME - 4])])
+            .collect();
+        let n = udp::recv_batch(&self.shared.sock, &mut iovs, &mut self.grams)?;
+        drop(iovs);
+        // Datagrams of the other tunnels on this socket go to their inboxes.
+        let mut skip = [false; BURST];
+        if self.shared.count.load(Ordering::Relaxed) > 1 {
+            for (i, g) in self.grams[..n].iter().copied().enumerate() {
+                let (Some(vni), Some(from)) = (vxlan::parse_header(&self.hdrs[i]), g.from) else { continue };
+                if self.vnis.contains(&vni) || g.truncated || g.len < HDR_LEN {
+                    continue;
+                }
+                skip[i] = self.shared.park(self.id, vni, &self.hdrs[i], &batch.bufs[i][..g.len - HDR_LEN], from);
+            }
+        }
+        let now = self.now();
+        decap_burst(&mut self.tunnel, &self.hdrs[..n], &self.grams[..n], &skip[..n], batch, now, &mut self.stats);
+        Ok(Received { more: n == BURST, ..Default::default() })
+    }
+
+    /// Takes up to a burst of the datagrams another tunnel parked for this one.
+    fn recv_parked(&mut self, batch: &mut Batch) -> Received {
+        let _ = self.inbox.efd.read();
+        batch.ensure_bufs(BURST, 0);
+        let mut n = 0;
+        let more = {
+            let mut q = self.inbox.queue.lock().unwrap_or_else(|e| e.into_inner());
+            while n < BURST {
+                let Some(p) = q.pop_front() else { break };
+                let len = p.bytes.len().min(MAX_FRAME - 4);
+                batch.bufs[n][..len].copy_from_slice(&p.bytes[..len]);
+                self.hdrs[n] = p.hdr;
+                self.grams[n] = Datagram { len: len + HDR_LEN, truncated: false, from: Some(p.from) };
+                n += 1;
+            }
+            !q.is_empty()
+        };
+        let now = self.now();
+        decap_burst(&mut self.tunnel, &self.hdrs[..n], &self.grams[..n], &[], batch, now, &mut self.stats);
+        Received { more, ..Default::default() }
+    }
+
+    fn send(&mut self, src: &Batch, list: &[Egress]) -> SendResult {
+        let now = self.now();
+        let mut res = SendResult::default();
+        for chunk in list.chunks(BURST) {
+            // First what each frame becomes (its header, its bytes, where it goes), then the
+            // datagrams that borrow from that.
+            let mut plans: Vec<Plan> = Vec::with_capacity(chunk.len());
+            for e in chunk {
+                let f = &src.frames[e.frame];
+                let mut head = [0u8; OUT_HEAD_MAX];
+                let n = f.out_head(e.action, &mut head);
+                let (vid, strip) = tag_of(&head[..n]);
+                let out_len = e.action.splice().out_len(f.len as usize) as u64;
+                let Some(vni) = self.tunnel.map.vni_of(vid) else {
+                    // The switch sent a VLAN this tunnel does not carry: cannot happen with
+                    // a port mode made from the map, but never send it into another VNI.
+                    res.errors.0 += 1;
+                    res.errors.1 += out_len;
+                    continue;
+                };
+                let mut dmac = [0u8; 6];
+                dmac.copy_from_slice(&head[..6]);
+                let to = self.tunnel.destination(vni, &dmac, now).map(|a| Dest::new(SocketAddr::new(a, self.port)));
+                let vnet = f.out_vnet(e.action);
+                let body = if vnet.is_gso() || vnet.needs_csum() {
+                    let mut whole = src.materialize(e.frame, e.action, MAX_FRAME);
+                    let mut vnet = vnet;
+                    if strip {
+                        whole.drain(12..16);
+                        vnet = vnet.shifted(-4);
+                    }
+                    match software_offloads(whole, &vnet, self.max_inner) {
+                        Ok(segs) => Body::Owned(segs),
+                        Err(Refuse::Mtu) => {
+                            res.mtu.0 += 1;
+                            res.mtu.1 += out_len;
+                            continue;
+                        }
+                        Err(Refuse::Bad) => {
+                            res.bad_gso.0 += 1;
+                            res.bad_gso.1 += out_len;
+                            continue;
+                        }
+                    }
+                } else {
+                    let mut h = [0u8; OUT_HEAD_MAX];
+                    let hl = if strip {
+                        h[..12].copy_from_slice(&head[..12]);
+                        h[12..n - 4].copy_from_slice(&head[16..n]);
+                        n - 4
+                    } else {
+                        h[..n].copy_from_slice(&head[..n]);
+                        n
+                    };
+                    let inner = hl + f.tail_len();
+                    if inner > self.max_inner {
+                        res.mtu.0 += 1;
+                        res.mtu.1 += out_len;
+                        continue;
+                    }
+                    Body::Plain { head: h, len: hl as u8, frame: e.frame }
+                };
+                plans.push(Plan { hdr: vxlan::header(vni), body, to, out_len });
+            }
+            self.send_plans(src, &plans, &mut res);
+        }
+        res
+    }
+
+    fn send_plans(&mut self, src: &Batch, plans: &[Plan], res: &mut SendResult) {
+        let mut msgs: Vec<(Dest, Vec<IoPart<'_>>)> = Vec::new();
+        // Which plan each datagram belongs to.
+        let mut owner: Vec<usize> = Vec::new();
+        let mut unreadable = vec![false; plans.len()];
+        for (k, p) in plans.iter().enumerate() {
+            let dests: &[Dest] = match &p.to {
+                Some(d) => std::slice::from_ref(d),
+                None => &self.flood,
+            };
+            let pieces: Vec<Vec<IoPart<'_>>> = match &p.body {
+                Body::Plain { head, len, frame } => {
+                    let mut parts = vec![IoPart::Bytes(&p.hdr), IoPart::Bytes(&head[..usize::from(*len)])];
+                    if !src.tail_io(*frame, &mut parts) {
+                        unreadable[k] = true;
+                        continue;
+                    }
+                    vec![parts]
+                }
+                Body::Owned(segs) => segs.iter().map(|s| vec![IoPart::Bytes(&p.hdr), IoPart::Bytes(s)]).collect(),
+            };
+            for d in dests {
+                for parts in &pieces {
+                    msgs.push((*d, parts.clone()));
+                    owner.push(k);
+                }
+            }
+        }
+        let mut failed = vec![false; plans.len()];
+        let mut at = 0;
+        while at < msgs.len() {
+            let end = (at + 64).min(msgs.len());
+            let batch: Vec<(Dest, &[IoPart<'_>])> = msgs[at..end].iter().map(|(d, p)| (*d, &p[..])).collect();
+            match udp::send_batch(self.sock(), &batch) {
+                Ok(0) => {
+                    // No room in the socket buffer: the rest would not fit either.
+                    for o in &owner[at..] {
+                        failed[*o] = true;
+                    }
+                    break;
+                }
+                Ok(sent) => {
+                    for (_, parts) in &msgs[at..at + sent] {
+                        self.stats.encap += 1;
+                        self.stats.encap_bytes += parts.iter().map(|p| p.len() as u64).sum::<u64>() - HDR_LEN as u64;
+                    }
+                    at += sent;
+                }
+                Err(e) => {
+                    // This datagram failed (an unreachable remote, say): the others go on.
+                    log::debug!("vxlan: send to {:?}: {e}", msgs[at].0);
+                    failed[owner[at]] = true;
+                    at += 1;
+                }
+            }
+        }
+        for (k, p) in plans.iter().enumerate() {
+            if unreadable[k] {
+                res.errors.0 += 1;
+                res.errors.1 += p.out_len;
+            } else if failed[k] {
+                res.no_room.0 += 1;
+                res.no_room.1 += p.out_len;
+            } else {
+                res.sent += 1;
+            }
+        }
+    }
+
+    pub fn state(&self) -> VxlanState {
+        let now = self.now();
+        VxlanState {
+            info: VxlanInfo {
+                encapsulated: self.stats.encap,
+                encapsulated_bytes: self.stats.encap_bytes,
+                decapsulated: self.stats.decap,
+                decapsulated_bytes: self.stats.decap_bytes,
+                remote_macs: self.tunnel.table.entries(now).count(),
+                underlay_mtu: self.underlay_mtu,
+            },
+            drops: RxDrop::ALL
+                .iter()
+                .map(|d| (d.name(), self.stats.rx_drops[*d as usize]))
+                .chain([("vxlan_inbox_full", self.inbox.overflow.load(Ordering::Relaxed))])
+                .filter(|(_, n)| *n > 0)
+                .collect(),
+        }
+    }
+}
+
+/// One frame to send: its VXLAN header, its bytes, and where (`None`: flood).
+struct Plan {
+    hdr: [u8; HDR_LEN],
+    body: Body,
+    to: Option<Dest>,
+    out_len: u64,
+}
+
+enum Body {
+    /// Our head copy (tag removed) and the frame's tail where it lives.
+    Plain { head: [u8; OUT_HEAD_MAX], len: u8, frame: usize },
+    /// Frames rebuilt in software (segments, or one with its checksum completed).
+    Owned(Vec<Vec<u8>>),
+}
+
+enum Refuse {
+    Mtu,
+    Bad,
+}
+
+/// The VLAN of an output head and whether it carries an 802.1Q tag to remove.
+fn tag_of(head: &[u8]) -> (Option<u16>, bool) {
+    if head.len() >= 18 && head[12..14] == [0x81, 0x00] {
+        (Some(u16::from_be_bytes([head[14], head[15]]) & 0x0fff), true)
+    } else {
+        (None, false)
+    }
+}
+
+/// Cuts a GSO frame into segments, or completes its checksum: the far side of a tunnel takes
+/// only plain frames. Each must fit `max_inner`.
+fn software_offloads(mut frame: Vec<u8>, vnet: &VnetHdr, max_inner: usize) -> Result<Vec<Vec<u8>>, Refuse> {
+    if vnet.is_gso() {
+        let mut segs = Vec::new();
+        let mut too_big = false;
+        offload::segment(&frame, vnet, &mut |s| {
+            if s.len() > max_inner {
+                too_big = true;
+                return false;
+            }
+            segs.push(s.to_vec());
+            true
+        })
+        .map_err(|_| Refuse::Bad)?;
+        return if too_big { Err(Refuse::Mtu) } else { Ok(segs) };
+    }
+    offload::complete_csum(&mut frame, usize::from(vnet.csum_start), usize::from(vnet.csum_offset))
+        .map_err(|_| Refuse::Bad)?;
+    if frame.len() > max_inner {
+        return Err(Refuse::Mtu);
+    }
+    Ok(vec![frame])
+}
+
+/// Takes a burst of received datagrams into `batch`: `hdrs[i]` is datagram `i`'s first
+/// [`HDR_LEN`] bytes, its inner frame is in `batch.bufs[i]`. Datagrams the tunnel refuses are
+/// counted in `stats` and left out.
+pub fn decap_burst(
+    tunnel: &mut Tunnel,
+    hdrs: &[[u8; HDR_LEN]],
+    grams: &[Datagram],
+    skip: &[bool],
+    batch: &mut Batch,
+    now: Duration,
+    stats: &mut TunnelStats,
+) {
+    for (i, (h, g)) in hdrs.iter().zip(grams).enumerate() {
+        if skip.get(i) == Some(&true) {
+            continue;
+        }
+        let Some(buf) = batch.bufs.get(i) else { break };
+        if g.truncated || g.len < HDR_LEN + 14 || g.len - HDR_LEN > buf.len() {
+            stats.count(RxDrop::BadHeader);
+            continue;
+        }
+        let inner_len = g.len - HDR_LEN;
+        let Some(from) = g.from else {
+            stats.count(RxDrop::BadHeader);
+            continue;
+        };
+        match tunnel.receive(h, &buf[..14], from.ip(), now) {
+            Ok(t) => {
+                stats.decap += 1;
+                stats.decap_bytes += inner_len as u64;
+                let tag = t.vlan.map(|v: VlanId| (0x8100u16, v.get()));
+                batch.push_local(i as u16, 0, inner_len, VnetHdr::default(), tag);
+            }
+            Err(d) => stats.count(d),
+        }
+    }
+}
+
+impl Drop for VxlanPort {
+    fn drop(&mut self) {
+        self.shared.leave(self.id);
+    }
+}
+
+impl PortEdge for VxlanPort {
+    fn kind(&self) -> &'static str {
+        "vxlan"
+    }
+
+    /// The socket (event 0) and the inbox of datagrams other tunnels on it read for this
+    /// one (event 1).
+    fn watches(&mut self) -> Vec<(OwnedFd, EventId)> {
+        let mut w = Vec::new();
+        if let Ok(fd) = self.shared.sock.as_fd().try_clone_to_owned() {
+            w.push((fd, 0));
+        }
+        if let Ok(fd) = self.inbox.efd.as_fd().try_clone_to_owned() {
+            w.push((fd, 1));
+        }
+        w
+    }
+
+    fn on_event(
+        &mut self,
+        ev: EventId,
+        _cx: EventCx,
+        batch: &mut Batch,
+        ingress: &mut dyn FnMut(&mut Batch, Refused),
+    ) -> Outcome {
+        let r = if ev == 1 { Ok(self.recv_parked(batch)) } else { self.recv(batch) };
+        kernel_burst(r, batch, ingress)
+    }
+
+    fn tx_burst(&mut self, src: &Batch, list: &[Egress]) -> SendResult {
+        self.send(src, list)
+    }
+
+    fn state(&self) -> EdgeState {
+        EdgeState::Vxlan(self.state())
+    }
+
+    fn remote_of(&self, vlan: VlanId, mac: [u8; 6]) -> Option<IpAddr> {
+        let vni = match &self.tunnel.map {
+            vxlan::VniMap::Single(v) => *v,
+            vxlan::VniMap::Vlans(m) => m.iter().find(|(v, _)| *v == vlan).map(|(_, n)| *n)?,
+        };
+        self.tunnel.table.lookup(vni, &mac, self.now())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::switch::{TagAction, Tci};
+    use std::net::Ipv4Addr;
+    use vmnetd_vhost::virtio_net::{F_NEEDS_CSUM, GSO_TCPV4};
+
+    fn lo() -> IpAddr {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    }
+
+    /// A tunnel on loopback whose only remote is itself: what it sends, it receives.
+    fn looped(map: vxlan::VniMap, mtu: usize) -> VxlanPort {
+        VxlanPort::open(Setup {
+            tunnel: Tunnel::new(map, vec![lo()], false, Duration::from_secs(300)),
+            bind: SocketAddr::new(lo(), 0),
+            group: None,
+            underlay_mtu: mtu,
+        })
+        .unwrap()
+    }
+
+    fn trunk() -> vxlan::VniMap {
+        vxlan::VniMap::Vlans(vec![(VlanId::new(10).unwrap(), 1010), (VlanId::new(20).unwrap(), 1020)])
+    }
+
+    /// A TCP/IPv4 super-frame (untagged) with its offload header: checksum field holding the
+    /// pseudo-header sum, as the kernel and guests hand it over.
+    fn tso_frame(payload: usize, mss: u16) -> (Vec<u8>, VnetHdr) {
+        let mut f = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00];
+        let tot = (40 + payload) as u16;
+        f.extend([0x45, 0, (tot >> 8) as u8, tot as u8, 0, 1, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2]);
+        f.extend([0x13, 0x88, 0, 0x50, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x18, 0xff, 0xff, 0, 0, 0, 0]);
+        f.extend((0..payload).map(|i| (i % 251) as u8));
+        let sum = offload::csum_add(offload::csum_add(0, &f[26..34]), &[0, 6]) + (20 + payload) as u32;
+        let p = !offload::csum_fold(sum);
+        f[50..52].copy_from_slice(&p.to_be_bytes());
+        let vnet = VnetHdr {
+            flags: F_NEEDS_CSUM,
+            gso_type: GSO_TCPV4,
+            hdr_len: 54,
+            gso_size: mss,
+            csum_start: 34,
+            csum_offset: 16,
+        };
+        (f, vnet)
+    }
+
+    fn receive_all(port: &mut VxlanPort) -> Batch {
+        let mut b = Batch::new();
+        for _ in 0..100 {
+            let mut got = Batch::new();
+            port.recv(&mut got).unwrap();
+            for (i, f) in got.frames.iter().enumerate() {
+                let bytes = got.materialize(i, TagAction::Keep, MAX_FRAME);
+                let at = b.bufs.len();
+                b.ensure_bufs(at + 1, 0);
+                b.bufs[at][..bytes.len()].copy_from_slice(&bytes);
+                b.push_local(at as u16, 0, bytes.len(), f.vnet, None);
+            }
+            if !b.is_empty() && got.is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        b
+    }
+
+    /// A tagged TSO frame from VLAN 20 leaves as ordinary segments in VNI 1020, without the
+    /// tag, each with correct checksums, and comes back (decapsulated) tagged into VLAN 20.
+    #[test]
+    fn gso_frames_cross_as_plain_segments_in_their_vlans_vni() {
+        let mut port = looped(trunk(), 1600);
+        let (f, vnet) = tso_frame(4000, 1400);
+        let mut src = Batch::new();
+        src.ensure_bufs(1, 0);
+        src.bufs[0][..f.len()].copy_from_slice(&f);
+        src.push_local(0, 0, f.len(), vnet, None);
+        let r = port.tx_burst(&src, &[Egress { frame: 0, action: TagAction::Push(Tci::new(0, false, 20)) }]);
+        assert_eq!(r.sent, 1, "{r:?}");
+        assert_eq!(port.stats.encap, 3, "4000 bytes in 1400-byte segments");
+        let back = receive_all(&mut port);
+        assert_eq!(back.len(), 3);
+        let mut payload = 0;
+        for (i, fr) in back.frames.iter().enumerate() {
+            let bytes = back.materialize(i, TagAction::Keep, MAX_FRAME);
+            assert_eq!(&bytes[12..16], &[0x81, 0x00, 0x00, 20], "VLAN 20 from VNI 1020");
+            let plain: Vec<u8> = bytes[..12].iter().chain(&bytes[16..]).copied().collect();
+            assert!(plain.len() <= 1400 + 54);
+            // IPv4 header and TCP checksums verify.
+            assert_eq!(offload::csum_fold(offload::csum_add(0, &plain[14..34])), 0);
+            let l4 = &plain[34..];
+            let sum = offload::csum_add(offload::csum_add(0, &plain[26..34]), &[0, 6]) + l4.len() as u32;
+            assert_eq!(offload::csum_fold(offload::csum_add(sum, l4)), 0, "segment {i}");
+            assert!(!fr.vnet.is_gso());
+            payload += plain.len() - 54;
+        }
+        assert_eq!(payload, 4000);
+        assert_eq!(port.tunnel.table.lookup(1020, &[2, 0, 0, 0, 0, 1], port.now()), Some(lo()));
+    }
+
+    /// Frames longer than the underlay carries are dropped and counted, never fragmented;
+    /// a VLAN the tunnel does not map is never sent into another VNI.
+    #[test]
+    fn too_long_frames_and_unmapped_vlans_are_refused() {
+        let mut port = looped(trunk(), 1000);
+        let (f, mut vnet) = tso_frame(1200, 1100);
+        vnet.gso_type = 0;
+        let mut src = Batch::new();
+        src.ensure_bufs(1, 0);
+        src.bufs[0][..f.len()].copy_from_slice(&f);
+        src.push_local(0, 0, f.len(), vnet, None);
+        let tag = |v| TagAction::Push(Tci::new(0, false, v));
+        let r = port.tx_burst(&src, &[Egress { frame: 0, action: tag(10) }]);
+        assert_eq!(r.mtu.0, 1, "{r:?}");
+        let (g, vnet) = tso_frame(3000, 1100);
+        src.clear();
+        src.bufs[0][..g.len()].copy_from_slice(&g);
+        src.push_local(0, 0, g.len(), vnet, None);
+        let r = port.tx_burst(&src, &[Egress { frame: 0, action: tag(10) }, Egress { frame: 0, action: tag(30) }]);
+        assert_eq!((r.mtu.0, r.errors.0, r.sent), (1, 1, 0), "{r:?}");
+        assert_eq!(port.stats.encap, 0);
+    }
+
+    /// Two tunnels on one address and port share its socket; whichever reads takes the
+    /// other's datagrams to its inbox. A VNI belongs to one tunnel only.
+    #[test]
+    fn tunnels_share_a_socket_by_vni() {
+        let a = looped(vxlan::VniMap::Single(7), 1500);
+        let bind = SocketAddr::new(lo(), a.port);
+        let mk = |vni| {
+            VxlanPort::open(Setup {
+                tunnel: Tunnel::new(vxlan::VniMap::Single(vni), vec![lo()], false, Duration::from_secs(300)),
+                bind,
+                group: None,
+                underlay_mtu: 1500,
+            })
+        };
+        let mut b = mk(8).unwrap();
+        assert_eq!(mk(7).unwrap_err().kind(), io::ErrorKind::AlreadyExists);
+        let mut a = a;
+        // B sends one frame in VNI 8 to the shared socket; A's event reads it and parks it.
+        let mut src = Batch::new();
+        src.ensure_bufs(1, 0);
+        let f = [[0xff; 6].as_slice(), &[2, 0, 0, 0, 0, 9], &[0x08, 0x06], &[0; 46]].concat();
+        src.bufs[0][..f.len()].copy_from_slice(&f);
+        src.push_local(0, 0, f.len(), VnetHdr::default(), None);
+        assert_eq!(b.tx_burst(&src, &[Egress { frame: 0, action: TagAction::Keep }]).sent, 1);
+        std::thread::sleep(Duration::from_millis(20));
+        let mut got = Batch::new();
+        a.recv(&mut got).unwrap();
+        assert!(got.is_empty(), "A took B's VNI");
+        assert_eq!(a.stats.rx_drops.iter().sum::<u64>(), 0);
+        let mut got = Batch::new();
+        b.recv_parked(&mut got);
+        assert_eq!(got.len(), 1);
+        assert_eq!(b.stats.decap, 1);
+        drop(b);
+        // B gone: its VNI is free again.
+        assert!(mk(8).is_ok());
+    }
+}

@@ -1,0 +1,225 @@
+//! UDP sockets for VXLAN tunnel ports: batched receive with the sender's address
+//! (`recvmmsg`), batched send to per-datagram destinations (`sendmmsg`), multicast
+//! membership on a given interface.
+
+use std::io::{self, IoSliceMut};
+use std::mem::{size_of, zeroed};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+
+use super::iov::IoPart;
+
+/// A destination in the form `sendmmsg` takes.
+#[derive(Clone, Copy)]
+pub struct Dest {
+    addr: libc::sockaddr_storage,
+    len: libc::socklen_t,
+}
+
+impl std::fmt::Debug for Dest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", sockaddr_to(&self.addr).map_or_else(|| "?".to_owned(), |a| a.to_string()))
+    }
+}
+
+impl Dest {
+    pub fn new(a: SocketAddr) -> Dest {
+        // SAFETY: an all-zero sockaddr_storage is valid.
+        let mut addr: libc::sockaddr_storage = unsafe { zeroed() };
+        let len = match a {
+            SocketAddr::V4(v4) => {
+                let sin = libc::sockaddr_in {
+                    sin_family: libc::AF_INET as libc::sa_family_t,
+                    sin_port: v4.port().to_be(),
+                    sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(v4.ip().octets()) },
+                    sin_zero: [0; 8],
+                };
+                // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+                unsafe { std::ptr::write((&raw mut addr).cast::<libc::sockaddr_in>(), sin) };
+                size_of::<libc::sockaddr_in>()
+            }
+            SocketAddr::V6(v6) => {
+                let sin6 = libc::sockaddr_in6 {
+                    sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                    sin6_port: v6.port().to_be(),
+                    sin6_flowinfo: 0,
+                    sin6_addr: libc::in6_addr { s6_addr: v6.ip().octets() },
+                    sin6_scope_id: v6.scope_id(),
+                };
+                // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
+                unsafe { std::ptr::write((&raw mut addr).cast::<libc::sockaddr_in6>(), sin6) };
+                size_of::<libc::sockaddr_in6>()
+            }
+        };
+        Dest { addr, len: len as libc::socklen_t }
+    }
+}
+
+/// The address in a `sockaddr_storage` the kernel filled (IPv4-mapped IPv6 addresses come
+/// back as IPv4).
+pub fn sockaddr_to(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match i32::from(s.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in.
+            let sin: libc::sockaddr_in = unsafe { std::ptr::read((s as *const libc::sockaddr_storage).cast()) };
+            let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+            Some(SocketAddr::new(IpAddr::V4(ip), u16::from_be(sin.sin_port)))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says the storage holds a sockaddr_in6.
+            let sin6: libc::sockaddr_in6 = unsafe { std::ptr::read((s as *const libc::sockaddr_storage).cast()) };
+            let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            let ip = ip.to_ipv4_mapped().map_or(IpAddr::V6(ip), IpAddr::V4);
+            Some(SocketAddr::new(ip, u16::from_be(sin6.sin6_port)))
+        }
+        _ => None,
+    }
+}
+
+/// What the kernel said of one received datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Datagram {
+    pub len: usize,
+    pub truncated: bool,
+    pub from: Option<SocketAddr>,
+}
+
+/// Receives up to `bufs.len()` datagrams with one `recvmmsg`, each into its scatter list
+/// (the VXLAN header, then the frame buffer). Returns how many arrived (0: none waiting).
+pub fn recv_batch(sock: &UdpSocket, bufs: &mut [[IoSliceMut<'_>; 2]], out: &mut [Datagram]) -> io::Result<usize> {
+    let n = bufs.len().min(out.len());
+    if n == 0 {
+        return Ok(0);
+    }
+    // SAFETY: an all-zero mmsghdr is valid.
+    let mut msgs: Vec<libc::mmsghdr> = (0..n).map(|_| unsafe { zeroed() }).collect();
+    // SAFETY: an all-zero sockaddr_storage is valid.
+    let mut names: Vec<libc::sockaddr_storage> = (0..n).map(|_| unsafe { zeroed() }).collect();
+    for (i, m) in msgs.iter_mut().enumerate() {
+        // `IoSliceMut` is ABI-compatible with `struct iovec` (std guarantees it on Unix).
+        m.msg_hdr.msg_iov = bufs[i].as_mut_ptr().cast();
+        m.msg_hdr.msg_iovlen = 2;
+        m.msg_hdr.msg_name = (&raw mut names[i]).cast();
+        m.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    }
+    // SAFETY: `msgs` holds `n` headers whose iovecs and names point into `bufs` and `names`,
+    // borrowed for the whole call; the kernel writes at most the given lengths. The return
+    // value is checked.
+    let ret = unsafe {
+        libc::recvmmsg(sock.as_raw_fd(), msgs.as_mut_ptr(), n as libc::c_uint, libc::MSG_DONTWAIT, std::ptr::null_mut())
+    };
+    if ret < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::WouldBlock { Ok(0) } else { Err(e) };
+    }
+    let got = ret as usize;
+    for (i, m) in msgs.iter().enumerate().take(got) {
+        out[i] = Datagram {
+            len: m.msg_len as usize,
+            truncated: m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
+            from: sockaddr_to(&names[i]),
+        };
+    }
+    Ok(got)
+}
+
+/// Sends each scatter list of `msgs` as one datagram to its destination with one
+/// `sendmmsg`. Returns how many the kernel took; "no room" is fewer sent, other errors are
+/// returned.
+pub fn send_batch(sock: &UdpSocket, msgs: &[(Dest, &[IoPart<'_>])]) -> io::Result<usize> {
+    if msgs.is_empty() {
+        return Ok(0);
+    }
+    let iovs: Vec<Vec<libc::iovec>> = msgs.iter().map(|(_, p)| p.iter().map(IoPart::iovec).collect()).collect();
+    let mut dests: Vec<Dest> = msgs.iter().map(|(d, _)| *d).collect();
+    // SAFETY: an all-zero mmsghdr is valid.
+    let mut hdrs: Vec<libc::mmsghdr> = (0..msgs.len()).map(|_| unsafe { zeroed() }).collect();
+    for ((m, iov), d) in hdrs.iter_mut().zip(&iovs).zip(dests.iter_mut()) {
+        m.msg_hdr.msg_iov = iov.as_ptr() as *mut libc::iovec;
+        m.msg_hdr.msg_iovlen = iov.len();
+        m.msg_hdr.msg_name = (&raw mut d.addr).cast();
+        m.msg_hdr.msg_namelen = d.len;
+    }
+    // SAFETY: every header points at an iovec array in `iovs` and a name in `dests`, both
+    // alive for the call, whose entries point at memory borrowed by `msgs`; sendmmsg only
+    // reads them. The return value is checked.
+    let ret =
+        unsafe { libc::sendmmsg(sock.as_raw_fd(), hdrs.as_mut_ptr(), hdrs.len() as libc::c_uint, libc::MSG_DONTWAIT) };
+    if ret < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::EAGAIN) | Some(libc::ENOBUFS) => Ok(0),
+            _ => Err(e),
+        };
+    }
+    Ok(ret as usize)
+}
+
+fn setsockopt<T>(fd: BorrowedFd<'_>, level: libc::c_int, name: libc::c_int, val: &T, what: &str) -> io::Result<()> {
+    // SAFETY: `val` is a valid T for the call and its size is passed; the fd is open.
+    let r = unsafe {
+        libc::setsockopt(fd.as_raw_fd(), level, name, (val as *const T).cast(), size_of::<T>() as libc::socklen_t)
+    };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(e.kind(), format!("{what}: {e}")));
+    }
+    Ok(())
+}
+
+/// Socket buffers of `bytes` each way (best effort, as root beyond the sysctl limits).
+pub fn set_buffers(sock: &UdpSocket, bytes: usize) {
+    let v = bytes as libc::c_int;
+    for opt in [libc::SO_RCVBUFFORCE, libc::SO_SNDBUFFORCE] {
+        if setsockopt(sock.as_fd(), libc::SOL_SOCKET, opt, &v, "SO_*BUFFORCE").is_err() {
+            let plain = if opt == libc::SO_RCVBUFFORCE { libc::SO_RCVBUF } else { libc::SO_SNDBUF };
+            let _ = setsockopt(sock.as_fd(), libc::SOL_SOCKET, plain, &v, "SO_*BUF");
+        }
+    }
+}
+
+/// Joins multicast `group` on interface `ifindex`, sends multicast out of it, and does not
+/// loop our own datagrams back.
+pub fn join_group(sock: &UdpSocket, group: IpAddr, ifindex: u32) -> io::Result<()> {
+    match group {
+        IpAddr::V4(g) => {
+            let mreq = libc::ip_mreqn {
+                imr_multiaddr: libc::in_addr { s_addr: u32::from_ne_bytes(g.octets()) },
+                imr_address: libc::in_addr { s_addr: 0 },
+                imr_ifindex: ifindex as libc::c_int,
+            };
+            setsockopt(sock.as_fd(), libc::IPPROTO_IP, libc::IP_ADD_MEMBERSHIP, &mreq, "IP_ADD_MEMBERSHIP")?;
+            setsockopt(sock.as_fd(), libc::IPPROTO_IP, libc::IP_MULTICAST_IF, &mreq, "IP_MULTICAST_IF")?;
+            sock.set_multicast_loop_v4(false)?;
+        }
+        IpAddr::V6(g) => {
+            sock.join_multicast_v6(&g, ifindex)?;
+            let idx = ifindex as libc::c_int;
+            setsockopt(sock.as_fd(), libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_IF, &idx, "IPV6_MULTICAST_IF")?;
+            sock.set_multicast_loop_v6(false)?;
+        }
+    }
+    Ok(())
+}
+
+/// The MTU of the route to `to` (what the underlay carries), from a connected socket.
+pub fn path_mtu(to: IpAddr) -> io::Result<usize> {
+    let any: SocketAddr = match to {
+        IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        IpAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let s = UdpSocket::bind(any)?;
+    s.connect((to, 9))?;
+    let (level, name) = match to {
+        IpAddr::V4(_) => (libc::IPPROTO_IP, libc::IP_MTU),
+        IpAddr::V6(_) => (libc::IPPROTO_IPV6, libc::IPV6_MTU),
+    };
+    let mut v: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `v` and `len` are valid for the call; the fd is open.
+    let r = unsafe { libc::getsockopt(s.as_raw_fd(), level, name, (&raw mut v).cast(), &mut len) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(v.max(0) as usize)
+}
