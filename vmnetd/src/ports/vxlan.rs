@@ -110,6 +110,11 @@ struct Parked {
 /// Datagrams an inbox holds at most (a tunnel that stopped reading loses the rest).
 const INBOX_MAX: usize = 4096;
 
+/// Datagrams in one `UDP_SEGMENT` train at most, and its bytes (an IPv4 UDP payload is at
+/// most 65507 bytes).
+const MAX_TRAIN: usize = 64;
+const MAX_TRAIN_BYTES: usize = 65_000;
+
 /// The sockets open now, by bound address.
 static SOCKETS: Mutex<Vec<std::sync::Weak<SharedSock>>> = Mutex::new(Vec::new());
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -127,6 +132,7 @@ impl SharedSock {
                 let sock = UdpSocket::bind(bind)?;
                 sock.set_nonblocking(true)?;
                 udp::set_buffers(&sock, 4 << 20);
+                udp::set_gro(&sock, true);
                 let bound = sock.local_addr().unwrap_or(bind);
                 let s = Arc::new(SharedSock {
                     sock,
@@ -148,6 +154,11 @@ impl SharedSock {
         }
         members.push(Member { id, vnis: vnis.to_vec(), inbox });
         shared.count.store(members.len(), Ordering::Relaxed);
+        // A shared socket hands datagrams over one by one: a train may mix VNIs of several
+        // tunnels (the kernel coalesces by addresses and ports only).
+        if members.len() == 2 {
+            udp::set_gro(&shared.sock, false);
+        }
         drop(members);
         Ok(shared)
     }
@@ -156,6 +167,9 @@ impl SharedSock {
         let mut members = self.members.lock().unwrap_or_else(|e| e.into_inner());
         members.retain(|m| m.id != id);
         self.count.store(members.len(), Ordering::Relaxed);
+        if members.len() == 1 {
+            udp::set_gro(&self.sock, true);
+        }
     }
 
     /// Joins `group` on `ifindex` once per socket.
@@ -201,6 +215,8 @@ pub struct VxlanPort {
     /// The longest inner frame (Ethernet header included, no tag) the underlay carries.
     max_inner: usize,
     underlay_mtu: usize,
+    /// Trains of datagrams go as one buffer (until the kernel refuses one).
+    gso: bool,
     clock: Instant,
     hdrs: Vec<[u8; HDR_LEN]>,
     grams: Vec<Datagram>,
@@ -244,10 +260,11 @@ impl VxlanPort {
             flood,
             max_inner: max_inner(setup.underlay_mtu, v6),
             underlay_mtu: setup.underlay_mtu,
+            gso: true,
             tunnel: setup.tunnel,
             clock: Instant::now(),
             hdrs: vec![[0; HDR_LEN]; BURST],
-            grams: vec![Datagram { len: 0, truncated: false, from: None }; BURST],
+            grams: vec![Datagram { len: 0, truncated: false, from: None, seg: 0 }; BURST],
             stats: TunnelStats::default(),
         })
     }
@@ -298,7 +315,7 @@ impl VxlanPort {
                 let len = p.bytes.len().min(MAX_FRAME - 4);
                 batch.bufs[n][..len].copy_from_slice(&p.bytes[..len]);
                 self.hdrs[n] = p.hdr;
-                self.grams[n] = Datagram { len: len + HDR_LEN, truncated: false, from: Some(p.from) };
+                self.grams[n] = Datagram { len: len + HDR_LEN, truncated: false, from: Some(p.from), seg: 0 };
                 n += 1;
             }
             !q.is_empty()
@@ -405,30 +422,90 @@ impl VxlanPort {
                 }
             }
         }
+        // Per destination in order (a flood alternates remotes), so that datagrams to one
+        // remote line up into trains.
+        let mut order: Vec<usize> = (0..msgs.len()).collect();
+        order.sort_by_key(|i| msgs[*i].0.addr());
+        let lens: Vec<usize> = msgs.iter().map(|(_, p)| p.iter().map(IoPart::len).sum()).collect();
+        // Trains: runs of datagrams to one destination, all of one size but the last, sent as
+        // one buffer (`UDP_SEGMENT`).
+        let mut trains: Vec<std::ops::Range<usize>> = Vec::new();
+        let mut i = 0;
+        while i < order.len() {
+            let (d, l) = (msgs[order[i]].0, lens[order[i]]);
+            let mut j = i + 1;
+            let mut total = l;
+            while self.gso && j < order.len() && j - i < MAX_TRAIN {
+                let (dj, lj) = (msgs[order[j]].0, lens[order[j]]);
+                if dj != d || lj > l || total + lj > MAX_TRAIN_BYTES {
+                    break;
+                }
+                total += lj;
+                j += 1;
+                if lj < l {
+                    break;
+                }
+            }
+            trains.push(i..j);
+            i = j;
+        }
         let mut failed = vec![false; plans.len()];
+        let train_parts: Vec<Vec<IoPart<'_>>> =
+            trains.iter().map(|r| order[r.clone()].iter().flat_map(|k| msgs[*k].1.iter().copied()).collect()).collect();
+        let outs: Vec<udp::Out<'_>> = trains
+            .iter()
+            .zip(&train_parts)
+            .map(|(r, parts)| udp::Out {
+                dest: msgs[order[r.start]].0,
+                parts,
+                seg: if r.len() > 1 { lens[order[r.start]] as u16 } else { 0 },
+            })
+            .collect();
         let mut at = 0;
-        while at < msgs.len() {
-            let end = (at + 64).min(msgs.len());
-            let batch: Vec<(Dest, &[IoPart<'_>])> = msgs[at..end].iter().map(|(d, p)| (*d, &p[..])).collect();
-            match udp::send_batch(self.sock(), &batch) {
+        while at < outs.len() {
+            let end = (at + 64).min(outs.len());
+            match udp::send_batch(self.sock(), &outs[at..end]) {
                 Ok(0) => {
                     // No room in the socket buffer: the rest would not fit either.
-                    for o in &owner[at..] {
-                        failed[*o] = true;
+                    for r in &trains[at..] {
+                        for k in &order[r.clone()] {
+                            failed[owner[*k]] = true;
+                        }
                     }
                     break;
                 }
                 Ok(sent) => {
-                    for (_, parts) in &msgs[at..at + sent] {
-                        self.stats.encap += 1;
-                        self.stats.encap_bytes += parts.iter().map(|p| p.len() as u64).sum::<u64>() - HDR_LEN as u64;
+                    for r in &trains[at..at + sent] {
+                        for k in &order[r.clone()] {
+                            self.stats.encap += 1;
+                            self.stats.encap_bytes += (lens[*k] - HDR_LEN) as u64;
+                        }
                     }
                     at += sent;
                 }
+                Err(e) if outs[at].seg > 0 => {
+                    // The kernel or route cannot take trains (no UDP_SEGMENT, or a device
+                    // that refuses them): send datagram by datagram from now on.
+                    log::warn!("vxlan: sending datagram trains failed ({e}); sending one by one");
+                    self.gso = false;
+                    for k in &order[trains[at].clone()] {
+                        let one = udp::Out { dest: msgs[*k].0, parts: &msgs[*k].1, seg: 0 };
+                        match udp::send_batch(self.sock(), std::slice::from_ref(&one)) {
+                            Ok(1) => {
+                                self.stats.encap += 1;
+                                self.stats.encap_bytes += (lens[*k] - HDR_LEN) as u64;
+                            }
+                            _ => failed[owner[*k]] = true,
+                        }
+                    }
+                    at += 1;
+                }
                 Err(e) => {
                     // This datagram failed (an unreachable remote, say): the others go on.
-                    log::debug!("vxlan: send to {:?}: {e}", msgs[at].0);
-                    failed[owner[at]] = true;
+                    log::debug!("vxlan: send to {:?}: {e}", outs[at].dest);
+                    for k in &order[trains[at].clone()] {
+                        failed[owner[*k]] = true;
+                    }
                     at += 1;
                 }
             }
@@ -538,23 +615,45 @@ pub fn decap_burst(
             continue;
         }
         let Some(buf) = batch.bufs.get(i) else { break };
-        if g.truncated || g.len < HDR_LEN + 14 || g.len - HDR_LEN > buf.len() {
+        let buf_len = buf.len();
+        // The buffer holds everything after the first datagram's header.
+        if g.truncated || g.len < HDR_LEN || g.len - HDR_LEN > buf_len {
             stats.count(RxDrop::BadHeader);
             continue;
         }
-        let inner_len = g.len - HDR_LEN;
         let Some(from) = g.from else {
             stats.count(RxDrop::BadHeader);
             continue;
         };
-        match tunnel.receive(h, &buf[..14], from.ip(), now) {
-            Ok(t) => {
-                stats.decap += 1;
-                stats.decap_bytes += inner_len as u64;
-                let tag = t.vlan.map(|v: VlanId| (0x8100u16, v.get()));
-                batch.push_local(i as u16, 0, inner_len, VnetHdr::default(), tag);
+        // A train (`UDP_GRO`) is datagrams of `seg` bytes back to back, the last shorter;
+        // datagram k > 0 starts (its header) at byte k * seg - HDR_LEN of the buffer.
+        let seg = if g.seg > HDR_LEN && g.seg < g.len { g.seg } else { g.len };
+        let mut start = 0;
+        while start < g.len {
+            let dlen = seg.min(g.len - start);
+            let at = start;
+            let buf = &batch.bufs[i];
+            let mut hdr = *h;
+            if at > 0 {
+                hdr.copy_from_slice(&buf[at - HDR_LEN..at]);
             }
-            Err(d) => stats.count(d),
+            start += dlen;
+            if dlen < HDR_LEN + 14 {
+                stats.count(RxDrop::BadHeader);
+                continue;
+            }
+            let inner_len = dlen - HDR_LEN;
+            let mut eth = [0u8; 14];
+            eth.copy_from_slice(&buf[at..at + 14]);
+            match tunnel.receive(&hdr, &eth, from.ip(), now) {
+                Ok(t) => {
+                    stats.decap += 1;
+                    stats.decap_bytes += inner_len as u64;
+                    let tag = t.vlan.map(|v: VlanId| (0x8100u16, v.get()));
+                    batch.push_local(i as u16, at, inner_len, VnetHdr::default(), tag);
+                }
+                Err(d) => stats.count(d),
+            }
         }
     }
 }
@@ -692,6 +791,13 @@ mod tests {
         let r = port.tx_burst(&src, &[Egress { frame: 0, action: TagAction::Push(Tci::new(0, false, 20)) }]);
         assert_eq!(r.sent, 1, "{r:?}");
         assert_eq!(port.stats.encap, 3, "4000 bytes in 1400-byte segments");
+        let mut first = Batch::new();
+        port.recv(&mut first).unwrap();
+        // Sent as one train (UDP_SEGMENT), received as one (UDP_GRO): 1400 + 54 + 8 bytes each.
+        assert_eq!((port.grams[0].seg, port.grams[0].len), (1462, 1462 * 2 + 1262), "{:?}", port.grams[0]);
+        assert_eq!(first.len(), 3);
+        // The same datagrams again, to look at them one by one below.
+        port.tx_burst(&src, &[Egress { frame: 0, action: TagAction::Push(Tci::new(0, false, 20)) }]);
         let back = receive_all(&mut port);
         assert_eq!(back.len(), 3);
         let mut payload = 0;

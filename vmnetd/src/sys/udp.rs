@@ -1,6 +1,8 @@
 //! UDP sockets for VXLAN tunnel ports: batched receive with the sender's address
 //! (`recvmmsg`), batched send to per-datagram destinations (`sendmmsg`), multicast
-//! membership on a given interface.
+//! membership on a given interface. Both ways can move a train of equal-sized datagrams as
+//! one buffer (`UDP_SEGMENT` to send, `UDP_GRO` to receive, see `udp(7)`): the kernel then
+//! routes, forwards and queues the train once instead of per datagram.
 
 use std::io::{self, IoSliceMut};
 use std::mem::{size_of, zeroed};
@@ -14,6 +16,19 @@ use super::iov::IoPart;
 pub struct Dest {
     addr: libc::sockaddr_storage,
     len: libc::socklen_t,
+    sa: SocketAddr,
+}
+
+impl Dest {
+    pub fn addr(&self) -> SocketAddr {
+        self.sa
+    }
+}
+
+impl PartialEq for Dest {
+    fn eq(&self, o: &Dest) -> bool {
+        self.sa == o.sa
+    }
 }
 
 impl std::fmt::Debug for Dest {
@@ -51,7 +66,7 @@ impl Dest {
                 size_of::<libc::sockaddr_in6>()
             }
         };
-        Dest { addr, len: len as libc::socklen_t }
+        Dest { addr, len: len as libc::socklen_t, sa: a }
     }
 }
 
@@ -76,13 +91,19 @@ pub fn sockaddr_to(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
     }
 }
 
-/// What the kernel said of one received datagram.
+/// What the kernel said of one received datagram (or train of datagrams).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Datagram {
     pub len: usize,
     pub truncated: bool,
     pub from: Option<SocketAddr>,
+    /// With `UDP_GRO`: the buffer holds datagrams of this size back to back (the last may be
+    /// shorter); 0: one datagram.
+    pub seg: usize,
 }
+
+/// Room for one `UDP_GRO` (an int) or `UDP_SEGMENT` (a u16) control message.
+const CMSG_ROOM: usize = 32;
 
 /// Receives up to `bufs.len()` datagrams with one `recvmmsg`, each into its scatter list
 /// (the VXLAN header, then the frame buffer). Returns how many arrived (0: none waiting).
@@ -95,16 +116,20 @@ pub fn recv_batch(sock: &UdpSocket, bufs: &mut [[IoSliceMut<'_>; 2]], out: &mut 
     let mut msgs: Vec<libc::mmsghdr> = (0..n).map(|_| unsafe { zeroed() }).collect();
     // SAFETY: an all-zero sockaddr_storage is valid.
     let mut names: Vec<libc::sockaddr_storage> = (0..n).map(|_| unsafe { zeroed() }).collect();
+    // u64 elements: aligned for cmsghdr.
+    let mut cmsgs = vec![[0u64; CMSG_ROOM / 8]; n];
     for (i, m) in msgs.iter_mut().enumerate() {
         // `IoSliceMut` is ABI-compatible with `struct iovec` (std guarantees it on Unix).
         m.msg_hdr.msg_iov = bufs[i].as_mut_ptr().cast();
         m.msg_hdr.msg_iovlen = 2;
         m.msg_hdr.msg_name = (&raw mut names[i]).cast();
         m.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        m.msg_hdr.msg_control = cmsgs[i].as_mut_ptr().cast();
+        m.msg_hdr.msg_controllen = CMSG_ROOM;
     }
-    // SAFETY: `msgs` holds `n` headers whose iovecs and names point into `bufs` and `names`,
-    // borrowed for the whole call; the kernel writes at most the given lengths. The return
-    // value is checked.
+    // SAFETY: `msgs` holds `n` headers whose iovecs, names and control buffers point into
+    // `bufs`, `names` and `cmsgs`, borrowed for the whole call; the kernel writes at most the
+    // given lengths. The return value is checked.
     let ret = unsafe {
         libc::recvmmsg(sock.as_raw_fd(), msgs.as_mut_ptr(), n as libc::c_uint, libc::MSG_DONTWAIT, std::ptr::null_mut())
     };
@@ -118,31 +143,83 @@ pub fn recv_batch(sock: &UdpSocket, bufs: &mut [[IoSliceMut<'_>; 2]], out: &mut 
             len: m.msg_len as usize,
             truncated: m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
             from: sockaddr_to(&names[i]),
+            seg: gro_size(&m.msg_hdr),
         };
     }
     Ok(got)
 }
 
-/// Sends each scatter list of `msgs` as one datagram to its destination with one
-/// `sendmmsg`. Returns how many the kernel took; "no room" is fewer sent, other errors are
-/// returned.
-pub fn send_batch(sock: &UdpSocket, msgs: &[(Dest, &[IoPart<'_>])]) -> io::Result<usize> {
+/// The segment size of a `UDP_GRO` train, 0 if the message has none.
+fn gro_size(h: &libc::msghdr) -> usize {
+    // SAFETY: `h` was filled by recvmmsg; the CMSG_* macros walk its control buffer within
+    // `msg_controllen`, and the data is read (unaligned) only from a UDP_GRO message long
+    // enough for an int.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(h);
+        while !c.is_null() {
+            let hdr = &*c;
+            if hdr.cmsg_level == libc::SOL_UDP
+                && hdr.cmsg_type == libc::UDP_GRO
+                && hdr.cmsg_len >= libc::CMSG_LEN(size_of::<libc::c_int>() as u32) as usize
+            {
+                let v: libc::c_int = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                return v.max(0) as usize;
+            }
+            c = libc::CMSG_NXTHDR(h, c);
+        }
+    }
+    0
+}
+
+/// Whether the kernel hands over trains of datagrams as one buffer (`UDP_GRO`). Best effort.
+pub fn set_gro(sock: &UdpSocket, on: bool) -> bool {
+    let on = libc::c_int::from(on);
+    setsockopt(sock.as_fd(), libc::SOL_UDP, libc::UDP_GRO, &on, "UDP_GRO").is_ok()
+}
+
+/// One message for [`send_batch`]: its destination, its bytes, and — for a train of
+/// datagrams in one buffer — the size of each (`UDP_SEGMENT`; 0: one datagram).
+pub struct Out<'a> {
+    pub dest: Dest,
+    pub parts: &'a [IoPart<'a>],
+    pub seg: u16,
+}
+
+/// Sends each message with one `sendmmsg`. Returns how many messages the kernel took; "no
+/// room" is fewer sent, other errors are returned.
+pub fn send_batch(sock: &UdpSocket, msgs: &[Out<'_>]) -> io::Result<usize> {
     if msgs.is_empty() {
         return Ok(0);
     }
-    let iovs: Vec<Vec<libc::iovec>> = msgs.iter().map(|(_, p)| p.iter().map(IoPart::iovec).collect()).collect();
-    let mut dests: Vec<Dest> = msgs.iter().map(|(d, _)| *d).collect();
+    let iovs: Vec<Vec<libc::iovec>> = msgs.iter().map(|m| m.parts.iter().map(IoPart::iovec).collect()).collect();
+    let mut dests: Vec<Dest> = msgs.iter().map(|m| m.dest).collect();
+    let mut cmsgs = vec![[0u64; CMSG_ROOM / 8]; msgs.len()];
     // SAFETY: an all-zero mmsghdr is valid.
     let mut hdrs: Vec<libc::mmsghdr> = (0..msgs.len()).map(|_| unsafe { zeroed() }).collect();
-    for ((m, iov), d) in hdrs.iter_mut().zip(&iovs).zip(dests.iter_mut()) {
+    for (i, ((m, iov), d)) in hdrs.iter_mut().zip(&iovs).zip(dests.iter_mut()).enumerate() {
         m.msg_hdr.msg_iov = iov.as_ptr() as *mut libc::iovec;
         m.msg_hdr.msg_iovlen = iov.len();
         m.msg_hdr.msg_name = (&raw mut d.addr).cast();
         m.msg_hdr.msg_namelen = d.len;
+        if msgs[i].seg > 0 {
+            m.msg_hdr.msg_control = cmsgs[i].as_mut_ptr().cast();
+            // SAFETY: CMSG_SPACE only computes a size.
+            m.msg_hdr.msg_controllen = unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) } as usize;
+            // SAFETY: the control buffer is CMSG_ROOM bytes, aligned, and larger than
+            // CMSG_SPACE(2); CMSG_FIRSTHDR points into it and the header and its u16 of data
+            // are written within it.
+            unsafe {
+                let c = libc::CMSG_FIRSTHDR(&m.msg_hdr);
+                (*c).cmsg_level = libc::SOL_UDP;
+                (*c).cmsg_type = libc::UDP_SEGMENT;
+                (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as usize;
+                std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), msgs[i].seg);
+            }
+        }
     }
-    // SAFETY: every header points at an iovec array in `iovs` and a name in `dests`, both
-    // alive for the call, whose entries point at memory borrowed by `msgs`; sendmmsg only
-    // reads them. The return value is checked.
+    // SAFETY: every header points at an iovec array in `iovs`, a name in `dests` and a
+    // control buffer in `cmsgs`, all alive for the call, whose entries point at memory
+    // borrowed by `msgs`; sendmmsg only reads them. The return value is checked.
     let ret =
         unsafe { libc::sendmmsg(sock.as_raw_fd(), hdrs.as_mut_ptr(), hdrs.len() as libc::c_uint, libc::MSG_DONTWAIT) };
     if ret < 0 {
