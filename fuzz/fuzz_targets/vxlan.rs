@@ -113,6 +113,19 @@ fn run(batch: &mut Batch, input: Input) {
         assert!(matches!(u16::from_be_bytes([head[14], head[15]]) & 0xfff, 10 | 20));
         assert!(f.len as usize >= 18);
     }
+    // A train merged into a GSO frame cuts back into valid segments.
+    for (i, f) in batch.frames.iter().enumerate() {
+        if f.vnet.is_gso() {
+            let bytes = batch.materialize(i, TagAction::Keep, 1 << 17);
+            let mut n = 0;
+            vmnetd::datapath::offload::segment(&bytes, &f.vnet, &mut |_| {
+                n += 1;
+                true
+            })
+            .expect("a merged frame segments");
+            assert!(n >= 2);
+        }
+    }
     if !trains {
         // One datagram per slot: exactly the reference's.
         assert_eq!(batch.len(), expect.len(), "taken: {expect:?}");

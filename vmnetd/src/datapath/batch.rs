@@ -244,6 +244,17 @@ impl Batch {
         }
     }
 
+    /// Frame `i` as one slice, when it lies whole in a local buffer as it came (its head
+    /// copy still in front of its tail: no tag was put back into the head).
+    pub fn contiguous(&self, i: usize) -> Option<&[u8]> {
+        let f = &self.frames[i];
+        let Tail::Local { buf, off } = f.tail else { return None };
+        let (off, hl) = (off as usize, usize::from(f.head_len));
+        let start = off.checked_sub(hl)?;
+        let b = &self.bufs[usize::from(buf)];
+        (f.pre == 0 && b[start..off] == *f.head()).then(|| &b[start..off + f.tail_len()])
+    }
+
     /// The guest segments of frame `i` after its deep-head bytes.
     fn guest_segs(&self, i: usize) -> impl Iterator<Item = Seg> + '_ {
         let f = &self.frames[i];
