@@ -613,6 +613,9 @@ pub struct PortStats {
     pub bridge: IfName,
     pub port: IfName,
     pub counters: Counters,
+    /// A tunnel port's encapsulated/decapsulated counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vxlan: Option<VxlanInfo>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

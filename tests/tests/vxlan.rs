@@ -574,3 +574,53 @@ fn stray_datagrams_and_oversized_frames_are_dropped_and_counted() {
         assert!(reaches(a, b), "the tunnel still carries traffic");
     });
 }
+
+/// A multicast group instead of a remote list, on an L2 underlay (a bridge namespace with
+/// snooping off, as a plain switch): vmnetd (`--group --dev`) and the kernel's vxlan in the
+/// same group reach each other; the first broadcast goes to the group, replies to the
+/// learned VTEP, and `fdb show` names it. `stats` shows the tunnel's counts.
+#[test]
+fn a_multicast_group_tunnel_interoperates_with_the_kernel() {
+    in_netns(|| {
+        let dir = test_dir();
+        let sw = Ns::new("l2ul");
+        sw.ip("link add ul type bridge mcast_snooping 0");
+        sw.ip("link set ul up");
+        let hosts: Vec<Ns> = (1..=2)
+            .map(|i| {
+                let h = Ns::new(&format!("m{i}"));
+                sw.ip(&format!("link add p{i} type veth peer name ul0 netns {}", h.name));
+                sw.ip(&format!("link set p{i} mtu 1600 master ul up"));
+                h.ip("link set ul0 mtu 1600 up");
+                h.ip(&format!("addr add 10.8.0.{i}/24 dev ul0"));
+                h
+            })
+            .collect();
+        let group = "239.1.1.7";
+        let d = daemon_in(&hosts[0], dir.path());
+        let c1 = client(&hosts[0], "mc1", "c1", "192.168.70.1/24");
+        vm(&d, "bridge add br0").ok();
+        vm(&d, "port add br0 c1 --netdev c1 --vlan 10").ok();
+        vm(&d, &format!("port add br0 vx --vxlan --vni 7000 --vlan 10 --group {group} --dev ul0 --local 10.8.0.1"))
+            .ok();
+        let h2 = &hosts[1];
+        h2.ip(&format!("link add vx7000 type vxlan id 7000 group {group} dev ul0 local 10.8.0.2 dstport 4789"));
+        h2.ip("link add br7 type bridge");
+        h2.ip("link set vx7000 master br7 up");
+        h2.ip("link set br7 up");
+        let c2 = client(h2, "mc2", "c2", "192.168.70.2/24");
+        h2.ip("link set c2 master br7");
+        assert!(c1.ping("192.168.70.2", 3), "vmnetd -> kernel through the group");
+        assert!(c2.ping("192.168.70.1", 3), "kernel -> vmnetd");
+        let fdb = d.cli(&["--json", "fdb", "show", "br0"]).json();
+        let mac2 = c2.mac("eth0");
+        assert!(
+            fdb.as_array().unwrap().iter().any(|r| r["mac"] == mac2.as_str() && r["remote"] == "10.8.0.2"),
+            "{fdb:#}"
+        );
+        let st = d.cli(&["--json", "stats", "br0", "vx"]).json();
+        assert!(st[0]["vxlan"]["decapsulated"].as_u64().unwrap() >= 3, "{st:#}");
+        let text = d.cli(&["stats", "br0", "vx"]).ok().to_owned();
+        assert!(text.contains("VXLAN encapsulated"), "{text}");
+    });
+}

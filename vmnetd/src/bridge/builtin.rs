@@ -286,6 +286,17 @@ async fn open_vxlan(cx: &Ctx, spec: &PortSpec) -> Result<(VxlanPort, u32), ApiEr
         inner,
         inner - 14
     );
+    if inner - 14 < 1500 {
+        log::warn!(
+            "port {}: the underlay MTU {underlay_mtu} carries inner packets of at most {} bytes: give the VMs \
+             and hosts on this bridge an MTU of {} (or raise the underlay's to {}); longer frames are dropped \
+             (counted as `mtu`)",
+            spec.name,
+            inner - 14,
+            inner - 14,
+            underlay_mtu + 1500 - (inner - 14)
+        );
+    }
     Ok((port, (inner - 14) as u32))
 }
 

@@ -162,6 +162,21 @@ pub fn stats(stats: &[PortStats]) {
         })
         .collect::<Vec<_>>();
     table(&["BRIDGE", "PORT", "RX-PKTS", "RX-BYTES", "TX-PKTS", "TX-BYTES", "FLOODED", "LEARNED", "DROPS"], &rows);
+    for s in stats {
+        if let Some(v) = &s.vxlan {
+            println!(
+                "{}/{}: VXLAN encapsulated {} ({} bytes), decapsulated {} ({} bytes), {} remote MACs, underlay MTU {}",
+                s.bridge,
+                s.port,
+                v.encapsulated,
+                v.encapsulated_bytes,
+                v.decapsulated,
+                v.decapsulated_bytes,
+                v.remote_macs,
+                v.underlay_mtu
+            );
+        }
+    }
 }
 
 /// One line describing a frame, tcpdump-style.

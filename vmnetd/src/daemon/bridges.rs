@@ -549,6 +549,7 @@ impl Core {
                 bridge: i.bridge,
                 port: i.name,
                 counters: i.counters.unwrap_or_else(Counters::default),
+                vxlan: i.vxlan,
             })
             .collect())
     }

@@ -958,4 +958,29 @@ mod tests {
         // B gone: its VNI is free again.
         assert!(mk(8).is_ok());
     }
+
+    /// An IPv6 underlay: the same tunnel over [::1], 70 bytes of overhead.
+    #[test]
+    fn an_ipv6_underlay_carries_frames() {
+        let six = IpAddr::V6(std::net::Ipv6Addr::LOCALHOST);
+        let mut port = VxlanPort::open(Setup {
+            tunnel: Tunnel::new(vxlan::VniMap::Single(42), vec![six], false, Duration::from_secs(300)),
+            bind: SocketAddr::new(six, 0),
+            group: None,
+            underlay_mtu: 1500,
+        })
+        .unwrap();
+        assert_eq!(port.max_inner, 1500 - 56, "1430-byte inner packets + 14 bytes of Ethernet");
+        let f = [[0xff; 6].as_slice(), &[2, 0, 0, 0, 0, 7], &[0x08, 0x06], &[0; 46]].concat();
+        let mut src = Batch::new();
+        src.ensure_bufs(1, 0);
+        src.bufs[0][..f.len()].copy_from_slice(&f);
+        src.push_local(0, 0, f.len(), VnetHdr::default(), None);
+        assert_eq!(port.tx_burst(&src, &[Egress { frame: 0, action: TagAction::Keep }]).sent, 1);
+        let mut got = Batch::new();
+        port.recv(&mut got).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got.materialize(0, TagAction::Keep, MAX_FRAME), f);
+        assert_eq!(port.tunnel.table.lookup(42, &[2, 0, 0, 0, 0, 7], port.now()), Some(six));
+    }
 }
