@@ -77,6 +77,10 @@ pub struct Setup {
 #[derive(Debug)]
 struct SharedSock {
     sock: UdpSocket,
+    /// Sockets on ephemeral ports of the same address that unicast datagrams leave from,
+    /// chosen by a hash of the inner flow: the outer source port varies per flow, as the
+    /// kernel's vxlan does, so an ECMP underlay spreads tunnels' flows over its paths.
+    senders: Vec<UdpSocket>,
     bind: SocketAddr,
     members: Mutex<Vec<Member>>,
     /// `members.len()`, read per burst without the lock.
@@ -110,6 +114,9 @@ struct Parked {
 /// Datagrams an inbox holds at most (a tunnel that stopped reading loses the rest).
 const INBOX_MAX: usize = 4096;
 
+/// Source ports a tunnel's socket sends unicast datagrams from (see `SharedSock::senders`).
+const SENDERS: usize = 8;
+
 /// Datagrams in one `UDP_SEGMENT` train at most, and its bytes (an IPv4 UDP payload is at
 /// most 65507 bytes).
 const MAX_TRAIN: usize = 64;
@@ -134,8 +141,17 @@ impl SharedSock {
                 udp::set_buffers(&sock, 4 << 20);
                 udp::set_gro(&sock, true);
                 let bound = sock.local_addr().unwrap_or(bind);
+                let senders = (0..SENDERS)
+                    .map_while(|_| {
+                        let s = UdpSocket::bind(SocketAddr::new(bind.ip(), 0)).ok()?;
+                        s.set_nonblocking(true).ok()?;
+                        udp::set_buffers(&s, 1 << 20);
+                        Some(s)
+                    })
+                    .collect();
                 let s = Arc::new(SharedSock {
                     sock,
+                    senders,
                     bind: if bind.port() == 0 { bound } else { bind },
                     members: Mutex::new(Vec::new()),
                     count: AtomicUsize::new(0),
@@ -271,10 +287,6 @@ impl VxlanPort {
         })
     }
 
-    fn sock(&self) -> &UdpSocket {
-        &self.shared.sock
-    }
-
     fn now(&self) -> Duration {
         self.clock.elapsed()
     }
@@ -403,7 +415,15 @@ impl VxlanPort {
                     }
                     Body::Plain { head: h, len: hl as u8, frame: e.frame }
                 };
-                plans.push(Plan { hdr: vxlan::header(vni), body, to, out_len });
+                let flow = flow_hash(
+                    vni,
+                    &head[..n.min(12)],
+                    match &body {
+                        Body::Owned(segs) => segs.first().map(|(a, l)| &scratch[*a..*a + *l]),
+                        Body::Plain { .. } => None,
+                    },
+                );
+                plans.push(Plan { hdr: vxlan::header(vni), body, to, out_len, flow });
             }
             self.send_plans(src, &plans, &scratch, &mut res);
         }
@@ -413,6 +433,10 @@ impl VxlanPort {
 
     fn send_plans(&mut self, src: &Batch, plans: &[Plan], scratch: &[u8], res: &mut SendResult) {
         let mut msgs: Vec<(Dest, Vec<IoPart<'_>>)> = Vec::new();
+        // The socket each datagram leaves from: a sender by flow, or (a multicast group) the
+        // tunnel's own, which holds the group's interface.
+        let mut via: Vec<usize> = Vec::new();
+        let senders = self.shared.senders.len();
         // Which plan each datagram belongs to.
         let mut owner: Vec<usize> = Vec::new();
         let mut unreadable = vec![false; plans.len()];
@@ -436,16 +460,19 @@ impl VxlanPort {
                     .collect(),
             };
             for d in dests {
+                let v =
+                    if senders == 0 || d.addr().ip().is_multicast() { usize::MAX } else { p.flow as usize % senders };
                 for parts in &pieces {
                     msgs.push((*d, parts.clone()));
                     owner.push(k);
+                    via.push(v);
                 }
             }
         }
         // Per destination in order (a flood alternates remotes), so that datagrams to one
         // remote line up into trains.
         let mut order: Vec<usize> = (0..msgs.len()).collect();
-        order.sort_by_key(|i| msgs[*i].0.addr());
+        order.sort_by_key(|i| (via[*i], msgs[*i].0.addr()));
         let lens: Vec<usize> = msgs.iter().map(|(_, p)| p.iter().map(IoPart::len).sum()).collect();
         // Trains: runs of datagrams to one destination, all of one size but the last, sent as
         // one buffer (`UDP_SEGMENT`).
@@ -457,7 +484,7 @@ impl VxlanPort {
             let mut total = l;
             while self.gso && j < order.len() && j - i < MAX_TRAIN {
                 let (dj, lj) = (msgs[order[j]].0, lens[order[j]]);
-                if dj != d || lj > l || total + lj > MAX_TRAIN_BYTES {
+                if dj != d || via[order[j]] != via[order[i]] || lj > l || total + lj > MAX_TRAIN_BYTES {
                     break;
                 }
                 total += lj;
@@ -483,8 +510,14 @@ impl VxlanPort {
             .collect();
         let mut at = 0;
         while at < outs.len() {
-            let end = (at + 64).min(outs.len());
-            match udp::send_batch(self.sock(), &outs[at..end]) {
+            // A run of messages that leave from one socket.
+            let v = via[order[trains[at].start]];
+            let mut end = at + 1;
+            while end < outs.len() && end - at < 64 && via[order[trains[end].start]] == v {
+                end += 1;
+            }
+            let sock = self.shared.senders.get(v).unwrap_or(&self.shared.sock);
+            match udp::send_batch(sock, &outs[at..end]) {
                 Ok(0) => {
                     // No room in the socket buffer: the rest would not fit either.
                     for r in &trains[at..] {
@@ -510,7 +543,7 @@ impl VxlanPort {
                     self.gso = false;
                     for k in &order[trains[at].clone()] {
                         let one = udp::Out { dest: msgs[*k].0, parts: &msgs[*k].1, seg: 0 };
-                        match udp::send_batch(self.sock(), std::slice::from_ref(&one)) {
+                        match udp::send_batch(sock, std::slice::from_ref(&one)) {
                             Ok(1) => {
                                 self.stats.encap += 1;
                                 self.stats.encap_bytes += (lens[*k] - HDR_LEN) as u64;
@@ -570,6 +603,8 @@ struct Plan {
     body: Body,
     to: Option<Dest>,
     out_len: u64,
+    /// The inner flow's hash (picks the source port).
+    flow: u64,
 }
 
 enum Body {
@@ -583,6 +618,22 @@ enum Body {
 enum Refuse {
     Mtu,
     Bad,
+}
+
+/// A hash of an inner flow: its VNI and MAC addresses, and for an IPv4 frame at hand its
+/// addresses and ports.
+fn flow_hash(vni: u32, macs: &[u8], frame: Option<&[u8]>) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ u64::from(vni);
+    let mut eat = |b: &[u8]| {
+        for x in b {
+            h = (h ^ u64::from(*x)).wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    eat(macs);
+    if let Some(f) = frame.filter(|f| f.len() >= 38 && f[12..14] == [0x08, 0x00]) {
+        eat(&f[26..38]);
+    }
+    h ^ (h >> 31)
 }
 
 /// The VLAN of an output head and whether it carries an 802.1Q tag to remove.
@@ -982,5 +1033,35 @@ mod tests {
         assert_eq!(got.len(), 1);
         assert_eq!(got.materialize(0, TagAction::Keep, MAX_FRAME), f);
         assert_eq!(port.tunnel.table.lookup(42, &[2, 0, 0, 0, 0, 7], port.now()), Some(six));
+    }
+
+    /// The outer source port follows the inner flow (ECMP entropy, as the kernel's vxlan):
+    /// one flow always leaves from one port, different flows from several.
+    #[test]
+    fn source_ports_vary_by_flow() {
+        let mut port = looped(vxlan::VniMap::Single(5), 1500);
+        let mut ports = std::collections::BTreeMap::new();
+        for round in 0..2 {
+            for i in 0..32u8 {
+                let f = [[2, 0, 0, 0, 1, i].as_slice(), &[2, 0, 0, 0, 0, 1], &[0x08, 0x06], &[0; 46]].concat();
+                let mut src = Batch::new();
+                src.ensure_bufs(1, 0);
+                src.bufs[0][..f.len()].copy_from_slice(&f);
+                src.push_local(0, 0, f.len(), VnetHdr::default(), None);
+                assert_eq!(port.tx_burst(&src, &[Egress { frame: 0, action: TagAction::Keep }]).sent, 1);
+                let mut got = Batch::new();
+                port.recv(&mut got).unwrap();
+                assert_eq!(got.len(), 1);
+                let from = port.grams[0].from.unwrap().port();
+                assert_ne!(from, port.port, "unicast leaves from a flow's port, not the tunnel's");
+                if round == 0 {
+                    ports.insert(i, from);
+                } else {
+                    assert_eq!(ports[&i], from, "one flow, one source port");
+                }
+            }
+        }
+        let distinct: std::collections::BTreeSet<u16> = ports.values().copied().collect();
+        assert!(distinct.len() >= 4, "{distinct:?}");
     }
 }
