@@ -306,7 +306,10 @@ impl VxlanPort {
         if self.shared.count.load(Ordering::Relaxed) > 1 {
             for (i, g) in self.grams[..n].iter().copied().enumerate() {
                 let (Some(vni), Some(from)) = (vxlan::parse_header(&self.hdrs[i]), g.from) else { continue };
-                if self.vnis.contains(&vni) || g.truncated || g.len < HDR_LEN {
+                // A train read just before the socket became shared (UDP_GRO is off from
+                // then on) is taken here datagram by datagram; others' VNIs in it count as
+                // unknown.
+                if self.vnis.contains(&vni) || g.truncated || g.len < HDR_LEN || g.seg > 0 {
                     continue;
                 }
                 skip[i] = self.shared.park(self.id, vni, &self.hdrs[i], &batch.bufs[i][..g.len - HDR_LEN], from);
