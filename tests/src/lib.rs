@@ -18,6 +18,7 @@ pub mod guest;
 pub mod libvirt;
 pub mod netns;
 pub mod topo;
+pub mod traffic;
 pub mod underlay;
 pub use netns::in_netns;
 

@@ -843,6 +843,15 @@ mod tests {
         .unwrap()
     }
 
+    /// A batch holding `f` as its one (local) frame.
+    fn one_frame(f: &[u8], vnet: VnetHdr) -> Batch {
+        let mut b = Batch::new();
+        b.ensure_bufs(1, 0);
+        b.bufs[0][..f.len()].copy_from_slice(f);
+        b.push_local(0, 0, f.len(), vnet, None);
+        b
+    }
+
     fn trunk() -> vxlan::VniMap {
         vxlan::VniMap::Vlans(vec![(VlanId::new(10).unwrap(), 1010), (VlanId::new(20).unwrap(), 1020)])
     }
@@ -877,10 +886,7 @@ mod tests {
     fn gso_frames_cross_as_segments_and_are_merged_again() {
         let mut port = looped(trunk(), 1600);
         let (f, vnet) = tso_frame(4000, 1400);
-        let mut src = Batch::new();
-        src.ensure_bufs(1, 0);
-        src.bufs[0][..f.len()].copy_from_slice(&f);
-        src.push_local(0, 0, f.len(), vnet, None);
+        let src = one_frame(&f, vnet);
         let r = port.tx_burst(&src, &[Egress { frame: 0, action: TagAction::Push(Tci::new(0, false, 20)) }]);
         assert_eq!(r.sent, 1, "{r:?}");
         assert_eq!(port.stats.encap, 3, "4000 bytes in 1400-byte segments");
@@ -959,17 +965,12 @@ mod tests {
         let mut port = looped(trunk(), 1000);
         let (f, mut vnet) = tso_frame(1200, 1100);
         vnet.gso_type = 0;
-        let mut src = Batch::new();
-        src.ensure_bufs(1, 0);
-        src.bufs[0][..f.len()].copy_from_slice(&f);
-        src.push_local(0, 0, f.len(), vnet, None);
+        let src = one_frame(&f, vnet);
         let tag = |v| TagAction::Push(Tci::new(0, false, v));
         let r = port.tx_burst(&src, &[Egress { frame: 0, action: tag(10) }]);
         assert_eq!(r.mtu.0, 1, "{r:?}");
         let (g, vnet) = tso_frame(3000, 1100);
-        src.clear();
-        src.bufs[0][..g.len()].copy_from_slice(&g);
-        src.push_local(0, 0, g.len(), vnet, None);
+        let src = one_frame(&g, vnet);
         let r = port.tx_burst(&src, &[Egress { frame: 0, action: tag(10) }, Egress { frame: 0, action: tag(30) }]);
         assert_eq!((r.mtu.0, r.errors.0, r.sent), (1, 1, 0), "{r:?}");
         assert_eq!(port.stats.encap, 0);
@@ -993,11 +994,8 @@ mod tests {
         assert_eq!(mk(7).unwrap_err().kind(), io::ErrorKind::AlreadyExists);
         let mut a = a;
         // B sends one frame in VNI 8 to the shared socket; A's event reads it and parks it.
-        let mut src = Batch::new();
-        src.ensure_bufs(1, 0);
         let f = [[0xff; 6].as_slice(), &[2, 0, 0, 0, 0, 9], &[0x08, 0x06], &[0; 46]].concat();
-        src.bufs[0][..f.len()].copy_from_slice(&f);
-        src.push_local(0, 0, f.len(), VnetHdr::default(), None);
+        let src = one_frame(&f, VnetHdr::default());
         assert_eq!(b.tx_burst(&src, &[Egress { frame: 0, action: TagAction::Keep }]).sent, 1);
         std::thread::sleep(Duration::from_millis(20));
         let mut got = Batch::new();
@@ -1026,10 +1024,7 @@ mod tests {
         .unwrap();
         assert_eq!(port.max_inner, 1500 - 56, "1430-byte inner packets + 14 bytes of Ethernet");
         let f = [[0xff; 6].as_slice(), &[2, 0, 0, 0, 0, 7], &[0x08, 0x06], &[0; 46]].concat();
-        let mut src = Batch::new();
-        src.ensure_bufs(1, 0);
-        src.bufs[0][..f.len()].copy_from_slice(&f);
-        src.push_local(0, 0, f.len(), VnetHdr::default(), None);
+        let src = one_frame(&f, VnetHdr::default());
         assert_eq!(port.tx_burst(&src, &[Egress { frame: 0, action: TagAction::Keep }]).sent, 1);
         let mut got = Batch::new();
         port.recv(&mut got).unwrap();
@@ -1047,10 +1042,7 @@ mod tests {
         for round in 0..2 {
             for i in 0..32u8 {
                 let f = [[2, 0, 0, 0, 1, i].as_slice(), &[2, 0, 0, 0, 0, 1], &[0x08, 0x06], &[0; 46]].concat();
-                let mut src = Batch::new();
-                src.ensure_bufs(1, 0);
-                src.bufs[0][..f.len()].copy_from_slice(&f);
-                src.push_local(0, 0, f.len(), VnetHdr::default(), None);
+                let src = one_frame(&f, VnetHdr::default());
                 assert_eq!(port.tx_burst(&src, &[Egress { frame: 0, action: TagAction::Keep }]).sent, 1);
                 let mut got = Batch::new();
                 port.recv(&mut got).unwrap();
