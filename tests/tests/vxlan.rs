@@ -218,6 +218,18 @@ fn capture_underlay(u: &Underlay, dir: &std::path::Path) -> Vec<Tcpdump> {
         .collect()
 }
 
+/// Every same-VLAN pair of `all` pings, no cross-VLAN pair does, while the router captures
+/// each host's underlay; the captures, stopped.
+fn pings_captured(u: &Underlay, dir: &std::path::Path, all: &[&Client]) -> Vec<Tcpdump> {
+    let mut caps = capture_underlay(u, dir);
+    assert_pings(&pairs(all, true), true);
+    assert_pings(&pairs(all, false), false);
+    for c in &mut caps {
+        c.stop();
+    }
+    caps
+}
+
 #[test]
 fn three_hosts_two_vlans_cross_an_l3_underlay_and_stay_apart() {
     in_netns(|| {
@@ -225,12 +237,7 @@ fn three_hosts_two_vlans_cross_an_l3_underlay_and_stay_apart() {
         let site = vmnetd_site(&u, &[1, 2, 3]);
         let all: Vec<&Client> = site.clients.iter().collect();
         let dir = test_dir();
-        let mut caps = capture_underlay(&u, dir.path());
-        assert_pings(&pairs(&all, true), true);
-        assert_pings(&pairs(&all, false), false);
-        for c in &mut caps {
-            c.stop();
-        }
+        let caps = pings_captured(&u, dir.path(), &all);
 
         let allowed: Vec<(u16, String)> = all.iter().map(|c| (c.vlan, c.mac.clone())).collect();
         for (n, cap) in caps.iter().enumerate() {
@@ -273,12 +280,7 @@ fn kernel_vxlan_and_linux_bridge_interoperate() {
         let (kclients, kmacs) = kernel_host(&u, 3);
         let all: Vec<&Client> = site.clients.iter().chain(&kclients).collect();
         let dir = test_dir();
-        let mut caps = capture_underlay(&u, dir.path());
-        assert_pings(&pairs(&all, true), true);
-        assert_pings(&pairs(&all, false), false);
-        for c in &mut caps {
-            c.stop();
-        }
+        let caps = pings_captured(&u, dir.path(), &all);
 
         let mut allowed: Vec<(u16, String)> = all.iter().map(|c| (c.vlan, c.mac.clone())).collect();
         allowed.extend(kmacs);

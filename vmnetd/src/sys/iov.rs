@@ -9,7 +9,7 @@
 
 use std::io;
 use std::marker::PhantomData;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 /// A piece of guest memory, valid for `'a` (the borrow of the guest memory it came from).
 #[derive(Debug, Clone, Copy)]
@@ -59,6 +59,51 @@ impl IoPart<'_> {
             IoPart::Guest(g) => libc::iovec { iov_base: g.ptr as *mut libc::c_void, iov_len: g.len },
         }
     }
+}
+
+/// `recvmmsg(2)` without waiting: how many messages arrived (0 when none was waiting).
+///
+/// # Safety
+/// Every header of `msgs` must point at iovecs, and any name and control buffer, valid for
+/// writes of their given lengths for the whole call.
+pub(crate) unsafe fn recvmmsg(fd: BorrowedFd<'_>, msgs: &mut [libc::mmsghdr]) -> io::Result<usize> {
+    // SAFETY: `msgs` is a valid array of its length; what its headers point at is the
+    // caller's promise. The return value is checked.
+    let ret = unsafe {
+        libc::recvmmsg(
+            fd.as_raw_fd(),
+            msgs.as_mut_ptr(),
+            msgs.len() as libc::c_uint,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+        )
+    };
+    if ret < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::WouldBlock { Ok(0) } else { Err(e) };
+    }
+    Ok(ret as usize)
+}
+
+/// `sendmmsg(2)` without waiting: how many messages the kernel took; "no room" (`EAGAIN`,
+/// `ENOBUFS`) is 0, other errors are returned.
+///
+/// # Safety
+/// Every header of `msgs` must point at iovecs, and any name and control buffer, valid for
+/// reads of their given lengths for the whole call.
+pub(crate) unsafe fn sendmmsg(fd: BorrowedFd<'_>, msgs: &mut [libc::mmsghdr]) -> io::Result<usize> {
+    // SAFETY: `msgs` is a valid array of its length; what its headers point at is the
+    // caller's promise. The return value is checked.
+    let ret =
+        unsafe { libc::sendmmsg(fd.as_raw_fd(), msgs.as_mut_ptr(), msgs.len() as libc::c_uint, libc::MSG_DONTWAIT) };
+    if ret < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::EAGAIN) | Some(libc::ENOBUFS) => Ok(0),
+            _ => Err(e),
+        };
+    }
+    Ok(ret as usize)
 }
 
 /// `writev(2)` of one frame's parts; `Ok(false)` when the peer has no room (EAGAIN).

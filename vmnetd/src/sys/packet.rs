@@ -186,21 +186,8 @@ impl PacketSocket {
         }
         // SAFETY: `msgs` holds `n` headers whose iovecs and control buffers point into
         // `bufs` and `cmsgs`, which are borrowed mutably for the whole call and outlive it.
-        // The kernel writes at most the given lengths. The return value is checked.
-        let ret = unsafe {
-            libc::recvmmsg(
-                self.fd.as_raw_fd(),
-                msgs.as_mut_ptr(),
-                n as libc::c_uint,
-                libc::MSG_DONTWAIT,
-                std::ptr::null_mut(),
-            )
-        };
-        if ret < 0 {
-            let e = io::Error::last_os_error();
-            return if e.kind() == io::ErrorKind::WouldBlock { Ok(0) } else { Err(e) };
-        }
-        let got = ret as usize;
+        // The kernel writes at most the given lengths.
+        let got = unsafe { super::iov::recvmmsg(self.fd.as_fd(), &mut msgs)? };
         for (i, m) in msgs.iter().enumerate().take(got) {
             infos[i] = RecvInfo {
                 len: m.msg_len as usize,
@@ -227,18 +214,8 @@ impl PacketSocket {
         }
         // SAFETY: every header points at an iovec array in `iovs`, alive for the call, whose
         // entries point at memory borrowed by `frames` (slices, or guest memory held by the
-        // caller's borrow); sendmmsg only reads them. The return value is checked.
-        let ret = unsafe {
-            libc::sendmmsg(self.fd.as_raw_fd(), msgs.as_mut_ptr(), msgs.len() as libc::c_uint, libc::MSG_DONTWAIT)
-        };
-        if ret < 0 {
-            let e = io::Error::last_os_error();
-            return match e.raw_os_error() {
-                Some(libc::EAGAIN) | Some(libc::ENOBUFS) => Ok(0),
-                _ => Err(e),
-            };
-        }
-        Ok(ret as usize)
+        // caller's borrow); sendmmsg only reads them.
+        unsafe { super::iov::sendmmsg(self.fd.as_fd(), &mut msgs) }
     }
 }
 

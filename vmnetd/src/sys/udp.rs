@@ -129,15 +129,8 @@ pub fn recv_batch(sock: &UdpSocket, bufs: &mut [[IoSliceMut<'_>; 2]], out: &mut 
     }
     // SAFETY: `msgs` holds `n` headers whose iovecs, names and control buffers point into
     // `bufs`, `names` and `cmsgs`, borrowed for the whole call; the kernel writes at most the
-    // given lengths. The return value is checked.
-    let ret = unsafe {
-        libc::recvmmsg(sock.as_raw_fd(), msgs.as_mut_ptr(), n as libc::c_uint, libc::MSG_DONTWAIT, std::ptr::null_mut())
-    };
-    if ret < 0 {
-        let e = io::Error::last_os_error();
-        return if e.kind() == io::ErrorKind::WouldBlock { Ok(0) } else { Err(e) };
-    }
-    let got = ret as usize;
+    // given lengths.
+    let got = unsafe { super::iov::recvmmsg(sock.as_fd(), &mut msgs)? };
     for (i, m) in msgs.iter().enumerate().take(got) {
         out[i] = Datagram {
             len: m.msg_len as usize,
@@ -219,17 +212,8 @@ pub fn send_batch(sock: &UdpSocket, msgs: &[Out<'_>]) -> io::Result<usize> {
     }
     // SAFETY: every header points at an iovec array in `iovs`, a name in `dests` and a
     // control buffer in `cmsgs`, all alive for the call, whose entries point at memory
-    // borrowed by `msgs`; sendmmsg only reads them. The return value is checked.
-    let ret =
-        unsafe { libc::sendmmsg(sock.as_raw_fd(), hdrs.as_mut_ptr(), hdrs.len() as libc::c_uint, libc::MSG_DONTWAIT) };
-    if ret < 0 {
-        let e = io::Error::last_os_error();
-        return match e.raw_os_error() {
-            Some(libc::EAGAIN) | Some(libc::ENOBUFS) => Ok(0),
-            _ => Err(e),
-        };
-    }
-    Ok(ret as usize)
+    // borrowed by `msgs`; sendmmsg only reads them.
+    unsafe { super::iov::sendmmsg(sock.as_fd(), &mut hdrs) }
 }
 
 fn setsockopt<T>(fd: BorrowedFd<'_>, level: libc::c_int, name: libc::c_int, val: &T, what: &str) -> io::Result<()> {
