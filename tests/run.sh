@@ -10,10 +10,12 @@ need_root
 # Real peers the tests use: iproute2, ping, tcpdump, tshark, iperf3, QEMU (TCG) with a
 # busybox initramfs, DPDK's testpmd (virtio-user), libvirtd and virsh; cpio, kmod and xz
 # build the guest; dnsmasq-base and nftables for networks (tests/tests/network.rs);
-# openvswitch-switch is the oracle of the flow-rule differential test (its own ovs-vswitchd).
+# openvswitch-switch is the oracle of the flow-rule differential test (its own ovs-vswitchd);
+# tmux drives `vmnetd top`; man-db shows the packaged man pages.
 apt_install build-essential pkg-config ca-certificates curl iproute2 iputils-ping \
     tcpdump tshark iperf3 qemu-system-x86 busybox-static cpio kmod xz-utils dpdk dpdk-dev \
-    libvirt-daemon-system libvirt-clients dnsmasq-base nftables openvswitch-switch
+    libvirt-daemon-system libvirt-clients dnsmasq-base nftables openvswitch-switch \
+    tmux man-db
 ensure_rust
 # The guest kernel (a Debian cloud kernel, downloaded, never installed) and its modules.
 tests/guest/build.sh target/guest

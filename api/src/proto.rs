@@ -186,10 +186,87 @@ pub enum Op {
     MirrorDel(crate::policy::MirrorRef),
     /// Result: `Vec<MirrorInfo>`.
     MirrorList(PortListReq),
+    /// How busy the datapath thread is. Result: [`DatapathStats`].
+    DatapathStats,
+    /// What runs, as a config file `apply` accepts. Result: [`ConfigDump`].
+    ConfigDump(ConfigDumpReq),
+    /// Make the config file's declarations what `text` declares, with the least disruption
+    /// (or, with `dry_run`, only say what would change). Result: [`ApplyResult`].
+    Apply(ApplyReq),
     /// Test hook: makes the datapath thread panic (the daemon must then exit). Refused
     /// unless the daemon was started with `VMNETD_TEST_HOOKS=1` in its environment.
     #[doc(hidden)]
     DebugPanic,
+}
+
+/// The datapath thread's load, counted since it started (`vmnetd top`, `/metrics`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatapathStats {
+    /// Nanoseconds since the thread started.
+    pub uptime_ns: u64,
+    /// Nanoseconds the thread slept waiting for work (the rest it was awake: moving frames,
+    /// busy polling, housekeeping).
+    pub idle_ns: u64,
+    /// Bursts that carried at least one frame, and the frames they carried.
+    pub bursts: u64,
+    pub frames: u64,
+    /// Bursts by size: `(le, count)` with `count` the bursts of at most `le` frames and more
+    /// than the previous bucket's `le` (not cumulative); the last `le` is `u32::MAX`.
+    pub burst_sizes: Vec<(u32, u64)>,
+}
+
+/// `vmnetd config dump [--all]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConfigDumpReq {
+    /// Runtime declarations (CLI, libvirt hook) too, as if the file declared them.
+    pub all: bool,
+}
+
+/// `vmnetd config dump`: the running declarations as TOML.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigDump {
+    pub toml: String,
+}
+
+/// `vmnetd apply FILE`: the file's text (read by the client), and whether to change anything.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyReq {
+    pub text: String,
+    /// Where the text came from (for messages and `status`).
+    pub origin: String,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// One line of an apply plan: `+` add, `-` remove, `~` change in place, `!` remove and add
+/// again (a change that cannot be made in place), `*` takes effect at the next restart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanStep {
+    pub op: char,
+    /// `tap vmtap0`, `bridge vmnet0`, `port vmnet0/vm1`, `network default`, `flows vmnet0`,
+    /// `mirror vmnet0/ids`, `setting datapath.busy_poll_us`.
+    pub object: String,
+    /// What changes, e.g. `vlan access 10 -> access 20`; empty for adds and removals.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+impl std::fmt::Display for PlanStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.op, self.object)?;
+        if !self.detail.is_empty() {
+            write!(f, " {}", self.detail)?;
+        }
+        Ok(())
+    }
+}
+
+/// What an apply did (or, dry, would do).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyResult {
+    pub plan: Vec<PlanStep>,
+    pub applied: bool,
 }
 
 /// The two kinds of bridge.

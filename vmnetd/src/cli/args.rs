@@ -69,12 +69,51 @@ pub enum Command {
         #[command(subcommand)]
         command: super::policy::MirrorCommand,
     },
-    /// Per-port counters.
-    Stats { bridge: Option<IfName>, port: Option<IfName> },
+    /// Per-port counters (once, or every --interval seconds with --watch).
+    Stats {
+        bridge: Option<IfName>,
+        port: Option<IfName>,
+        /// Print again every --interval seconds until interrupted, with rates since the last.
+        #[arg(long, short = 'w')]
+        watch: bool,
+        /// Seconds between prints with --watch (implies --watch).
+        #[arg(long, short = 'i', value_name = "SECS")]
+        interval: Option<f64>,
+    },
+    /// A live view of ports, rates, drops, FDB sizes and datapath load (q quits).
+    Top {
+        /// Seconds between refreshes.
+        #[arg(long, short = 'i', default_value = "1", value_name = "SECS")]
+        interval: f64,
+    },
+    /// Make the running declarations those of a config file, with the least disruption.
+    Apply {
+        /// The config file (TOML, as /etc/vmnetd/vmnetd.toml); `-` reads stdin.
+        file: PathBuf,
+        /// Print the plan only; change nothing.
+        #[arg(long, short = 'n')]
+        dry_run: bool,
+    },
+    /// The running configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Capture what a port sends and receives (pcap with -w, else one line per frame).
     Capture(CaptureArgs),
     /// Daemon status.
     Status,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print what runs from the config file (and, with --all, from the CLI and the libvirt
+    /// hook too) as TOML that `vmnetd apply` accepts.
+    Dump {
+        /// Include runtime declarations (CLI, libvirt hook), as if the file declared them.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

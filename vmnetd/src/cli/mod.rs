@@ -123,7 +123,24 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Flow { command } => policy::flow(&ctx, command),
         Command::Trace { bridge, flow } => policy::trace(&ctx, bridge, flow),
         Command::Mirror { command } => policy::mirror(&ctx, command),
-        Command::Stats { bridge, port } => {
+        Command::Stats { bridge, port, watch, interval } if watch || interval.is_some() => {
+            stats_watch(&ctx, StatsReq { bridge, port }, interval.unwrap_or(1.0))
+        }
+        Command::Top { interval } => {
+            let every = secs(interval)?;
+            vmnetd_top::run(&ctx.socket, every).map_err(|e| Failure { kind: ErrorKind::Internal, message: format!("{e:#}") })
+        }
+        Command::Apply { file, dry_run } => apply(&ctx, file, dry_run),
+        Command::Config { command: ConfigCommand::Dump { all } } => {
+            let dump: api::ConfigDump = ctx.call(Op::ConfigDump(api::ConfigDumpReq { all }))?;
+            if ctx.json {
+                ctx.print_json(&dump);
+            } else {
+                print!("{}", dump.toml);
+            }
+            Ok(())
+        }
+        Command::Stats { bridge, port, .. } => {
             let stats: Vec<PortStats> = ctx.call(Op::Stats(StatsReq { bridge, port }))?;
             if ctx.json {
                 ctx.print_json(&stats);
@@ -143,6 +160,76 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+/// A positive, finite number of seconds (at least 10 ms).
+fn secs(s: f64) -> Result<std::time::Duration, Failure> {
+    if !s.is_finite() || s < 0.01 || s > 86_400.0 {
+        return Err(Failure { kind: ErrorKind::InvalidArgument, message: format!("interval {s} is out of range (0.01-86400 s)") });
+    }
+    Ok(std::time::Duration::from_secs_f64(s))
+}
+
+/// `stats --watch`: the counters every `interval` seconds, with the rates since the last
+/// print (`--json`: one JSON array per line, counters only).
+fn stats_watch(ctx: &Ctx, req: StatsReq, interval: f64) -> Result<(), Failure> {
+    let every = secs(interval)?;
+    let mut client = ctx.client()?;
+    let mut last: Option<(std::time::Instant, Vec<PortStats>)> = None;
+    loop {
+        let now = std::time::Instant::now();
+        let stats: Vec<PortStats> = client.call(Op::Stats(req.clone()))?;
+        if ctx.json {
+            match serde_json::to_string(&stats) {
+                Ok(s) => println!("{s}"),
+                Err(e) => eprintln!("vmnetd: cannot encode output: {e}"),
+            }
+        } else {
+            let dt = last.as_ref().map(|(t, _)| now.duration_since(*t).as_secs_f64());
+            let prev = last.as_ref().map(|(_, s)| s.as_slice()).unwrap_or(&[]);
+            show::stats_rates(&stats, prev, dt);
+            println!();
+        }
+        use std::io::Write;
+        if std::io::stdout().flush().is_err() {
+            return Ok(()); // the reader went away (`| head`)
+        }
+        last = Some((now, stats));
+        std::thread::sleep(every.saturating_sub(now.elapsed()));
+    }
+}
+
+fn apply(ctx: &Ctx, file: PathBuf, dry_run: bool) -> Result<(), Failure> {
+    let (text, origin) = if file.as_os_str() == "-" {
+        let mut t = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut t)
+            .map_err(|e| Failure { kind: ErrorKind::InvalidArgument, message: format!("cannot read stdin: {e}") })?;
+        (t, "stdin".to_owned())
+    } else {
+        let t = std::fs::read_to_string(&file).map_err(|e| Failure {
+            kind: ErrorKind::InvalidArgument,
+            message: format!("cannot read {}: {e}", file.display()),
+        })?;
+        // The daemon resolves nothing relative to the client's directory: give it the
+        // absolute path for its messages.
+        let abs = std::path::absolute(&file).unwrap_or(file);
+        (t, abs.display().to_string())
+    };
+    let res: api::ApplyResult = ctx.call(Op::Apply(api::ApplyReq { text, origin, dry_run }))?;
+    if ctx.json {
+        ctx.print_json(&res);
+        return Ok(());
+    }
+    if res.plan.is_empty() {
+        println!("No changes.");
+    }
+    for step in &res.plan {
+        println!("{step}");
+    }
+    if dry_run && !res.plan.is_empty() {
+        println!("(dry run: nothing changed)");
+    }
+    Ok(())
 }
 
 fn mktap(ctx: &Ctx, a: MktapArgs) -> Result<(), Failure> {

@@ -179,6 +179,50 @@ pub fn stats(stats: &[PortStats]) {
     }
 }
 
+/// `stats --watch`: counters with the rates since `prev` (taken `dt` seconds earlier).
+pub fn stats_rates(stats: &[PortStats], prev: &[PortStats], dt: Option<f64>) {
+    let rate = |now: u64, then: Option<u64>| -> String {
+        match (then, dt) {
+            (Some(t), Some(dt)) if dt > 0.0 => human_rate(now.saturating_sub(t) as f64 / dt),
+            _ => "-".into(),
+        }
+    };
+    let rows = stats
+        .iter()
+        .map(|s| {
+            let c = &s.counters;
+            let p = prev.iter().find(|p| p.bridge == s.bridge && p.port == s.port).map(|p| &p.counters);
+            let drops: u64 = c.drops.values().sum();
+            vec![
+                s.bridge.to_string(),
+                s.port.to_string(),
+                c.rx_packets.to_string(),
+                rate(c.rx_packets, p.map(|p| p.rx_packets)),
+                rate(c.rx_bytes * 8, p.map(|p| p.rx_bytes * 8)),
+                c.tx_packets.to_string(),
+                rate(c.tx_packets, p.map(|p| p.tx_packets)),
+                rate(c.tx_bytes * 8, p.map(|p| p.tx_bytes * 8)),
+                drops.to_string(),
+                rate(drops, p.map(|p| p.drops.values().sum())),
+            ]
+        })
+        .collect::<Vec<_>>();
+    table(
+        &["BRIDGE", "PORT", "RX-PKTS", "RX-PPS", "RX-BPS", "TX-PKTS", "TX-PPS", "TX-BPS", "DROPS", "DROPS/S"],
+        &rows,
+    );
+}
+
+/// 1234567.0 → `1.23M` (per second).
+pub fn human_rate(v: f64) -> String {
+    match v {
+        v if v >= 1e9 => format!("{:.2}G", v / 1e9),
+        v if v >= 1e6 => format!("{:.2}M", v / 1e6),
+        v if v >= 1e3 => format!("{:.1}k", v / 1e3),
+        v => format!("{v:.0}"),
+    }
+}
+
 /// One line describing a frame, tcpdump-style.
 pub fn describe_frame(ts_us: u64, dir: &str, data: &[u8], len: u32) -> String {
     use crate::switch::wire::EthernetFrame;

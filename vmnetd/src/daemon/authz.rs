@@ -86,6 +86,7 @@ impl Core {
             | Op::PortList(_)
             | Op::FdbShow(_)
             | Op::Stats(_)
+            | Op::DatapathStats
             | Op::NetworkList
             | Op::NetworkShow(_)
             | Op::NetworkLeases(_)
@@ -238,6 +239,8 @@ fn op_name(op: &Op) -> &'static str {
         Op::FlowShow(_) | Op::Trace(_) => "read flow rules or trace (they run on the datapath thread)",
         Op::MirrorAdd(_) | Op::MirrorDel(_) => "change mirrors",
         Op::DebugPanic => "use test hooks",
+        Op::ConfigDump(_) => "dump the running configuration",
+        Op::Apply(_) => "apply a configuration",
         _ => "do that",
     }
 }

@@ -170,6 +170,9 @@ impl Core {
             Op::MirrorAdd(req) => to_value(self.mirror_add(req).await?),
             Op::MirrorDel(req) => to_value(self.mirror_del(req).await?),
             Op::MirrorList(req) => to_value(self.mirror_list(req).await?),
+            Op::DatapathStats => to_value(self.datapath_stats().await?),
+            Op::ConfigDump(req) => to_value(self.config_dump(req)?),
+            Op::Apply(req) => to_value(self.apply(req).await?),
             Op::Capture(_) => {
                 Err(ApiError::new(ErrorKind::BadRequest, "capture is served by the connection, not here"))
             }

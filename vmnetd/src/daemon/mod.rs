@@ -5,6 +5,7 @@
 //! ready. SIGTERM/SIGINT close the socket and exit, leaving persistent TAPs and kernel
 //! bridges in place for the next start to adopt.
 
+pub mod apply;
 pub mod authz;
 pub mod bridges;
 pub mod control;

@@ -267,6 +267,42 @@ pub struct Datapath {
     /// The SIGBUS guard's epoch last looked at (see `check_guest_memory`).
     guard_epoch: u64,
     port_down: Option<PortDownHook>,
+    /// How busy the thread is (read by `DatapathStats`; plain fields, this thread's only).
+    pub(crate) load: Load,
+}
+
+/// Burst-size buckets of [`Load`]: at most 1, 2, 4, … 256 frames, then more.
+pub const BURST_BUCKETS: [u32; 10] = [1, 2, 4, 8, 16, 32, 64, 128, 256, u32::MAX];
+
+/// The datapath thread's load: time asleep, bursts and their sizes. Updated once per
+/// burst and once per sleep, never per frame.
+#[derive(Debug, Default, Clone)]
+pub struct Load {
+    pub idle: Duration,
+    pub bursts: u64,
+    pub frames: u64,
+    pub burst_sizes: [u64; BURST_BUCKETS.len()],
+}
+
+impl Load {
+    #[inline]
+    pub fn burst(&mut self, frames: usize) {
+        self.bursts += 1;
+        self.frames += frames as u64;
+        // 0 → bucket 0 (1 frame), 2 → 1, 3..4 → 2, ... 257.. → 9.
+        let b = (usize::BITS - frames.saturating_sub(1).leading_zeros()) as usize;
+        self.burst_sizes[b.min(BURST_BUCKETS.len() - 1)] += 1;
+    }
+
+    pub fn stats(&self, uptime: Duration) -> crate::api::DatapathStats {
+        crate::api::DatapathStats {
+            uptime_ns: uptime.as_nanos() as u64,
+            idle_ns: self.idle.as_nanos() as u64,
+            bursts: self.bursts,
+            frames: self.frames,
+            burst_sizes: BURST_BUCKETS.iter().copied().zip(self.burst_sizes).collect(),
+        }
+    }
 }
 
 impl Datapath {
@@ -289,6 +325,7 @@ impl Datapath {
             last_frame: Instant::now(),
             guard_epoch: vmnetd_vhost::guard::epoch(),
             port_down: None,
+            load: Load::default(),
         })
     }
 

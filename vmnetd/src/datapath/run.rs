@@ -36,7 +36,12 @@ impl Datapath {
         // While frames flow, epoll is only looked at now and then: the rings are polled.
         if !hot || iter % EPOLL_EVERY == 0 {
             let timeout = if hot { 0u16 } else { 1000 };
-            let n = match self.epoll.wait(&mut events, EpollTimeout::from(timeout)) {
+            let slept = (!hot).then(Instant::now);
+            let waited = self.epoll.wait(&mut events, EpollTimeout::from(timeout));
+            if let Some(t) = slept {
+                self.load.idle += t.elapsed();
+            }
+            let n = match waited {
                 Ok(n) => n,
                 Err(nix::errno::Errno::EINTR) => 0,
                 Err(e) => {
@@ -176,7 +181,12 @@ impl Datapath {
         port.edge = Some(edge);
         port.batch = batch;
         match outcome {
-            Outcome::Burst { frames, more, pollable } => Some((frames, more, pollable)),
+            Outcome::Burst { frames, more, pollable } => {
+                if frames > 0 {
+                    self.load.burst(frames);
+                }
+                Some((frames, more, pollable))
+            }
             Outcome::Idle => None,
             Outcome::Rewatch => {
                 self.unwatch_handle(h);

@@ -1,0 +1,2 @@
+//! Placeholder: generates man pages and completions (see packaging/README).
+fn main() {}
