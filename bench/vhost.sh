@@ -20,6 +20,9 @@
 # Flow rules: backend vmnetd-rulesN is this build with N rules installed, one matching (the
 # lowest priority, so every other rule's subtable is probed first); it is reported against
 # vmnetd without rules, e.g. BACKENDS=vmnetd,vmnetd-rules10,vmnetd-rules1000 (also with CALLGRIND).
+# Metrics: backend vmnetd-scraped is this build serving /metrics on a Unix socket with a client
+# fetching it 10 times a second throughout; reported against vmnetd, e.g.
+# BACKENDS=vmnetd,vmnetd-scraped SIZES=64 THROUGHPUT_ONLY=1 bench/vhost.sh.
 # CALLGRIND=1 instead counts the instructions vmnetd's datapath thread runs per forwarded
 # frame under valgrind (this build, and REV with COMPARE), for each guest in GUESTS:
 # deterministic to ~0.1 %, where packet rates on a shared machine vary by +-25 % between runs.

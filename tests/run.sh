@@ -11,11 +11,12 @@ need_root
 # busybox initramfs, DPDK's testpmd (virtio-user), libvirtd and virsh; cpio, kmod and xz
 # build the guest; dnsmasq-base and nftables for networks (tests/tests/network.rs);
 # openvswitch-switch is the oracle of the flow-rule differential test (its own ovs-vswitchd);
-# tmux drives `vmnetd top`; man-db shows the packaged man pages.
+# tmux drives `vmnetd top`; man-db shows the packaged man pages; python3-prometheus-client
+# is the OpenMetrics parser the metrics test checks `/metrics` with.
 apt_install build-essential pkg-config ca-certificates curl iproute2 iputils-ping \
     tcpdump tshark iperf3 qemu-system-x86 busybox-static cpio kmod xz-utils dpdk dpdk-dev \
     libvirt-daemon-system libvirt-clients dnsmasq-base nftables openvswitch-switch \
-    tmux man-db
+    tmux man-db python3-prometheus-client
 ensure_rust
 # The guest kernel (a Debian cloud kernel, downloaded, never installed) and its modules.
 tests/guest/build.sh target/guest

@@ -437,6 +437,9 @@ pub struct VhostInfo {
     pub socket: String,
     pub mode: VhostMode,
     pub connected: bool,
+    /// Frontend connections since the port was attached (above 1: it reconnected).
+    #[serde(default)]
+    pub connections: u64,
     /// Virtio features the frontend acked, by name.
     pub features: Vec<String>,
     pub queue_pairs_active: usize,

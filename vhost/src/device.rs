@@ -154,6 +154,9 @@ pub struct DevState {
     pub acked_features: u64,
     pub acked_protocol_features: u64,
     pub connected: bool,
+    /// Frontend connections accepted or made since the port was attached (a count above 1
+    /// means the frontend reconnected: a QEMU restart, a migration, a crash).
+    pub connections: u64,
     /// Bumped on every change the datapath must re-read.
     pub generation: u64,
     /// Queue pairs the guest uses (VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET), when it says.
@@ -178,6 +181,7 @@ impl DevState {
             acked_features: 0,
             acked_protocol_features: 0,
             connected: false,
+            connections: 0,
             generation: 0,
             active_pairs: None,
             promisc: true,
@@ -418,7 +422,11 @@ fn unsupported(what: &'static str) -> VuError {
 
 impl Handler {
     pub fn new(shared: Arc<Shared>) -> Handler {
-        shared.lock().connected = true;
+        {
+            let mut st = shared.lock();
+            st.connected = true;
+            st.connections += 1;
+        }
         Handler { shared, mappings: Vec::new(), owned: false }
     }
 

@@ -136,6 +136,8 @@ pub struct Config {
     pub mirrors: Vec<vmnetd_api::policy::MirrorSpec>,
     #[serde(default)]
     pub tools: ToolsSection,
+    #[serde(default)]
+    pub metrics: crate::daemon::metrics::MetricsSection,
 }
 
 /// `[tools]`: the programs networks run. A bare name is looked up in `PATH`, then in

@@ -142,6 +142,49 @@ struct Vmnetd {
     daemon: Daemon,
     name: &'static str,
     _dir: tempfile::TempDir,
+    /// `vmnetd-scraped`: a client fetching `/metrics` 10 times a second while it runs.
+    _scraper: Option<Scraper>,
+}
+
+/// Fetches `GET /metrics` from a Unix socket every 100 ms until dropped, as a Prometheus
+/// server scraping far more often than usual would (counts its scrapes).
+struct Scraper {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl Scraper {
+    fn start(path: PathBuf) -> Scraper {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s2 = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !s2.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                if let Ok(mut c) = std::os::unix::net::UnixStream::connect(&path) {
+                    let _ = c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+                    let mut body = Vec::new();
+                    if c.read_to_end(&mut body).is_ok() && body.starts_with(b"HTTP/1.1 200") {
+                        n += 1;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100).saturating_sub(t.elapsed()));
+            }
+            n
+        });
+        Scraper { stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for Scraper {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(n) = self.thread.take().and_then(|t| t.join().ok()) {
+            eprintln!("vmnetd-scraped: {n} scrapes of /metrics");
+        }
+    }
 }
 
 impl Vmnetd {
@@ -153,11 +196,31 @@ impl Vmnetd {
 
     /// As [`Vmnetd::start`], the daemon running under `wrapper` (a profiler).
     fn start_under(busy_poll_us: Option<u32>, build: Option<(&str, &Path)>, wrapper: &[String]) -> Result<Vmnetd> {
+        Vmnetd::start_config(busy_poll_us, build, wrapper, "")
+    }
+
+    /// `vmnetd-scraped`: this build serving `/metrics` on a Unix socket, scraped 10 times a
+    /// second for as long as it runs.
+    fn scraped(busy_poll_us: Option<u32>) -> Result<Vmnetd> {
+        let sock = std::env::temp_dir().join(format!("vmnetd-bench-metrics-{}.sock", std::process::id()));
+        let extra = format!("[metrics]\nlisten = \"unix:{}\"\n", sock.display());
+        let mut v = Vmnetd::start_config(busy_poll_us, None, &[], &extra)?;
+        v.name = "vmnetd-scraped";
+        v._scraper = Some(Scraper::start(sock));
+        Ok(v)
+    }
+
+    fn start_config(
+        busy_poll_us: Option<u32>,
+        build: Option<(&str, &Path)>,
+        wrapper: &[String],
+        extra: &str,
+    ) -> Result<Vmnetd> {
         let dir = test_dir();
         let cfg = dir.path().join("vmnetd.toml");
         match busy_poll_us {
-            Some(us) => std::fs::write(&cfg, format!("[datapath]\nbusy_poll_us = {us}\n"))?,
-            None => std::fs::write(&cfg, "# defaults\n")?,
+            Some(us) => std::fs::write(&cfg, format!("{extra}[datapath]\nbusy_poll_us = {us}\n"))?,
+            None => std::fs::write(&cfg, format!("# defaults\n{extra}"))?,
         }
         let binary = build.map_or_else(|| bin("vmnetd"), |(_, p)| p.to_owned());
         let daemon = Daemon::start_wrapped(dir.path(), &binary, wrapper, &["--config", cfg.to_str().unwrap()]);
@@ -170,13 +233,19 @@ impl Vmnetd {
         for p in ["a", "b"] {
             daemon.cli(&["port", "add", "br0", p, "--vhost-user", &format!("{p}.sock"), "--vlan", "10"]).ok();
         }
-        Ok(Vmnetd { daemon, name, _dir: dir })
+        Ok(Vmnetd { daemon, name, _dir: dir, _scraper: None })
     }
 }
 
 /// `vmnetd-rulesN`: vmnetd with N flow rules installed, one of them matching.
 fn rules_of(name: &str) -> Option<usize> {
     name.strip_prefix("vmnetd-rules")?.parse().ok()
+}
+
+/// This build in another setting (flow rules, a metrics scraper), reported against
+/// `vmnetd` of the same run.
+fn variant(name: &str) -> bool {
+    rules_of(name).is_some() || name == "vmnetd-scraped"
 }
 
 /// N rules of which exactly one matches the benchmark's frames (the lowest priority,
@@ -1042,6 +1111,7 @@ fn start_backend(name: &str, o: &Opts, guest: Guest) -> Result<Box<dyn Backend>>
         other if rules_of(other).is_some() => {
             Box::new(Vmnetd::start(o.busy_poll_us, None)?.with_rules(rules_of(other).unwrap_or(0))?)
         }
+        "vmnetd-scraped" => Box::new(Vmnetd::scraped(o.busy_poll_us)?),
         other if other.starts_with("vmnetd-") => {
             let label = &other["vmnetd-".len()..];
             let path = o.builds.iter().find(|(l, _)| l == label).map(|(_, p)| p.clone());
@@ -1184,14 +1254,14 @@ fn report(o: &Opts, rows: &[Row]) {
                     ratios.push_str(&format!(" ({:.2} vs {:.2} Gbit/s)", v.1, x.1));
                 }
             }
-            // Flow rules against none: this run's vmnetd with N rules / without.
-            for (key, x) in med.iter().filter(|((b, s), _)| rules_of(b).is_some() && *s == size) {
+            // Variants against plain: this run's vmnetd with N rules (or scraped) / without.
+            for (key, x) in med.iter().filter(|((b, s), _)| variant(b) && *s == size) {
                 let Some(theirs) = rs.iter().find(|r| r.backend == key.0 && r.size == size) else { continue };
                 let mut per: Vec<f64> =
                     theirs.samples.iter().zip(&mine.samples).map(|(a, b)| a.mpps / b.mpps.max(1e-9)).collect();
                 let (lo, hi) = per.iter().fold((f64::MAX, 0.0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
                 ratios.push_str(&format!(
-                    "  {}/no-rules {:.2}x [rounds {lo:.2}-{hi:.2}] ({:.3} Mpps)",
+                    "  {}/vmnetd {:.2}x [rounds {lo:.2}-{hi:.2}] ({:.3} Mpps)",
                     key.0,
                     median(&mut per),
                     x.0

@@ -309,6 +309,7 @@ fn vhost_view(cx: &Ctx, spec: &PortSpec, v: &VhostState) -> (PortStatus, VhostIn
         socket: socket.display().to_string(),
         mode,
         connected: v.connected,
+        connections: v.connections,
         features: vmnetd_vhost::virtio_net::features::names(v.acked_features).into_iter().map(str::to_owned).collect(),
         queue_pairs_active: v.pairs_active,
         queue_pairs_max: v.pairs_max,
@@ -391,6 +392,42 @@ impl BridgeBackend for Builtin {
                 }
                 Err(e) => Err(err(ErrorKind::Internal, format!("Cannot add port {} to the datapath: {e}", spec.name))),
             }
+        }
+        .boxed()
+    }
+
+    fn reconfigure<'a>(
+        &'a self,
+        cx: &'a Ctx,
+        old: &'a PortDecl,
+        new: &'a PortDecl,
+    ) -> BoxFuture<'a, Result<bool, ApiError>> {
+        async move {
+            // The edge is made from the kind (a tunnel's VNIs follow its VLANs): a new kind,
+            // or any change to a tunnel, is a new edge.
+            if old.spec.kind != new.spec.kind || matches!(new.spec.kind, PortKind::Vxlan { .. }) {
+                return Ok(false);
+            }
+            let spec = new.spec.clone();
+            let (bridge, name) = (spec.bridge.to_string(), spec.name.to_string());
+            cx.dp
+                .call(move |dp| {
+                    let Some(br) = dp.bridge_mut(&bridge) else { return false };
+                    let Some(id) = br.port_id(&name) else { return false };
+                    let Some(cur) = br.switch.port(id).cloned() else { return false };
+                    let cfg = PortConfig {
+                        mode: spec.vlan.clone(),
+                        macs: spec.macs.clone(),
+                        lock_macs: spec.lock_mac,
+                        isolated: spec.isolated,
+                        policer: spec.ingress_rate_kbit.map(|r| Policer::new(r, spec.ingress_burst_kb)),
+                        egress_policer: spec.egress_rate_kbit.map(|r| Policer::new(r, spec.egress_burst_kb)),
+                        ..cur
+                    };
+                    br.switch.reconfigure_port(id, cfg)
+                })
+                .await
+                .map_err(gone)
         }
         .boxed()
     }

@@ -92,6 +92,18 @@ pub trait BridgeBackend: Send + Sync {
     /// Connects a declared port. Returns whether a kernel device was created for it.
     fn attach<'a>(&'a self, cx: &'a Ctx, decl: &'a PortDecl, policy: Policy) -> BoxFuture<'a, Result<bool, ApiError>>;
 
+    /// Changes an attached port's VLANs, addresses, isolation or policers in place (its
+    /// edge, and a guest behind it, untouched). `Ok(false)`: this change cannot be made in
+    /// place; the caller detaches and attaches the port instead.
+    fn reconfigure<'a>(
+        &'a self,
+        _cx: &'a Ctx,
+        _old: &'a PortDecl,
+        _new: &'a PortDecl,
+    ) -> BoxFuture<'a, Result<bool, ApiError>> {
+        Box::pin(async { Ok(false) })
+    }
+
     /// Disconnects a port; deletes what vmnetd created for it.
     fn detach<'a>(&'a self, cx: &'a Ctx, decl: &'a PortDecl) -> BoxFuture<'a, ()>;
 

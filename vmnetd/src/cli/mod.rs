@@ -128,7 +128,8 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Top { interval } => {
             let every = secs(interval)?;
-            vmnetd_top::run(&ctx.socket, every).map_err(|e| Failure { kind: ErrorKind::Internal, message: format!("{e:#}") })
+            vmnetd_top::run(&ctx.socket, every)
+                .map_err(|e| Failure { kind: ErrorKind::Internal, message: format!("{e:#}") })
         }
         Command::Apply { file, dry_run } => apply(&ctx, file, dry_run),
         Command::Config { command: ConfigCommand::Dump { all } } => {
@@ -165,7 +166,10 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
 /// A positive, finite number of seconds (at least 10 ms).
 fn secs(s: f64) -> Result<std::time::Duration, Failure> {
     if !s.is_finite() || s < 0.01 || s > 86_400.0 {
-        return Err(Failure { kind: ErrorKind::InvalidArgument, message: format!("interval {s} is out of range (0.01-86400 s)") });
+        return Err(Failure {
+            kind: ErrorKind::InvalidArgument,
+            message: format!("interval {s} is out of range (0.01-86400 s)"),
+        });
     }
     Ok(std::time::Duration::from_secs_f64(s))
 }

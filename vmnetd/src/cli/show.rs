@@ -207,10 +207,7 @@ pub fn stats_rates(stats: &[PortStats], prev: &[PortStats], dt: Option<f64>) {
             ]
         })
         .collect::<Vec<_>>();
-    table(
-        &["BRIDGE", "PORT", "RX-PKTS", "RX-PPS", "RX-BPS", "TX-PKTS", "TX-PPS", "TX-BPS", "DROPS", "DROPS/S"],
-        &rows,
-    );
+    table(&["BRIDGE", "PORT", "RX-PKTS", "RX-PPS", "RX-BPS", "TX-PKTS", "TX-PPS", "TX-BPS", "DROPS", "DROPS/S"], &rows);
 }
 
 /// 1234567.0 → `1.23M` (per second).

@@ -56,7 +56,7 @@ fn port_info(decl: &PortDecl, source: Source, view: PortView) -> PortInfo {
     }
 }
 
-fn validate_bridge(spec: &BridgeSpec) -> Result<(), ApiError> {
+pub(crate) fn validate_bridge(spec: &BridgeSpec) -> Result<(), ApiError> {
     if spec.max_macs == Some(0) {
         return Err(err(ErrorKind::InvalidArgument, "--max-macs must be at least 1"));
     }
@@ -66,7 +66,7 @@ fn validate_bridge(spec: &BridgeSpec) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn validate_port(spec: &PortSpec) -> Result<(), ApiError> {
+pub(crate) fn validate_port(spec: &PortSpec) -> Result<(), ApiError> {
     crate::api::validate_external_ids(&spec.external_ids)?;
     if let VlanMode::Trunk { vlans, native } = &spec.vlan {
         if vlans.is_empty() && native.is_none() {
@@ -421,18 +421,8 @@ impl Core {
                 format!("Bridge {} already has a port {} with other settings", spec.bridge, spec.name),
             ));
         }
-        let res = port_resource(&self.resolved(&spec));
-        if let Some((other, _)) = self.port_decls().find(|(p, _)| port_resource(&self.resolved(&p.spec)) == res) {
-            return Err(err(
-                ErrorKind::Conflict,
-                format!("{res} is already port {} of bridge {}", other.spec.name, other.spec.bridge),
-            ));
-        }
         let cx = self.ctx();
-        let mut decl = PortDecl::new(spec.clone(), false);
-        decl.creator = (!caller.is_root()).then_some(caller.uid);
-        decl.attached = bridge::identity_of(&cx, &spec).await?;
-        decl.created = backend.attach(&cx, &decl, Policy::Declare).await?;
+        let decl = self.attach_new_port(&spec, (!caller.is_root()).then_some(caller.uid)).await?;
         self.state.ports.push(decl.clone());
         if let Err(e) = self.store.save(&self.state) {
             self.state.ports.pop();
@@ -441,6 +431,25 @@ impl Core {
         }
         log::info!("port {} of {}: added ({}, {})", spec.name, spec.bridge, spec.kind.type_name(), spec.vlan);
         self.port_info(&decl, Source::State).await
+    }
+
+    /// Attaches a port no declaration has yet (checked by the caller: valid, its bridge
+    /// takes it, the name is free): refuses a resource another port holds.
+    pub(crate) async fn attach_new_port(&self, spec: &PortSpec, creator: Option<u32>) -> Result<PortDecl, ApiError> {
+        let res = port_resource(&self.resolved(spec));
+        if let Some((other, _)) = self.port_decls().find(|(p, _)| port_resource(&self.resolved(&p.spec)) == res) {
+            return Err(err(
+                ErrorKind::Conflict,
+                format!("{res} is already port {} of bridge {}", other.spec.name, other.spec.bridge),
+            ));
+        }
+        let backend = self.backend(&spec.bridge)?;
+        let cx = self.ctx();
+        let mut decl = PortDecl::new(spec.clone(), false);
+        decl.creator = creator;
+        decl.attached = bridge::identity_of(&cx, spec).await?;
+        decl.created = backend.attach(&cx, &decl, Policy::Declare).await?;
+        Ok(decl)
     }
 
     pub async fn port_del(&mut self, req: PortRef) -> Result<PortInfo, ApiError> {

@@ -34,6 +34,8 @@ pub struct Core {
     pub nets: super::networks::NetRuntime,
     /// Flow rules and mirrors from the config file.
     pub policy: super::policy::PolicyConfig,
+    /// The config file's declarations as they run (what `apply` compares a new file with).
+    pub config: Config,
 }
 
 #[cfg(test)]
@@ -56,6 +58,7 @@ impl Core {
             limits: UserLimits { max_ports_per_user: 64 },
             nets: Default::default(),
             policy: Default::default(),
+            config: Config::default(),
         }
     }
 }
@@ -193,7 +196,7 @@ impl Core {
         }
     }
 
-    fn status(&self) -> Status {
+    pub(crate) fn status(&self) -> Status {
         Status {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             protocol: crate::api::PROTOCOL_VERSION,
@@ -312,7 +315,7 @@ impl Core {
         Ok(info)
     }
 
-    async fn tap_list(&self) -> Result<Vec<TapInfo>, ApiError> {
+    pub(crate) async fn tap_list(&self) -> Result<Vec<TapInfo>, ApiError> {
         let links = self.nl.links().await.map_err(api(ErrorKind::Internal))?;
         let find = |n: &str| links.iter().find(|l| l.name == n);
         let mut out: Vec<TapInfo> = self

@@ -10,6 +10,7 @@ pub mod authz;
 pub mod bridges;
 pub mod control;
 pub mod core;
+pub mod metrics;
 pub mod networks;
 pub mod policy;
 pub mod reconcile;
@@ -110,6 +111,7 @@ pub fn run(opts: Options) -> Result<(), Error> {
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let loaded = Config::load(opts.config.as_deref())?;
     let paths = Paths::resolve(&opts, &loaded.config);
+    let explicit_config = opts.config.clone();
 
     fs::DirBuilder::new()
         .recursive(true)
@@ -177,6 +179,7 @@ pub fn run(opts: Options) -> Result<(), Error> {
                 ),
                 mirrors: loaded.config.mirrors.clone(),
             },
+            config: loaded.config.clone(),
         };
         let (net_tx, net_rx) = tokio::sync::mpsc::unbounded_channel();
         core.nets.events = Some(net_tx.clone());
@@ -194,12 +197,20 @@ pub fn run(opts: Options) -> Result<(), Error> {
         notify_ready();
         let core = Arc::new(tokio::sync::Mutex::new(core));
         let limits = control::Limits::from(&loaded.config.control);
+        if let Some(at) = &loaded.config.metrics.listen {
+            // Metrics are optional: a listener that cannot start is logged, not fatal.
+            if let Err(e) = metrics::spawn(core.clone(), at, loaded.config.daemon.socket_group.as_deref()).await {
+                log::error!("metrics: {e}");
+            }
+        }
         let server = tokio::spawn(control::serve(listener, core.clone(), limits));
         let reconciler = tokio::spawn(reconcile::run(core.clone(), events_rx));
+        let reloader = tokio::spawn(reload_on_sighup(core.clone(), explicit_config));
         networks::spawn_supervisor(core.clone(), net_tx, net_rx);
         wait_for_shutdown().await;
         server.abort();
         reconciler.abort();
+        reloader.abort();
         // Wait for a request in progress to finish its change and persist it.
         let _guard = core.lock().await;
         let _ = fs::remove_file(&paths.socket);
@@ -302,6 +313,39 @@ fn notify_ready() {
     };
     if let Err(e) = send() {
         log::warn!("sd_notify: {e}");
+    }
+}
+
+/// SIGHUP (`systemctl reload vmnetd`): the config file is read again and applied as by
+/// `vmnetd apply` (the file given with `--config`, else /etc/vmnetd/vmnetd.toml if it exists,
+/// else the embedded default). A file that does not parse, or an apply that fails (rolled
+/// back), changes nothing and is logged.
+async fn reload_on_sighup(core: Arc<tokio::sync::Mutex<core::Core>>, explicit: Option<PathBuf>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        log::warn!("cannot handle SIGHUP: reload with `vmnetd apply FILE`");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let path =
+            explicit.clone().or_else(|| Some(PathBuf::from(crate::config::DEFAULT_CONFIG_PATH)).filter(|p| p.exists()));
+        let (text, origin) = match &path {
+            Some(p) => match fs::read_to_string(p) {
+                Ok(t) => (t, p.display().to_string()),
+                Err(e) => {
+                    log::error!("SIGHUP: cannot read {}: {e}; nothing changed", p.display());
+                    continue;
+                }
+            },
+            None => (crate::config::EMBEDDED_DEFAULT.to_owned(), "embedded default".to_owned()),
+        };
+        log::info!("SIGHUP: applying {origin}");
+        let req = crate::api::ApplyReq { text, origin: origin.clone(), dry_run: false };
+        match core.lock().await.apply(req).await {
+            Ok(r) if r.plan.is_empty() => log::info!("SIGHUP: {origin}: no changes"),
+            Ok(r) => log::info!("SIGHUP: {origin}: {} change(s) applied", r.plan.len()),
+            Err(e) => log::error!("SIGHUP: {origin}: {}", e.message),
+        }
     }
 }
 

@@ -567,6 +567,71 @@ impl Core {
         Ok(info)
     }
 
+    /// `apply`: sets up a network the config file now declares (as `network add`, with its
+    /// leases and forwards; all or nothing), then files it as the config's.
+    pub(crate) async fn add_config_network(&mut self, nc: &crate::config::NetworkConfig) -> Result<(), ApiError> {
+        let name = nc.name.clone();
+        self.network_add(nc.spec()).await?;
+        let mut res = Ok(());
+        for l in &nc.leases {
+            let req = LeaseAdd { network: name.clone(), mac: l.mac, ip: l.ip, name: l.name.clone() };
+            if let Err(e) = self.lease_add(req).await {
+                res = Err(e);
+                break;
+            }
+        }
+        for f in &nc.forwards {
+            if res.is_err() {
+                break;
+            }
+            let req = ForwardAdd { network: name.clone(), proto: f.proto, host_port: f.host_port, to: f.to };
+            if let Err(e) = self.forward_add(req).await {
+                res = Err(e);
+            }
+        }
+        if let Err(e) = res {
+            if let Err(e2) = self.network_del(NetworkRef { name: name.clone() }).await {
+                log::error!("network {name}: undoing a failed apply: {}", e2.message);
+            }
+            return Err(e);
+        }
+        let Some(i) = self.state.networks.iter().position(|n| n.spec.name == name) else {
+            return Ok(());
+        };
+        let decl = self.state.networks.remove(i);
+        let gateway = |p: &PortDecl| p.spec.external_ids.get(NETWORK_LABEL).map(String::as_str) == Some(name.as_str());
+        let ports: Vec<PortDecl> = self.state.ports.iter().filter(|p| gateway(p)).cloned().collect();
+        self.state.ports.retain(|p| !gateway(p));
+        self.config_ports.extend(ports);
+        self.state.config_networks.insert(
+            name.to_string(),
+            ResolvedNet {
+                subnet: decl.subnet,
+                ipv6: decl.ipv6,
+                prior_forwarding: decl.prior_forwarding,
+                leases: Vec::new(),
+            },
+        );
+        self.nets.config.push(decl);
+        self.store.save(&self.state).map_err(internal)
+    }
+
+    /// `apply`: takes down a network the config file no longer declares (as `network del`).
+    pub(crate) async fn del_config_network(&mut self, nc: &crate::config::NetworkConfig) -> Result<(), ApiError> {
+        let name = nc.name.clone();
+        let Some(i) = self.nets.config.iter().position(|n| n.spec.name == name) else {
+            return Ok(());
+        };
+        let decl = self.nets.config.remove(i);
+        let gateway = |p: &PortDecl| p.spec.external_ids.get(NETWORK_LABEL).map(String::as_str) == Some(name.as_str());
+        let ports: Vec<PortDecl> = self.config_ports.iter().filter(|p| gateway(p)).cloned().collect();
+        self.config_ports.retain(|p| !gateway(p));
+        self.state.ports.extend(ports);
+        self.state.config_networks.remove(name.as_str());
+        self.state.networks.push(decl);
+        self.network_del(NetworkRef { name }).await.map(|_| ())
+    }
+
     fn network_info(&self, decl: &NetworkDecl, source: Source) -> Result<NetworkInfo, ApiError> {
         let kind = self.bridge_kind(&decl.spec.bridge)?;
         let pid =

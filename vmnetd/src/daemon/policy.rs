@@ -421,6 +421,23 @@ impl Core {
             .collect())
     }
 
+    /// `apply`: a bridge's config-file rules become `texts` (all or nothing).
+    pub(crate) async fn set_config_flows(&self, bridge: &IfName, texts: &[String]) -> Result<(), ApiError> {
+        let rules = parse_rules(texts)?;
+        self.check_port_names(bridge, rules.iter().flat_map(rule_ports))?;
+        self.change_flows(bridge, |c, resolve, t| c.replace_all(rules, resolve, t).map_err(|e| e.to_string())).await
+    }
+
+    /// `apply`: the bridge's mirrors (config and runtime) to the datapath again.
+    pub(crate) async fn set_config_mirrors(&self, bridge: &IfName) -> Result<(), ApiError> {
+        let decls = self.mirror_decls(bridge.as_str());
+        for (m, _) in &decls {
+            let ports = m.select_src.iter().chain(&m.select_dst).chain(&m.output_port).map(|p| p.as_str());
+            self.check_port_names(bridge, ports)?;
+        }
+        self.push_mirrors(bridge).await
+    }
+
     /// Installs the declared rules and mirrors of every built-in bridge (at start). A rule
     /// that no longer parses is logged and skipped.
     pub async fn restore_policy(&mut self) {

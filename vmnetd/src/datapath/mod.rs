@@ -329,6 +329,11 @@ impl Datapath {
         })
     }
 
+    /// Changes how long rings are polled after the last frame (`[datapath] busy_poll_us`).
+    pub fn set_busy_poll(&mut self, d: Duration) {
+        self.settings.busy_poll = d;
+    }
+
     /// Time since the datapath started: the switch's clock.
     pub fn now(&self) -> Duration {
         self.start.elapsed()

@@ -97,6 +97,7 @@ pub enum EdgeState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VhostState {
     pub connected: bool,
+    pub connections: u64,
     pub acked_features: u64,
     pub pairs_active: usize,
     pub pairs_max: u16,

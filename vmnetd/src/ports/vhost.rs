@@ -142,6 +142,7 @@ impl PortEdge for VhostPort {
         let st = self.shared.lock();
         EdgeState::Vhost(VhostState {
             connected: st.connected,
+            connections: st.connections,
             acked_features: st.acked_features,
             pairs_active: st.active_pair_indices().count(),
             pairs_max: self.shared.queue_pairs,
