@@ -26,6 +26,11 @@ cargo clippy --locked --workspace --all-targets --features vmnetd-tests/root-tes
 cargo build --locked --workspace --bins
 cargo test --locked --workspace --features vmnetd-tests/root-tests
 
+# The Debian package: built with cargo-deb, installed with apt, the installed daemon run in a
+# network namespace, purged (after the cargo tests: its postinst installs the libvirt hook).
+command -v cargo-deb >/dev/null 2>&1 || cargo install --locked cargo-deb
+tests/deb.sh
+
 # Every fuzz target for a short, bounded time (FUZZ_SECONDS each, default 20), on top of the
 # minimised corpora in fuzz/seeds/ (one archive per target, from longer runs): a regression
 # at any input boundary fails the run. cargo-fuzz builds

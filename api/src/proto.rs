@@ -267,6 +267,9 @@ impl std::fmt::Display for PlanStep {
 pub struct ApplyResult {
     pub plan: Vec<PlanStep>,
     pub applied: bool,
+    /// Something to know about what was applied (e.g. a file the daemon does not read at start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// The two kinds of bridge.

@@ -37,9 +37,7 @@ fn main() {
             print!("{}", vmnetd::config::EMBEDDED_DEFAULT);
             return;
         }
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-            .format_timestamp_millis()
-            .init();
+        vmnetd::daemon::init_logging();
         vmnetd::daemon::fail_stop();
         let opts = vmnetd::daemon::Options {
             config: args.config.clone(),

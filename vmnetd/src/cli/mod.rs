@@ -165,7 +165,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
 
 /// A positive, finite number of seconds (at least 10 ms).
 fn secs(s: f64) -> Result<std::time::Duration, Failure> {
-    if !s.is_finite() || s < 0.01 || s > 86_400.0 {
+    if !s.is_finite() || !(0.01..=86_400.0).contains(&s) {
         return Err(Failure {
             kind: ErrorKind::InvalidArgument,
             message: format!("interval {s} is out of range (0.01-86400 s)"),
@@ -232,6 +232,9 @@ fn apply(ctx: &Ctx, file: PathBuf, dry_run: bool) -> Result<(), Failure> {
     }
     if dry_run && !res.plan.is_empty() {
         println!("(dry run: nothing changed)");
+    }
+    if let Some(n) = &res.note {
+        warn(n);
     }
     Ok(())
 }

@@ -77,7 +77,7 @@ pub enum Kind {
 }
 
 impl Action {
-    fn inverse(&self) -> Action {
+    pub fn inverse(&self) -> Action {
         use Action::*;
         match self.clone() {
             AddTap(s) => DelTap(s),
@@ -416,7 +416,8 @@ pub fn plan(old: &Config, new: &Config, rt: &Runtime) -> Result<(Vec<PlanStep>, 
     let bridges: BTreeSet<&String> = old_m.keys().chain(new_m.keys()).collect();
     for b in bridges {
         let (o, n) = (old_m.get(b).cloned().unwrap_or_default(), new_m.get(b).cloned().unwrap_or_default());
-        if o == n && !(remade_bridges.contains(b) && !n.is_empty()) {
+        let reinstall = remade_bridges.contains(b) && !n.is_empty();
+        if o == n && !reinstall {
             continue;
         }
         for m in &o {
@@ -550,7 +551,8 @@ impl Core {
             if applied {
                 self.adopt_config(new, &req.origin);
             }
-            return Ok(ApplyResult { plan: shown, applied });
+            let note = if applied { self.restart_note(&req.origin) } else { None };
+            return Ok(ApplyResult { plan: shown, applied, note });
         }
         let mut done: Vec<Action> = Vec::new();
         for a in &actions {
@@ -580,9 +582,19 @@ impl Core {
         self.adopt_config(new, &req.origin);
         self.store.save(&self.state).map_err(internal)?;
         for s in &shown {
-            log::info!("apply from {}: {s}", req.origin);
+            tracing::info!(origin = %req.origin, change = %s, "apply from {}: {s}", req.origin);
         }
-        Ok(ApplyResult { plan: shown, applied: true })
+        Ok(ApplyResult { plan: shown, applied: true, note: self.restart_note(&req.origin) })
+    }
+
+    /// Changes from a file the daemon does not read at start last until the next restart.
+    fn restart_note(&self, origin: &str) -> Option<String> {
+        (origin != self.startup_config).then(|| {
+            format!(
+                "the daemon reads {} at start, not {origin}: copy the file there to keep this configuration across restarts",
+                self.startup_config
+            )
+        })
     }
 
     fn adopt_config(&mut self, new: Config, origin: &str) {
@@ -664,8 +676,17 @@ impl Core {
                 if !backend.reconfigure(&cx, &cur, &next).await? {
                     backend.detach(&cx, &cur).await;
                     self.config_ports.retain(|p| !key(p));
-                    let decl = self.attach_new_port(new, None).await?;
-                    self.config_ports.push(decl);
+                    match self.attach_new_port(new, None).await {
+                        Ok(decl) => self.config_ports.push(decl),
+                        Err(e) => {
+                            // Put the old port back before the rollback of the earlier steps.
+                            if let Err(e2) = backend.attach(&cx, &cur, Policy::Restore).await {
+                                log::error!("port {}/{}: cannot re-attach: {}", old.bridge, old.name, e2.message);
+                            }
+                            self.config_ports.push(cur);
+                            return Err(e);
+                        }
+                    }
                     return Ok(());
                 }
                 if let Some(p) = self.config_ports.iter_mut().find(|p| key(p)) {

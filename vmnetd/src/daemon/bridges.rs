@@ -429,7 +429,16 @@ impl Core {
             backend.detach(&cx, &decl).await;
             return Err(internal(e));
         }
-        log::info!("port {} of {}: added ({}, {})", spec.name, spec.bridge, spec.kind.type_name(), spec.vlan);
+        tracing::info!(
+            bridge = %spec.bridge,
+            port = %spec.name,
+            vm_name = spec.external_ids.get("vm-name").map(String::as_str),
+            "port {} of {}: added ({}, {})",
+            spec.name,
+            spec.bridge,
+            spec.kind.type_name(),
+            spec.vlan
+        );
         self.port_info(&decl, Source::State).await
     }
 
@@ -473,7 +482,14 @@ impl Core {
         self.backend(&decl.spec.bridge)?.detach(&self.ctx(), &decl).await;
         self.state.ports.retain(|p| !(p.spec.bridge == req.bridge && p.spec.name == req.name));
         self.store.save(&self.state).map_err(internal)?;
-        log::info!("port {} of {}: removed", req.name, req.bridge);
+        tracing::info!(
+            bridge = %req.bridge,
+            port = %req.name,
+            vm_name = decl.spec.external_ids.get("vm-name").map(String::as_str),
+            "port {} of {}: removed",
+            req.name,
+            req.bridge
+        );
         Ok(info)
     }
 

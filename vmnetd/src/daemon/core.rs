@@ -36,6 +36,8 @@ pub struct Core {
     pub policy: super::policy::PolicyConfig,
     /// The config file's declarations as they run (what `apply` compares a new file with).
     pub config: Config,
+    /// The config the daemon reads at start (a path, or "embedded default").
+    pub startup_config: String,
 }
 
 #[cfg(test)]
@@ -59,6 +61,7 @@ impl Core {
             nets: Default::default(),
             policy: Default::default(),
             config: Config::default(),
+            startup_config: "test".into(),
         }
     }
 }

@@ -443,11 +443,20 @@ mod tests {
             "macs": [], "lock_mac": false, "ifname": "vm1", "status": {"state": "up"}, "source": "state",
             "counters": {"rx_packets": 5, "rx_bytes": 500, "tx_packets": 7, "tx_bytes": 700, "rx_flooded": 1,
                 "learned": 1, "evicted": 0, "aged": 0, "moved_in": 0, "drops": {"vlan": 2}},
-            "external_ids": {"vm-name": "web", "vm-uuid": "u-1"}
+            "external_ids": {"vm-name": "web", "vm-uuid": "u-1"},
+            "vhost": {"socket": "/run/vmnetd/vm1.sock", "mode": "server", "connected": true, "connections": 2,
+                "features": [], "queue_pairs_active": 1, "queue_pairs_max": 1}
+        }))
+        .unwrap();
+        let bridge: BridgeInfo = serde_json::from_value(serde_json::json!({
+            "name": "br0", "kind": "builtin", "ports": 1, "fdb_entries": 3, "ageing": 300, "max_macs": 8192,
+            "source": "state", "created": false
         }))
         .unwrap();
         let s = Snapshot {
             ports: vec![port],
+            bridges: vec![bridge],
+            fdb: [(("br0".to_owned(), 10), 3)].into(),
             datapath: Some(DatapathStats {
                 uptime_ns: 10_000_000_000,
                 idle_ns: 9_000_000_000,
@@ -466,9 +475,24 @@ mod tests {
         );
         assert!(text.contains(r#"vmnetd_port_drops_total{bridge="br0",port="vm1",kind="internal",vm_name="web",vm_uuid="u-1",reason="vlan"} 2"#), "{text}");
         assert!(text.contains(r#"vmnetd_datapath_seconds_total{state="busy"} 1.0"#), "{text}");
+        assert!(text.contains(r#"vmnetd_vhost_connections_total{bridge="br0",port="vm1",kind="internal",vm_name="web",vm_uuid="u-1"} 2"#), "{text}");
+        assert!(text.contains(r#"vmnetd_bridge_fdb_vlan_entries{bridge="br0",vlan="10"} 3"#), "{text}");
         assert!(text.contains(r#"vmnetd_datapath_burst_frames_bucket{le="32.0"} 3"#), "{text}");
         assert!(text.contains(r#"vmnetd_datapath_burst_frames_bucket{le="+Inf"} 3"#), "{text}");
         assert!(text.ends_with("# EOF\n"));
+        // Every metric the example Grafana dashboard queries is one this exposes.
+        let dash = include_str!("../../../examples/grafana-dashboard.json");
+        let exposed: std::collections::HashSet<&str> =
+            text.lines().filter(|l| !l.starts_with('#')).filter_map(|l| l.split(['{', ' ']).next()).collect();
+        let mut rest = dash;
+        while let Some(i) = rest.find("vmnetd_") {
+            let name: String = rest[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            rest = &rest[i + name.len()..];
+            if name == "vmnetd_build_info" {
+                continue; // the snapshot has no status
+            }
+            assert!(exposed.contains(name.as_str()), "the dashboard queries {name}, which /metrics does not have");
+        }
         let families: Vec<&str> = text.lines().filter(|l| l.starts_with("# TYPE ")).collect();
         let unique: std::collections::HashSet<&&str> = families.iter().collect();
         assert_eq!(families.len(), unique.len(), "{text}");

@@ -180,6 +180,10 @@ pub fn run(opts: Options) -> Result<(), Error> {
                 mirrors: loaded.config.mirrors.clone(),
             },
             config: loaded.config.clone(),
+            startup_config: explicit_config.as_deref().map_or_else(
+                || crate::config::DEFAULT_CONFIG_PATH.to_owned(),
+                |p| std::path::absolute(p).unwrap_or_else(|_| p.to_owned()).display().to_string(),
+            ),
         };
         let (net_tx, net_rx) = tokio::sync::mpsc::unbounded_channel();
         core.nets.events = Some(net_tx.clone());
@@ -360,4 +364,36 @@ async fn wait_for_shutdown() {
         _ = term.recv() => log::info!("SIGTERM: shutting down"),
         _ = int.recv() => log::info!("SIGINT: shutting down"),
     }
+}
+
+/// The daemon's log: `tracing` events (and the `log` records of libraries, bridged), filtered
+/// by `RUST_LOG` (default `info`). Under systemd, when stderr is the journal's stream
+/// (`JOURNAL_STREAM` names it), events go to journald natively, their fields (`bridge`,
+/// `port`, `vm_name`, ...) as journal fields (`journalctl -u vmnetd BRIDGE=vmnet0`);
+/// otherwise plain lines to stderr.
+pub fn init_logging() {
+    use tracing_subscriber::prelude::*;
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+    };
+    if stderr_is_journal() {
+        if let Ok(j) = tracing_journald::layer() {
+            let j = j.with_syslog_identifier("vmnetd".to_owned());
+            tracing_subscriber::registry().with(filter()).with(j).init();
+            return;
+        }
+    }
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(false);
+    tracing_subscriber::registry().with(filter()).with(fmt).init();
+}
+
+/// systemd's `JOURNAL_STREAM=DEV:INODE` names the stream it connected; it is inherited, so
+/// it counts only if stderr is still that stream.
+fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(v) = std::env::var_os("JOURNAL_STREAM") else { return false };
+    let Some((dev, ino)) = v.to_str().and_then(|s| s.split_once(':')) else { return false };
+    let Ok(meta) = fs::metadata("/proc/self/fd/2") else { return false };
+    dev.parse() == Ok(meta.dev()) && ino.parse() == Ok(meta.ino())
 }

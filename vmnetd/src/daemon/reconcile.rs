@@ -104,7 +104,7 @@ pub async fn run(core: Arc<Mutex<Core>>, mut rx: mpsc::UnboundedReceiver<Event>)
         }
         let r = round(&core, &batch).await;
         for (b, p) in &r.repaired {
-            log::info!("port {p} of {b}: re-attached");
+            tracing::info!(bridge = %b, port = %p, "port {p} of {b}: re-attached");
         }
     }
 }
