@@ -70,7 +70,9 @@ fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64>
         .map(|s| s.2)
 }
 
+/// A scrape after the daemon's one-second exposition cache has expired (a fresh snapshot).
 fn scrape() -> Vec<Sample> {
+    std::thread::sleep(Duration::from_millis(1100));
     let (status, body) = http("GET", "/metrics");
     assert!(status.contains(" 200 "), "{status}");
     parse(&body)
@@ -97,6 +99,10 @@ fn metrics_follow_traffic_and_match_stats() {
         assert!(a.ping("10.0.0.2", 5));
 
         // Counters match `vmnetd stats` (read between two scrapes: frames may still trickle).
+        // Scrapes within a second share one snapshot: two at once give the same text.
+        let (_, t1) = http("GET", "/metrics");
+        let (_, t2) = http("GET", "/metrics");
+        assert_eq!(t1, t2);
         let s1 = scrape();
         let mid = stats_rx(&d, "pa");
         let s2 = scrape();

@@ -413,7 +413,9 @@ impl BridgeBackend for Builtin {
             cx.dp
                 .call(move |dp| {
                     let Some(br) = dp.bridge_mut(&bridge) else { return false };
-                    let Some(id) = br.port_id(&name) else { return false };
+                    // Not attached now (its interface is missing): the declaration is all
+                    // there is to change; the reconciler attaches it as declared.
+                    let Some(id) = br.port_id(&name) else { return true };
                     let Some(cur) = br.switch.port(id).cloned() else { return false };
                     let cfg = PortConfig {
                         mode: spec.vlan.clone(),

@@ -378,6 +378,10 @@ pub fn plan(old: &Config, new: &Config, rt: &Runtime) -> Result<(Vec<PlanStep>, 
         })
     };
     let (old_r, new_r) = (rules(old), rules(new));
+    for f in &new.flows {
+        crate::switch::flow::parse_rule(&f.rule)
+            .map_err(|e| bad(format!("[[flow]] of bridge {}: rule {:?}: {e}", f.bridge, f.rule)))?;
+    }
     let bridges: BTreeSet<&String> = old_r.keys().chain(new_r.keys()).collect();
     for b in bridges {
         let (o, n) = (old_r.get(b).cloned().unwrap_or_default(), new_r.get(b).cloned().unwrap_or_default());
@@ -435,8 +439,9 @@ pub fn plan(old: &Config, new: &Config, rt: &Runtime) -> Result<(Vec<PlanStep>, 
         }
     }
 
-    // Order: removals (networks first, bridges and TAPs last), adoptions, in-place changes,
-    // additions (TAPs and bridges first), rules and mirrors.
+    // Order: removals (networks first, bridges and TAPs last), adoptions, additions and
+    // changes (TAPs and bridges first, so a changed port may use a TAP or bridge the file
+    // adds), rules and mirrors.
     let rank = |a: &Action| match a {
         Action::DelNetwork(_) => 0,
         Action::DelPort(_) => 1,
@@ -444,16 +449,20 @@ pub fn plan(old: &Config, new: &Config, rt: &Runtime) -> Result<(Vec<PlanStep>, 
         Action::DelTap(_) => 3,
         Action::AddTap(_) => 10,
         Action::AddBridge(_) => 11,
-        Action::AddPort(_) => 12,
-        Action::AddNetwork(_) => 13,
+        Action::ChangePort(..) => 12,
+        Action::AddPort(_) => 13,
+        Action::AddNetwork(_) => 14,
         _ => 5,
     };
     // Rules and mirrors follow ports by name (the datapath resolves them as ports come and
     // go): they change last, when every port they name is there.
     let policy_last: Vec<Action> =
         changes.iter().filter(|a| matches!(a, Action::Flows(..) | Action::Mirrors(..))).cloned().collect();
-    let others: Vec<Action> =
-        changes.into_iter().filter(|a| !matches!(a, Action::Flows(..) | Action::Mirrors(..))).collect();
+    let (ports, others): (Vec<Action>, Vec<Action>) = changes
+        .into_iter()
+        .filter(|a| !matches!(a, Action::Flows(..) | Action::Mirrors(..)))
+        .partition(|a| matches!(a, Action::ChangePort(..)));
+    adds.extend(ports);
     dels.sort_by_key(rank);
     adds.sort_by_key(rank);
     let mut actions = dels;
@@ -532,12 +541,18 @@ impl Core {
             c.mirrors.extend(self.state.mirrors.iter().cloned());
         }
         let body = toml::to_string(&c).map_err(internal)?;
-        let head = format!(
-            "# vmnetd {}: the running configuration{} (from {}).\n# `vmnetd apply` takes this file back.\n\n",
-            env!("CARGO_PKG_VERSION"),
-            if req.all { ", runtime declarations included" } else { "" },
-            self.config_origin
-        );
+        let origin: String = self.config_origin.chars().map(|c| if c.is_control() { '?' } else { c }).collect();
+        let head = if req.all {
+            format!(
+                "# vmnetd {}: the running configuration (from {origin}) and the runtime declarations\n# (CLI, libvirt hook). Applied, the file takes over the runtime TAPs, bridges and ports;\n# runtime networks and mirrors must be removed first.\n\n",
+                env!("CARGO_PKG_VERSION")
+            )
+        } else {
+            format!(
+                "# vmnetd {}: the running configuration (from {origin}).\n# `vmnetd apply` takes this file back.\n\n",
+                env!("CARGO_PKG_VERSION")
+            )
+        };
         Ok(ConfigDump { toml: head + &body })
     }
 
@@ -642,6 +657,10 @@ impl Core {
                 super::bridges::validate_bridge(spec)?;
                 let created = crate::bridge::backend(spec.kind).create(&cx, spec).await?;
                 self.config_bridges.push(BridgeDecl { spec: spec.clone(), created });
+                // A new switch is empty: its rules (runtime or file) and mirrors go back in.
+                if spec.kind == BridgeKind::Builtin {
+                    self.reinstall_policy(&spec.name).await;
+                }
             }
             Action::DelBridge(spec) => {
                 if let Some(decl) = self.config_bridges.iter().find(|b| b.spec.name == spec.name).cloned() {
@@ -673,6 +692,15 @@ impl Core {
                 backend.check_port(new)?;
                 let mut next = cur.clone();
                 next.spec = (**new).clone();
+                let mut labels_only = (**old).clone();
+                labels_only.external_ids = new.external_ids.clone();
+                if labels_only == **new {
+                    // Labels only: nothing in the system changes.
+                    if let Some(p) = self.config_ports.iter_mut().find(|p| key(p)) {
+                        *p = next;
+                    }
+                    return Ok(());
+                }
                 if !backend.reconfigure(&cx, &cur, &next).await? {
                     backend.detach(&cx, &cur).await;
                     self.config_ports.retain(|p| !key(p));
@@ -697,27 +725,51 @@ impl Core {
             Action::DelNetwork(nc) => self.del_config_network(nc).await?,
             Action::Flows(bridge, _, rules) => {
                 let b: crate::ifname::IfName = bridge.parse().map_err(internal)?;
-                self.policy.flows.insert(bridge.clone(), rules.clone());
-                if rules.is_empty() {
-                    self.policy.flows.remove(bridge);
-                }
                 let builtin = self.bridge_decl(bridge).is_some_and(|(d, _)| d.spec.kind == BridgeKind::Builtin);
                 if builtin && !self.state.flows.contains_key(bridge) {
+                    // All or nothing in the datapath; the config's rules change only after.
                     self.set_config_flows(&b, rules).await?;
+                }
+                if rules.is_empty() {
+                    self.policy.flows.remove(bridge);
+                } else {
+                    self.policy.flows.insert(bridge.clone(), rules.clone());
                 }
             }
             Action::Mirrors(bridge, _, specs) => {
+                let before = self.policy.mirrors.clone();
                 self.policy.mirrors.retain(|m| m.bridge.as_str() != bridge);
                 self.policy.mirrors.extend(specs.iter().cloned());
                 let b: crate::ifname::IfName = bridge.parse().map_err(internal)?;
                 if self.bridge_decl(bridge).is_some_and(|(d, _)| d.spec.kind == BridgeKind::Builtin) {
-                    self.set_config_mirrors(&b).await?;
+                    if let Err(e) = self.set_config_mirrors(&b).await {
+                        self.policy.mirrors = before;
+                        let _ = self.set_config_mirrors(&b).await;
+                        return Err(e);
+                    }
                 }
             }
             Action::Adopt(kind, name) => self.move_decl(*kind, name, true, cfg),
             Action::Unadopt(kind, name) => self.move_decl(*kind, name, false, cfg),
         }
         Ok(())
+    }
+
+    /// A re-created built-in bridge's rules (the runtime's if changed at runtime, else the
+    /// file's) and mirrors, back into its new switch. Failures are logged (as at start).
+    async fn reinstall_policy(&mut self, bridge: &crate::ifname::IfName) {
+        let texts = match self.state.flows.get(bridge.as_str()) {
+            Some(t) => t.clone(),
+            None => self.policy.flows.get(bridge.as_str()).cloned().unwrap_or_default(),
+        };
+        if !texts.is_empty() {
+            if let Err(e) = self.restore_flows(bridge, &texts).await {
+                log::error!("bridge {bridge}: rules not installed again: {}", e.message);
+            }
+        }
+        if let Err(e) = self.push_bridge_mirrors(bridge).await {
+            log::error!("bridge {bridge}: mirrors not installed again: {}", e.message);
+        }
     }
 
     /// Moves a declaration between the runtime layer and the config layer (`to_config`).

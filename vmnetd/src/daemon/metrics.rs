@@ -87,9 +87,23 @@ impl Snapshot {
         s.bridges = c.bridge_list().await.unwrap_or_default();
         s.ports = c.port_list(PortListReq::default()).await.unwrap_or_default();
         for b in s.bridges.iter().filter(|b| b.kind == BridgeKind::Builtin) {
-            let req = crate::api::FdbShowReq { bridge: b.name.clone(), vlan: None };
-            for row in c.fdb_show(req).await.unwrap_or_default() {
-                *s.fdb.entry((b.name.to_string(), row.vlan.get())).or_default() += 1;
+            // Counted on the datapath thread: no row per entry is made.
+            let name = b.name.to_string();
+            let counts =
+                c.dp.call(move |dp| {
+                    let now = dp.now();
+                    let mut m: BTreeMap<u16, u64> = BTreeMap::new();
+                    if let Some(br) = dp.bridge(&name) {
+                        for e in br.switch.fdb().entries(now) {
+                            *m.entry(e.vlan.get()).or_default() += 1;
+                        }
+                    }
+                    m
+                })
+                .await
+                .unwrap_or_default();
+            for (vlan, n) in counts {
+                s.fdb.insert((b.name.to_string(), vlan), n);
             }
         }
         s.datapath = c.datapath_stats().await.ok();
@@ -112,12 +126,31 @@ impl Snapshot {
 
 type Labels = Vec<(&'static str, String)>;
 
+/// A label value as the exposition format needs it: `prometheus-client` writes values as
+/// given, and names and labels come from clients (a `"` in a VM name must not end the value
+/// and forge another label).
+fn esc(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => o.push_str(r"\\"),
+            '"' => o.push_str(r#"\""#),
+            '\n' => o.push_str(r"\n"),
+            c => o.push(c),
+        }
+    }
+    o
+}
+
 fn port_labels(p: &PortInfo) -> Labels {
-    let mut l =
-        vec![("bridge", p.bridge.to_string()), ("port", p.name.to_string()), ("kind", p.kind.type_name().to_owned())];
+    let mut l = vec![
+        ("bridge", esc(p.bridge.as_str())),
+        ("port", esc(p.name.as_str())),
+        ("kind", p.kind.type_name().to_owned()),
+    ];
     for (key, label) in [("vm-name", "vm_name"), ("vm-uuid", "vm_uuid")] {
         if let Some(v) = p.external_ids.get(key) {
-            l.push((label, v.clone()));
+            l.push((label, esc(v)));
         }
     }
     l
@@ -195,7 +228,7 @@ impl prometheus_client::collector::Collector for Snapshot {
             Gauge,
             self.bridges
                 .iter()
-                .map(|b| (vec![("bridge", b.name.to_string()), ("kind", b.kind.to_string())], gauge(b.ports as i64))),
+                .map(|b| (vec![("bridge", esc(b.name.as_str())), ("kind", b.kind.to_string())], gauge(b.ports as i64))),
         )?;
         family(
             e,
@@ -203,7 +236,7 @@ impl prometheus_client::collector::Collector for Snapshot {
             "Addresses in each bridge's learning table",
             Gauge,
             self.bridges.iter().map(|b| {
-                (vec![("bridge", b.name.to_string()), ("kind", b.kind.to_string())], gauge(b.fdb_entries as i64))
+                (vec![("bridge", esc(b.name.as_str())), ("kind", b.kind.to_string())], gauge(b.fdb_entries as i64))
             }),
         )?;
         family(
@@ -211,7 +244,7 @@ impl prometheus_client::collector::Collector for Snapshot {
             "vmnetd_bridge_fdb_vlan_entries",
             "Addresses in a built-in bridge's learning table, by VLAN",
             Gauge,
-            self.fdb.iter().map(|((b, v), n)| (vec![("bridge", b.clone()), ("vlan", v.to_string())], gauge(*n as i64))),
+            self.fdb.iter().map(|((b, v), n)| (vec![("bridge", esc(b)), ("vlan", v.to_string())], gauge(*n as i64))),
         )?;
         family(
             e,
@@ -255,7 +288,7 @@ impl prometheus_client::collector::Collector for Snapshot {
             counted().flat_map(|(p, c)| {
                 c.drops.iter().map(move |(reason, n)| {
                     let mut l = port_labels(p);
-                    l.push(("reason", reason.clone()));
+                    l.push(("reason", esc(reason)));
                     (l, counter(*n))
                 })
             }),
@@ -334,8 +367,27 @@ impl prometheus_client::collector::Collector for Snapshot {
 }
 
 /// Starts the listener; errors (a bad address, a port in use) are the caller's to report.
+/// The last exposition and when it was made: scrapers within [`CACHE_FOR`] of it share it,
+/// and only one snapshot is taken at a time, however many clients ask.
+type Cache = Arc<Mutex<Option<(std::time::Instant, Arc<String>)>>>;
+/// How long one snapshot serves.
+pub const CACHE_FOR: Duration = Duration::from_secs(1);
+
+async fn exposition(core: &Mutex<Core>, cache: &Cache) -> Arc<String> {
+    let mut c = cache.lock().await;
+    if let Some((at, text)) = c.as_ref() {
+        if at.elapsed() < CACHE_FOR {
+            return text.clone();
+        }
+    }
+    let text = Arc::new(Snapshot::take(core).await.encode());
+    *c = Some((std::time::Instant::now(), text.clone()));
+    text
+}
+
 pub async fn spawn(core: Arc<Mutex<Core>>, listen: &str, group: Option<&str>) -> Result<(), String> {
     let at: Listen = listen.parse()?;
+    let cache: Cache = Arc::new(Mutex::new(None));
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     match at {
         Listen::Tcp(addr) => {
@@ -345,7 +397,7 @@ pub async fn spawn(core: Arc<Mutex<Core>>, listen: &str, group: Option<&str>) ->
                 loop {
                     let Ok(permit) = slots.clone().acquire_owned().await else { return };
                     match l.accept().await {
-                        Ok((s, _)) => serve(core.clone(), s, permit),
+                        Ok((s, _)) => serve(core.clone(), cache.clone(), s, permit),
                         Err(e) => {
                             log::warn!("metrics: accept: {e}");
                             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -368,7 +420,7 @@ pub async fn spawn(core: Arc<Mutex<Core>>, listen: &str, group: Option<&str>) ->
                 loop {
                     let Ok(permit) = slots.clone().acquire_owned().await else { return };
                     match l.accept().await {
-                        Ok((s, _)) => serve(core.clone(), s, permit),
+                        Ok((s, _)) => serve(core.clone(), cache.clone(), s, permit),
                         Err(e) => {
                             log::warn!("metrics: accept: {e}");
                             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -381,7 +433,7 @@ pub async fn spawn(core: Arc<Mutex<Core>>, listen: &str, group: Option<&str>) ->
     Ok(())
 }
 
-fn serve<S>(core: Arc<Mutex<Core>>, stream: S, permit: tokio::sync::OwnedSemaphorePermit)
+fn serve<S>(core: Arc<Mutex<Core>>, cache: Cache, stream: S, permit: tokio::sync::OwnedSemaphorePermit)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -391,6 +443,7 @@ where
     tokio::spawn(async move {
         let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
             let core = core.clone();
+            let cache = cache.clone();
             async move {
                 let reply = |code: StatusCode, ctype: &'static str, body: String| {
                     let mut r = Response::new(Full::new(Bytes::from(body)));
@@ -403,7 +456,7 @@ where
                 }
                 match req.uri().path() {
                     "/metrics" => {
-                        let text = Snapshot::take(&core).await.encode();
+                        let text = String::clone(&*exposition(&core, &cache).await);
                         reply(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", text)
                     }
                     "/" => reply(StatusCode::OK, "text/html", "<a href=\"/metrics\">/metrics</a>\n".into()),
@@ -453,6 +506,8 @@ mod tests {
             "source": "state", "created": false
         }))
         .unwrap();
+        let mut port = port;
+        port.external_ids.insert("vm-name".into(), "we\"b".into());
         let s = Snapshot {
             ports: vec![port],
             bridges: vec![bridge],
@@ -469,13 +524,13 @@ mod tests {
         let text = s.encode();
         assert!(
             text.contains(
-                r#"vmnetd_port_rx_packets_total{bridge="br0",port="vm1",kind="internal",vm_name="web",vm_uuid="u-1"} 5"#
+                r#"vmnetd_port_rx_packets_total{bridge="br0",port="vm1",kind="internal",vm_name="we\"b",vm_uuid="u-1"} 5"#
             ),
             "{text}"
         );
-        assert!(text.contains(r#"vmnetd_port_drops_total{bridge="br0",port="vm1",kind="internal",vm_name="web",vm_uuid="u-1",reason="vlan"} 2"#), "{text}");
+        assert!(text.contains(r#"vmnetd_port_drops_total{bridge="br0",port="vm1",kind="internal",vm_name="we\"b",vm_uuid="u-1",reason="vlan"} 2"#), "{text}");
         assert!(text.contains(r#"vmnetd_datapath_seconds_total{state="busy"} 1.0"#), "{text}");
-        assert!(text.contains(r#"vmnetd_vhost_connections_total{bridge="br0",port="vm1",kind="internal",vm_name="web",vm_uuid="u-1"} 2"#), "{text}");
+        assert!(text.contains(r#"vmnetd_vhost_connections_total{bridge="br0",port="vm1",kind="internal",vm_name="we\"b",vm_uuid="u-1"} 2"#), "{text}");
         assert!(text.contains(r#"vmnetd_bridge_fdb_vlan_entries{bridge="br0",vlan="10"} 3"#), "{text}");
         assert!(text.contains(r#"vmnetd_datapath_burst_frames_bucket{le="32.0"} 3"#), "{text}");
         assert!(text.contains(r#"vmnetd_datapath_burst_frames_bucket{le="+Inf"} 3"#), "{text}");

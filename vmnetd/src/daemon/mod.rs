@@ -198,6 +198,8 @@ pub fn run(opts: Options) -> Result<(), Error> {
             paths.state_dir.display(),
             loaded.origin
         );
+        // SIGHUP is handled from before READY: a reload right after start must not kill us.
+        let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
         notify_ready();
         let core = Arc::new(tokio::sync::Mutex::new(core));
         let limits = control::Limits::from(&loaded.config.control);
@@ -209,14 +211,15 @@ pub fn run(opts: Options) -> Result<(), Error> {
         }
         let server = tokio::spawn(control::serve(listener, core.clone(), limits));
         let reconciler = tokio::spawn(reconcile::run(core.clone(), events_rx));
-        let reloader = tokio::spawn(reload_on_sighup(core.clone(), explicit_config));
+        let started_from_file = explicit_config.is_some() || loaded.origin != "embedded default";
+        let reloader = tokio::spawn(reload_on_sighup(core.clone(), hup, explicit_config, started_from_file));
         networks::spawn_supervisor(core.clone(), net_tx, net_rx);
         wait_for_shutdown().await;
         server.abort();
         reconciler.abort();
-        reloader.abort();
-        // Wait for a request in progress to finish its change and persist it.
+        // Wait for a request (or a reload) in progress to finish its change and persist it.
         let _guard = core.lock().await;
+        reloader.abort();
         let _ = fs::remove_file(&paths.socket);
         Ok(())
     });
@@ -324,9 +327,13 @@ fn notify_ready() {
 /// `vmnetd apply` (the file given with `--config`, else /etc/vmnetd/vmnetd.toml if it exists,
 /// else the embedded default). A file that does not parse, or an apply that fails (rolled
 /// back), changes nothing and is logged.
-async fn reload_on_sighup(core: Arc<tokio::sync::Mutex<core::Core>>, explicit: Option<PathBuf>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+async fn reload_on_sighup(
+    core: Arc<tokio::sync::Mutex<core::Core>>,
+    hup: io::Result<tokio::signal::unix::Signal>,
+    explicit: Option<PathBuf>,
+    started_from_file: bool,
+) {
+    let Ok(mut hup) = hup else {
         log::warn!("cannot handle SIGHUP: reload with `vmnetd apply FILE`");
         return;
     };
@@ -341,6 +348,15 @@ async fn reload_on_sighup(core: Arc<tokio::sync::Mutex<core::Core>>, explicit: O
                     continue;
                 }
             },
+            // The file the daemon started from is gone: applying the embedded default would
+            // take down everything it declared. Nothing changes; say so.
+            None if started_from_file => {
+                log::error!(
+                    "SIGHUP: {} is gone; nothing changed (restore it, or `vmnetd apply` another file)",
+                    crate::config::DEFAULT_CONFIG_PATH
+                );
+                continue;
+            }
             None => (crate::config::EMBEDDED_DEFAULT.to_owned(), "embedded default".to_owned()),
         };
         log::info!("SIGHUP: applying {origin}");

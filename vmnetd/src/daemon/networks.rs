@@ -627,9 +627,23 @@ impl Core {
         let ports: Vec<PortDecl> = self.config_ports.iter().filter(|p| gateway(p)).cloned().collect();
         self.config_ports.retain(|p| !gateway(p));
         self.state.ports.extend(ports);
-        self.state.config_networks.remove(name.as_str());
+        let resolved = self.state.config_networks.remove(name.as_str());
         self.state.networks.push(decl);
-        self.network_del(NetworkRef { name }).await.map(|_| ())
+        if let Err(e) = self.network_del(NetworkRef { name: name.clone() }).await {
+            // Back to the config's, as it was.
+            if let Some(i) = self.state.networks.iter().position(|n| n.spec.name == name) {
+                let decl = self.state.networks.remove(i);
+                let ports: Vec<PortDecl> = self.state.ports.iter().filter(|p| gateway(p)).cloned().collect();
+                self.state.ports.retain(|p| !gateway(p));
+                self.config_ports.extend(ports);
+                self.nets.config.push(decl);
+            }
+            if let Some(r) = resolved {
+                self.state.config_networks.insert(name.to_string(), r);
+            }
+            return Err(e);
+        }
+        Ok(())
     }
 
     fn network_info(&self, decl: &NetworkDecl, source: Source) -> Result<NetworkInfo, ApiError> {

@@ -428,10 +428,23 @@ impl Core {
         self.change_flows(bridge, |c, resolve, t| c.replace_all(rules, resolve, t).map_err(|e| e.to_string())).await
     }
 
+    /// Rules back into a bridge's switch, without checking that the ports they name exist
+    /// (the datapath follows names as ports come), as at start.
+    pub(crate) async fn restore_flows(&self, bridge: &IfName, texts: &[String]) -> Result<(), ApiError> {
+        let rules = texts.iter().filter_map(|t| parse_rule(t).ok()).collect::<Vec<_>>();
+        self.change_flows(bridge, |c, resolve, t| c.replace_all(rules, resolve, t).map_err(|e| e.to_string())).await
+    }
+
+    /// The bridge's mirrors (config and runtime) to the datapath, as they are declared.
+    pub(crate) async fn push_bridge_mirrors(&self, bridge: &IfName) -> Result<(), ApiError> {
+        self.push_mirrors(bridge).await
+    }
+
     /// `apply`: the bridge's mirrors (config and runtime) to the datapath again.
     pub(crate) async fn set_config_mirrors(&self, bridge: &IfName) -> Result<(), ApiError> {
         let decls = self.mirror_decls(bridge.as_str());
-        for (m, _) in &decls {
+        // The file's mirrors name declared ports (runtime ones were checked when added).
+        for (m, _) in decls.iter().filter(|(_, s)| *s == Source::Config) {
             let ports = m.select_src.iter().chain(&m.select_dst).chain(&m.output_port).map(|p| p.as_str());
             self.check_port_names(bridge, ports)?;
         }

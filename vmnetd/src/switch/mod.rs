@@ -340,10 +340,16 @@ impl Switch {
             st.egress_bucket = Bucket::default();
         }
         let old = std::mem::replace(&mut st.cfg, cfg);
+        // Port security newly on (or other addresses): what the port learned before is not
+        // trusted any more.
+        let relock = st.cfg.lock_macs && (!old.lock_macs || old.macs != st.cfg.macs);
         for v in old.mode.members().iter() {
             for m in &old.macs {
                 self.fdb.remove_static(v, *m);
             }
+        }
+        if relock {
+            self.fdb.flush_port(id);
         }
         let members = self.port(id).map(|c| c.mode.members()).unwrap_or_default();
         self.fdb.flush_port_vlans(id, |v| members.contains(v));
