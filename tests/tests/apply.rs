@@ -160,6 +160,15 @@ fn a_table_of_edits_gives_its_plan_and_end_state() {
             assert!(r.apply(&text, true).is_empty(), "applying twice changes nothing");
             r.assert_dump_round_trips();
         }
+        // A built-in bridge's learning-table limits change in place: its ports stay.
+        let aged = BASE.replace("name = \"br0\"\n", "name = \"br0\"\nageing = 60\nmax_macs = 100\n");
+        assert_eq!(r.apply(&aged, false), vec!["~ bridge br0 ageing - -> 60, max_macs - -> 100"]);
+        let br = r.d.cli(&["--json", "bridge", "list"]).json();
+        let br0 = br.as_array().unwrap().iter().find(|b| b["name"] == "br0").unwrap().clone();
+        assert_eq!((br0["ageing"].as_u64(), br0["max_macs"].as_u64()), (Some(60), Some(100)), "{br0}");
+        assert_eq!(ifindex("ip1"), ip1, "a bridge's limits changed in place keep its ports");
+        r.assert_dump_round_trips();
+        assert_eq!(r.apply(BASE, false), vec!["~ bridge br0 ageing 60 -> -, max_macs 100 -> -"]);
         // Runtime declarations are left alone by apply, and listed by `dump --all`.
         r.d.cli(&["port", "add", "br0", "cli1", "--internal", "--ifname", "ic1"]).ok();
         assert!(r.apply(BASE, false).is_empty());

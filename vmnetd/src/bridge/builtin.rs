@@ -28,7 +28,7 @@ const VHOST_MTU: u32 = 65_000;
 #[derive(Debug, Default)]
 pub struct Builtin;
 
-fn switch_config(spec: &BridgeSpec) -> SwitchConfig {
+pub(crate) fn switch_config(spec: &BridgeSpec) -> SwitchConfig {
     let d = FdbConfig::default();
     SwitchConfig {
         fdb: FdbConfig {

@@ -53,6 +53,8 @@ pub enum Action {
     DelPort(Box<PortSpec>),
     /// In place where the backend can, else detach and attach.
     ChangePort(Box<PortSpec>, Box<PortSpec>),
+    /// A built-in bridge's learning-table limits (old, new), in place.
+    ChangeBridge(BridgeSpec, BridgeSpec),
     AddNetwork(Box<NetworkConfig>),
     DelNetwork(Box<NetworkConfig>),
     /// A bridge's config rules become these (old, new).
@@ -87,6 +89,7 @@ impl Action {
             AddPort(s) => DelPort(s),
             DelPort(s) => AddPort(s),
             ChangePort(a, b) => ChangePort(b, a),
+            ChangeBridge(a, b) => ChangeBridge(b, a),
             AddNetwork(n) => DelNetwork(n),
             DelNetwork(n) => AddNetwork(n),
             Flows(b, old, new) => Flows(b, new, old),
@@ -196,6 +199,26 @@ pub fn plan(old: &Config, new: &Config, rt: &Runtime) -> Result<(Vec<PlanStep>, 
                 gone_bridges.insert(name.clone());
                 shown.push(step('-', format!("bridge {name}"), ""));
                 dels.push(Action::DelBridge((*spec).clone()));
+            }
+            // A built-in bridge's learning-table limits change in place.
+            Some(n) if n != spec && n.kind == BridgeKind::Builtin && spec.kind == BridgeKind::Builtin => {
+                let opt = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
+                let mut d = Vec::new();
+                if n.ageing != spec.ageing {
+                    d.push(format!("ageing {} -> {}", opt(spec.ageing.map(u64::from)), opt(n.ageing.map(u64::from))));
+                }
+                if n.max_macs != spec.max_macs {
+                    d.push(format!(
+                        "max_macs {} -> {}",
+                        opt(spec.max_macs.map(|m| m as u64)),
+                        opt(n.max_macs.map(|m| m as u64))
+                    ));
+                }
+                if n.stp != spec.stp {
+                    d.push(format!("stp {:?} -> {:?} (not used by built-in bridges)", spec.stp, n.stp));
+                }
+                shown.push(step('~', format!("bridge {name}"), d.join(", ")));
+                changes.push(Action::ChangeBridge((*spec).clone(), (*n).clone()));
             }
             Some(n) if n != spec => {
                 remade_bridges.insert(name.clone());
@@ -662,6 +685,24 @@ impl Core {
                     self.reinstall_policy(&spec.name).await;
                 }
             }
+            Action::ChangeBridge(_, new) => {
+                super::bridges::validate_bridge(new)?;
+                let (name, cfg) = (new.name.to_string(), crate::bridge::builtin::switch_config(new));
+                let found = self
+                    .dp
+                    .call(move |dp| {
+                        let now = dp.now();
+                        dp.bridge_mut(&name).map(|b| b.switch.set_fdb_config(cfg.fdb, now)).is_some()
+                    })
+                    .await
+                    .map_err(internal)?;
+                if !found {
+                    return Err(conflict(format!("bridge {} is not in the datapath", new.name)));
+                }
+                if let Some(b) = self.config_bridges.iter_mut().find(|b| b.spec.name == new.name) {
+                    b.spec = new.clone();
+                }
+            }
             Action::DelBridge(spec) => {
                 if let Some(decl) = self.config_bridges.iter().find(|b| b.spec.name == spec.name).cloned() {
                     crate::bridge::backend(decl.spec.kind).destroy(&cx, &decl).await;
@@ -823,6 +864,7 @@ fn describe(a: &Action) -> String {
         Action::AddPort(p) => format!("adding port {}", port_key(p)),
         Action::DelPort(p) => format!("removing port {}", port_key(p)),
         Action::ChangePort(p, _) => format!("changing port {}", port_key(p)),
+        Action::ChangeBridge(b, _) => format!("changing bridge {}", b.name),
         Action::AddNetwork(n) => format!("adding network {}", n.name),
         Action::DelNetwork(n) => format!("removing network {}", n.name),
         Action::Flows(b, ..) => format!("setting the flow rules of {b}"),

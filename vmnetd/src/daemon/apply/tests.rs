@@ -99,6 +99,10 @@ fn a_table_of_edits_and_their_plans() {
         (edit("[[bridge]]\nname = \"lan\"\nkind = \"linux\"\n", ""), vec!["- bridge lan"]),
         (
             edit("[[bridge]]\nname = \"br0\"\n", "[[bridge]]\nname = \"br0\"\nageing = 60\n"),
+            vec!["~ bridge br0 ageing - -> 60"],
+        ),
+        (
+            edit("[[bridge]]\nname = \"br0\"\n", "[[bridge]]\nname = \"br0\"\nkind = \"linux\"\n"),
             vec![
                 "! bridge br0 (its ports are re-attached)",
                 "! network default (gateway, dnsmasq and NAT set up again)",
