@@ -74,8 +74,6 @@ pub enum Kind {
     Tap,
     Bridge,
     Port,
-    Network,
-    Mirror,
 }
 
 impl Action {
@@ -394,12 +392,7 @@ pub fn plan(old: &Config, new: &Config, rt: &Runtime) -> Result<(Vec<PlanStep>, 
     }
 
     // Rules and mirrors, per bridge.
-    let rules = |c: &Config| -> BTreeMap<String, Vec<String>> {
-        c.flows.iter().fold(BTreeMap::new(), |mut m, f| {
-            m.entry(f.bridge.to_string()).or_insert_with(Vec::new).push(f.rule.clone());
-            m
-        })
-    };
+    let rules = |c: &Config| super::policy::PolicyConfig::from_config(c).flows;
     let (old_r, new_r) = (rules(old), rules(new));
     for f in &new.flows {
         crate::switch::flow::parse_rule(&f.rule)
@@ -582,8 +575,7 @@ impl Core {
     /// `vmnetd apply`: see the module's comment.
     pub async fn apply(&mut self, req: ApplyReq) -> Result<ApplyResult, ApiError> {
         let new = Config::parse(&req.text, &req.origin).map_err(|e| bad(crate::api::error_chain(&e)))?;
-        let old = self.config.clone();
-        let (shown, actions) = plan(&old, &new, &self.runtime())?;
+        let (shown, actions) = plan(&self.config, &new, &self.runtime())?;
         if req.dry_run || actions.is_empty() {
             let applied = !req.dry_run;
             if applied {
@@ -595,11 +587,11 @@ impl Core {
         let mut done: Vec<Action> = Vec::new();
         for a in &actions {
             log::info!("apply: {a:?}");
-            if let Err(e) = self.run_action(a, &new).await {
+            if let Err(e) = self.run_action(a).await {
                 log::error!("apply from {}: {}: {}; rolling back", req.origin, describe(a), e.message);
                 for d in done.iter().rev() {
                     let inv = d.inverse();
-                    if let Err(e2) = self.run_action(&inv, &old).await {
+                    if let Err(e2) = self.run_action(&inv).await {
                         log::error!("apply rollback: {}: {}", describe(&inv), e2.message);
                     }
                 }
@@ -636,17 +628,13 @@ impl Core {
     }
 
     fn adopt_config(&mut self, new: Config, origin: &str) {
-        self.policy.flows = new.flows.iter().fold(BTreeMap::new(), |mut m, f| {
-            m.entry(f.bridge.to_string()).or_insert_with(Vec::new).push(f.rule.clone());
-            m
-        });
-        self.policy.mirrors = new.mirrors.clone();
+        self.policy = super::policy::PolicyConfig::from_config(&new);
         self.config = new;
         self.config_origin = origin.to_owned();
     }
 
     /// One action, against the config layer; `cfg` is the config it comes from.
-    async fn run_action(&mut self, a: &Action, cfg: &Config) -> Result<(), ApiError> {
+    async fn run_action(&mut self, a: &Action) -> Result<(), ApiError> {
         let cx = self.ctx();
         match a {
             Action::BusyPoll(_, us) => {
@@ -667,7 +655,7 @@ impl Core {
                 self.config_taps.push(decl);
             }
             Action::DelTap(spec) => {
-                let name = spec.name.clone().unwrap_or_else(|| "?".parse().expect("name"));
+                let name = spec.name.clone().ok_or_else(|| bad("a [[tap]] without a name"))?;
                 let decl = self.config_taps.iter().find(|t| t.name == name).cloned();
                 if let Some(d) = &decl {
                     tap::remove(&self.nl, &name, Some(d), false)
@@ -790,8 +778,8 @@ impl Core {
                     }
                 }
             }
-            Action::Adopt(kind, name) => self.move_decl(*kind, name, true, cfg),
-            Action::Unadopt(kind, name) => self.move_decl(*kind, name, false, cfg),
+            Action::Adopt(kind, name) => self.move_decl(*kind, name, true),
+            Action::Unadopt(kind, name) => self.move_decl(*kind, name, false),
         }
         Ok(())
     }
@@ -814,7 +802,7 @@ impl Core {
     }
 
     /// Moves a declaration between the runtime layer and the config layer (`to_config`).
-    fn move_decl(&mut self, kind: Kind, name: &str, to_config: bool, _cfg: &Config) {
+    fn move_decl(&mut self, kind: Kind, name: &str, to_config: bool) {
         fn take<T: Clone>(from: &mut Vec<T>, f: impl Fn(&T) -> bool) -> Option<T> {
             let i = from.iter().position(f)?;
             Some(from.remove(i))
@@ -850,7 +838,6 @@ impl Core {
                     to.push(p);
                 }
             }
-            Kind::Network | Kind::Mirror => {}
         }
     }
 }

@@ -393,18 +393,7 @@ pub async fn spawn(core: Arc<Mutex<Core>>, listen: &str, group: Option<&str>) ->
         Listen::Tcp(addr) => {
             let l = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
             log::info!("metrics: http://{addr}/metrics");
-            tokio::spawn(async move {
-                loop {
-                    let Ok(permit) = slots.clone().acquire_owned().await else { return };
-                    match l.accept().await {
-                        Ok((s, _)) => serve(core.clone(), cache.clone(), s, permit),
-                        Err(e) => {
-                            log::warn!("metrics: accept: {e}");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                        }
-                    }
-                }
-            });
+            tokio::spawn(accept_loop(l, core, cache, slots));
         }
         Listen::Unix(path) => {
             let _ = std::fs::remove_file(&path);
@@ -416,21 +405,44 @@ pub async fn spawn(core: Arc<Mutex<Core>>, listen: &str, group: Option<&str>) ->
             }
             let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660));
             log::info!("metrics: unix:{} (GET /metrics)", path.display());
-            tokio::spawn(async move {
-                loop {
-                    let Ok(permit) = slots.clone().acquire_owned().await else { return };
-                    match l.accept().await {
-                        Ok((s, _)) => serve(core.clone(), cache.clone(), s, permit),
-                        Err(e) => {
-                            log::warn!("metrics: accept: {e}");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                        }
-                    }
-                }
-            });
+            tokio::spawn(accept_loop(l, core, cache, slots));
         }
     }
     Ok(())
+}
+
+/// A listener the metrics server accepts clients from (TCP or a Unix socket).
+trait Listener: Send + 'static {
+    type Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
+    fn next(&self) -> impl std::future::Future<Output = std::io::Result<Self::Stream>> + Send;
+}
+
+impl Listener for tokio::net::TcpListener {
+    type Stream = tokio::net::TcpStream;
+    async fn next(&self) -> std::io::Result<Self::Stream> {
+        self.accept().await.map(|(s, _)| s)
+    }
+}
+
+impl Listener for tokio::net::UnixListener {
+    type Stream = tokio::net::UnixStream;
+    async fn next(&self) -> std::io::Result<Self::Stream> {
+        self.accept().await.map(|(s, _)| s)
+    }
+}
+
+/// Accepts clients while a connection slot is free, each served on its own task.
+async fn accept_loop<L: Listener>(l: L, core: Arc<Mutex<Core>>, cache: Cache, slots: Arc<tokio::sync::Semaphore>) {
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else { return };
+        match l.next().await {
+            Ok(s) => serve(core.clone(), cache.clone(), s, permit),
+            Err(e) => {
+                log::warn!("metrics: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
 }
 
 fn serve<S>(core: Arc<Mutex<Core>>, cache: Cache, stream: S, permit: tokio::sync::OwnedSemaphorePermit)

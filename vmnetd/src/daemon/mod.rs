@@ -169,16 +169,7 @@ pub fn run(opts: Options) -> Result<(), Error> {
             test_hooks: std::env::var_os("VMNETD_TEST_HOOKS").is_some_and(|v| v == "1"),
             limits: core::UserLimits { max_ports_per_user: loaded.config.control.max_ports_per_user as usize },
             nets: networks::NetRuntime::new(loaded.config.tools.clone(), &paths.state_dir),
-            policy: policy::PolicyConfig {
-                flows: loaded.config.flows.iter().fold(
-                    Default::default(),
-                    |mut m: std::collections::BTreeMap<String, Vec<String>>, f| {
-                        m.entry(f.bridge.to_string()).or_default().push(f.rule.clone());
-                        m
-                    },
-                ),
-                mirrors: loaded.config.mirrors.clone(),
-            },
+            policy: policy::PolicyConfig::from_config(&loaded.config),
             config: loaded.config.clone(),
             startup_config: explicit_config.as_deref().map_or_else(
                 || crate::config::DEFAULT_CONFIG_PATH.to_owned(),

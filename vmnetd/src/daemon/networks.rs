@@ -599,10 +599,7 @@ impl Core {
             return Ok(());
         };
         let decl = self.state.networks.remove(i);
-        let gateway = |p: &PortDecl| p.spec.external_ids.get(NETWORK_LABEL).map(String::as_str) == Some(name.as_str());
-        let ports: Vec<PortDecl> = self.state.ports.iter().filter(|p| gateway(p)).cloned().collect();
-        self.state.ports.retain(|p| !gateway(p));
-        self.config_ports.extend(ports);
+        self.move_gateway_ports(&name, true);
         self.state.config_networks.insert(
             name.to_string(),
             ResolvedNet {
@@ -616,6 +613,19 @@ impl Core {
         self.store.save(&self.state).map_err(internal)
     }
 
+    /// Moves network `name`'s gateway port to the config layer (`to_config`) or to the
+    /// runtime layer, as its network moves (`apply`).
+    fn move_gateway_ports(&mut self, name: &NetName, to_config: bool) {
+        let gateway = |p: &PortDecl| p.spec.external_ids.get(NETWORK_LABEL).map(String::as_str) == Some(name.as_str());
+        let (from, to) = if to_config {
+            (&mut self.state.ports, &mut self.config_ports)
+        } else {
+            (&mut self.config_ports, &mut self.state.ports)
+        };
+        to.extend(from.iter().filter(|p| gateway(p)).cloned());
+        from.retain(|p| !gateway(p));
+    }
+
     /// `apply`: takes down a network the config file no longer declares (as `network del`).
     pub(crate) async fn del_config_network(&mut self, nc: &crate::config::NetworkConfig) -> Result<(), ApiError> {
         let name = nc.name.clone();
@@ -623,19 +633,14 @@ impl Core {
             return Ok(());
         };
         let decl = self.nets.config.remove(i);
-        let gateway = |p: &PortDecl| p.spec.external_ids.get(NETWORK_LABEL).map(String::as_str) == Some(name.as_str());
-        let ports: Vec<PortDecl> = self.config_ports.iter().filter(|p| gateway(p)).cloned().collect();
-        self.config_ports.retain(|p| !gateway(p));
-        self.state.ports.extend(ports);
+        self.move_gateway_ports(&name, false);
         let resolved = self.state.config_networks.remove(name.as_str());
         self.state.networks.push(decl);
         if let Err(e) = self.network_del(NetworkRef { name: name.clone() }).await {
             // Back to the config's, as it was.
             if let Some(i) = self.state.networks.iter().position(|n| n.spec.name == name) {
                 let decl = self.state.networks.remove(i);
-                let ports: Vec<PortDecl> = self.state.ports.iter().filter(|p| gateway(p)).cloned().collect();
-                self.state.ports.retain(|p| !gateway(p));
-                self.config_ports.extend(ports);
+                self.move_gateway_ports(&name, true);
                 self.nets.config.push(decl);
             }
             if let Some(r) = resolved {

@@ -49,6 +49,17 @@ pub struct PolicyConfig {
     pub mirrors: Vec<MirrorSpec>,
 }
 
+impl PolicyConfig {
+    /// A config file's `[[flow]]` rules, by bridge in file order, and its mirrors.
+    pub fn from_config(c: &crate::config::Config) -> PolicyConfig {
+        let mut flows: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for f in &c.flows {
+            flows.entry(f.bridge.to_string()).or_default().push(f.rule.clone());
+        }
+        PolicyConfig { flows, mirrors: c.mirrors.clone() }
+    }
+}
+
 /// Parses rules, each error naming its rule.
 fn parse_rules(rules: &[String]) -> Result<Vec<FlowRule>, ApiError> {
     if rules.len() > MAX_RULES_PER_REQUEST {
