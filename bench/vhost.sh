@@ -23,6 +23,9 @@
 # Metrics: backend vmnetd-scraped is this build serving /metrics on a Unix socket with a client
 # fetching it 10 times a second throughout; reported against vmnetd, e.g.
 # BACKENDS=vmnetd,vmnetd-scraped SIZES=64 THROUGHPUT_ONLY=1 bench/vhost.sh.
+# Migration: backend vmnetd-logging is this build with both guests migrating (dirty logs handed
+# over, LOG_ALL acked, used rings logged), so every frame and used-ring write is also logged;
+# reported against vmnetd: GUESTS=driver BACKENDS=vmnetd,vmnetd-logging THROUGHPUT_ONLY=1 bench/vhost.sh.
 # CALLGRIND=1 instead counts the instructions vmnetd's datapath thread runs per forwarded
 # frame under valgrind (this build, and REV with COMPARE), for each guest in GUESTS:
 # deterministic to ~0.1 %, where packet rates on a shared machine vary by +-25 % between runs.

@@ -69,7 +69,8 @@ fuzz_target!(|msgs: Vec<Msg>| {
     // stalls would leave its connection thread waiting).
     back.set_nonblocking(true).unwrap();
     let shared = Shared::new("fuzz", 2).unwrap();
-    let handler = Arc::new(Mutex::new(Handler::new(shared.clone())));
+    let id = shared.connect();
+    let handler = Arc::new(Mutex::new(Handler::new(shared.clone(), id)));
     let mut req = BackendReqHandler::from_stream(back, handler);
     for m in msgs.iter().take(32) {
         let payload = &m.payload[..m.payload.len().min(512)];
@@ -120,5 +121,5 @@ fuzz_target!(|msgs: Vec<Msg>| {
         let _ = vmnetd_vhost::ctrl::process(&mut st, &mem, 2);
     }
     drop(st);
-    shared.disconnected();
+    shared.disconnected(id);
 });

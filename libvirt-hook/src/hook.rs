@@ -2,8 +2,12 @@
 //!
 //! Contract with libvirt: exit 0 lets the domain go on; a non-zero exit at `prepare`,
 //! `start` or `started` stops it, and libvirt shows our one stderr line to the user. So:
-//! - calls that change nothing (`start`, `stopped`, `migrate`, `restore`, ...) return at
-//!   once, without reading the XML or talking to the daemon;
+//! - calls that change nothing (`start`, `stopped`, `restore`, ...) return at once, without
+//!   reading the XML or talking to the daemon;
+//! - `migrate begin` (a live migration's destination) is `prepare`: the ports exist before
+//!   the incoming QEMU starts. It prints nothing on stdout: libvirt would take what it
+//!   prints as a replacement for the incoming domain XML. On the source, `release` removes
+//!   the ports once the domain has left; nothing is removed under a running domain;
 //! - a domain without anything vmnetd manages never fails, even with the daemon down;
 //! - `release` and `reconnect` never fail: a failure at `reconnect` kills a running VM, and
 //!   nothing in vmnetd's state makes a running guest unable to work (a lost port comes back

@@ -28,7 +28,10 @@ use crate::domain::{Domain, Interface, Sharing};
 /// The hook phases that change something.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
-    /// `prepare begin`: before QEMU starts; resources QEMU opens must exist.
+    /// `prepare begin`: before QEMU starts; resources QEMU opens must exist. Also `migrate
+    /// begin`, on a live migration's destination host, before libvirt starts the incoming
+    /// QEMU: the ports are made from the incoming XML exactly as at `prepare` (a failure
+    /// aborts the migration, with the guest still running on its source).
     Prepare,
     /// `started begin`: QEMU runs; libvirt's TAPs exist and carry names.
     Started,
@@ -36,14 +39,14 @@ pub enum Phase {
     Release,
     /// `reconnect begin`: libvirtd restarted and found the domain running.
     Reconnect,
-    /// Every other call (`start`, `stopped`, `migrate`, `restore`, `attach`...): nothing to do.
+    /// Every other call (`start`, `stopped`, `restore`, `attach`...): nothing to do.
     Other,
 }
 
 impl Phase {
     pub fn from_args(op: &str, sub: &str) -> Phase {
         match (op, sub) {
-            ("prepare", "begin") => Phase::Prepare,
+            ("prepare", "begin") | ("migrate", "begin") => Phase::Prepare,
             ("started", "begin") => Phase::Started,
             ("release", "end") => Phase::Release,
             ("reconnect", "begin") => Phase::Reconnect,

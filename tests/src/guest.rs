@@ -202,3 +202,50 @@ impl Drop for Guest {
         let _ = self.child.wait();
     }
 }
+
+/// QEMU's human monitor (HMP) on a Unix socket: `-monitor unix:PATH,server=on,wait=off`.
+pub struct Monitor(std::os::unix::net::UnixStream);
+
+impl Monitor {
+    /// The QEMU arguments for a monitor at `path`.
+    pub fn args(path: &Path) -> Vec<String> {
+        vec!["-monitor".into(), format!("unix:{},server=on,wait=off", path.display())]
+    }
+
+    /// Connects (retrying while QEMU starts) and reads the banner.
+    pub fn connect(path: &Path) -> Monitor {
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(s) => {
+                    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                    let mut m = Monitor(s);
+                    m.until_prompt();
+                    return m;
+                }
+                Err(e) if Instant::now() > end => panic!("QEMU monitor {}: {e}", path.display()),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
+    fn until_prompt(&mut self) -> String {
+        use std::io::Read;
+        let mut out = Vec::new();
+        let mut b = [0u8; 4096];
+        while !out.ends_with(b"(qemu) ") {
+            match self.0.read(&mut b) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&b[..n]),
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// Runs an HMP command and returns what it printed.
+    pub fn cmd(&mut self, cmd: &str) -> String {
+        use std::io::Write;
+        self.0.write_all(format!("{cmd}\n").as_bytes()).unwrap();
+        self.until_prompt()
+    }
+}

@@ -246,11 +246,20 @@ fn refusals_are_one_line_and_only_where_libvirt_must_stop() {
         std::fs::remove_file(sock_path(dir.path(), "a")).unwrap();
 
         // Calls with nothing to do succeed whatever comes on stdin.
-        for (op, sub) in
-            [("migrate", "begin"), ("restore", "begin"), ("stopped", "end"), ("attach", "begin"), ("new-op", "x")]
-        {
+        for (op, sub) in [("restore", "begin"), ("stopped", "end"), ("attach", "begin"), ("new-op", "x")] {
             assert!(libvirt_hook(&sock, ["cap1", op, sub], "\u{0}garbage").success(), "{op}");
         }
+        // A live migration's destination: `migrate begin` makes the ports from the incoming
+        // XML as `prepare` does, and prints nothing (libvirt would take it as new XML); a
+        // broken XML aborts the migration.
+        let before = ports(&d).len();
+        let o = libvirt_hook(&sock, ["cap7", "migrate", "begin"], &nth_domain(dir.path(), 7, "prepare-begin"));
+        assert!(o.success() && o.stdout.is_empty(), "{o:?}");
+        assert_eq!(ports(&d).len(), before + 2, "{:#?}", ports(&d));
+        assert!(!libvirt_hook(&sock, ["cap8", "migrate", "begin"], "\u{0}garbage").success());
+        // Once the domain has left (the source's `release`), its ports go.
+        libvirt_hook(&sock, ["cap7", "release", "end"], &nth_domain(dir.path(), 7, "release-end")).ok();
+        assert_eq!(ports(&d).len(), before);
     });
 }
 

@@ -91,6 +91,7 @@ fn parse_mac_tables(mut d: &[u8]) -> Option<Vec<[u8; 6]>> {
 /// Returns how many, or why the queue is broken.
 pub fn process(st: &mut DevState, mem: &Memory, max_pairs: u16) -> Result<usize, RingError> {
     let i = st.ctrl_index();
+    let log = st.dirty_log();
     let ring = Ring::new(&st.vrings[i].queue, mem).ok_or(RingError::BadRingAddress)?;
     let start = st.vrings[i].queue.next_avail();
     let n = ring::pending(&ring, start)?;
@@ -116,7 +117,7 @@ pub fn process(st: &mut DevState, mem: &Memory, max_pairs: u16) -> Result<usize,
             };
             if d.write {
                 // The status byte: the first writable buffer (the command's last part).
-                status_at.get_or_insert(slice);
+                status_at.get_or_insert((slice, d.addr));
             } else if status_at.is_none() && cmd.len() + d.len as usize <= MAX_CMD {
                 let at = cmd.len();
                 cmd.resize(at + d.len as usize, 0);
@@ -129,7 +130,12 @@ pub fn process(st: &mut DevState, mem: &Memory, max_pairs: u16) -> Result<usize,
         });
         let ack = if bad || walked.is_err() { ERR } else { apply(st, max_pairs, &cmd) };
         let len = match status_at {
-            Some(s) if !bad && walked.is_ok() && s.write_from(&[ack]) => 1,
+            Some((s, addr)) if !bad && walked.is_ok() && s.write_from(&[ack]) => {
+                if let Some(l) = &log {
+                    l.mark(addr, 1);
+                }
+                1
+            }
             _ => 0,
         };
         ring.put_used(used, head, len);
@@ -140,6 +146,9 @@ pub fn process(st: &mut DevState, mem: &Memory, max_pairs: u16) -> Result<usize,
     if done > 0 {
         ring.publish_used(used);
         q.set_next_used(used);
+        if let Some(l) = &log {
+            st.vrings[i].log_used(l);
+        }
         if ring.needs_interrupt(old_used, used) {
             st.vrings[i].signal();
         }

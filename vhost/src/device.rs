@@ -15,6 +15,7 @@
 
 use std::fs::File;
 use std::io::Write;
+use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use nix::sys::eventfd::{EfdFlags, EventFd};
@@ -30,6 +31,7 @@ use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryM
 
 use crate::guard;
 use crate::ring::RingError;
+use crate::sys::dirtylog::DirtyLog;
 use crate::virtio_net::{features, HDR_LEN, HDR_LEN_LEGACY};
 
 /// Most memory regions one SET_MEM_TABLE may carry: `VHOST_MEMORY_BASELINE_NREGIONS`, what
@@ -94,6 +96,9 @@ pub struct Vring {
     pub enabled: bool,
     /// The frontend said SET_VRING_ENABLE for this ring (after SET_FEATURES).
     pub enable_said: bool,
+    /// The used ring's guest physical address, when the frontend wants its writes logged
+    /// (SET_VRING_ADDR with `VHOST_VRING_F_LOG`).
+    pub log_used: Option<u64>,
 }
 
 impl Vring {
@@ -108,6 +113,17 @@ impl Vring {
             started: false,
             enabled: false,
             enable_said: false,
+            log_used: None,
+        }
+    }
+
+    /// Marks this ring's used ring dirty in `log` (when the frontend asked for it): its
+    /// flags, index, elements and `avail_event`, a few pages at most. Called after a burst
+    /// wrote any of them.
+    #[inline]
+    pub fn log_used(&self, log: &DirtyLog) {
+        if let Some(gpa) = self.log_used {
+            crate::queue::log_used_ring(log, gpa, self.queue.size());
         }
     }
 
@@ -171,6 +187,11 @@ pub struct DevState {
     /// The frontend shrank a memory file under us: every queue is broken until new memory
     /// comes (SET_MEM_TABLE) or the frontend reconnects.
     pub memory_failed: bool,
+    /// The frontend's dirty log (SET_LOG_BASE); written only while LOG_ALL is acked.
+    pub log: Option<Arc<DirtyLog>>,
+    /// A MAC the frontend asked us to announce for the guest (SEND_RARP): the datapath
+    /// sends a RARP from it into the switch, once.
+    pub announce: Option<[u8; 6]>,
 }
 
 impl DevState {
@@ -190,7 +211,24 @@ impl DevState {
             mac_table: Vec::new(),
             guards: Vec::new(),
             memory_failed: false,
+            log: None,
+            announce: None,
         }
+    }
+
+    /// The dirty log to mark during this burst: `Some` only while the frontend migrates
+    /// the guest (LOG_ALL acked and a log set). Taken once per burst, under the lock.
+    #[inline]
+    pub fn dirty_log(&self) -> Option<Arc<DirtyLog>> {
+        if self.acked_features & features::LOG_ALL == 0 {
+            return None;
+        }
+        self.log.clone()
+    }
+
+    /// The end of guest physical memory (the highest region's end), 0 without memory.
+    pub fn memory_end(&self) -> u64 {
+        mem_end(&self.mem.memory())
     }
 
     /// Whether the frontend shrank a memory file under us (a SIGBUS was caught in its
@@ -330,9 +368,61 @@ fn check_region(r: &VhostUserMemoryRegion, f: &File) -> Result<(), String> {
     Ok(())
 }
 
+/// The connections to one port's socket. One of them owns the device: the datapath serves
+/// its rings (`Shared::state`). The others wait with a device state of their own that the
+/// datapath never sees: a live migration's destination QEMU connects and sets its device up
+/// while the source still runs, on the same socket. A waiting connection takes the device
+/// over when it starts a ring and the owner has stopped all of its own (the source stops
+/// its rings, GET_VRING_BASE, before the destination starts), or when the owner goes away;
+/// the owner it replaces keeps talking to a state of its own, and its later close changes
+/// nothing. So the port follows whichever connection runs the guest, either way.
+struct Conns {
+    owner: Option<u64>,
+    next: u64,
+    waiting: Vec<(u64, DevState)>,
+}
+
+/// The device state a connection's requests change: the device itself when the connection
+/// owns it, else the connection's own state, which waits.
+pub(crate) struct ConnState<'a> {
+    conns: MutexGuard<'a, Conns>,
+    owned: Option<MutexGuard<'a, DevState>>,
+    at: usize,
+}
+
+impl ConnState<'_> {
+    fn owner(&self) -> bool {
+        self.owned.is_some()
+    }
+}
+
+impl Deref for ConnState<'_> {
+    type Target = DevState;
+    fn deref(&self) -> &DevState {
+        match &self.owned {
+            Some(g) => g,
+            None => &self.conns.waiting[self.at].1,
+        }
+    }
+}
+
+impl DerefMut for ConnState<'_> {
+    fn deref_mut(&mut self) -> &mut DevState {
+        match &mut self.owned {
+            Some(g) => g,
+            None => &mut self.conns.waiting[self.at].1,
+        }
+    }
+}
+
+/// Most connections one server-mode socket serves at once: the guest's QEMU and a migration
+/// destination's, with room for a reconnect overlapping a close.
+pub const MAX_CONNECTIONS: usize = 4;
+
 /// State shared by the connection thread and the datapath.
 pub struct Shared {
     pub state: Mutex<DevState>,
+    conns: Mutex<Conns>,
     /// Signalled when `state.generation` changes.
     pub notify: EventFd,
     /// Queue pairs this port offers (`--queues`).
@@ -345,6 +435,7 @@ impl Shared {
         let pairs = queue_pairs.clamp(1, MAX_QUEUE_PAIRS);
         Ok(Arc::new(Shared {
             state: Mutex::new(DevState::new(2 * usize::from(pairs) + 1)),
+            conns: Mutex::new(Conns { owner: None, next: 0, waiting: Vec::new() }),
             notify: EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)?,
             queue_pairs: pairs,
             name: name.to_owned(),
@@ -382,8 +473,169 @@ impl Shared {
         let _ = self.notify.write(1);
     }
 
-    /// The frontend went away: forget everything it set up; the port waits for the next one.
-    pub fn disconnected(&self) {
+    fn conns(&self) -> MutexGuard<'_, Conns> {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn nvrings(&self) -> usize {
+        2 * usize::from(self.queue_pairs) + 1
+    }
+
+    /// Connections open now (the owner and those waiting).
+    pub fn open_connections(&self) -> usize {
+        let c = self.conns();
+        usize::from(c.owner.is_some()) + c.waiting.len()
+    }
+
+    /// A frontend connected: it owns the device if nobody does, else it waits (see
+    /// [`Conns`]). Returns its id, for [`Handler::new`] and [`Shared::disconnected`].
+    pub fn connect(&self) -> u64 {
+        let mut c = self.conns();
+        c.next += 1;
+        let id = c.next;
+        let mut st = self.lock();
+        st.connections += 1;
+        if c.owner.is_none() {
+            c.owner = Some(id);
+            st.connected = true;
+        } else {
+            log::info!(
+                "vhost-user {}: another frontend connected while one runs the guest (a migration's destination?); it takes over when it starts and the first has stopped",
+                self.name
+            );
+            c.waiting.push((id, DevState::new(self.nvrings())));
+        }
+        id
+    }
+
+    /// The state connection `id`'s requests change (see [`ConnState`]).
+    pub(crate) fn conn_state(&self, id: u64) -> ConnState<'_> {
+        let conns = self.conns();
+        if conns.owner == Some(id) {
+            return ConnState { conns, owned: Some(self.lock()), at: 0 };
+        }
+        let at = conns.waiting.iter().position(|(i, _)| *i == id);
+        match at {
+            Some(at) => ConnState { conns, owned: None, at },
+            // Not registered (a connection made before a reset): waits with a fresh state.
+            None => {
+                let mut conns = conns;
+                conns.waiting.push((id, DevState::new(self.nvrings())));
+                let at = conns.waiting.len() - 1;
+                ConnState { conns, owned: None, at }
+            }
+        }
+    }
+
+    /// Connection `id` started a ring: if it waits and the owner has no ring running (the
+    /// migration source stopped them all, or a frontend is gone), it takes the device over.
+    fn maybe_take_over(&self, id: u64) {
+        let mut c = self.conns();
+        if c.owner == Some(id) {
+            return;
+        }
+        let Some(at) = c.waiting.iter().position(|(i, _)| *i == id) else { return };
+        if !c.waiting[at].1.vrings.iter().any(|v| v.started) {
+            return;
+        }
+        if c.owner.is_some() && self.lock().vrings.iter().any(|v| v.started) {
+            log::debug!(
+                "vhost-user {}: connection {id} started a ring while the owner still runs; it waits",
+                self.name
+            );
+            return;
+        }
+        self.promote(&mut c, at);
+    }
+
+    /// Connection `id` stopped a ring: if it owns the device and has no ring running any
+    /// more, a waiting connection that already started its rings takes the device over
+    /// (the destination started first; see [`Conns`]).
+    fn owner_stopped(&self, id: u64) {
+        let mut c = self.conns();
+        if c.owner != Some(id) || self.lock().vrings.iter().any(|v| v.started) {
+            return;
+        }
+        if let Some(at) = c.waiting.iter().rposition(|(_, st)| st.vrings.iter().any(|v| v.started)) {
+            self.promote(&mut c, at);
+        }
+    }
+
+    /// Makes waiting connection `c.waiting[at]` the owner: its rings and memory replace
+    /// the device's; what describes the guest (its MAC, RX mode, queue pairs in use, set
+    /// through the control queue) and the port's counters stay.
+    fn promote(&self, c: &mut Conns, at: usize) {
+        let (id, mut new) = c.waiting.remove(at);
+        let old = {
+            let mut st = self.lock();
+            new.connections = st.connections;
+            new.generation = st.generation;
+            new.promisc = st.promisc;
+            new.allmulti = st.allmulti;
+            new.guest_mac = st.guest_mac;
+            new.mac_table = std::mem::take(&mut st.mac_table);
+            new.active_pairs = st.active_pairs;
+            new.connected = true;
+            let old = std::mem::replace(&mut *st, new);
+            self.changed(&mut st);
+            old
+        };
+        if let Some(prev) = c.owner.replace(id) {
+            log::info!("vhost-user {}: the frontend of connection {id} took the device over (migration)", self.name);
+            // The previous owner may still talk (a migration's source, paused): to a state
+            // of its own, which it can take back the same way if the guest returns to it.
+            let mut left = DevState::new(self.nvrings());
+            left.acked_features = old.acked_features;
+            left.acked_protocol_features = old.acked_protocol_features;
+            c.waiting.push((prev, left));
+        }
+        // The old memory is unmapped here, outside the device lock.
+        drop(old);
+    }
+
+    /// Connection `id` went away. The owner's going resets the device (and a waiting
+    /// connection, if any, takes it over); a waiting one's changes nothing.
+    pub fn disconnected(&self, id: u64) {
+        let mut c = self.conns();
+        if c.owner != Some(id) {
+            c.waiting.retain(|(i, _)| *i != id);
+            return;
+        }
+        c.owner = None;
+        self.reset_device();
+        if !c.waiting.is_empty() {
+            // The most recent one: a migration's destination, or a reconnect.
+            let at = c.waiting.len() - 1;
+            self.promote(&mut c, at);
+        }
+    }
+
+    /// Whether connection `id` acked REPLY_ACK (and so wants answers when it asks).
+    pub fn reply_ack(&self, id: u64) -> bool {
+        self.conn_state(id).acked_protocol_features & VhostUserProtocolFeatures::REPLY_ACK.bits() != 0
+    }
+
+    /// Connection `id` asked for the guest's MAC to be announced (SEND_RARP, after a
+    /// migration): the datapath sends a RARP from it into the switch, as if from the guest,
+    /// so the MAC moves to this port everywhere at once. Only the connection that runs the
+    /// guest may ask.
+    pub fn announce(&self, id: u64, mac: [u8; 6]) {
+        let mut st = self.conn_state(id);
+        if !st.owner() {
+            log::debug!("vhost-user {}: SEND_RARP from a connection that does not run the guest; ignored", self.name);
+            return;
+        }
+        if mac[0] & 1 != 0 || mac == [0; 6] {
+            log::warn!("vhost-user {}: SEND_RARP with a multicast or zero MAC; ignored", self.name);
+            return;
+        }
+        log::info!("vhost-user {}: announcing the guest's MAC (SEND_RARP)", self.name);
+        st.announce = Some(mac);
+        self.changed(&mut st);
+    }
+
+    /// Forgets everything the owner set up; the port waits for the next frontend.
+    fn reset_device(&self) {
         let mut st = self.lock();
         st.reset_rings();
         st.mem = GuestMemoryAtomic::new(Memory::default());
@@ -393,8 +645,16 @@ impl Shared {
         st.acked_protocol_features = 0;
         st.connected = false;
         st.active_pairs = None;
+        st.log = None;
+        st.announce = None;
         self.changed(&mut st);
     }
+}
+
+/// The end of the highest region of `mem`.
+fn mem_end(mem: &Memory) -> u64 {
+    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+    mem.iter().map(|r| r.start_addr().0.saturating_add(r.len())).max().unwrap_or(0)
 }
 
 /// Where a frontend's memory region is in its own address space (vring addresses arrive as
@@ -408,26 +668,41 @@ struct Mapping {
 /// Answers one frontend connection's requests.
 pub struct Handler {
     shared: Arc<Shared>,
+    /// This connection (see [`Shared::connect`]).
+    id: u64,
     mappings: Vec<Mapping>,
     owned: bool,
+    /// A request was refused that gets no answer on error (SET_LOG_BASE): the frontend would
+    /// wait for one forever, so the connection must close.
+    close: bool,
 }
 
-/// Protocol features offered: multiqueue and acknowledged requests, nothing QEMU rejects.
-pub const PROTOCOL_FEATURES: VhostUserProtocolFeatures =
-    VhostUserProtocolFeatures::MQ.union(VhostUserProtocolFeatures::REPLY_ACK);
+/// Protocol features offered: multiqueue, acknowledged requests, the dirty log in shared
+/// memory (migration) and RARP announcements for guests that do not announce themselves;
+/// nothing QEMU rejects.
+pub const PROTOCOL_FEATURES: VhostUserProtocolFeatures = VhostUserProtocolFeatures::MQ
+    .union(VhostUserProtocolFeatures::REPLY_ACK)
+    .union(VhostUserProtocolFeatures::LOG_SHMFD)
+    .union(VhostUserProtocolFeatures::RARP);
 
 fn unsupported(what: &'static str) -> VuError {
     VuError::ReqHandlerError(std::io::Error::new(std::io::ErrorKind::Unsupported, what))
 }
 
 impl Handler {
-    pub fn new(shared: Arc<Shared>) -> Handler {
-        {
-            let mut st = shared.lock();
-            st.connected = true;
-            st.connections += 1;
-        }
-        Handler { shared, mappings: Vec::new(), owned: false }
+    /// The handler of connection `id` (from [`Shared::connect`]).
+    pub fn new(shared: Arc<Shared>, id: u64) -> Handler {
+        Handler { shared, id, mappings: Vec::new(), owned: false, close: false }
+    }
+
+    /// The device state this connection's requests change.
+    fn st(&self) -> ConnState<'_> {
+        self.shared.conn_state(self.id)
+    }
+
+    /// Whether the connection must close (a refused request the frontend waits on).
+    pub fn must_close(&self) -> bool {
+        self.close
     }
 
     fn gpa(&self, vmm: u64) -> VuResult<u64> {
@@ -439,7 +714,7 @@ impl Handler {
     }
 
     fn with_vring<R>(&self, index: usize, f: impl FnOnce(&mut DevState, usize) -> VuResult<R>) -> VuResult<R> {
-        let mut st = self.shared.lock();
+        let mut st = self.st();
         if index >= st.vrings.len() {
             return Err(VuError::InvalidParam);
         }
@@ -460,17 +735,19 @@ impl VhostUserBackendReqHandlerMut for Handler {
 
     fn reset_owner(&mut self) -> VuResult<()> {
         self.owned = false;
-        let mut st = self.shared.lock();
+        let mut st = self.st();
         st.reset_rings();
         st.acked_features = 0;
+        st.log = None;
         self.shared.changed(&mut st);
         Ok(())
     }
 
     fn reset_device(&mut self) -> VuResult<()> {
-        let mut st = self.shared.lock();
+        let mut st = self.st();
         st.reset_rings();
         st.acked_features = 0;
+        st.log = None;
         self.shared.changed(&mut st);
         Ok(())
     }
@@ -484,7 +761,11 @@ impl VhostUserBackendReqHandlerMut for Handler {
         if f & !features::OFFERED != 0 {
             return Err(VuError::InvalidParam);
         }
-        let mut st = self.shared.lock();
+        let mut st = self.st();
+        if (st.acked_features ^ f) & features::LOG_ALL != 0 {
+            let how = if f & features::LOG_ALL != 0 { "starts" } else { "stops" };
+            log::info!("vhost-user {}: the frontend {how} logging dirty pages (migration)", self.shared.name);
+        }
         st.acked_features = f;
         let event_idx = f & features::RING_EVENT_IDX != 0;
         let with_protocol = f & features::PROTOCOL_FEATURES != 0;
@@ -539,7 +820,17 @@ impl VhostUserBackendReqHandlerMut for Handler {
         }
         let mem = Memory::from_regions(regions).map_err(|e| VuError::ReqHandlerError(std::io::Error::other(e)))?;
         self.mappings = mappings;
-        let mut st = self.shared.lock();
+        let mut st = self.st();
+        if let Some(log) = &st.log {
+            let end = mem_end(&mem);
+            if end > log.covers() {
+                log::warn!(
+                    "vhost-user {}: the dirty log covers {} bytes of guest memory, not {end}: writes above are not logged",
+                    self.shared.name,
+                    log.covers()
+                );
+            }
+        }
         // The old mappings' registrations go first: once the memory is replaced (and maybe
         // unmapped), their addresses may be reused by new mappings. Under the lock nothing
         // touches the old memory any more.
@@ -570,14 +861,17 @@ impl VhostUserBackendReqHandlerMut for Handler {
     fn set_vring_addr(
         &mut self,
         index: u32,
-        _flags: VhostUserVringAddrFlags,
+        flags: VhostUserVringAddrFlags,
         descriptor: u64,
         used: u64,
         available: u64,
-        _log: u64,
+        log: u64,
     ) -> VuResult<()> {
         let (d, u, a) = (self.gpa(descriptor)?, self.gpa(used)?, self.gpa(available)?);
         self.with_vring(index as usize, |st, i| {
+            // The log address is a guest physical address (QEMU: the used ring's); marks
+            // outside the log are dropped by the log itself.
+            st.vrings[i].log_used = flags.contains(VhostUserVringAddrFlags::VHOST_VRING_F_LOG).then_some(log);
             let q = &mut st.vrings[i].queue;
             q.try_set_desc_table_address(GuestAddress(d)).map_err(|_| VuError::InvalidParam)?;
             q.try_set_avail_ring_address(GuestAddress(a)).map_err(|_| VuError::InvalidParam)?;
@@ -605,14 +899,27 @@ impl VhostUserBackendReqHandlerMut for Handler {
     fn get_vring_base(&mut self, index: u32) -> VuResult<VhostUserVringState> {
         log::debug!("vhost-user {}: GET_VRING_BASE {index}", self.shared.name);
         // Holding the state lock means the datapath is not inside a burst on this ring.
-        self.with_vring(index as usize, |st, i| {
+        let r = self.with_vring(index as usize, |st, i| {
             let v = &mut st.vrings[i];
+            // Every chain taken is handed back within the burst that took it (under this
+            // lock): nothing is in flight, and the index returned is the used ring's, where
+            // a migration's destination resumes.
+            if v.started && v.queue.ready() && v.queue.next_avail() != v.queue.next_used() {
+                log::warn!(
+                    "vhost-user {}: ring {index} stopped with avail {} != used {}",
+                    self.shared.name,
+                    v.queue.next_avail(),
+                    v.queue.next_used()
+                );
+            }
             v.started = false;
             v.queue.set_ready(false);
             v.kick = None;
             v.call = None;
             Ok(VhostUserVringState::new(index, u32::from(v.queue.next_avail())))
-        })
+        })?;
+        self.shared.owner_stopped(self.id);
+        Ok(r)
     }
 
     fn set_vring_kick(&mut self, index: u8, fd: Option<File>) -> VuResult<()> {
@@ -625,7 +932,9 @@ impl VhostUserBackendReqHandlerMut for Handler {
             v.queue.set_ready(v.started);
             st.reset_broken(i);
             Ok(())
-        })
+        })?;
+        self.shared.maybe_take_over(self.id);
+        Ok(())
     }
 
     fn set_vring_call(&mut self, index: u8, fd: Option<File>) -> VuResult<()> {
@@ -649,17 +958,17 @@ impl VhostUserBackendReqHandlerMut for Handler {
     }
 
     fn set_protocol_features(&mut self, f: u64) -> VuResult<()> {
-        self.shared.lock().acked_protocol_features = f & PROTOCOL_FEATURES.bits();
+        self.st().acked_protocol_features = f & PROTOCOL_FEATURES.bits();
         Ok(())
     }
 
     fn get_queue_num(&mut self) -> VuResult<u64> {
-        Ok(self.shared.lock().vrings.len() as u64)
+        Ok(self.st().vrings.len() as u64)
     }
 
     fn set_vring_enable(&mut self, index: u32, enable: bool) -> VuResult<()> {
         log::debug!("vhost-user {}: SET_VRING_ENABLE {index} {enable}", self.shared.name);
-        if self.shared.lock().acked_features & features::PROTOCOL_FEATURES == 0 {
+        if self.st().acked_features & features::PROTOCOL_FEATURES == 0 {
             return Err(VuError::InvalidOperation("SET_VRING_ENABLE without protocol features"));
         }
         self.with_vring(index as usize, |st, i| {
@@ -727,7 +1036,34 @@ impl VhostUserBackendReqHandlerMut for Handler {
         Err(unsupported("shared memory regions"))
     }
 
-    fn set_log_base(&mut self, _log: &VhostUserLog, _file: File) -> VuResult<()> {
-        Err(unsupported("dirty logging (migration)"))
+    /// The frontend's dirty log (migration): checked and mapped here, outside the lock,
+    /// then swapped in under it, so no burst marks the old log once this returns (and the
+    /// vhost crate replies). A refused log gets no reply from the crate, and the frontend
+    /// waits for one: the connection closes instead.
+    fn set_log_base(&mut self, log: &VhostUserLog, file: File) -> VuResult<()> {
+        let (size, offset) = (log.mmap_size, log.mmap_offset);
+        log::debug!("vhost-user {}: SET_LOG_BASE size {size} offset {offset}", self.shared.name);
+        let refuse = |this: &mut Handler, why: String| {
+            log::warn!("vhost-user {}: dirty log refused: {why}; closing the connection", this.shared.name);
+            this.close = true;
+            VuError::ReqHandlerError(std::io::Error::new(std::io::ErrorKind::InvalidInput, why))
+        };
+        let map = match DirtyLog::map(&file, offset, size) {
+            Ok(m) => m,
+            Err(e) => return Err(refuse(self, e)),
+        };
+        drop(file);
+        let old = {
+            let mut st = self.st();
+            let end = st.memory_end();
+            if end > map.covers() {
+                drop(st);
+                let why = format!("a log of {size} bytes covers {} bytes of guest memory, not {end}", map.covers());
+                return Err(refuse(self, why));
+            }
+            st.log.replace(Arc::new(map))
+        };
+        drop(old);
+        Ok(())
     }
 }

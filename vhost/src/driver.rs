@@ -150,8 +150,11 @@ impl Driver {
         frontend.set_features(acked)?;
         if acked & features::PROTOCOL_FEATURES != 0 {
             let pf = frontend.get_protocol_features()?;
-            frontend
-                .set_protocol_features(pf & (VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK))?;
+            frontend.set_protocol_features(
+                pf & (VhostUserProtocolFeatures::MQ
+                    | VhostUserProtocolFeatures::REPLY_ACK
+                    | VhostUserProtocolFeatures::LOG_SHMFD),
+            )?;
         }
         frontend.set_mem_table(&[VhostUserMemoryRegionInfo {
             guest_phys_addr: 0,
@@ -365,6 +368,61 @@ impl Driver {
         self.vqs[q].avail_idx = self.vqs[q].avail_idx.wrapping_add(1);
         self.publish(q, old);
         true
+    }
+
+    /// Bytes of dirty log this driver's memory needs (one bit per 4 KiB page).
+    pub fn log_bytes(&self) -> u64 {
+        (self.mem.last_addr().0 / 4096) / 8 + 1
+    }
+
+    /// Hands the device a dirty log (SET_LOG_BASE: `size` bytes of `log` at `offset`), as a
+    /// migrating frontend does first; the device answers when it took it.
+    pub fn set_log(&mut self, log: &File, size: u64, offset: u64) -> Result<()> {
+        self.frontend.set_log_base(
+            0,
+            Some(vhost::VhostUserDirtyLogRegion { mmap_size: size, mmap_offset: offset, mmap_handle: log.as_raw_fd() }),
+        )?;
+        Ok(())
+    }
+
+    /// Starts logging as QEMU does when a migration starts: the log (`log`, from offset 0,
+    /// [`Driver::log_bytes`] long), LOG_ALL acked, every ring's used ring logged
+    /// (`VHOST_VRING_F_LOG`).
+    pub fn start_logging(&mut self, log: &File) -> Result<()> {
+        let size = self.log_bytes();
+        self.set_log(log, size, 0)?;
+        self.frontend.set_features(self.acked | features::LOG_ALL)?;
+        let host_base = self.mem.get_host_address(GuestAddress(0)).map_err(|e| Error::Memory(e.to_string()))? as u64;
+        for (i, vq) in self.vqs.iter().enumerate() {
+            self.frontend.set_vring_addr(
+                i,
+                &VringConfigData {
+                    queue_max_size: vq.size,
+                    queue_size: vq.size,
+                    flags: 1, // VHOST_VRING_F_LOG
+                    desc_table_addr: host_base + vq.desc,
+                    used_ring_addr: host_base + vq.used,
+                    avail_ring_addr: host_base + vq.avail,
+                    log_addr: Some(vq.used),
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Stops the rings as a migrating frontend does at the end (GET_VRING_BASE on each),
+    /// returning the indexes the device gives.
+    pub fn stop_rings(&mut self) -> Result<Vec<u32>> {
+        let mut out = Vec::new();
+        for i in 0..self.vqs.len() {
+            out.push(self.frontend.get_vring_base(i)?);
+        }
+        Ok(out)
+    }
+
+    /// The used index of queue `q` as the device left it in guest memory.
+    pub fn used_idx(&self, q: usize) -> u16 {
+        self.mem.read_obj::<u16>(GuestAddress(self.vqs[q].used + 2)).unwrap_or(0)
     }
 
     /// The file behind the "guest memory" (for tests of a frontend that truncates it).

@@ -26,6 +26,11 @@ pub mod ring;
 pub mod server;
 pub mod virtio_net;
 
+/// The dirty-page log of a migrating guest (see the module's docs).
+pub mod dirtylog {
+    pub use crate::sys::dirtylog::{DirtyLog, LOG_PAGE, MAX_LOG_BYTES};
+}
+
 /// The SIGBUS guard around guest memory (see the module's docs).
 pub mod guard {
     pub use crate::sys::sigbus::{epoch, install, register, Error, Registration};

@@ -3,7 +3,10 @@
 //! - `server` mode: vmnetd listens on the socket (QEMU: `-chardev socket,path=...,reconnect=1`).
 //!   The socket is created 0660 and owned by the port's owner, so a QEMU running as that
 //!   user (or as libvirt-qemu) can connect; a stale socket left by a killed vmnetd is
-//!   replaced. One frontend at a time.
+//!   replaced. Several frontends may be connected at once (at most
+//!   [`MAX_CONNECTIONS`]): a live migration's destination QEMU connects to the same socket
+//!   while the source still runs, and the port follows whichever runs the guest (see
+//!   [`crate::device::Shared::connect`]).
 //! - `client` mode: the frontend listens (QEMU `server=on`), vmnetd connects, and keeps
 //!   retrying with backoff (100 ms doubling to 2 s), forever: a guest survives a vmnetd
 //!   restart, and vmnetd survives a QEMU restart. Connecting never blocks (a frontend whose
@@ -37,7 +40,7 @@ use nix::sys::stat::{fchmod, fstatat, mkdirat, Mode as FileMode, SFlag};
 use nix::unistd::{fchown, fchownat, unlinkat, Gid, Uid, UnlinkatFlags};
 use vhost::vhost_user::{BackendReqHandler, Error as VuError};
 
-use crate::device::{Handler, Shared};
+use crate::device::{Handler, Shared, MAX_CONNECTIONS};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -74,6 +77,9 @@ pub enum Error {
     Thread(#[source] io::Error),
 }
 
+/// The open connections' sockets, by connection id (shut down on stop).
+type Conns = Arc<Mutex<Vec<(u64, UnixStream)>>>;
+
 /// `sun_path` is 108 bytes including the terminating NUL.
 const MAX_PATH: usize = 107;
 
@@ -102,7 +108,7 @@ impl Placed {
 /// socket file.
 pub struct Server {
     stop: Arc<AtomicBool>,
-    conn: Arc<Mutex<Option<UnixStream>>>,
+    conn: Conns,
     endpoint: Endpoint,
     placed: Option<Placed>,
     /// Written on stop: wakes the thread out of `accept`'s poll or a reconnect back-off at
@@ -330,7 +336,7 @@ impl Server {
             check_path(&endpoint.path)?;
         }
         let stop = Arc::new(AtomicBool::new(false));
-        let conn = Arc::new(Mutex::new(None));
+        let conn = Conns::default();
         let (listener, placed) = match endpoint.mode {
             Mode::Server => {
                 let (l, p) = listen(&endpoint)?;
@@ -365,7 +371,7 @@ impl Server {
         self.stopped = true;
         self.stop.store(true, Ordering::SeqCst);
         let _ = (&self.wake).write(&[1]);
-        if let Some(c) = self.conn.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        for (_, c) in self.conn.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             let _ = c.shutdown(std::net::Shutdown::Both);
         }
         if let Some(p) = &self.placed {
@@ -393,19 +399,40 @@ fn readable<F: AsFd>(fd: Option<&F>, woken: &UnixStream, timeout: PollTimeout) -
     }
 }
 
-fn serve_listener(
-    shared: &Arc<Shared>,
-    l: &UnixListener,
-    woken: &UnixStream,
-    stop: &AtomicBool,
-    conn: &Mutex<Option<UnixStream>>,
-) {
+/// Accepts frontends, each served by a thread of its own (at most [`MAX_CONNECTIONS`] at
+/// once; one more is closed at once, with a warning).
+fn serve_listener(shared: &Arc<Shared>, l: &UnixListener, woken: &UnixStream, stop: &Arc<AtomicBool>, conn: &Conns) {
+    // Connection threads running (counted here, before they start, so a burst of connects
+    // cannot start more than the cap).
+    let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     while !stop.load(Ordering::SeqCst) {
         if !readable(Some(l), woken, PollTimeout::NONE) {
             continue;
         }
         match l.accept() {
-            Ok((s, _)) => serve(shared, s, stop, conn),
+            Ok((s, _)) => {
+                if active.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
+                    log::warn!(
+                        "vhost-user {}: refused a connection: {MAX_CONNECTIONS} frontends are connected already",
+                        shared.name
+                    );
+                    continue;
+                }
+                let (sh, st, c, n) = (shared.clone(), stop.clone(), conn.clone(), active.clone());
+                n.fetch_add(1, Ordering::SeqCst);
+                let spawned = std::thread::Builder::new()
+                    .name(format!("vhu-{}", shared.name))
+                    .stack_size(256 * 1024)
+                    .spawn(move || {
+                        serve(&sh, s, &st, &c);
+                        n.fetch_sub(1, Ordering::SeqCst);
+                    });
+                if let Err(e) = spawned {
+                    active.fetch_sub(1, Ordering::SeqCst);
+                    log::warn!("vhost-user {}: cannot start a connection thread: {e}", shared.name);
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
             Err(e) => {
                 log::warn!("vhost-user {}: accept: {e}", shared.name);
                 std::thread::sleep(Duration::from_millis(100));
@@ -414,13 +441,7 @@ fn serve_listener(
     }
 }
 
-fn serve_client(
-    shared: &Arc<Shared>,
-    ep: &Endpoint,
-    woken: &UnixStream,
-    stop: &AtomicBool,
-    conn: &Mutex<Option<UnixStream>>,
-) {
+fn serve_client(shared: &Arc<Shared>, ep: &Endpoint, woken: &UnixStream, stop: &AtomicBool, conn: &Conns) {
     let path = &ep.path;
     let mut backoff = Duration::from_millis(100);
     let mut said = false;
@@ -472,35 +493,92 @@ fn fatal(e: &VuError) -> bool {
 
 /// Answers one frontend until it goes away. A panic while doing so (in the protocol code,
 /// on input from the frontend) resets this device and drops this connection only.
-fn serve(shared: &Arc<Shared>, s: UnixStream, stop: &AtomicBool, conn: &Mutex<Option<UnixStream>>) {
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve_inner(shared, s, stop, conn)));
+fn serve(shared: &Arc<Shared>, s: UnixStream, stop: &AtomicBool, conn: &Conns) {
+    let id = shared.connect();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve_inner(shared, id, s, stop, conn)));
     if r.is_err() {
         log::error!("vhost-user {}: the connection's handler panicked; dropping the connection", shared.name);
-        *conn.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        shared.disconnected();
+    }
+    conn.lock().unwrap_or_else(|p| p.into_inner()).retain(|(i, _)| *i != id);
+    shared.disconnected(id);
+}
+
+/// `VHOST_USER_SEND_RARP`, which the `vhost` crate does not know (it would close the
+/// connection): the frontend asks us to announce the guest's MAC after a migration, for a
+/// guest that cannot announce itself (no GUEST_ANNOUNCE).
+const SEND_RARP: u32 = 19;
+/// Header flags: version 1, reply, reply wanted.
+const VERSION_1: u32 = 0x1;
+const REPLY: u32 = 0x4;
+const NEED_REPLY: u32 = 0x8;
+
+/// What the next message is: looked at (not taken) before the `vhost` crate reads it, so
+/// the messages it does not know can be answered here. `None`: the connection is gone.
+fn peek_header(s: &UnixStream) -> Option<(u32, u32, u32)> {
+    use nix::sys::socket::{recv, MsgFlags};
+    let mut h = [0u8; 12];
+    match recv(s.as_raw_fd(), &mut h, MsgFlags::MSG_PEEK | MsgFlags::MSG_WAITALL) {
+        Ok(12) => {
+            let w = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+            Some((w(0), w(4), w(8)))
+        }
+        _ => None,
     }
 }
 
-fn serve_inner(shared: &Arc<Shared>, s: UnixStream, stop: &AtomicBool, conn: &Mutex<Option<UnixStream>>) {
+/// Takes a SEND_RARP message (header `flags`, payload `size` bytes) off the socket, and
+/// answers it if asked. Returns the MAC, or `None` when the message is malformed (the
+/// stream is then out of step: the caller closes it).
+fn take_send_rarp(s: &UnixStream, flags: u32, size: u32, reply_ack: bool) -> Option<[u8; 6]> {
+    use std::io::Read;
+    if size != 8 {
+        return None;
+    }
+    let mut m = [0u8; 20];
+    (&*s).read_exact(&mut m).ok()?;
+    if reply_ack && flags & NEED_REPLY != 0 {
+        let mut r = [0u8; 20];
+        r[0..4].copy_from_slice(&SEND_RARP.to_le_bytes());
+        r[4..8].copy_from_slice(&(VERSION_1 | REPLY).to_le_bytes());
+        r[8..12].copy_from_slice(&8u32.to_le_bytes());
+        (&*s).write_all(&r).ok()?;
+    }
+    let mut mac = [0u8; 6];
+    mac.copy_from_slice(&m[12..18]);
+    Some(mac)
+}
+
+fn serve_inner(shared: &Arc<Shared>, id: u64, s: UnixStream, stop: &AtomicBool, conn: &Conns) {
+    let Ok(peek) = s.try_clone() else { return };
     if let Ok(c) = s.try_clone() {
-        *conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(c);
+        conn.lock().unwrap_or_else(|p| p.into_inner()).push((id, c));
     }
     // A stop that came before the connection was published could not shut it down.
     if stop.load(Ordering::SeqCst) {
-        *conn.lock().unwrap_or_else(|p| p.into_inner()) = None;
         return;
     }
     log::info!("vhost-user {}: frontend connected", shared.name);
-    let handler = Arc::new(Mutex::new(Handler::new(shared.clone())));
-    let mut req = BackendReqHandler::from_stream(s, handler);
+    let handler = Arc::new(Mutex::new(Handler::new(shared.clone(), id)));
+    let mut req = BackendReqHandler::from_stream(s, handler.clone());
     let why = loop {
         if stop.load(Ordering::SeqCst) {
             break None;
+        }
+        let Some((code, flags, size)) = peek_header(&peek) else { break None };
+        if code == SEND_RARP {
+            let reply_ack = shared.reply_ack(id);
+            match take_send_rarp(&peek, flags, size, reply_ack) {
+                Some(mac) => shared.announce(id, mac),
+                None => break Some(VuError::InvalidMessage),
+            }
+            continue;
         }
         match req.handle_request() {
             Ok(()) => {}
             Err(VuError::Disconnected | VuError::SocketBroken(_) | VuError::PartialMessage) => break None,
             Err(e) if fatal(&e) => break Some(e),
+            // A refused request the frontend waits on without an answer coming.
+            Err(e) if handler.lock().unwrap_or_else(|p| p.into_inner()).must_close() => break Some(e),
             // A refused request (answered, if the frontend asked for an answer) leaves the
             // stream in step: keep serving. QEMU, for one, sends SET_VRING_ENABLE before
             // SET_FEATURES, which the vhost crate refuses, and enables the rings again later.
@@ -512,6 +590,4 @@ fn serve_inner(shared: &Arc<Shared>, s: UnixStream, stop: &AtomicBool, conn: &Mu
         Some(_) if stop.load(Ordering::SeqCst) => {}
         Some(e) => log::warn!("vhost-user {}: closing the connection: {e}", shared.name),
     }
-    *conn.lock().unwrap_or_else(|p| p.into_inner()) = None;
-    shared.disconnected();
 }

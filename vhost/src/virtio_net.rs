@@ -181,11 +181,17 @@ pub mod features {
     /// elements rather than reading their ids, so the spec's batched form would leak its
     /// descriptors.
     pub const IN_ORDER: u64 = bit(vc::VIRTIO_F_IN_ORDER);
+    /// `VHOST_F_LOG_ALL`: the frontend migrates the guest and wants every page the device
+    /// writes marked in its dirty log (see `device::Handler::set_log_base`).
+    pub const LOG_ALL: u64 = vhost::vhost_user::message::VhostUserVirtioFeatures::LOG_ALL.bits();
 
     /// What vmnetd's device offers. Constant, whatever the port's configuration, so a
     /// frontend that reconnects (QEMU after a vmnetd restart) always finds at least what its
     /// guest acked. GSO frames toward a guest that did not ack GUEST_TSO4/6 are segmented in
     /// software, and partial checksums completed, so offering HOST_TSO* is always safe.
+    /// GUEST_ANNOUNCE lets a migrated guest announce itself (gratuitous ARP, unsolicited
+    /// neighbour advertisements: what moves its addresses in every switch on the way);
+    /// LOG_ALL makes the guest migratable.
     pub const OFFERED: u64 = VERSION_1
         | MRG_RXBUF
         | MAC
@@ -205,11 +211,13 @@ pub mod features {
         | GUEST_TSO6
         | GUEST_ECN
         | IN_ORDER
+        | GUEST_ANNOUNCE
+        | LOG_ALL
         | PROTOCOL_FEATURES;
 
     /// Names of the bits in `f`, for `vmnetd port list`.
     pub fn names(f: u64) -> Vec<&'static str> {
-        const ALL: [(u64, &str); 25] = [
+        const ALL: [(u64, &str); 26] = [
             (CSUM, "csum"),
             (GUEST_CSUM, "guest_csum"),
             (CTRL_GUEST_OFFLOADS, "ctrl_guest_offloads"),
@@ -235,6 +243,7 @@ pub mod features {
             (PROTOCOL_FEATURES, "protocol_features"),
             (VERSION_1, "version_1"),
             (IN_ORDER, "in_order"),
+            (LOG_ALL, "log_all"),
         ];
         ALL.iter().filter(|(b, _)| f & b != 0).map(|(_, n)| *n).collect()
     }

@@ -166,3 +166,88 @@ fn client_mode_keeps_retrying_until_the_frontend_listens() {
     dp.join().unwrap();
     drop(server);
 }
+
+fn memfd(len: u64) -> std::fs::File {
+    let f = std::fs::File::from(nix::sys::memfd::memfd_create("log", nix::sys::memfd::MFdFlags::MFD_CLOEXEC).unwrap());
+    f.set_len(len).unwrap();
+    f
+}
+
+/// Live migration on one server socket: a second frontend (the destination QEMU) connects
+/// while the first runs the guest and sets its rings up without disturbing it; when the
+/// first stops its rings (GET_VRING_BASE, with an index consistent with the used ring), the
+/// second takes the device over, and the first one's close changes nothing. The dirty log is
+/// taken (and answered), and a log too small for the guest's memory is refused by closing
+/// the connection (the frontend would otherwise wait for an answer forever).
+#[test]
+fn a_second_frontend_takes_over_when_the_first_stops_and_logs_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.sock");
+    let shared = Shared::new("m", 1).unwrap();
+    let mut server =
+        Server::start(shared.clone(), Endpoint { path: path.clone(), mode: Mode::Server, owner: None, peer_uid: None })
+            .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let bad = Arc::new(AtomicU64::new(0));
+    let dp = echo(shared.clone(), stop.clone(), bad.clone());
+    let f = [frame(1, 60)];
+    let refs: Vec<&[u8]> = f.iter().map(|f| f.as_slice()).collect();
+
+    let mut src = Driver::connect(&path, &Config::default()).unwrap();
+    assert!(wait(|| shared.lock().vrings[1].active()));
+    assert_eq!(src.send(0, &VnetHdr::default(), &refs), 1);
+    assert_eq!(src.recv_n(0, 1, Duration::from_secs(5)).len(), 1);
+
+    // Migration starts: the log is taken, LOG_ALL acked, used rings logged.
+    let log = memfd(src.log_bytes());
+    src.start_logging(&log).unwrap();
+    assert!(wait(|| shared.lock().dirty_log().is_some()));
+    assert!(wait(|| shared.lock().vrings[1].log_used.is_some()));
+
+    // The destination connects and sets up while the source runs: the source keeps going.
+    let mut dst = Driver::connect(&path, &Config::default()).unwrap();
+    assert_eq!(shared.open_connections(), 2);
+    assert_eq!(src.send(0, &VnetHdr::default(), &refs), 1);
+    assert_eq!(src.recv_n(0, 1, Duration::from_secs(5)).len(), 1);
+    assert_eq!(shared.lock().connections, 2);
+
+    // The source stops: every ring's index is the used ring's (nothing in flight); the
+    // destination then owns the device and exchanges frames.
+    assert!(wait(|| src.tx_pending(0) == 0));
+    let bases = src.stop_rings().unwrap();
+    assert_eq!(bases[0] as u16, src.used_idx(0));
+    assert_eq!(bases[1] as u16, src.used_idx(1));
+    assert!(wait(|| shared.lock().vrings[1].active()));
+    assert!(shared.lock().dirty_log().is_none(), "the destination does not log");
+    assert_eq!(dst.send(0, &VnetHdr::default(), &refs), 1);
+    assert_eq!(dst.recv_n(0, 1, Duration::from_secs(5)).len(), 1);
+    drop(src);
+    assert!(wait(|| shared.open_connections() == 1));
+    assert!(shared.lock().connected && shared.lock().vrings[1].active());
+    assert_eq!(dst.send(0, &VnetHdr::default(), &refs), 1);
+    assert_eq!(dst.recv_n(0, 1, Duration::from_secs(5)).len(), 1);
+
+    // A log that does not cover the guest's memory: refused, the connection closed (the
+    // frontend gets an error, not a hang), and the next frontend is served as usual.
+    let small = memfd(8);
+    assert!(dst.set_log(&small, 8, 0).is_err());
+    assert!(wait(|| shared.open_connections() == 0 && !shared.lock().connected));
+    let mut again = Driver::connect(&path, &Config::default()).unwrap();
+    assert!(wait(|| shared.lock().vrings[1].active()));
+    // Offsets past the file, and a file that is not memory, are refused the same way.
+    let log = memfd(again.log_bytes());
+    assert!(again.set_log(&log, again.log_bytes(), 4096).is_err());
+    let mut again = Driver::connect(&path, &Config::default()).unwrap();
+    let disk = tempfile::NamedTempFile::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    disk.as_file().set_len(again.log_bytes()).unwrap();
+    assert!(again.set_log(disk.as_file(), again.log_bytes(), 0).is_err());
+    let mut again = Driver::connect(&path, &Config::default()).unwrap();
+    assert!(wait(|| shared.lock().vrings[1].active()));
+    assert_eq!(again.send(0, &VnetHdr::default(), &refs), 1);
+    assert_eq!(again.recv_n(0, 1, Duration::from_secs(5)).len(), 1);
+    assert_eq!(bad.load(Ordering::SeqCst), 0);
+
+    stop.store(true, Ordering::SeqCst);
+    dp.join().unwrap();
+    server.stop();
+}

@@ -144,6 +144,9 @@ struct Vmnetd {
     _dir: tempfile::TempDir,
     /// `vmnetd-scraped`: a client fetching `/metrics` 10 times a second while it runs.
     _scraper: Option<Scraper>,
+    /// `vmnetd-logging`: the guests hand over dirty logs and ack LOG_ALL as a migrating QEMU
+    /// does, so every frame written and every used ring update is also logged (the logs).
+    logging: Option<Vec<std::fs::File>>,
 }
 
 /// Fetches `GET /metrics` from a Unix socket every 100 ms until dropped, as a Prometheus
@@ -233,7 +236,7 @@ impl Vmnetd {
         for p in ["a", "b"] {
             daemon.cli(&["port", "add", "br0", p, "--vhost-user", &format!("{p}.sock"), "--vlan", "10"]).ok();
         }
-        Ok(Vmnetd { daemon, name, _dir: dir, _scraper: None })
+        Ok(Vmnetd { daemon, name, _dir: dir, _scraper: None, logging: None })
     }
 }
 
@@ -245,7 +248,7 @@ fn rules_of(name: &str) -> Option<usize> {
 /// This build in another setting (flow rules, a metrics scraper), reported against
 /// `vmnetd` of the same run.
 fn variant(name: &str) -> bool {
-    rules_of(name).is_some() || name == "vmnetd-scraped"
+    rules_of(name).is_some() || name == "vmnetd-scraped" || name == "vmnetd-logging"
 }
 
 /// N rules of which exactly one matches the benchmark's frames (the lowest priority,
@@ -286,7 +289,18 @@ impl Backend for Vmnetd {
     }
     fn connect(&mut self, cfg: &Config) -> Result<(Driver, Driver)> {
         let run = self.daemon.root.join("run");
-        Ok((connect_retry(&run.join("a.sock"), cfg)?, connect_retry(&run.join("b.sock"), cfg)?))
+        let (mut a, mut b) = (connect_retry(&run.join("a.sock"), cfg)?, connect_retry(&run.join("b.sock"), cfg)?);
+        if let Some(logs) = &mut self.logging {
+            logs.clear();
+            for d in [&mut a, &mut b] {
+                let m = nix::sys::memfd::memfd_create("bench-log", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)?;
+                let f = std::fs::File::from(m);
+                f.set_len(d.log_bytes())?;
+                d.start_logging(&f).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+                logs.push(f);
+            }
+        }
+        Ok((a, b))
     }
     fn pid(&self) -> Option<u32> {
         self.daemon.pid()
@@ -1112,6 +1126,13 @@ fn start_backend(name: &str, o: &Opts, guest: Guest) -> Result<Box<dyn Backend>>
             Box::new(Vmnetd::start(o.busy_poll_us, None)?.with_rules(rules_of(other).unwrap_or(0))?)
         }
         "vmnetd-scraped" => Box::new(Vmnetd::scraped(o.busy_poll_us)?),
+        "vmnetd-logging" => {
+            anyhow::ensure!(guest == Guest::Driver, "vmnetd-logging needs GUESTS=driver (it starts the logs itself)");
+            let mut v = Vmnetd::start(o.busy_poll_us, None)?;
+            v.name = "vmnetd-logging";
+            v.logging = Some(Vec::new());
+            Box::new(v)
+        }
         other if other.starts_with("vmnetd-") => {
             let label = &other["vmnetd-".len()..];
             let path = o.builds.iter().find(|(l, _)| l == label).map(|(_, p)| p.clone());

@@ -4,5 +4,6 @@
 #![allow(unsafe_code)]
 
 pub mod arch;
+pub mod dirtylog;
 pub mod gmem;
 pub mod sigbus;

@@ -106,6 +106,19 @@ impl PortEdge for VhostPort {
         match ev {
             EV_DEVICE => {
                 let _ = self.shared.notify.read();
+                let announce = self.shared.lock().announce.take();
+                if let Some(mac) = announce {
+                    // As if the guest had sent it: the switch learns the MAC here (moving it
+                    // from the port the guest left), and floods the RARP so that every
+                    // switch on the way does the same.
+                    batch.clear();
+                    batch.ensure_bufs(1, 0);
+                    let f = rarp(mac);
+                    batch.bufs[0][..f.len()].copy_from_slice(&f);
+                    batch.push_local(0, 0, f.len(), VnetHdr::default(), None);
+                    ingress(batch, Refused::default());
+                    batch.clear();
+                }
                 Outcome::Rewatch
             }
             EV_CTRL => {
@@ -126,7 +139,13 @@ impl PortEdge for VhostPort {
             return false;
         }
         let mem = st.mem.memory();
-        queue::enable_notification(&mut st.tx(pair).queue, &mem)
+        let log = st.dirty_log();
+        let v = st.tx(pair);
+        let more = queue::enable_notification(&mut v.queue, &mem);
+        if let Some(l) = &log {
+            v.log_used(l);
+        }
+        more
     }
 
     fn tx_burst(&mut self, src: &Batch, list: &[Egress]) -> SendResult {
@@ -252,10 +271,13 @@ impl VhostPort {
         }
         let mem = st.mem.memory();
         let caps = Caps::of(&st);
+        // A migrating guest's dirty log, marked as frames are written (one branch per
+        // write when it is not migrating).
+        let log = st.dirty_log();
         let mut sx = src.xlate();
         for (k, &pair) in pairs[..np].iter().enumerate() {
             let vring = st.rx(pair);
-            let mut w = RxWriter::new(&mut vring.queue, &mem, caps.mrg, caps.hdr_len, rx);
+            let mut w = RxWriter::new(&mut vring.queue, &mem, caps.mrg, caps.hdr_len, rx).with_log(log.as_deref());
             w.prefetch(if np == 1 { list.len() } else { list.len() / np + 1 });
             // Flows spread over the pairs by their addresses.
             for e in list.iter().filter(|e| np == 1 || flow(&src.frames[e.frame].head) % np == k) {
@@ -275,7 +297,11 @@ impl VhostPort {
                 failed.1 += out_len(e);
             }
             let broken = w.broken();
-            if w.finish() {
+            let interrupt = w.finish();
+            if let Some(l) = &log {
+                vring.log_used(l);
+            }
+            if interrupt {
                 vring.signal();
             }
             if let Some(b) = broken {
@@ -285,6 +311,24 @@ impl VhostPort {
         }
         res
     }
+}
+
+/// The RARP a hypervisor sends for a guest after migrating it (what QEMU's
+/// `qemu_announce_self` and DPDK's vhost library send): broadcast, from the guest's MAC,
+/// "reverse request" for that same MAC; padded to the minimum frame size.
+fn rarp(mac: [u8; 6]) -> [u8; 60] {
+    let mut f = [0u8; 60];
+    f[0..6].copy_from_slice(&[0xff; 6]);
+    f[6..12].copy_from_slice(&mac);
+    f[12..14].copy_from_slice(&0x8035u16.to_be_bytes());
+    f[14..16].copy_from_slice(&1u16.to_be_bytes()); // Ethernet
+    f[16..18].copy_from_slice(&0x0800u16.to_be_bytes()); // IPv4
+    f[18] = 6;
+    f[19] = 4;
+    f[20..22].copy_from_slice(&3u16.to_be_bytes()); // reverse request
+    f[22..28].copy_from_slice(&mac);
+    f[32..38].copy_from_slice(&mac);
+    f
 }
 
 /// Why a frame could not be written to a guest.
@@ -466,15 +510,16 @@ fn check_offloads(mem: &Memory, segs: &[Seg], f: &TxFrame, acked: u64) -> Result
 /// `poll`, or the burst was full) re-arms notifications. Returns whether more frames are
 /// waiting.
 fn finish_burst(st: &mut DevState, pair: usize, mem: &Memory, heads: &[u16], full: bool, poll: bool) -> bool {
+    let log = st.dirty_log();
     let v = st.tx(pair);
-    if queue::complete_tx(&mut v.queue, mem, heads) {
+    let interrupt = queue::complete_tx(&mut v.queue, mem, heads);
+    let more = full || (!poll && queue::enable_notification(&mut v.queue, mem));
+    // The used ring (elements, index, notification fields) of a migrating guest.
+    if let Some(l) = &log {
+        v.log_used(l);
+    }
+    if interrupt {
         v.signal();
     }
-    if full {
-        return true;
-    }
-    if poll {
-        return false;
-    }
-    queue::enable_notification(&mut v.queue, mem)
+    more
 }
