@@ -245,6 +245,8 @@ fn three_hosts_two_vlans_cross_an_l3_underlay_and_stay_apart() {
             let dgs = vxlan_datagrams(&cap.file);
             check_capture(&format!("underlay of h{n}"), &dgs, &allowed, &all);
             let mut src_ports = BTreeSet::new();
+            // Inner flow (VNI, inner MACs) -> the source ports it left from.
+            let mut flows: std::collections::BTreeMap<_, BTreeSet<u16>> = Default::default();
             for dg in &dgs {
                 assert!(dg.src == vtep(n) || dg.dst == vtep(n), "h{n}'s link carried {dg:?}");
                 // To the VXLAN port, from a source port chosen by the inner flow (ECMP
@@ -253,9 +255,19 @@ fn three_hosts_two_vlans_cross_an_l3_underlay_and_stay_apart() {
                 assert_ne!(dg.src_port, 4789, "{dg:?}");
                 if dg.src == vtep(n) {
                     src_ports.insert(dg.src_port);
+                    flows.entry((dg.vni, dg.inner_src.clone(), dg.inner_dst.clone())).or_default().insert(dg.src_port);
                 }
             }
-            assert!(src_ports.len() >= 2, "h{n}'s flows all left from one source port: {src_ports:?}");
+            // The port is a hash of the flow (8 ports): with a handful of flows, two may share
+            // one by chance, so spread is asserted only where chance cannot explain its
+            // absence (1 in 8^5 for 6 flows).
+            if flows.len() >= 6 {
+                assert!(
+                    src_ports.len() >= 2,
+                    "h{n}'s {} flows all left from one source port: {src_ports:?}",
+                    flows.len()
+                );
+            }
             let errs = tshark_errors(&cap.file);
             assert!(errs.is_empty(), "tshark flags the capture of h{n}'s underlay:\n{errs}");
         }

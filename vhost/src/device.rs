@@ -171,7 +171,8 @@ pub struct DevState {
     pub acked_protocol_features: u64,
     pub connected: bool,
     /// Frontend connections accepted or made since the port was attached (a count above 1
-    /// means the frontend reconnected: a QEMU restart, a migration, a crash).
+    /// means the frontend reconnected — a QEMU restart, a crash — or a migration's
+    /// destination connected).
     pub connections: u64,
     /// Bumped on every change the datapath must re-read.
     pub generation: u64,
@@ -224,6 +225,15 @@ impl DevState {
             return None;
         }
         self.log.clone()
+    }
+
+    /// The frontend migrated the guest away: it logged (LOG_ALL acked, or a log set: QEMU
+    /// keeps both after stopping the rings at the end of a migration) and has no ring
+    /// running. Only then may another connection take the device over while this one is
+    /// connected: a frontend that merely stopped its rings (a suspended or rebooting guest)
+    /// keeps its port.
+    pub fn migrated(&self) -> bool {
+        (self.has(features::LOG_ALL) || self.log.is_some()) && !self.vrings.iter().any(|v| v.started)
     }
 
     /// The end of guest physical memory (the highest region's end), 0 without memory.
@@ -372,8 +382,9 @@ fn check_region(r: &VhostUserMemoryRegion, f: &File) -> Result<(), String> {
 /// its rings (`Shared::state`). The others wait with a device state of their own that the
 /// datapath never sees: a live migration's destination QEMU connects and sets its device up
 /// while the source still runs, on the same socket. A waiting connection takes the device
-/// over when it starts a ring and the owner has stopped all of its own (the source stops
-/// its rings, GET_VRING_BASE, before the destination starts), or when the owner goes away;
+/// over when it starts a ring and the owner migrated the guest away (it logged dirty pages
+/// and stopped all of its rings, GET_VRING_BASE, as a migration's source does before the
+/// destination starts; see [`DevState::migrated`]), or when the owner goes away;
 /// the owner it replaces keeps talking to a state of its own, and its later close changes
 /// nothing. So the port follows whichever connection runs the guest, either way.
 struct Conns {
@@ -538,9 +549,9 @@ impl Shared {
         if !c.waiting[at].1.vrings.iter().any(|v| v.started) {
             return;
         }
-        if c.owner.is_some() && self.lock().vrings.iter().any(|v| v.started) {
+        if c.owner.is_some() && !self.lock().migrated() {
             log::debug!(
-                "vhost-user {}: connection {id} started a ring while the owner still runs; it waits",
+                "vhost-user {}: connection {id} started a ring while the owner runs or did not migrate; it waits",
                 self.name
             );
             return;
@@ -553,7 +564,7 @@ impl Shared {
     /// (the destination started first; see [`Conns`]).
     fn owner_stopped(&self, id: u64) {
         let mut c = self.conns();
-        if c.owner != Some(id) || self.lock().vrings.iter().any(|v| v.started) {
+        if c.owner != Some(id) || !self.lock().migrated() {
             return;
         }
         if let Some(at) = c.waiting.iter().rposition(|(_, st)| st.vrings.iter().any(|v| v.started)) {
@@ -617,19 +628,20 @@ impl Shared {
 
     /// Connection `id` asked for the guest's MAC to be announced (SEND_RARP, after a
     /// migration): the datapath sends a RARP from it into the switch, as if from the guest,
-    /// so the MAC moves to this port everywhere at once. Only the connection that runs the
-    /// guest may ask.
+    /// so the MAC moves to this port everywhere at once. QEMU may ask before it starts the
+    /// guest's rings: a waiting connection's request is kept in its own state and sent when
+    /// it takes the device over (a connection that never does never announces).
     pub fn announce(&self, id: u64, mac: [u8; 6]) {
         let mut st = self.conn_state(id);
-        if !st.owner() {
-            log::debug!("vhost-user {}: SEND_RARP from a connection that does not run the guest; ignored", self.name);
-            return;
-        }
         if mac[0] & 1 != 0 || mac == [0; 6] {
             log::warn!("vhost-user {}: SEND_RARP with a multicast or zero MAC; ignored", self.name);
             return;
         }
-        log::info!("vhost-user {}: announcing the guest's MAC (SEND_RARP)", self.name);
+        log::info!(
+            "vhost-user {}: announcing the guest's MAC (SEND_RARP){}",
+            self.name,
+            if st.owner() { "" } else { " once this connection runs the guest" }
+        );
         st.announce = Some(mac);
         self.changed(&mut st);
     }

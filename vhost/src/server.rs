@@ -512,17 +512,24 @@ const VERSION_1: u32 = 0x1;
 const REPLY: u32 = 0x4;
 const NEED_REPLY: u32 = 0x8;
 
-/// What the next message is: looked at (not taken) before the `vhost` crate reads it, so
-/// the messages it does not know can be answered here. `None`: the connection is gone.
-fn peek_header(s: &UnixStream) -> Option<(u32, u32, u32)> {
+/// What the next message is, when its whole header has arrived: looked at (not taken)
+/// before the `vhost` crate reads it, so the messages it does not know can be answered here.
+/// `Err(())`: the connection is gone (closed, or a hard error). `Ok(None)`: only part of a
+/// header is there (a frontend may send it in pieces); the `vhost` crate reads it as usual.
+fn peek_header(s: &UnixStream) -> Result<Option<(u32, u32, u32)>, ()> {
     use nix::sys::socket::{recv, MsgFlags};
     let mut h = [0u8; 12];
-    match recv(s.as_raw_fd(), &mut h, MsgFlags::MSG_PEEK | MsgFlags::MSG_WAITALL) {
-        Ok(12) => {
-            let w = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
-            Some((w(0), w(4), w(8)))
-        }
-        _ => None,
+    loop {
+        return match recv(s.as_raw_fd(), &mut h, MsgFlags::MSG_PEEK | MsgFlags::MSG_WAITALL) {
+            Ok(12) => {
+                let w = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+                Ok(Some((w(0), w(4), w(8))))
+            }
+            Ok(0) => Err(()),
+            Ok(_) => Ok(None),
+            Err(Errno::EINTR) => continue,
+            Err(_) => Err(()),
+        };
     }
 }
 
@@ -564,8 +571,8 @@ fn serve_inner(shared: &Arc<Shared>, id: u64, s: UnixStream, stop: &AtomicBool, 
         if stop.load(Ordering::SeqCst) {
             break None;
         }
-        let Some((code, flags, size)) = peek_header(&peek) else { break None };
-        if code == SEND_RARP {
+        let Ok(header) = peek_header(&peek) else { break None };
+        if let Some((SEND_RARP, flags, size)) = header {
             let reply_ack = shared.reply_ack(id);
             match take_send_rarp(&peek, flags, size, reply_ack) {
                 Some(mac) => shared.announce(id, mac),

@@ -227,10 +227,22 @@ fn a_second_frontend_takes_over_when_the_first_stops_and_logs_are_checked() {
     assert_eq!(dst.send(0, &VnetHdr::default(), &refs), 1);
     assert_eq!(dst.recv_n(0, 1, Duration::from_secs(5)).len(), 1);
 
+    // A frontend that stops its rings without migrating (a suspended or rebooting guest)
+    // keeps its port: another connection waits until it goes away.
+    let mut other = Driver::connect(&path, &Config::default()).unwrap();
+    assert!(wait(|| shared.open_connections() == 2));
+    dst.stop_rings().unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!shared.lock().vrings[1].active(), "the other connection did not take the port");
+    drop(dst);
+    assert!(wait(|| shared.lock().vrings[1].active()), "the owner gone, the waiting one takes over");
+    assert_eq!(other.send(0, &VnetHdr::default(), &refs), 1);
+    assert_eq!(other.recv_n(0, 1, Duration::from_secs(5)).len(), 1);
+
     // A log that does not cover the guest's memory: refused, the connection closed (the
     // frontend gets an error, not a hang), and the next frontend is served as usual.
     let small = memfd(8);
-    assert!(dst.set_log(&small, 8, 0).is_err());
+    assert!(other.set_log(&small, 8, 0).is_err());
     assert!(wait(|| shared.open_connections() == 0 && !shared.lock().connected));
     let mut again = Driver::connect(&path, &Config::default()).unwrap();
     assert!(wait(|| shared.lock().vrings[1].active()));

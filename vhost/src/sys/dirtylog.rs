@@ -39,7 +39,8 @@ pub struct DirtyLog {
     len: u64,
     /// Marks dropped because they fell outside the log.
     out_of_range: AtomicU64,
-    _guard: sigbus::Registration,
+    /// Dropped before the mapping goes (its address range may be reused at once).
+    guard: Option<sigbus::Registration>,
 }
 
 // SAFETY: the mapping is shared memory that is only ever accessed through atomics, and it
@@ -57,7 +58,7 @@ impl std::fmt::Debug for DirtyLog {
 impl DirtyLog {
     /// Maps `size` bytes of `file` at `offset` as a log, after checking them.
     pub fn map(file: &File, offset: u64, size: u64) -> Result<DirtyLog, String> {
-        use nix::sys::statfs::{fstatfs, HUGETLBFS_MAGIC, TMPFS_MAGIC};
+        use nix::sys::statfs::{fstatfs, TMPFS_MAGIC};
         if size == 0 {
             return Err("empty log".into());
         }
@@ -76,12 +77,14 @@ impl DirtyLog {
             ));
         }
         let fs = fstatfs(file).map_err(|e| format!("fstatfs: {e}"))?.filesystem_type();
-        if fs != TMPFS_MAGIC && fs != HUGETLBFS_MAGIC {
-            return Err(format!("the log is not a memfd, tmpfs or hugetlbfs file (filesystem type {:#x})", fs.0));
+        // A memfd or tmpfs file (what QEMU sends): small pages, so the mapping's length is
+        // what we unmap. hugetlbfs (huge-page lengths) is refused.
+        if fs != TMPFS_MAGIC {
+            return Err(format!("the log is not a memfd or tmpfs file (filesystem type {:#x})", fs.0));
         }
-        // mmap wants a page-aligned offset (the host's page; a hugetlbfs file's would be
-        // larger and fails here, which refuses it cleanly).
-        let host_page = 4096u64;
+        // mmap wants an offset aligned to the host's page.
+        // SAFETY: sysconf has no preconditions.
+        let host_page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096).max(4096);
         let aligned = offset & !(host_page - 1);
         let delta = offset - aligned;
         let map_len = usize::try_from(size + delta).map_err(|_| "log too large")?;
@@ -116,7 +119,7 @@ impl DirtyLog {
             log: map.cast::<u8>().wrapping_add(delta as usize).cast::<AtomicU8>().cast_const(),
             len: size,
             out_of_range: AtomicU64::new(0),
-            _guard: guard,
+            guard: Some(guard),
         })
     }
 
@@ -179,9 +182,9 @@ impl DirtyLog {
 
 impl Drop for DirtyLog {
     fn drop(&mut self) {
-        // The guard's registration goes with the struct; unmapping first is fine: the
-        // registration only matters while the range is accessed, and nothing accesses it
-        // once the owner drops it.
+        // The registration first: once unmapped, the range may be mapped (and registered)
+        // again by someone else.
+        self.guard = None;
         // SAFETY: our own mapping, unmapped once.
         unsafe { libc::munmap(self.map, self.map_len) };
     }

@@ -188,7 +188,15 @@ impl Datapath {
                 Some((frames, more, pollable))
             }
             Outcome::Idle => None,
-            Outcome::Rewatch => {
+            Outcome::Rewatch { forget_learned } => {
+                if forget_learned {
+                    let n = br.switch.forget_learned(p);
+                    log::info!(
+                        "bridge {} port {}: the guest migrated away; {n} learned addresses forgotten",
+                        br.name,
+                        port.name
+                    );
+                }
                 self.unwatch_handle(h);
                 if let Err(e) = self.watch(h) {
                     log::warn!("datapath: cannot watch a port's fds: {e}");

@@ -75,7 +75,9 @@ pub enum Outcome {
     Burst { frames: usize, more: bool, pollable: bool },
     /// The edge's fds changed: watch [`PortEdge::watches`] again and run each of its
     /// [`PortEdge::startup_events`] once (work may have arrived before they were watched).
-    Rewatch,
+    /// `forget_learned`: the guest behind the edge left (migrated away): forget the
+    /// addresses learned on the port.
+    Rewatch { forget_learned: bool },
     /// Nothing to do (or not any more: a queue that went away).
     Idle,
     /// The edge failed (its interface was deleted): the port is down until re-attached.

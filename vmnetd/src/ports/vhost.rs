@@ -49,6 +49,9 @@ pub struct VhostPort {
     heads: Vec<u16>,
     /// Receive-chain bookkeeping, reused burst after burst.
     rx: RxScratch,
+    /// The device's frontend migrated the guest away, as last seen (see
+    /// [`vmnetd_vhost::device::DevState::migrated`]).
+    migrated: bool,
 }
 
 impl std::fmt::Debug for VhostPort {
@@ -106,7 +109,14 @@ impl PortEdge for VhostPort {
         match ev {
             EV_DEVICE => {
                 let _ = self.shared.notify.read();
-                let announce = self.shared.lock().announce.take();
+                let (announce, migrated) = {
+                    let mut st = self.shared.lock();
+                    (st.announce.take(), st.migrated())
+                };
+                // The guest just left through this port's connection (a migration's source
+                // stopped): what was learned here is stale.
+                let forget_learned = migrated && !self.migrated;
+                self.migrated = migrated;
                 if let Some(mac) = announce {
                     // As if the guest had sent it: the switch learns the MAC here (moving it
                     // from the port the guest left), and floods the RARP so that every
@@ -119,7 +129,7 @@ impl PortEdge for VhostPort {
                     ingress(batch, Refused::default());
                     batch.clear();
                 }
-                Outcome::Rewatch
+                Outcome::Rewatch { forget_learned }
             }
             EV_CTRL => {
                 self.control_queue(cx.from_epoll);
@@ -186,6 +196,7 @@ impl VhostPort {
             scratch: Vec::new(),
             heads: Vec::with_capacity(VHOST_BURST),
             rx: RxScratch::default(),
+            migrated: false,
         }
     }
 

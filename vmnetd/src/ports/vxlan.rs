@@ -636,7 +636,13 @@ fn flow_hash(vni: u32, macs: &[u8], frame: Option<&[u8]>) -> u64 {
     if let Some(f) = frame.filter(|f| f.len() >= 38 && f[12..14] == [0x08, 0x00]) {
         eat(&f[26..38]);
     }
-    h ^ (h >> 31)
+    // FNV's low bits depend only on the inputs' low bits, and the source port is picked by
+    // the low bits: a full finaliser (MurmurHash3's) spreads every input bit over them.
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
 }
 
 /// The VLAN of an output head and whether it carries an 802.1Q tag to remove.

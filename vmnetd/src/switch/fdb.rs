@@ -368,6 +368,16 @@ impl Fdb {
         n
     }
 
+    /// Forgets the entries learned on a port; its static ones stay (the guest behind it
+    /// left: frames to its addresses flood until they are learned where it went).
+    pub fn flush_learned_port(&mut self, port: PortId) -> usize {
+        let n = self.remove_where(|_, p, st| p == port && !st);
+        if let Some(t) = self.ports.get_mut(port.index()) {
+            t.queue.clear();
+        }
+        n
+    }
+
     /// Forgets every entry of a port, static ones included (the port is going away).
     pub fn flush_port(&mut self, port: PortId) -> usize {
         let n = self.remove_where(|_, p, _| p == port);
@@ -460,6 +470,24 @@ mod tests {
         assert_eq!(f.learn(v(1), m(1), p(1), 10, S(1)), Learn::Moved { from: p(0), evicted: None });
         assert_eq!(f.lookup(v(1), m(1), S(1)), Some(p(1)));
         assert_eq!((f.port_count(p(0)), f.port_count(p(1)), f.len()), (0, 1, 1));
+    }
+
+    /// A guest migrated away from port 0: what was learned there goes (frames to it flood
+    /// until it is learned where it went); the port's static entries and other ports' stay.
+    #[test]
+    fn flushing_a_port_s_learned_entries_keeps_its_statics_and_other_ports() {
+        let mut f = Fdb::new(FdbConfig::default());
+        f.learn(v(1), m(1), p(0), 10, S(0));
+        f.learn(v(2), m(2), p(0), 10, S(0));
+        f.learn(v(1), m(3), p(1), 10, S(0));
+        f.add_static(v(1), m(4), p(0));
+        assert_eq!(f.flush_learned_port(p(0)), 2);
+        assert_eq!((f.lookup(v(1), m(1), S(1)), f.lookup(v(2), m(2), S(1))), (None, None));
+        assert_eq!(f.lookup(v(1), m(3), S(1)), Some(p(1)));
+        assert_eq!(f.lookup(v(1), m(4), S(1)), Some(p(0)));
+        assert_eq!(f.port_count(p(0)), 0);
+        f.learn(v(1), m(1), p(2), 10, S(2));
+        assert_eq!(f.lookup(v(1), m(1), S(2)), Some(p(2)));
     }
 
     #[test]

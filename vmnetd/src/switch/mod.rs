@@ -460,6 +460,13 @@ impl Switch {
     }
 
     /// Forgets every learned address (static ones stay). Returns how many.
+    /// Forgets the addresses learned on port `id` (its static ones stay): the guest behind it
+    /// migrated away, and frames to it must flood (reaching the port it went to) rather than
+    /// follow a stale entry until it speaks again.
+    pub fn forget_learned(&mut self, id: PortId) -> usize {
+        self.fdb.flush_learned_port(id)
+    }
+
     pub fn flush_fdb(&mut self) -> usize {
         self.fdb.flush_learned()
     }
