@@ -9,6 +9,12 @@
 #   bench/migration.sh [ROUNDS]       (default 3)
 set -eu
 cd "$(dirname "$0")/.."
+for b in qemu-system-x86_64 busybox ethtool ovsdb-server ovs-vsctl /usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk; do
+    command -v "$b" >/dev/null 2>&1 || {
+        echo "$b is missing: apt-get install qemu-system-x86 busybox-static ethtool openvswitch-switch-dpdk" >&2
+        exit 1
+    }
+done
 cargo build --quiet --workspace --bins
 ROUNDS=${1:-3} cargo test --quiet -p vmnetd-tests --features root-tests --test migration \
     reference_vmnetd_and_ovs_dpdk_in_one_run -- --ignored --nocapture 2>&1 |

@@ -454,6 +454,33 @@ pub struct VhostInfo {
     /// a ring, or its memory file shrank), if it is not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub needs_reset: Option<String>,
+    /// The queues the frontend set up, as the backend sees them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub queues: Vec<VhostQueue>,
+}
+
+/// One virtqueue of a vhost-user device, as the backend sees it. A queue whose guest index
+/// (`avail_idx`) stays ahead of `next_avail` while nothing moves was not kicked and is not
+/// polled; `next_avail` ahead of `next_used` never lasts past a burst.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VhostQueue {
+    /// The vring index.
+    pub index: usize,
+    /// `rx0`, `tx0`, … `ctrl`.
+    pub name: String,
+    pub size: u16,
+    /// The frontend gave it a kick fd and enabled it.
+    pub started: bool,
+    pub enabled: bool,
+    /// Why the backend stopped servicing it (the guest broke it), if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broken: Option<String>,
+    /// The next available entry the backend takes, and the next used entry it writes.
+    pub next_avail: u16,
+    pub next_used: u16,
+    /// The guest's available index, read from its memory now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avail_idx: Option<u16>,
 }
 
 impl PortKind {

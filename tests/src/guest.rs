@@ -242,10 +242,12 @@ impl Monitor {
         String::from_utf8_lossy(&out).into_owned()
     }
 
-    /// Runs an HMP command and returns what it printed.
+    /// Runs an HMP command and returns what it printed (without its echo and the prompt).
     pub fn cmd(&mut self, cmd: &str) -> String {
         use std::io::Write;
         self.0.write_all(format!("{cmd}\n").as_bytes()).unwrap();
-        self.until_prompt()
+        let out = self.until_prompt();
+        let out = out.split_once('\n').map_or(out.as_str(), |(_echo, rest)| rest);
+        out.strip_suffix("(qemu) ").unwrap_or(out).to_owned()
     }
 }

@@ -23,7 +23,8 @@ const MAC: &str = "52:54:00:18:00:02";
 /// Bytes P streams into G during the migration.
 const DATA: usize = 32 << 20;
 
-const GUEST: &str = "ip link set eth0 up\n\
+const GUEST: &str = "echo 1 > /proc/sys/kernel/unknown_nmi_panic\n\
+ip link set eth0 up\n\
 ip addr add 10.0.0.2/24 dev eth0\n\
 nc -l -p 5000 > /tmp/data &\n\
 echo GUEST-READY\n\
@@ -112,6 +113,10 @@ trait Switch {
     /// announce itself; `moved`: it left another port.
     fn check_after(&self, port: &str, rarp: bool, moved: bool);
     fn log(&self) -> String;
+    /// The switch's view of its ports (for a failure's report).
+    fn dump(&self) -> String {
+        String::new()
+    }
 }
 
 impl Switch for Daemon {
@@ -151,6 +156,70 @@ impl Switch for Daemon {
     fn log(&self) -> String {
         self.log_text()
     }
+    fn dump(&self) -> String {
+        self.cli(&["--json", "port", "list"]).stdout
+    }
+}
+
+/// After a migration into a destination started with `-S`: the source (stopped since the
+/// switch-over) and the destination (not yet running) must hold the same guest memory, page
+/// for page. A page the switch wrote into the source after QEMU last read the dirty log, or
+/// wrote without logging it, differs. Then the destination continues.
+fn compare_memory(src: &mut Monitor, dst_mon: &Path, wd: &Path) {
+    const RAM: usize = 256 << 20;
+    let mut dst = Monitor::connect(dst_mon);
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            let st = dst.cmd("info status");
+            st.contains("paused") && !st.contains("inmigrate")
+        }),
+        "the destination did not finish loading: {}",
+        dst.cmd("info status")
+    );
+    let (a, b) = (wd.join("src.mem"), wd.join("dst.mem"));
+    let sa = src.cmd(&format!("pmemsave 0 {RAM} \"{}\"", a.display()));
+    let sb = dst.cmd(&format!("pmemsave 0 {RAM} \"{}\"", b.display()));
+    let (x, y) = (
+        std::fs::read(&a).unwrap_or_else(|e| panic!("{e}: {sa}")),
+        std::fs::read(&b).unwrap_or_else(|e| panic!("{e}: {sb}")),
+    );
+    let _ = (std::fs::remove_file(&a), std::fs::remove_file(&b));
+    assert_eq!((x.len(), y.len()), (RAM, RAM), "pmemsave");
+    let differ: Vec<String> = x
+        .chunks(4096)
+        .zip(y.chunks(4096))
+        .enumerate()
+        .filter(|(_, (p, q))| p != q)
+        .map(|(i, (p, q))| {
+            let at = p.iter().zip(q.iter()).position(|(u, v)| u != v).unwrap_or(0);
+            let end = 4096 - p.iter().rev().zip(q.iter().rev()).position(|(u, v)| u != v).unwrap_or(0);
+            let n = p.iter().zip(q.iter()).filter(|(u, v)| u != v).count();
+            let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+            let span = at & !15..end.min((at & !15) + 96);
+            format!(
+                "{:#x} ({n} bytes differ in +{at:#x}..+{end:#x})\n  src +{:#x}: {}\n  dst +{:#x}: {}",
+                i * 4096,
+                span.start,
+                hex(&p[span.clone()]),
+                span.start,
+                hex(&q[span.clone()])
+            )
+        })
+        .collect();
+    let rings: Vec<String> = (0..2)
+        .map(|q| {
+            dst.cmd(&format!("info virtio-vhost-queue-status /machine/peripheral-anon/device[0]/virtio-backend {q}"))
+        })
+        .collect();
+    assert!(
+        differ.is_empty(),
+        "{} guest pages differ between source and destination after the migration: {}\n{}",
+        differ.len(),
+        differ.iter().take(40).cloned().collect::<Vec<_>>().join("\n"),
+        rings.join("\n")
+    );
+    let out = dst.cmd("cont");
+    assert!(!out.contains("rror"), "cont: {out}");
 }
 
 /// Migrates G once. `load`: P streams into G during the migration (else after it); either
@@ -177,6 +246,13 @@ fn migrate(d: &dyn Switch, dir: &Path, p: &Ns, case: Case, load: bool, announce:
     let mut dst_args = vhost_args(&sock(dst_port), client, announce);
     dst_args.extend(Monitor::args(&dst_mon));
     dst_args.extend(["-incoming".into(), format!("unix:{}", mig.display())]);
+    // MIGRATION_MEMCMP=1: compare the guest's memory at source and destination after the
+    // switch-over (costs seconds of outage: the loss figures are then meaningless).
+    let compare = std::env::var_os("MIGRATION_MEMCMP").is_some();
+    if compare {
+        // The destination stays paused after the migration until the memories are compared.
+        dst_args.push("-S".into());
+    }
     let mut dst = Guest::boot(&format!("{tag}-dst"), &init, &dst_args, None);
     // The destination's vhost-user connection is up before the migration starts (on the
     // same socket: a second connection while the source runs).
@@ -230,6 +306,9 @@ fn migrate(d: &dyn Switch, dir: &Path, p: &Ns, case: Case, load: bool, announce:
         );
         std::thread::sleep(Duration::from_millis(100));
     };
+    if compare {
+        compare_memory(&mut mon, &dst_mon, &wd);
+    }
     let sender = sender.take().unwrap_or_else(stream);
     let total_ms = number_after(&info, "total time:").unwrap_or(0);
     let downtime_ms = number_after(&info, "downtime:").unwrap_or(0);
@@ -242,10 +321,40 @@ fn migrate(d: &dyn Switch, dir: &Path, p: &Ns, case: Case, load: bool, announce:
     if !dst.output().contains("G-PING") {
         let log = d.log();
         let tail: Vec<&str> = log.lines().rev().take(60).collect();
+        // The guest's rings as QEMU sees them in guest memory, and the switch's view; what
+        // the guest's CPU does: a few samples of its registers, then an NMI, which the guest
+        // (unknown_nmi_panic) answers with a backtrace on its console.
+        let mut rings = Vec::new();
+        if dst.is_running() {
+            let mut dmon = Monitor::connect(&dst_mon);
+            for q in 0..2 {
+                rings.push(
+                    dmon.cmd(&format!(
+                        "info virtio-queue-element /machine/peripheral-anon/device[0]/virtio-backend {q}"
+                    )),
+                );
+                rings.push(dmon.cmd(&format!(
+                    "info virtio-vhost-queue-status /machine/peripheral-anon/device[0]/virtio-backend {q}"
+                )));
+            }
+            rings.push(dmon.cmd("info status"));
+            for _ in 0..3 {
+                let regs = dmon.cmd("info registers");
+                let keep = |l: &&str| l.starts_with("RAX") || l.starts_with("RIP") || l.contains("HLT");
+                rings.push(regs.lines().filter(keep).collect::<Vec<_>>().join("\n"));
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            dmon.cmd("nmi");
+            std::thread::sleep(Duration::from_secs(3));
+        } else {
+            rings.push("the destination QEMU exited".into());
+        }
         panic!(
-            "the guest did not finish its pings at the destination\nsource: {}\ndestination: {}\ndaemon log (last lines first):\n{}",
+            "the guest did not finish its pings at the destination\nsource: {}\ndestination: {}\nrings and CPU: {}\nports: {}\ndaemon log (last lines first):\n{}",
             src.output(),
             dst.output(),
+            rings.join("\n"),
+            d.dump(),
             tail.join("\n")
         );
     }
@@ -334,11 +443,11 @@ fn guests_migrate_live_in_server_and_client_mode_without_corruption() {
         // destination starts its rings (while its connection still waits).
         migrate(&d, dir.path(), &p, Case::ServerSameSocket, true, false);
         for r in &reports {
-            // Goal: at most what testpmd loses (≤ 1 each way; measured here: 0-1). TCG
-            // guests on a loaded 2-core machine add noise of their own, so the test allows
-            // one more; the numbers are printed for the README.
-            assert!(r.p_sent - r.p_got <= 2, "{r:?}");
-            assert!(r.g_sent - r.g_got <= 2, "{r:?}");
+            // Goal: at most what testpmd loses (≤ 1 each way). Measured here: 0 (frames for
+            // G during the switch-over are held by its port, G's own pings wait with its
+            // clock); the numbers are printed for the README.
+            assert!(r.p_sent - r.p_got <= 1, "{r:?}");
+            assert!(r.g_sent - r.g_got <= 1, "{r:?}");
         }
     });
 }
@@ -479,18 +588,20 @@ fn reference_vmnetd_and_ovs_dpdk_in_one_run() {
                     let r = migrate(&d, dir.path(), &p, Case::ClientSecondPort, false, announce);
                     out.push(format!("round {round} vmnetd   announce={announce}: {r:?}"));
                 }
-                {
+                if std::env::var_os("VMNETD_ONLY").is_none() {
                     let dir = test_dir();
                     let ovs = Ovs::start();
                     // OVS's userspace datapath cannot complete the partial checksums a
                     // veth hands it (its documented advice: turn TX offloads off there).
                     ip("link set vp up");
-                    p.exec("ethtool", &["-K", "eth0", "tx", "off"]);
+                    // Checked: without it every TCP segment P sends reaches G with a bad
+                    // checksum and the stream never connects (pings still pass).
+                    p.exec("ethtool", &["-K", "eth0", "tx", "off"]).ok();
                     ovs.vsctl(&["add-port", "br0", "vp", "tag=10"]);
                     let r = migrate(&ovs, dir.path(), &p, Case::ClientSecondPort, false, announce);
                     out.push(format!("round {round} ovs-dpdk announce={announce}: {r:?}"));
                     ovs.vsctl(&["del-port", "br0", "vp"]);
-                    p.exec("ethtool", &["-K", "eth0", "tx", "on"]);
+                    p.exec("ethtool", &["-K", "eth0", "tx", "on"]).ok();
                 }
             }
         }

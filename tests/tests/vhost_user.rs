@@ -341,3 +341,61 @@ fn bursts_larger_than_rings_arrive_whole_with_and_without_busy_polling() {
         });
     }
 }
+
+/// A migration's switch-over on one socket: the source frontend logs and stops its rings, a
+/// second frontend (the destination) takes the port over. Frames that arrive for the guest in
+/// between are held by the port and reach the destination's rings first, in order; queues
+/// show up in `port list`.
+#[test]
+fn frames_sent_during_a_switch_over_are_held_and_delivered_to_the_destination() {
+    in_netns(|| {
+        let dir = test_dir();
+        let d = Daemon::start(dir.path());
+        d.cli(&["bridge", "add", "br0"]).ok();
+        for p in ["g", "peer"] {
+            d.cli(&["port", "add", "br0", p, "--vhost-user", &format!("{p}.sock"), "--vlan", "10"]).ok();
+        }
+        let run = dir.path().join("run");
+        let cfg = Config::default();
+        let mut src = connect(&run.join("g.sock"), &cfg);
+        let mut peer = connect(&run.join("peer.sock"), &cfg);
+        assert!(wait_until(Duration::from_secs(5), || state_of(&state(&d, "peer")) == "up (1/1 queue pairs)"));
+        // G is learned on its port; the queues are visible.
+        assert_eq!(src.send(0, &VnetHdr::default(), &[&frame([0xff; 6], mac(1), 60, 1)]), 1);
+        assert_eq!(peer.recv_n(0, 1, Duration::from_secs(5)).len(), 1);
+        let queues = state(&d, "g")["vhost"]["queues"].clone();
+        assert_eq!(queues[1]["name"], "tx0", "{queues}");
+        assert_eq!(queues[1]["next_avail"], 1, "{queues}");
+        assert_eq!(queues[1]["avail_idx"], 1, "{queues}");
+
+        // The source migrates: logs, then stops its rings.
+        let log =
+            std::fs::File::from(nix::sys::memfd::memfd_create("log", nix::sys::memfd::MFdFlags::MFD_CLOEXEC).unwrap());
+        log.set_len(src.log_bytes()).unwrap();
+        src.start_logging(&log).unwrap();
+        src.stop_rings().unwrap();
+        // The peer keeps sending to G: held, not dropped.
+        let sent: Vec<Vec<u8>> = (0..3).map(|n| frame(mac(1), mac(2), 100 + n, 10 + n as u8)).collect();
+        let refs: Vec<&[u8]> = sent.iter().map(|f| f.as_slice()).collect();
+        assert_eq!(peer.send(0, &VnetHdr::default(), &refs), 3);
+        std::thread::sleep(Duration::from_millis(100));
+        let c = d.cli(&["--json", "stats", "br0", "g"]).json();
+        assert_eq!(c[0]["counters"]["drops"]["no_room"].as_u64().unwrap_or(0), 0, "{c}");
+
+        // The destination connects to the same socket and starts: the held frames come first.
+        let mut dst = connect(&run.join("g.sock"), &cfg);
+        let got = dst.recv_n(0, 3, Duration::from_secs(5));
+        assert_eq!(got.into_iter().map(|x| x.1).collect::<Vec<_>>(), sent);
+        // And traffic goes on as usual.
+        let more = frame(mac(1), mac(2), 80, 20);
+        assert_eq!(peer.send(0, &VnetHdr::default(), &[&more]), 1);
+        assert_eq!(dst.recv_n(0, 1, Duration::from_secs(5))[0].1, more);
+        drop(src);
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(peer.send(0, &VnetHdr::default(), &[&more]), 1);
+        assert_eq!(dst.recv_n(0, 1, Duration::from_secs(5)).len(), 1);
+        let c = d.cli(&["--json", "stats", "br0", "g"]).json();
+        assert_eq!(c[0]["counters"]["tx_packets"], 5, "{c}");
+        assert!(!d.log_text().contains("panicked"));
+    });
+}

@@ -127,6 +127,19 @@ impl Vring {
         }
     }
 
+    /// Where this ring stands (for `port list`): its size, the next available entry the
+    /// backend takes and the next used entry it writes, and the guest's available index in
+    /// `mem` (when the ring is set up and readable).
+    pub fn position(&self, mem: &Memory) -> (u16, u16, u16, Option<u16>) {
+        let avail = self
+            .queue
+            .ready()
+            .then(|| self.queue.avail_idx(mem, std::sync::atomic::Ordering::Acquire).ok())
+            .flatten()
+            .map(|w| w.0);
+        (self.queue.size(), self.queue.next_avail(), self.queue.next_used(), avail)
+    }
+
     /// Frames may move through this ring now.
     pub fn active(&self) -> bool {
         self.started && self.enabled && self.queue.ready() && self.broken.is_none()
@@ -234,6 +247,15 @@ impl DevState {
     /// keeps its port.
     pub fn migrated(&self) -> bool {
         (self.has(features::LOG_ALL) || self.log.is_some()) && !self.vrings.iter().any(|v| v.started)
+    }
+
+    /// Whether frames for the guest are worth keeping while its receive queues are not
+    /// running (rather than dropped): a frontend is connected and no queue is broken. Then
+    /// the queues are being set up or were stopped on purpose, and will run again soon: a
+    /// migration's switch-over (the source stops its rings before the destination, which
+    /// may not even have the guest's memory yet, starts its own), or a driver starting.
+    pub fn holds_frames(&self) -> bool {
+        self.connected && !self.memory_failed && self.vrings.iter().all(|v| v.broken.is_none())
     }
 
     /// The end of guest physical memory (the highest region's end), 0 without memory.
@@ -894,12 +916,20 @@ impl VhostUserBackendReqHandlerMut for Handler {
             if let Ok(idx) = st.vrings[i].queue.used_idx(&*mem, std::sync::atomic::Ordering::Acquire) {
                 st.vrings[i].queue.set_next_used(idx.0);
             }
+            log::debug!(
+                "vhost-user {}: SET_VRING_ADDR {index}: used index {}, avail index {:?}{}",
+                self.shared.name,
+                st.vrings[i].queue.next_used(),
+                st.vrings[i].queue.avail_idx(&*mem, std::sync::atomic::Ordering::Acquire).map(|w| w.0).ok(),
+                if st.vrings[i].log_used.is_some() { ", used ring logged" } else { "" }
+            );
             st.reset_broken(i);
             Ok(())
         })
     }
 
     fn set_vring_base(&mut self, index: u32, base: u32) -> VuResult<()> {
+        log::debug!("vhost-user {}: SET_VRING_BASE {index} {base}", self.shared.name);
         let base = u16::try_from(base).map_err(|_| VuError::InvalidParam)?;
         self.with_vring(index as usize, |st, i| {
             st.vrings[i].queue.set_next_avail(base);
@@ -928,6 +958,7 @@ impl VhostUserBackendReqHandlerMut for Handler {
             v.queue.set_ready(false);
             v.kick = None;
             v.call = None;
+            log::debug!("vhost-user {}: ring {index} stopped at {}", self.shared.name, v.queue.next_avail());
             Ok(VhostUserVringState::new(index, u32::from(v.queue.next_avail())))
         })?;
         self.shared.owner_stopped(self.id);
@@ -952,7 +983,15 @@ impl VhostUserBackendReqHandlerMut for Handler {
     fn set_vring_call(&mut self, index: u8, fd: Option<File>) -> VuResult<()> {
         let fd = fd.map(|f| eventfd(f, &self.shared.name, "call")).transpose()?;
         self.with_vring(usize::from(index), |st, i| {
-            st.vrings[i].call = fd;
+            let v = &mut st.vrings[i];
+            v.call = fd;
+            // A running ring may have been written while it had no call fd (QEMU may send
+            // SET_VRING_CALL after SET_VRING_KICK, and at a migration's destination frames
+            // arrive at once): that interrupt was lost, and with EVENT_IDX the guest would
+            // never ask for another. One spurious interrupt costs the driver a look.
+            if v.started {
+                v.signal();
+            }
             Ok(())
         })
     }

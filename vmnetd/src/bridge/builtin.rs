@@ -315,6 +315,7 @@ fn vhost_view(cx: &Ctx, spec: &PortSpec, v: &VhostState) -> (PortStatus, VhostIn
         queue_pairs_max: v.pairs_max,
         guest_mac: v.guest_mac.map(crate::switch::MacAddr),
         needs_reset: v.needs_reset.clone(),
+        queues: v.queues.clone(),
     };
     let status = match (v.connected, v.pairs_active, &v.needs_reset) {
         (false, _, _) => PortStatus::WaitingForFrontend,

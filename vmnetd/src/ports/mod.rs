@@ -105,6 +105,8 @@ pub struct VhostState {
     pub pairs_max: u16,
     pub guest_mac: Option<[u8; 6]>,
     pub needs_reset: Option<String>,
+    /// The queues the frontend set up.
+    pub queues: Vec<crate::api::VhostQueue>,
 }
 
 /// What a kernel edge's receive read.

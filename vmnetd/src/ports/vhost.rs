@@ -9,6 +9,7 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use smallvec::SmallVec;
 use vm_memory::GuestAddressSpace;
@@ -20,7 +21,7 @@ use vmnetd_vhost::virtio_net::{features, VnetHdr, F_DATA_VALID, F_NEEDS_CSUM, GS
 
 use crate::datapath::batch::{Batch, MAX_FRAME, OUT_HEAD_MAX, VHOST_BURST};
 use crate::datapath::offload;
-use crate::switch::Egress;
+use crate::switch::{Egress, TagAction};
 
 use super::{EdgeState, EventCx, EventId, Outcome, PortEdge, Refused, SendResult, VhostState};
 
@@ -52,6 +53,8 @@ pub struct VhostPort {
     /// The device's frontend migrated the guest away, as last seen (see
     /// [`vmnetd_vhost::device::DevState::migrated`]).
     migrated: bool,
+    /// Frames waiting for the guest's receive queues to run again.
+    hold: Hold,
 }
 
 impl std::fmt::Debug for VhostPort {
@@ -129,6 +132,7 @@ impl PortEdge for VhostPort {
                     ingress(batch, Refused::default());
                     batch.clear();
                 }
+                self.deliver_held();
                 Outcome::Rewatch { forget_learned }
             }
             EV_CTRL => {
@@ -169,6 +173,32 @@ impl PortEdge for VhostPort {
 
     fn state(&self) -> EdgeState {
         let st = self.shared.lock();
+        let mem = st.mem.memory();
+        let pairs = st.pairs();
+        let queues = st
+            .vrings
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.started || v.broken.is_some())
+            .map(|(i, v)| {
+                let (size, next_avail, next_used, avail_idx) = v.position(&mem);
+                crate::api::VhostQueue {
+                    index: i,
+                    name: match QueueId::of(i, pairs) {
+                        QueueId::Rx(p) => format!("rx{p}"),
+                        QueueId::Tx(p) => format!("tx{p}"),
+                        QueueId::Ctrl => "ctrl".into(),
+                    },
+                    size,
+                    started: v.started,
+                    enabled: v.enabled,
+                    broken: v.broken.as_ref().map(|e| e.to_string()),
+                    next_avail,
+                    next_used,
+                    avail_idx,
+                }
+            })
+            .collect();
         EdgeState::Vhost(VhostState {
             connected: st.connected,
             connections: st.connections,
@@ -177,6 +207,7 @@ impl PortEdge for VhostPort {
             pairs_max: self.shared.queue_pairs,
             guest_mac: st.guest_mac,
             needs_reset: st.needs_reset(),
+            queues,
         })
     }
 
@@ -197,6 +228,7 @@ impl VhostPort {
             heads: Vec::with_capacity(VHOST_BURST),
             rx: RxScratch::default(),
             migrated: false,
+            hold: Hold::default(),
         }
     }
 
@@ -262,65 +294,243 @@ impl VhostPort {
 
     /// Writes frames of `src` into this guest's receive queues: per queue pair, one pass
     /// over the ring and one used-index update and interrupt decision for the whole burst.
+    /// While the queues are not running with the frontend connected (a migration's
+    /// switch-over), the frames are held (see [`Hold`]) and written first once they run.
     pub fn send(&mut self, src: &Batch, list: &[Egress]) -> SendResult {
         let mut res = SendResult::default();
-        let VhostPort { shared, scratch, rx, .. } = self;
+        let VhostPort { shared, scratch, rx, hold, .. } = self;
+        let shared: &Shared = shared;
         let mut st = shared.lock();
-        let out_len = |e: &Egress| e.action.splice().out_len(src.frames[e.frame].len as usize) as u64;
-        let mut pairs = [0usize; vmnetd_vhost::device::MAX_QUEUE_PAIRS as usize];
-        let mut np = 0;
-        for p in st.active_pair_indices().take(pairs.len()) {
-            pairs[np] = p;
-            np += 1;
-        }
-        if np == 0 {
-            for e in list {
-                res.no_room.0 += 1;
-                res.no_room.1 += out_len(e);
+        // Held frames that expired or found no room since the last burst.
+        let lost = std::mem::take(&mut hold.lost);
+        res.no_room.0 += lost.0;
+        res.no_room.1 += lost.1;
+        if st.active_pair_indices().next().is_none() {
+            if st.holds_frames() {
+                hold.add(src, list, &mut res);
+            } else {
+                for e in list {
+                    res.no_room.0 += 1;
+                    res.no_room.1 += out_len(src, e);
+                }
             }
             return res;
         }
-        let mem = st.mem.memory();
-        let caps = Caps::of(&st);
-        // A migrating guest's dirty log, marked as frames are written (one branch per
-        // write when it is not migrating).
-        let log = st.dirty_log();
-        let mut sx = src.xlate();
-        for (k, &pair) in pairs[..np].iter().enumerate() {
-            let vring = st.rx(pair);
-            let mut w = RxWriter::new(&mut vring.queue, &mem, caps.mrg, caps.hdr_len, rx).with_log(log.as_deref());
-            w.prefetch(if np == 1 { list.len() } else { list.len() / np + 1 });
-            // Flows spread over the pairs by their addresses.
-            for e in list.iter().filter(|e| np == 1 || flow(&src.frames[e.frame].head) % np == k) {
-                let failed = match write_one(&mut w, scratch, &caps, src, sx.as_mut(), e) {
-                    Ok(()) => {
-                        res.sent += 1;
-                        continue;
-                    }
-                    Err(Failed::Rx(RxError::NoBuffers | RxError::Broken(_))) => &mut res.no_room,
-                    Err(Failed::Offload(err)) => {
-                        log::debug!("vhost-user {}: cannot segment or checksum a frame: {err}", shared.name);
-                        &mut res.bad_gso
-                    }
-                    Err(Failed::Rx(_)) => &mut res.errors,
-                };
-                failed.0 += 1;
-                failed.1 += out_len(e);
+        if !hold.is_empty() {
+            let (held, egress) = hold.take();
+            let mut r = SendResult::default();
+            write_burst(shared, &mut st, scratch, rx, &held, &egress, &mut r);
+            // Counted as sent when they were held.
+            let failed = (r.no_room.0 + r.errors.0 + r.bad_gso.0, r.no_room.1 + r.errors.1 + r.bad_gso.1);
+            log::debug!("vhost-user {}: {} held frames delivered, {} not", shared.name, r.sent, failed.0);
+            res.no_room.0 += failed.0;
+            res.no_room.1 += failed.1;
+            hold.give_back(held);
+        }
+        write_burst(shared, &mut st, scratch, rx, src, list, &mut res);
+        res
+    }
+
+    /// The device changed: frames held while its receive queues were stopped go to the
+    /// guest if they run again (or are dropped if they waited too long).
+    fn deliver_held(&mut self) {
+        if self.hold.is_empty() {
+            return;
+        }
+        let empty = Batch::default();
+        let r = self.send(&empty, &[]);
+        // Reported with the next burst sent here.
+        self.hold.lost.0 += r.no_room.0;
+        self.hold.lost.1 += r.no_room.1;
+    }
+}
+
+/// The length of `e`'s frame as it leaves.
+fn out_len(src: &Batch, e: &Egress) -> u64 {
+    e.action.splice().out_len(src.frames[e.frame].len as usize) as u64
+}
+
+/// Frames held for a guest whose receive queues are not running while its frontend is
+/// connected (a migration's switch-over: the source stopped them, the destination has not
+/// started them yet; see [`DevState::holds_frames`]): copied here, counted as sent, and
+/// written into the guest first once its queues run again, so that the switch-over is a
+/// pause rather than a loss for what was on its way. Bounded: [`HOLD_FRAMES`] frames and
+/// [`HOLD_BYTES`] bytes (what does not fit is dropped), each for [`HOLD_TIME`] (then it is
+/// dropped too, counted as no room).
+#[derive(Default)]
+struct Hold {
+    /// The held frames, packed into the batch's local buffers…
+    batch: Batch,
+    /// … and when each came (oldest first).
+    times: Vec<Instant>,
+    /// Where the next frame goes: buffer and offset.
+    buf: usize,
+    at: usize,
+    bytes: usize,
+    /// Held frames (and bytes) dropped after being counted as sent, for the next result.
+    lost: (u64, u64),
+}
+
+/// At most this many frames are held per port…
+const HOLD_FRAMES: usize = 256;
+/// … and this many bytes (a few 64 KiB GSO frames, or hundreds of small ones).
+const HOLD_BYTES: usize = 1 << 20;
+/// Held frames older than this are dropped: a switch-over takes tens of milliseconds
+/// (QEMU allows 300 ms of downtime by default).
+const HOLD_TIME: Duration = Duration::from_secs(1);
+
+impl Hold {
+    fn is_empty(&self) -> bool {
+        self.batch.is_empty()
+    }
+
+    /// How many of the oldest frames waited too long by `now`.
+    fn expired(&self, now: Instant) -> usize {
+        self.times.partition_point(|t| now.duration_since(*t) > HOLD_TIME)
+    }
+
+    /// Holds `list`'s frames of `src` as they leave (tag actions applied), counting them
+    /// sent, or no room when they do not fit.
+    fn add(&mut self, src: &Batch, list: &[Egress], res: &mut SendResult) {
+        let now = Instant::now();
+        let old = self.expired(now);
+        if old > 0 && (2 * old >= self.times.len() || self.times.len() >= HOLD_FRAMES) {
+            self.keep_from(old);
+        }
+        for e in list {
+            let f = &src.frames[e.frame];
+            let len = out_len(src, e) as usize;
+            if self.batch.len() >= HOLD_FRAMES || self.bytes + len > HOLD_BYTES || len > MAX_FRAME {
+                res.no_room.0 += 1;
+                res.no_room.1 += len as u64;
+                continue;
             }
-            let broken = w.broken();
-            let interrupt = w.finish();
-            if let Some(l) = &log {
-                vring.log_used(l);
+            let bytes = src.materialize(e.frame, e.action, len);
+            if bytes.len() != len {
+                // Guest memory that could not be read.
+                res.errors.0 += 1;
+                res.errors.1 += len as u64;
+                continue;
             }
-            if interrupt {
-                vring.signal();
-            }
-            if let Some(b) = broken {
-                let i = QueueId::Rx(pair).index(st.pairs());
-                shared.mark_broken(&mut st, i, b);
+            self.push(&bytes, f.out_vnet(e.action), now);
+            res.sent += 1;
+        }
+    }
+
+    fn push(&mut self, bytes: &[u8], vnet: VnetHdr, when: Instant) {
+        let len = bytes.len();
+        if self.at + len > MAX_FRAME {
+            self.buf += 1;
+            self.at = 0;
+        }
+        self.batch.ensure_bufs(self.buf + 1, 0);
+        self.batch.bufs[self.buf][self.at..self.at + len].copy_from_slice(bytes);
+        self.batch.push_local(self.buf as u16, self.at, len, vnet, None);
+        self.times.push(when);
+        self.at += len;
+        self.bytes += len;
+    }
+
+    /// Drops the `n` oldest frames (counted as lost), keeping the others in order.
+    fn keep_from(&mut self, n: usize) {
+        let old = std::mem::take(self);
+        self.lost = old.lost;
+        for i in 0..old.batch.len() {
+            let len = old.batch.frames[i].len as usize;
+            if i < n {
+                self.lost.0 += 1;
+                self.lost.1 += len as u64;
+            } else {
+                let bytes = old.batch.materialize(i, TagAction::Keep, len);
+                self.push(&bytes, old.batch.frames[i].vnet, old.times[i]);
             }
         }
-        res
+    }
+
+    /// The held frames and the egress list of those that did not wait too long (the
+    /// others counted as lost), leaving the hold empty; the batch comes back through
+    /// [`Hold::give_back`].
+    fn take(&mut self) -> (Batch, Vec<Egress>) {
+        let old = self.expired(Instant::now());
+        let held = std::mem::take(&mut self.batch);
+        for f in &held.frames[..old] {
+            self.lost.0 += 1;
+            self.lost.1 += u64::from(f.len);
+        }
+        let egress = (old..held.len()).map(|frame| Egress { frame, action: TagAction::Keep }).collect();
+        self.times.clear();
+        (self.buf, self.at, self.bytes) = (0, 0, 0);
+        (held, egress)
+    }
+
+    fn give_back(&mut self, mut batch: Batch) {
+        batch.clear();
+        self.batch = batch;
+    }
+}
+
+/// [`VhostPort::send`]'s burst into running receive queues.
+fn write_burst(
+    shared: &Shared,
+    st: &mut DevState,
+    scratch: &mut Vec<u8>,
+    rx: &mut RxScratch,
+    src: &Batch,
+    list: &[Egress],
+    res: &mut SendResult,
+) {
+    let mut pairs = [0usize; vmnetd_vhost::device::MAX_QUEUE_PAIRS as usize];
+    let mut np = 0;
+    for p in st.active_pair_indices().take(pairs.len()) {
+        pairs[np] = p;
+        np += 1;
+    }
+    if np == 0 {
+        for e in list {
+            res.no_room.0 += 1;
+            res.no_room.1 += out_len(src, e);
+        }
+        return;
+    }
+    let mem = st.mem.memory();
+    let caps = Caps::of(st);
+    // A migrating guest's dirty log, marked as frames are written (one branch per
+    // write when it is not migrating).
+    let log = st.dirty_log();
+    let mut sx = src.xlate();
+    for (k, &pair) in pairs[..np].iter().enumerate() {
+        let vring = st.rx(pair);
+        let mut w = RxWriter::new(&mut vring.queue, &mem, caps.mrg, caps.hdr_len, rx).with_log(log.as_deref());
+        w.prefetch(if np == 1 { list.len() } else { list.len() / np + 1 });
+        // Flows spread over the pairs by their addresses.
+        for e in list.iter().filter(|e| np == 1 || flow(&src.frames[e.frame].head) % np == k) {
+            let failed = match write_one(&mut w, scratch, &caps, src, sx.as_mut(), e) {
+                Ok(()) => {
+                    res.sent += 1;
+                    continue;
+                }
+                Err(Failed::Rx(RxError::NoBuffers | RxError::Broken(_))) => &mut res.no_room,
+                Err(Failed::Offload(err)) => {
+                    log::debug!("vhost-user {}: cannot segment or checksum a frame: {err}", shared.name);
+                    &mut res.bad_gso
+                }
+                Err(Failed::Rx(_)) => &mut res.errors,
+            };
+            failed.0 += 1;
+            failed.1 += out_len(src, e);
+        }
+        let broken = w.broken();
+        let interrupt = w.finish();
+        if let Some(l) = &log {
+            vring.log_used(l);
+        }
+        if interrupt {
+            vring.signal();
+        }
+        if let Some(b) = broken {
+            let i = QueueId::Rx(pair).index(st.pairs());
+            shared.mark_broken(st, i, b);
+        }
     }
 }
 
@@ -533,4 +743,83 @@ fn finish_burst(st: &mut DevState, pair: usize, mem: &Memory, heads: &[u16], ful
         v.signal();
     }
     more
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A batch of `n` local frames of `len` bytes, frame `i` filled with byte `i`.
+    fn burst(n: usize, len: usize) -> (Batch, Vec<Egress>) {
+        let mut b = Batch::new();
+        b.ensure_bufs(n, 0);
+        for i in 0..n {
+            b.bufs[i][..len].fill(i as u8);
+            b.push_local(i as u16, 0, len, VnetHdr::default(), None);
+        }
+        let list = (0..n).map(|frame| Egress { frame, action: TagAction::Keep }).collect();
+        (b, list)
+    }
+
+    fn bytes_of(b: &Batch, list: &[Egress]) -> Vec<Vec<u8>> {
+        list.iter().map(|e| b.materialize(e.frame, e.action, usize::MAX)).collect()
+    }
+
+    #[test]
+    fn held_frames_come_back_in_order_and_what_does_not_fit_is_refused() {
+        let mut h = Hold::default();
+        let (src, list) = burst(3, 1000);
+        let mut res = SendResult::default();
+        h.add(&src, &list, &mut res);
+        assert_eq!((res.sent, res.no_room), (3, (0, 0)));
+        let (held, egress) = h.take();
+        assert!(h.is_empty());
+        assert_eq!(bytes_of(&held, &egress), bytes_of(&src, &list));
+        h.give_back(held);
+
+        // Frames beyond the frame bound are refused, counted as no room.
+        let (src, list) = burst(HOLD_FRAMES + 5, 64);
+        let mut res = SendResult::default();
+        h.add(&src, &list, &mut res);
+        assert_eq!((res.sent, res.no_room), (HOLD_FRAMES as u64, (5, 5 * 64)));
+        let (held, egress) = h.take();
+        assert_eq!(egress.len(), HOLD_FRAMES);
+        assert_eq!(bytes_of(&held, &egress), bytes_of(&src, &list[..HOLD_FRAMES]));
+        h.give_back(held);
+
+        // And beyond the byte bound (17 frames of 64 KiB do not fit in 1 MiB).
+        let (src, list) = burst(17, 65536);
+        let mut res = SendResult::default();
+        h.add(&src, &list, &mut res);
+        assert_eq!((res.sent, res.no_room.0), (16, 1));
+        assert_eq!(h.lost, (0, 0));
+    }
+
+    #[test]
+    fn frames_that_waited_too_long_are_dropped_and_counted() {
+        let mut h = Hold::default();
+        let (src, list) = burst(4, 100);
+        let mut res = SendResult::default();
+        h.add(&src, &list, &mut res);
+        let past = Instant::now().checked_sub(HOLD_TIME * 2).unwrap();
+        h.times[0] = past;
+        h.times[1] = past;
+        let (held, egress) = h.take();
+        assert_eq!(bytes_of(&held, &egress), bytes_of(&src, &list[2..]));
+        assert_eq!(h.lost, (2, 200));
+
+        // Adding to a hold whose oldest half expired drops those first, keeping the rest
+        // in order.
+        let mut h = Hold::default();
+        h.add(&src, &list, &mut SendResult::default());
+        h.times[0] = past;
+        h.times[1] = past;
+        let (more, more_list) = burst(1, 50);
+        h.add(&more, &more_list, &mut SendResult::default());
+        assert_eq!((h.batch.len(), h.lost), (3, (2, 200)));
+        let (held, egress) = h.take();
+        let mut want = bytes_of(&src, &list[2..]);
+        want.extend(bytes_of(&more, &more_list));
+        assert_eq!(bytes_of(&held, &egress), want);
+    }
 }
