@@ -177,6 +177,8 @@ fn compare_memory(src: &mut Monitor, dst_mon: &Path, wd: &Path) {
         dst.cmd("info status")
     );
     let (a, b) = (wd.join("src.mem"), wd.join("dst.mem"));
+    // Expected "postmigrate": a source that runs again after its last page copy diverges.
+    let src_status = src.cmd("info status");
     let sa = src.cmd(&format!("pmemsave 0 {RAM} \"{}\"", a.display()));
     let sb = dst.cmd(&format!("pmemsave 0 {RAM} \"{}\"", b.display()));
     let (x, y) = (
@@ -213,8 +215,9 @@ fn compare_memory(src: &mut Monitor, dst_mon: &Path, wd: &Path) {
         .collect();
     assert!(
         differ.is_empty(),
-        "{} guest pages differ between source and destination after the migration: {}\n{}",
+        "{} guest pages differ between source ({}) and destination after the migration: {}\n{}",
         differ.len(),
+        src_status.trim(),
         differ.iter().take(40).cloned().collect::<Vec<_>>().join("\n"),
         rings.join("\n")
     );
