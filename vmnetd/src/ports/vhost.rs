@@ -309,10 +309,7 @@ impl VhostPort {
             if st.holds_frames() {
                 hold.add(src, list, &mut res);
             } else {
-                for e in list {
-                    res.no_room.0 += 1;
-                    res.no_room.1 += out_len(src, e);
-                }
+                refuse_all(src, list, &mut res);
             }
             return res;
         }
@@ -342,6 +339,14 @@ impl VhostPort {
         // Reported with the next burst sent here.
         self.hold.lost.0 += r.no_room.0;
         self.hold.lost.1 += r.no_room.1;
+    }
+}
+
+/// Counts every frame of `list` as finding no room in the guest.
+fn refuse_all(src: &Batch, list: &[Egress], res: &mut SendResult) {
+    for e in list {
+        res.no_room.0 += 1;
+        res.no_room.1 += out_len(src, e);
     }
 }
 
@@ -486,10 +491,7 @@ fn write_burst(
         np += 1;
     }
     if np == 0 {
-        for e in list {
-            res.no_room.0 += 1;
-            res.no_room.1 += out_len(src, e);
-        }
+        refuse_all(src, list, res);
         return;
     }
     let mem = st.mem.memory();
