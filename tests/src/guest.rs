@@ -115,11 +115,22 @@ impl Guest {
     /// Boots `initrd` with extra QEMU arguments `args` (network devices, memory backend...).
     /// `uid`: run QEMU as this user (and its group) instead of root.
     pub fn boot(name: &str, initrd: &Path, args: &[String], uid: Option<u32>) -> Guest {
+        Guest::boot_with_memory(name, initrd, args, uid, 256 << 10)
+    }
+
+    /// As [`Guest::boot`], with `mem_kib` KiB of guest memory.
+    pub fn boot_with_memory(name: &str, initrd: &Path, args: &[String], uid: Option<u32>, mem_kib: usize) -> Guest {
         let g = guest_dir();
         let mut c = Command::new("qemu-system-x86_64");
-        c.args(["-accel", "tcg", "-m", "256", "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio"])
+        let mem = format!("{mem_kib}K");
+        c.args(["-accel", "tcg", "-m", &mem, "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio"])
             // Shared memory: what a vhost-user backend maps (harmless for TAP guests).
-            .args(["-object", "memory-backend-memfd,id=mem,size=256M,share=on", "-machine", "memory-backend=mem"])
+            .args([
+                "-object",
+                &format!("memory-backend-memfd,id=mem,size={mem},share=on"),
+                "-machine",
+                "memory-backend=mem",
+            ])
             .arg("-kernel")
             .arg(g.join("vmlinuz"))
             .arg("-initrd")
