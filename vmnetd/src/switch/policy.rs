@@ -153,6 +153,8 @@ pub(super) struct FlowMemo {
     rule: Option<flow::RuleId>,
     acts: [ResolvedAction; MAX_ACTIONS],
     n: usize,
+    /// No rule matched, or the rule's only action is `normal`.
+    normal: bool,
 }
 
 impl Default for FlowMemo {
@@ -163,6 +165,7 @@ impl Default for FlowMemo {
             rule: None,
             acts: [ResolvedAction::Normal; MAX_ACTIONS],
             n: 0,
+            normal: false,
         }
     }
 }
@@ -242,7 +245,7 @@ impl Switch {
     /// `Some(true)` if it is plain NORMAL (no rule matched, or the rule's only action is
     /// `normal`), `Some(false)` for anything else (the actions are in the memo), `None` if
     /// the frame is too short to look up (the full pipeline refuses it).
-    #[inline]
+    #[inline(always)]
     pub(super) fn flow_lookup(
         &mut self,
         in_port: PortId,
@@ -271,11 +274,12 @@ impl Switch {
                 m.n = r.actions.len().min(MAX_ACTIONS);
                 m.acts[..m.n].copy_from_slice(&r.actions[..m.n]);
             }
+            m.normal = m.n == 1 && m.acts[0] == ResolvedAction::Normal;
         }
         if let Some(id) = self.fmemo.rule {
             self.hit(memo, id, f.len, now);
         }
-        Some(self.fmemo.n == 1 && self.fmemo.acts[0] == ResolvedAction::Normal)
+        Some(self.fmemo.normal)
     }
 
     /// The edges must hand the switch at least `min(len, FLOW_HEAD)` bytes of each frame.

@@ -327,10 +327,14 @@ impl FlowKey {
         Self::words_of(in_port, b) == Self::extract(Some(in_port), b).words()
     }
 
-    /// Equal keys (the burst memo's test): word by word, without a call to `memcmp`.
+    /// Equal keys (the burst memo's and the exact-match cache's test), without a call to
+    /// `memcmp`. Words 5..9 (the IPv6 addresses) are zero in every key without `F_IP6`, and
+    /// word 2 holds the presence flags, so they are compared only for IPv6 keys.
     #[inline(always)]
     pub(crate) fn same_words(a: &Words, b: &Words) -> bool {
-        a.0.iter().zip(&b.0).fold(0u64, |acc, (x, y)| acc | (x ^ y)) == 0
+        let (a, b) = (&a.0, &b.0);
+        let low = (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4]);
+        low == 0 && (a[2] & F_IP6 == 0 || ((a[5] ^ b[5]) | (a[6] ^ b[6]) | (a[7] ^ b[7]) | (a[8] ^ b[8])) == 0)
     }
 
     /// The packed form the classifier hashes (see [`Words`]).

@@ -373,6 +373,22 @@ proptest! {
                 _ => {}
             }
         }
-        prop_assert_eq!(FlowKey::words_of(p, &f), FlowKey::extract(Some(p), &f).words());
+        let w = FlowKey::words_of(p, &f);
+        prop_assert_eq!(w, FlowKey::extract(Some(p), &f).words());
+        // The memo's short comparison is plain equality on every key words_of makes: against
+        // itself, against the key of the untouched random bytes, and against this key with
+        // one bit of one word flipped.
+        let other = FlowKey::words_of(p, &bytes);
+        prop_assert!(FlowKey::same_words(&w, &w));
+        prop_assert_eq!(FlowKey::same_words(&w, &other), w == other);
+        for i in 0..w.0.len() {
+            let mut x = w;
+            x.0[i] ^= 1 << ((port * 7 + i) % 64);
+            // A flipped bit in an IPv6 word of a key without F_IP6 (bit 4 of word 2) breaks the
+            // invariant words_of keeps (zero there): not a key it can make.
+            if i < 5 || w.0[2] & (1 << 4) != 0 {
+                prop_assert!(!FlowKey::same_words(&w, &x));
+            }
+        }
     }
 }
