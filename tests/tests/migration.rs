@@ -20,6 +20,8 @@ use vmnetd_tests::topo::Ns;
 use vmnetd_tests::*;
 
 const MAC: &str = "52:54:00:18:00:02";
+/// The guest's virtio-net device in QEMU's QOM tree (HMP `info virtio-*`).
+const VIRTIO_NET: &str = "/machine/peripheral-anon/device[0]/virtio-backend";
 /// Bytes P streams into G during the migration.
 const DATA: usize = 32 << 20;
 
@@ -226,11 +228,8 @@ fn compare_memory(src: &mut Monitor, dst_mon: &Path, wd: &Path) {
             )
         })
         .collect();
-    let rings: Vec<String> = (0..2)
-        .map(|q| {
-            dst.cmd(&format!("info virtio-vhost-queue-status /machine/peripheral-anon/device[0]/virtio-backend {q}"))
-        })
-        .collect();
+    let rings: Vec<String> =
+        (0..2).map(|q| dst.cmd(&format!("info virtio-vhost-queue-status {VIRTIO_NET} {q}"))).collect();
     assert!(
         differ.is_empty(),
         "{} guest pages differ between source ({}) and destination after the migration: {}\n{}",
@@ -349,14 +348,8 @@ fn migrate(d: &dyn Switch, dir: &Path, p: &Ns, case: Case, load: bool, announce:
         if dst.is_running() {
             let mut dmon = Monitor::connect(&dst_mon);
             for q in 0..2 {
-                rings.push(
-                    dmon.cmd(&format!(
-                        "info virtio-queue-element /machine/peripheral-anon/device[0]/virtio-backend {q}"
-                    )),
-                );
-                rings.push(dmon.cmd(&format!(
-                    "info virtio-vhost-queue-status /machine/peripheral-anon/device[0]/virtio-backend {q}"
-                )));
+                rings.push(dmon.cmd(&format!("info virtio-queue-element {VIRTIO_NET} {q}")));
+                rings.push(dmon.cmd(&format!("info virtio-vhost-queue-status {VIRTIO_NET} {q}")));
             }
             rings.push(dmon.cmd("info status"));
             for _ in 0..3 {
