@@ -74,10 +74,11 @@ impl Drop for Bg {
 }
 
 /// The pane's command: the view, then its exit status and the terminal's modes (as `stty`
-/// sees them once it is gone), then a pause so the pane stays to be read.
+/// sees them once it is gone) and a marker that the report is whole, then a pause so the
+/// pane stays to be read.
 fn top_then_report(socket: &std::path::Path, env: &str) -> String {
     format!(
-        "{env} '{}' --socket '{}' top --interval 0.5; echo \"TOP-EXIT=$?\"; stty -a; exec sleep 600",
+        "{env} '{}' --socket '{}' top --interval 0.5; echo \"TOP-EXIT=$?\"; stty -a; echo REPORT-END; exec sleep 600",
         bin("vmnetd").display(),
         socket.display()
     )
@@ -108,7 +109,10 @@ fn quit_and_check_restored(t: &Tmux, context: &dyn Fn() -> String) {
 /// cursor shown, canonical mode and echo on. The screen then.
 #[track_caller]
 fn check_restored(t: &Tmux, context: &dyn Fn() -> String) -> String {
-    t.wait_screen("the view's exit", Duration::from_secs(10), context, |s| s.contains("TOP-EXIT="));
+    // The whole report, not just its first line: `stty -a` prints after `TOP-EXIT=`.
+    t.wait_screen("the view's exit", Duration::from_secs(10), context, |s| {
+        s.contains("TOP-EXIT=") && s.contains("REPORT-END")
+    });
     let s = t.screen();
     assert_eq!(t.pane("alternate_on"), "0", "still on the alternate screen:\n{s}");
     assert_eq!(t.pane("cursor_flag"), "1", "the cursor is still hidden:\n{s}");
