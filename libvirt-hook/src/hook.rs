@@ -65,7 +65,7 @@ fn same(info: &PortInfo, spec: &PortSpec) -> bool {
 /// What the port stands on: a kernel interface or a socket path.
 fn resource(kind: &PortKind) -> Option<String> {
     match kind {
-        PortKind::Netdev { ifname } => Some(format!("interface {ifname}")),
+        PortKind::Netdev { ifname, .. } => Some(format!("interface {ifname}")),
         PortKind::VhostUser { path, .. } => Some(format!("socket {}", path.display())),
         PortKind::Internal { .. } | PortKind::Vxlan { .. } => None,
     }

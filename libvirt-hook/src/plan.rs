@@ -334,7 +334,7 @@ pub fn plan(d: &Domain, phase: Phase, f: &Facts) -> Result<Vec<Want>, PlanError>
                     port: PortSpec {
                         bridge: ifname(&bridge, &label)?,
                         name: dev.clone(),
-                        kind: PortKind::Netdev { ifname: dev },
+                        kind: PortKind::Netdev { ifname: dev, io: Default::default() },
                         vlan: merge_vlan(i, meta.vlan.as_ref())?.unwrap_or_default(),
                         macs: if builtin { vec![mac] } else { Vec::new() },
                         lock_mac: builtin && meta.lock_mac,
@@ -393,7 +393,7 @@ pub fn plan(d: &Domain, phase: Phase, f: &Facts) -> Result<Vec<Want>, PlanError>
                             port: PortSpec {
                                 bridge: ifname(sb, &label)?,
                                 name: dev.clone(),
-                                kind: PortKind::Netdev { ifname: dev },
+                                kind: PortKind::Netdev { ifname: dev, io: Default::default() },
                                 vlan,
                                 macs: Vec::new(),
                                 lock_mac: false,

@@ -45,7 +45,7 @@ fn render(wants: &[Want]) -> String {
         }
         let p = &w.port;
         let kind = match &p.kind {
-            PortKind::Netdev { ifname } => format!("netdev {ifname}"),
+            PortKind::Netdev { ifname, .. } => format!("netdev {ifname}"),
             PortKind::VhostUser { path, mode, owner, queues } => {
                 format!(
                     "vhost-user {} vmnetd={mode} owner={} queues={queues}",

@@ -336,7 +336,7 @@ pub(crate) mod tests {
         PortInfo {
             bridge: n(bridge),
             name: n(name),
-            kind: PortKind::Netdev { ifname: n(name) },
+            kind: PortKind::Netdev { ifname: n(name), io: Default::default() },
             vlan: VlanMode::default(),
             macs: vec![],
             lock_mac: false,
@@ -352,6 +352,7 @@ pub(crate) mod tests {
             kernel_vlans: None,
             vhost: None,
             vxlan: None,
+            io: None,
             external_ids: vm.map(|v| [("vm-name".to_owned(), v.to_owned())].into()).unwrap_or_default(),
             creator: None,
         }

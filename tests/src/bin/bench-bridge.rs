@@ -1,71 +1,135 @@
 //! Benchmark driver (run by `bench/bridge.sh`): the same two-namespace topology joined by
-//! (a) vmnetd's built-in bridge and (b) a kernel Linux bridge, measured in one run:
+//! (a) a kernel Linux bridge and (b) vmnetd's built-in bridge with each netdev I/O
+//! (`--io tpacket`, the default, and `--io mmsg`), measured in one run, in interleaved
+//! rounds (each round measures every backend once, so the machine's drift hits all alike):
 //! TCP throughput with iperf3, and 64-byte frame rate with a raw AF_PACKET generator.
-//! Prints medians of several runs and the ratios vmnetd / Linux bridge.
+//! Prints medians over the rounds, the ratios vmnetd / Linux bridge (median of the per-round
+//! ratios, with their range), and the cores the daemon and the whole machine used.
 //!
-//! `bench-bridge [RUNS] [SECS]` (default 3 runs of 5 s).
+//! `bench-bridge [ROUNDS] [SECS]` (default 3 rounds of 5 s); `ONLY=tcp` or `ONLY=pps` runs one
+//! half, `BACKENDS=linux,tpacket,mmsg` chooses the backends (the first is the anchor).
+
+use std::time::Instant;
 
 use vmnetd_tests::topo::Ns;
 use vmnetd_tests::traffic::{pps, tcp};
-use vmnetd_tests::{in_netns, ip, test_dir, Daemon};
+use vmnetd_tests::{cpu_ticks, in_netns, ip, test_dir, Daemon};
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
+/// Median, min and max of a series.
+fn spread(v: &[f64]) -> (f64, f64, f64) {
+    let mut s: Vec<f64> = v.iter().copied().filter(|x| !x.is_nan()).collect();
+    if s.is_empty() {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    }
+    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    (s[s.len() / 2], s[0], s[s.len() - 1])
 }
 
-struct Result {
-    tcp: f64,
-    pps_sent: f64,
-    pps_recv: f64,
+/// Busy clock ticks of the whole machine so far (`/proc/stat`).
+fn machine_busy() -> u64 {
+    let s = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
+    let f: Vec<u64> = s.lines().next().unwrap().split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    f.iter().take(8).sum::<u64>() - f[3] - f.get(4).copied().unwrap_or(0)
 }
 
-fn measure(a: &Ns, b: &Ns, runs: usize, secs: u32) -> Result {
+#[derive(Default)]
+struct Series {
+    tcp: Vec<f64>,
+    pps: Vec<f64>,
+    offered: Vec<f64>,
+    /// During the 64-byte runs: cores the daemon used, cores the machine used.
+    daemon_cores: Vec<f64>,
+    machine_cores: Vec<f64>,
+}
+
+fn measure(a: &Ns, b: &Ns, secs: u32, daemon: Option<u32>, s: &mut Series) {
     assert!(a.ping("10.0.0.2", 2), "no connectivity");
-    let tcp = median((0..runs).map(|_| tcp(a, b, secs)).collect());
-    let p: Vec<(f64, f64)> = (0..runs).map(|_| pps(a, b, secs)).collect();
-    Result { tcp, pps_sent: median(p.iter().map(|x| x.0).collect()), pps_recv: median(p.iter().map(|x| x.1).collect()) }
+    let only = std::env::var("ONLY").unwrap_or_default();
+    if only != "pps" {
+        s.tcp.push(tcp(a, b, secs));
+    }
+    if only != "tcp" {
+        let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
+        let (m0, d0, t0) = (machine_busy(), daemon.map(cpu_ticks), Instant::now());
+        let (sent, got) = pps(a, b, secs);
+        let el = t0.elapsed().as_secs_f64();
+        s.machine_cores.push((machine_busy() - m0) as f64 / hz / el);
+        if let (Some(p), Some(d0)) = (daemon, d0) {
+            s.daemon_cores.push((cpu_ticks(p) - d0) as f64 / hz / el);
+        }
+        s.offered.push(sent);
+        s.pps.push(got);
+    }
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let runs: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(3);
+    let rounds: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(3);
     let secs: u32 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(5);
+    let backends: Vec<String> = std::env::var("BACKENDS")
+        .unwrap_or_else(|_| "linux,tpacket,mmsg".into())
+        .split(',')
+        .map(str::to_owned)
+        .collect();
     in_netns(|| {
         let dir = test_dir();
         let (a, b) = (Ns::new("a"), Ns::new("b"));
         a.veth("va", "eth0", Some("10.0.0.1/24"));
         b.veth("vb", "eth0", Some("10.0.0.2/24"));
-
-        // (b) Linux bridge.
-        ip("link add kbr type bridge");
-        ip("link set kbr up");
-        ip("link set va master kbr");
-        ip("link set vb master kbr");
         ip("link set va up");
         ip("link set vb up");
-        let linux = measure(&a, &b, runs, secs);
-        ip("link del kbr");
-
-        // (a) vmnetd's built-in bridge, same veths.
         let d = Daemon::start_with(dir.path(), &[]);
         d.cli(&["bridge", "add", "br0"]).ok();
-        d.cli(&["port", "add", "br0", "pa", "--netdev", "va"]).ok();
-        d.cli(&["port", "add", "br0", "pb", "--netdev", "vb"]).ok();
-        a.ip("neigh flush all");
-        let ours = measure(&a, &b, runs, secs);
+        let mut series: Vec<Series> = backends.iter().map(|_| Series::default()).collect();
+        for round in 0..rounds {
+            for (i, backend) in backends.iter().enumerate() {
+                eprintln!("round {}/{rounds}: {backend}", round + 1);
+                a.ip("neigh flush all");
+                if backend == "linux" {
+                    ip("link add kbr type bridge");
+                    ip("link set kbr up");
+                    ip("link set va master kbr");
+                    ip("link set vb master kbr");
+                    measure(&a, &b, secs, None, &mut series[i]);
+                    ip("link del kbr");
+                } else {
+                    d.cli(&["port", "add", "br0", "pa", "--netdev", "va", "--io", backend]).ok();
+                    d.cli(&["port", "add", "br0", "pb", "--netdev", "vb", "--io", backend]).ok();
+                    let list = d.cli(&["port", "list"]);
+                    assert!(list.ok().contains(&format!("va ({backend}")), "port list: {}", list.stdout);
+                    measure(&a, &b, secs, d.pid(), &mut series[i]);
+                    d.cli(&["port", "del", "br0", "pa"]).ok();
+                    d.cli(&["port", "del", "br0", "pb"]).ok();
+                }
+            }
+        }
 
-        println!("bridge benchmark: {runs} runs of {secs} s each, medians; A -> B between two network namespaces over veth pairs");
-        println!("                        {:>14} {:>14} {:>8}", "vmnetd builtin", "linux bridge", "ratio");
-        println!("TCP (iperf3) Gbit/s     {:>14.2} {:>14.2} {:>8.2}", ours.tcp, linux.tcp, ours.tcp / linux.tcp);
         println!(
-            "64-byte frames Mpps     {:>14.3} {:>14.3} {:>8.2}",
-            ours.pps_recv,
-            linux.pps_recv,
-            ours.pps_recv / linux.pps_recv
+            "bridge benchmark: {rounds} rounds of {secs} s, medians [min-max]; A -> B between two network \
+             namespaces over veth pairs"
         );
-        println!("  (generator offered    {:>14.3} {:>14.3} Mpps)", ours.pps_sent, linux.pps_sent);
-        let st = d.cli(&["stats", "br0"]);
-        println!("{}", st.stdout);
+        let anchor = &series[0];
+        let ratios = |x: &[f64], y: &[f64]| -> Vec<f64> { x.iter().zip(y).map(|(p, q)| p / q).collect() };
+        let fmt = |(m, lo, hi): (f64, f64, f64), prec: usize| format!("{m:.prec$} [{lo:.prec$}-{hi:.prec$}]");
+        for (name, s) in backends.iter().zip(&series) {
+            let vs = if std::ptr::eq(s, anchor) {
+                String::new()
+            } else {
+                format!(
+                    "  TCP {}x, 64 B {}x {}",
+                    fmt(spread(&ratios(&s.tcp, &anchor.tcp)), 2),
+                    fmt(spread(&ratios(&s.pps, &anchor.pps)), 2),
+                    backends[0]
+                )
+            };
+            println!(
+                "{name:>8}: TCP {} Gbit/s, 64 B {} Mpps (offered {} Mpps; daemon {} cores, machine {} cores){vs}",
+                fmt(spread(&s.tcp), 2),
+                fmt(spread(&s.pps), 3),
+                fmt(spread(&s.offered), 3),
+                fmt(spread(&s.daemon_cores), 2),
+                fmt(spread(&s.machine_cores), 2),
+            );
+        }
     });
 }

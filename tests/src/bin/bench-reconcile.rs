@@ -90,7 +90,7 @@ fn bench(label: &str, binary: &Path, ports: usize, flaps: usize, idle: u64) -> R
             let spec = PortSpec {
                 bridge: IfName::new("lbr0").unwrap(),
                 name: n.clone(),
-                kind: PortKind::Netdev { ifname: n },
+                kind: PortKind::Netdev { ifname: n, io: Default::default() },
                 vlan: Default::default(),
                 macs: Vec::new(),
                 lock_mac: false,

@@ -5,6 +5,10 @@
 //!                               one GSO super-frame with a virtio-net header.
 //! `rawframe flood IFACE SECS HEX` sends the frame HEX as fast as it can for SECS seconds, in
 //!                               batches of 64, and prints how many were sent.
+//! `rawframe hwtag IFACE VID SECS` for SECS seconds, tags every frame IFACE sends with VID
+//!                               out of band (a tcx egress BPF program calling
+//!                               `bpf_skb_vlan_push`), as a VLAN device on a NIC with
+//!                               transmit VLAN offload would; the tag rides in the skb.
 //! `rawframe recv IFACE SECS`    prints every frame received for SECS seconds as
 //!                               `len=N vlan=VID|none src=MAC dst=MAC type=0xXXXX`, tags put
 //!                               back from PACKET_AUXDATA as the kernel strips them.
@@ -30,9 +34,55 @@ fn unhex(hex: &str) -> Vec<u8> {
     (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex frame")).collect()
 }
 
+/// `rawframe hwtag`: a tcx egress program on `ifindex` that pushes tag `vid` into every
+/// frame's skb (not its bytes); attached while the returned link is open.
+#[allow(unsafe_code)]
+fn hwtag(ifindex: u32, vid: u16) -> std::os::fd::OwnedFd {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let bpf = |cmd: i64, attr: &mut [u64; 18]| -> OwnedFd {
+        // SAFETY: `attr` is a zero-padded `union bpf_attr` image whose pointers point at
+        // live buffers for the call; the result is checked and owned at once.
+        let fd = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), std::mem::size_of::<[u64; 18]>()) };
+        assert!(fd >= 0, "bpf({cmd}): {}", std::io::Error::last_os_error());
+        // SAFETY: a fresh descriptor nothing else owns.
+        unsafe { OwnedFd::from_raw_fd(fd as i32) }
+    };
+    let insn = |code: u8, dst: u8, src: u8, off: i16, imm: i32| -> u64 {
+        u64::from(code) | u64::from(dst | (src << 4)) << 8 | u64::from(off as u16) << 16 | u64::from(imm as u32) << 32
+    };
+    // r2 = htons(ETH_P_8021Q); r3 = vid; call bpf_skb_vlan_push; r0 = TCX_NEXT; exit
+    let prog = [
+        insn(0xb7, 2, 0, 0, i32::from(0x8100u16.to_be())),
+        insn(0xb7, 3, 0, 0, i32::from(vid)),
+        insn(0x85, 0, 0, 0, 18),
+        insn(0xb7, 0, 0, 0, -1),
+        insn(0x95, 0, 0, 0, 0),
+    ];
+    let license = c"Apache-2.0";
+    let mut attr = [0u64; 18];
+    attr[0] = 3 | (prog.len() as u64) << 32; // BPF_PROG_TYPE_SCHED_CLS, insn_cnt
+    attr[1] = prog.as_ptr() as u64;
+    attr[2] = license.as_ptr() as u64;
+    attr[8] |= 47 << 32; // expected_attach_type (offset 68) = BPF_TCX_EGRESS
+    let p = bpf(5, &mut attr);
+    let mut attr = [0u64; 18];
+    attr[0] = p.as_raw_fd() as u64 | u64::from(ifindex) << 32;
+    attr[1] = 47; // attach_type BPF_TCX_EGRESS
+    let link = bpf(28, &mut attr); // BPF_LINK_CREATE
+    drop(p);
+    link
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (cmd, dev) = (args[0].as_str(), args[1].as_str());
+    if cmd == "hwtag" {
+        let link = hwtag(ifindex(dev), args[2].parse().expect("VID"));
+        println!("attached");
+        std::thread::sleep(Duration::from_secs_f64(args[3].parse().expect("SECS")));
+        drop(link);
+        return;
+    }
     let sock = PacketSocket::open(ifindex(dev)).expect("AF_PACKET socket");
     match cmd {
         "send" => {

@@ -62,7 +62,7 @@ impl Builtin {
                 let edge = open_vhost(cx, spec, path, *mode, owner.as_deref(), *queues, decl.creator)?;
                 Ok((Box::new(edge), VHOST_MTU, false))
             }
-            PortKind::Netdev { ifname } => {
+            PortKind::Netdev { ifname, io } => {
                 let link = cx
                     .nl
                     .link(ifname)
@@ -99,9 +99,10 @@ impl Builtin {
                         log::debug!("{arp}: {e}");
                     }
                 }
-                let port = NetdevPort::open(ifname.clone(), link.index).map_err(|e| {
-                    err(ErrorKind::Internal, format!("Cannot open an AF_PACKET socket on {ifname}: {e}"))
-                })?;
+                let port =
+                    NetdevPort::open(ifname.clone(), link.index, link.mtu.unwrap_or(1500), *io).map_err(|e| {
+                        err(ErrorKind::Internal, format!("Cannot open an AF_PACKET socket on {ifname}: {e}"))
+                    })?;
                 Ok((Box::new(port), link.mtu.unwrap_or(1500), false))
             }
             PortKind::Internal { .. } => {
@@ -488,6 +489,9 @@ impl BridgeBackend for Builtin {
                             c
                         });
                         PortView { counters, vxlan: Some(v.info), ..PortView::of(PortStatus::Up { queue_pairs: None }) }
+                    }
+                    Some(Live { state: PortState::Up, counters, edge: EdgeState::Netdev(io) }) => {
+                        PortView { counters, io: Some(io), ..PortView::of(PortStatus::Up { queue_pairs: None }) }
                     }
                     Some(Live { state: PortState::Up, counters, edge: EdgeState::Up }) => {
                         PortView { counters, ..PortView::of(PortStatus::Up { queue_pairs: None }) }

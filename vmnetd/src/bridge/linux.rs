@@ -61,6 +61,13 @@ impl BridgeBackend for Linux {
             ));
         }
         match &spec.kind {
+            PortKind::Netdev { io, .. } if !io.is_auto() => Err(err(
+                ErrorKind::Unsupported,
+                format!(
+                    "--io {} chooses how a built-in bridge moves a port's frames; a Linux bridge's ports never leave the kernel",
+                    io.name()
+                ),
+            )),
             PortKind::Netdev { .. } => Ok(()),
             PortKind::Internal { .. } => Err(err(
                 ErrorKind::Unsupported,

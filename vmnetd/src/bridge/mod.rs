@@ -68,11 +68,13 @@ pub struct PortView {
     pub vhost: Option<VhostInfo>,
     pub kernel_vlans: Option<Vec<KernelVlan>>,
     pub vxlan: Option<VxlanInfo>,
+    /// A netdev port's I/O (`tpacket`, `mmsg`).
+    pub io: Option<String>,
 }
 
 impl PortView {
     pub fn of(status: PortStatus) -> PortView {
-        PortView { status, counters: None, vhost: None, kernel_vlans: None, vxlan: None }
+        PortView { status, counters: None, vhost: None, kernel_vlans: None, vxlan: None, io: None }
     }
 }
 
@@ -173,7 +175,7 @@ pub(crate) fn gone(e: crate::datapath::Gone) -> ApiError {
 /// The kernel interface behind a port.
 pub fn port_ifname(spec: &PortSpec) -> Option<IfName> {
     match &spec.kind {
-        PortKind::Netdev { ifname } => Some(ifname.clone()),
+        PortKind::Netdev { ifname, .. } => Some(ifname.clone()),
         PortKind::Internal { ifname } => Some(ifname.clone().unwrap_or_else(|| spec.name.clone())),
         PortKind::VhostUser { .. } | PortKind::Vxlan { .. } => None,
     }
@@ -234,7 +236,7 @@ pub fn same_interface(decl: &PortDecl, link: &Link) -> Result<(), ApiError> {
 /// vmnetd does not declare (libvirt's `vnetN`, a TAP made by hand). NICs, veths and
 /// vmnetd's own TAPs (re-made by vmnetd after a reboot) are followed by name.
 pub async fn identity_of(cx: &Ctx, spec: &PortSpec) -> Result<Option<Attached>, ApiError> {
-    let PortKind::Netdev { ifname } = &spec.kind else { return Ok(None) };
+    let PortKind::Netdev { ifname, .. } = &spec.kind else { return Ok(None) };
     if cx.declares_tap(ifname) {
         return Ok(None);
     }

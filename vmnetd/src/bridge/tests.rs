@@ -56,7 +56,7 @@ fn netdev(bridge: &str, port: &str, ifname: &str) -> PortDecl {
         PortSpec {
             bridge: name(bridge),
             name: name(port),
-            kind: PortKind::Netdev { ifname: name(ifname) },
+            kind: PortKind::Netdev { ifname: name(ifname), io: Default::default() },
             vlan: VlanMode::default(),
             macs: Vec::new(),
             lock_mac: false,

@@ -149,6 +149,15 @@ pub enum KindArg {
     Linux,
 }
 
+/// `--io` of a netdev port.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum IoArg {
+    Auto,
+    Tpacket,
+    Mmsg,
+    Xdp,
+}
+
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum ModeArg {
     Server,
@@ -173,6 +182,11 @@ pub struct PortAddArgs {
     /// An existing kernel interface (a TAP, a veth end, a NIC).
     #[arg(long, value_name = "IFNAME")]
     pub netdev: Option<IfName>,
+    /// How a built-in bridge moves the netdev's frames: tpacket (mmap rings), mmsg
+    /// (recvmmsg/sendmmsg), xdp (AF_XDP: an XDP program and an XSK socket), or auto
+    /// (tpacket where the kernel allows it).
+    #[arg(long, value_enum, requires = "netdev", default_value = "auto")]
+    pub io: IoArg,
     /// A host interface whose other side vmnetd holds (built-in bridge).
     #[arg(long)]
     pub internal: bool,

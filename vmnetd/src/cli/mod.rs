@@ -345,7 +345,15 @@ fn port_cmd(ctx: &Ctx, cmd: PortCommand) -> Result<(), Failure> {
                     dev: a.dev,
                     dstport: a.dstport,
                 },
-                (Some(ifname), _) => PortKind::Netdev { ifname },
+                (Some(ifname), _) => PortKind::Netdev {
+                    ifname,
+                    io: match a.io {
+                        IoArg::Auto => api::NetdevIo::Auto,
+                        IoArg::Tpacket => api::NetdevIo::Tpacket,
+                        IoArg::Mmsg => api::NetdevIo::Mmsg,
+                        IoArg::Xdp => api::NetdevIo::Xdp,
+                    },
+                },
                 (None, Some(path)) => PortKind::VhostUser {
                     path,
                     mode: match a.mode {

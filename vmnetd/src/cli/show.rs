@@ -48,7 +48,11 @@ pub fn ports(list: &[PortInfo]) {
                 p.kind.type_name().into(),
                 p.ifname
                     .as_ref()
-                    .map(|i| i.to_string())
+                    .map(|i| match &p.io {
+                        // A netdev port's I/O: `va (tpacket)`.
+                        Some(io) => format!("{i} ({io})"),
+                        None => i.to_string(),
+                    })
                     .or_else(|| p.vhost.as_ref().map(|v| v.socket.clone()))
                     .or_else(|| tunnel(&p.kind))
                     .unwrap_or_else(|| "-".into()),

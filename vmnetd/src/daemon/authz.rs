@@ -184,7 +184,7 @@ impl Core {
             PortKind::Vxlan { .. } => {
                 return Err(denied("Only root may add VXLAN tunnels (they exchange frames with other hosts)"));
             }
-            PortKind::Netdev { ifname } => {
+            PortKind::Netdev { ifname, .. } => {
                 let owner = self
                     .config_taps
                     .iter()

@@ -51,6 +51,7 @@ fn port_info(decl: &PortDecl, source: Source, view: PortView) -> PortInfo {
         kernel_vlans: view.kernel_vlans,
         vhost: view.vhost,
         vxlan: view.vxlan,
+        io: view.io,
         external_ids: decl.spec.external_ids.clone(),
         creator: decl.creator,
     }

@@ -138,6 +138,53 @@ pub fn complete_csum(frame: &mut [u8], start: usize, offset: usize) -> Result<()
     Ok(())
 }
 
+/// Where a frame's partial checksum is: the field at `start + offset`, summed from `start`
+/// to `end` (the end of the IP packet; padding after it is not summed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CsumSeed {
+    pub start: u16,
+    pub offset: u16,
+    pub end: usize,
+}
+
+/// For a frame that arrives with no checksum state (AF_XDP hands over bytes only): the
+/// `(csum_start, csum_offset)` to mark it `NEEDS_CSUM` with, when its TCP or UDP checksum
+/// field holds exactly the pseudo-header sum that a sender offloading the checksum leaves
+/// there (Linux's `CHECKSUM_PARTIAL`: a veth peer's stack sends such frames, and XDP, which
+/// sees only bytes, passes them on as they are).
+///
+/// The mark is right even for a frame whose complete checksum happens to equal that sum:
+/// completing it computes `~(D + F)` over the L4 bytes `D` with the field `F`, and a
+/// complete checksum `C = ~(P + D)` equal to the pseudo-header sum `P` gives back `C` — as
+/// long as the completion sums exactly the L4 bytes (so the frame is to be cut to `end`) of
+/// a whole datagram (so IPv4 fragments are never marked). A frame corrupted on a wire whose
+/// field happens to equal the seed would be "repaired"; XDP ports are veths and TAPs, or NICs
+/// that checked the Ethernet CRC.
+pub fn partial_csum_seed(f: &[u8]) -> Option<CsumSeed> {
+    let lay = layout(f).ok()?;
+    if lay.v4 && be16(f, lay.l3 + 6).ok()? & 0x3fff != 0 {
+        return None; // a fragment (more to come, or an offset)
+    }
+    // The L4 length the sender summed: the IP header's, not the frame's (which may be
+    // padded).
+    let l4_len = if lay.v4 {
+        usize::from(be16(f, lay.l3 + 2).ok()?).checked_sub(lay.l4 - lay.l3)?
+    } else {
+        usize::from(be16(f, lay.l3 + 4).ok()?)
+    };
+    if lay.l4 + l4_len > f.len() || lay.l4 + l4_len < lay.payload {
+        return None;
+    }
+    let offset = if lay.tcp { 16 } else { 6 };
+    let field = be16(f, lay.l4 + offset).ok()?;
+    let seed = !csum_fold(pseudo_sum(f, &lay, l4_len));
+    (field == seed).then_some(CsumSeed {
+        start: u16::try_from(lay.l4).ok()?,
+        offset: offset as u16,
+        end: lay.l4 + l4_len,
+    })
+}
+
 fn be16(f: &[u8], i: usize) -> Result<u16, Error> {
     f.get(i..i + 2).map(|b| u16::from_be_bytes([b[0], b[1]])).ok_or(Error::Truncated)
 }
@@ -501,6 +548,55 @@ mod tests {
         let p = !csum_fold(pseudo);
         f[l4 + 16..l4 + 18].copy_from_slice(&p.to_be_bytes());
         (f, l4)
+    }
+
+    #[test]
+    fn a_pseudo_header_seed_is_recognised_and_marking_it_is_always_safe() {
+        for tagged in [false, true] {
+            let (mut f, l4) = tcp4(100, tagged, 0x18);
+            let seed = CsumSeed { start: l4 as u16, offset: 16, end: f.len() };
+            assert_eq!(partial_csum_seed(&f), Some(seed));
+            // Padding past the IP length is left out of what a completion sums.
+            let mut padded = f.clone();
+            padded.extend([0xee; 6]);
+            assert_eq!(partial_csum_seed(&padded), Some(seed));
+            // A fragment is never marked.
+            let mut frag = f.clone();
+            let l3 = l4 - 20;
+            frag[l3 + 6] = 0x20; // more fragments
+            assert_eq!(partial_csum_seed(&frag), None);
+            // The TCP checksum verifies (the helper leaves the IPv4 header's at zero).
+            let tcp_ok = |f: &[u8]| {
+                let lay = layout(f).unwrap();
+                csum_fold(csum_add(pseudo_sum(f, &lay, f.len() - lay.l4), &f[lay.l4..])) == 0
+            };
+            complete_csum(&mut f, l4, 16).unwrap();
+            assert!(tcp_ok(&f));
+            // A complete checksum is not a seed...
+            assert_eq!(partial_csum_seed(&f), None);
+            // ...and one that equals the seed survives completion unchanged.
+            let lay = layout(&f).unwrap();
+            let (field, c) = (l4 + 16, &mut f);
+            let seed = !csum_fold(pseudo_sum(c, &lay, c.len() - l4));
+            // Make the complete checksum equal the seed by adjusting two payload bytes.
+            c[field..field + 2].copy_from_slice(&seed.to_be_bytes());
+            let at = c.len() - 2;
+            c[at..].copy_from_slice(&[0, 0]);
+            let rest = csum_add(pseudo_sum(c, &lay, c.len() - l4), &c[l4..]);
+            c[at..].copy_from_slice(&(!(rest as u16)).to_be_bytes());
+            assert!(tcp_ok(c), "the frame is complete and its checksum is the seed");
+            assert_eq!(partial_csum_seed(c).map(|s| (s.start, s.offset)), Some((l4 as u16, 16)));
+            let before = c.clone();
+            complete_csum(c, l4, 16).unwrap();
+            assert_eq!(*c, before);
+        }
+        // Not TCP/UDP, cut short, or a length past the frame: nothing.
+        let (f, _) = tcp4(100, false, 0x18);
+        assert_eq!(partial_csum_seed(&f[..40]), None);
+        assert_eq!(partial_csum_seed(&f[..f.len() - 1]), None);
+        let mut arp = f.clone();
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        assert_eq!(partial_csum_seed(&arp), None);
     }
 
     fn tso4(l4: usize, mss: u16) -> VnetHdr {

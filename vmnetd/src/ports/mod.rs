@@ -89,6 +89,9 @@ pub enum Outcome {
 pub enum EdgeState {
     /// A kernel interface, working.
     Up,
+    /// A `netdev` port, working, and how its frames move (`tpacket`, `mmsg`, with why `auto`
+    /// fell back).
+    Netdev(String),
     /// A vhost-user device.
     Vhost(VhostState),
     /// A VXLAN tunnel.

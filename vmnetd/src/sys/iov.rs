@@ -53,6 +53,21 @@ impl IoPart<'_> {
         self.len() == 0
     }
 
+    /// Copies the first `n` bytes of the part (at most all of it) to `dst`.
+    ///
+    /// # Safety
+    /// `dst` must be valid for writes of `n` bytes and not overlap the part.
+    pub(crate) unsafe fn copy_to(&self, dst: *mut u8, n: usize) {
+        let (src, len) = match self {
+            IoPart::Bytes(b) => (b.as_ptr(), b.len()),
+            IoPart::Guest(g) => (g.ptr, g.len),
+        };
+        // SAFETY: the source is a borrowed slice or guest memory valid for `'a` (see
+        // `GuestPart`), read as raw bytes with no reference made; the destination is the
+        // caller's promise.
+        unsafe { std::ptr::copy_nonoverlapping(src, dst, n.min(len)) }
+    }
+
     pub(crate) fn iovec(&self) -> libc::iovec {
         match self {
             IoPart::Bytes(b) => libc::iovec { iov_base: b.as_ptr() as *mut libc::c_void, iov_len: b.len() },

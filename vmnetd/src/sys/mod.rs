@@ -8,9 +8,71 @@
 pub mod iov;
 pub mod packet;
 pub mod tap;
+pub mod tpacket;
 pub mod udp;
+pub mod xdp;
 
 use std::io;
+use std::mem::size_of;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+/// A syscall's return value, or the error it left in `errno`, named by `what`.
+pub(crate) fn check<T: Copy + Into<i64>>(ret: T, what: &str) -> io::Result<T> {
+    if ret.into() < 0 {
+        let e = io::Error::last_os_error();
+        Err(io::Error::new(e.kind(), format!("{what}: {e}")))
+    } else {
+        Ok(ret)
+    }
+}
+
+/// setsockopt(2) with a value of type `T` (an int, or the `repr(C)` struct the option
+/// takes).
+pub(crate) fn setsockopt<T>(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+    val: &T,
+    what: &str,
+) -> io::Result<()> {
+    // SAFETY: `val` is a live value of the type the option takes (callers pass what the
+    // option is documented to take), its size is passed, and the fd is open.
+    let ret = unsafe {
+        libc::setsockopt(fd.as_raw_fd(), level, name, (val as *const T).cast(), size_of::<T>() as libc::socklen_t)
+    };
+    check(ret, what).map(drop)
+}
+
+/// Sets a socket's receive and send buffers to `bytes` each, best effort: past
+/// `net.core.rmem_max`/`wmem_max` with `SO_RCVBUFFORCE`/`SO_SNDBUFFORCE` (the daemon has
+/// `CAP_NET_ADMIN`), else capped by them.
+pub(crate) fn set_buffers(fd: BorrowedFd<'_>, bytes: usize) {
+    let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    for (force, capped) in [(libc::SO_RCVBUFFORCE, libc::SO_RCVBUF), (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF)] {
+        if setsockopt(fd, libc::SOL_SOCKET, force, &v, "SO_*BUFFORCE").is_err() {
+            let _ = setsockopt(fd, libc::SOL_SOCKET, capped, &v, "SO_*BUF");
+        }
+    }
+}
+
+/// A socket's pending error (`SO_ERROR`, which reading clears): `ENETDOWN` once its
+/// interface is gone or down.
+pub(crate) fn take_error(fd: BorrowedFd<'_>) -> io::Result<Option<io::Error>> {
+    let mut v: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: pointers to a live `c_int` and its length; checked.
+    let ret = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&mut v as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    check(ret, "SO_ERROR")?;
+    Ok((v != 0).then(|| io::Error::from_raw_os_error(v)))
+}
 
 /// `CAP_NET_ADMIN`, from `linux/capability.h`.
 const CAP_NET_ADMIN: u32 = 12;

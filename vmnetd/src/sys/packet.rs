@@ -2,11 +2,13 @@
 //! with a virtio-net header on every frame (`PACKET_VNET_HDR`, so GSO super-frames and
 //! partial checksums cross whole), the VLAN tag the kernel strips into the skb reported in
 //! `PACKET_AUXDATA`, our own transmissions never read back (`PACKET_IGNORE_OUTGOING`), and
-//! batched I/O with `recvmmsg`/`sendmmsg`.
+//! batched I/O with `recvmmsg`/`sendmmsg`, or `TPACKET_V2` rings ([`super::tpacket`]).
 
 use std::io::{self, IoSliceMut};
 
+use super::check;
 use super::iov::IoPart;
+use super::tpacket::{self, Geometry, Rings};
 use std::mem::{size_of, zeroed};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
@@ -64,101 +66,118 @@ pub struct PacketSocket {
     fd: OwnedFd,
 }
 
-fn check(ret: libc::c_int, what: &str) -> io::Result<libc::c_int> {
-    if ret < 0 {
-        let e = io::Error::last_os_error();
-        Err(io::Error::new(e.kind(), format!("{what}: {e}")))
-    } else {
-        Ok(ret)
-    }
-}
-
 impl PacketSocket {
     /// Opens a non-blocking raw packet socket on interface `ifindex`, in promiscuous mode.
     pub fn open(ifindex: u32) -> io::Result<PacketSocket> {
-        let proto = ETH_P_ALL.to_be();
+        // Made with protocol 0, the socket takes no frame until bind(2) names the interface
+        // (with ETH_P_ALL at socket(2) it would take every interface's frames until then).
+        let s = PacketSocket::socket(0)?;
+        s.receive_options()?;
+        s.bind(ifindex, ETH_P_ALL)?;
+        Ok(s)
+    }
+
+    /// Like [`PacketSocket::open`], with `TPACKET_V2` receive and transmit rings of `geo`
+    /// (see [`super::tpacket`]). The socket is made with protocol 0 and takes frames only
+    /// from bind(2) on, when the rings exist, and only this interface's.
+    pub fn open_rings(ifindex: u32, geo: Geometry) -> io::Result<(PacketSocket, Rings)> {
+        let s = PacketSocket::socket(0)?;
+        s.receive_options()?;
+        s.setsockopt_int(tpacket::PACKET_VERSION, tpacket::TPACKET_V2, "PACKET_VERSION")?;
+        // A transmit slot the kernel cannot parse is skipped, not left blocking the ring.
+        s.setsockopt_int(tpacket::PACKET_LOSS, 1, "PACKET_LOSS")?;
+        // Frames longer than a slot are queued on the socket whole (TP_STATUS_COPY).
+        s.setsockopt_int(tpacket::PACKET_COPY_THRESH, 1, "PACKET_COPY_THRESH")?;
+        s.setsockopt_struct(tpacket::PACKET_RX_RING, &geo.rx_req(), "PACKET_RX_RING")?;
+        s.setsockopt_struct(tpacket::PACKET_TX_RING, &geo.tx_req(), "PACKET_TX_RING")?;
+        let rings = Rings::map(s.fd.as_fd(), geo)?;
+        s.bind(ifindex, ETH_P_ALL)?;
+        Ok((s, rings))
+    }
+
+    /// A socket that only sends on `ifindex` (bound to no protocol, it receives nothing), with
+    /// a virtio-net header on every frame: what a ring socket uses for frames longer than a
+    /// slot.
+    pub fn open_send_only(ifindex: u32) -> io::Result<PacketSocket> {
+        let s = PacketSocket::socket(0)?;
+        s.setsockopt_int(PACKET_VNET_HDR, 1, "PACKET_VNET_HDR")?;
+        let _ = s.setsockopt_int(PACKET_QDISC_BYPASS, 1, "PACKET_QDISC_BYPASS");
+        s.bind(ifindex, 0)?;
+        Ok(s)
+    }
+
+    fn socket(proto: u16) -> io::Result<PacketSocket> {
         // SAFETY: plain socket(2) call with constant arguments; the result is checked and
         // owned right away.
         let raw = unsafe {
             libc::socket(
                 libc::AF_PACKET,
                 libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                libc::c_int::from(proto),
+                libc::c_int::from(proto.to_be()),
             )
         };
         check(raw, "socket(AF_PACKET)")?;
         // SAFETY: `raw` is a fresh, valid descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let s = PacketSocket { fd };
-        s.setsockopt_int(PACKET_VNET_HDR, 1, "PACKET_VNET_HDR")?;
-        s.setsockopt_int(PACKET_AUXDATA, 1, "PACKET_AUXDATA")?;
-        s.setsockopt_int(PACKET_IGNORE_OUTGOING, 1, "PACKET_IGNORE_OUTGOING")?;
+        Ok(PacketSocket { fd: unsafe { OwnedFd::from_raw_fd(raw) } })
+    }
+
+    /// The options of a receiving socket (before any ring: the kernel refuses
+    /// `PACKET_VNET_HDR` once one exists).
+    fn receive_options(&self) -> io::Result<()> {
+        self.setsockopt_int(PACKET_VNET_HDR, 1, "PACKET_VNET_HDR")?;
+        self.setsockopt_int(PACKET_AUXDATA, 1, "PACKET_AUXDATA")?;
+        self.setsockopt_int(PACKET_IGNORE_OUTGOING, 1, "PACKET_IGNORE_OUTGOING")?;
         // Best effort: skipping the qdisc only makes transmission cheaper.
-        let _ = s.setsockopt_int(PACKET_QDISC_BYPASS, 1, "PACKET_QDISC_BYPASS");
-        let mreq = PacketMreq {
-            mr_ifindex: libc::c_int::try_from(ifindex).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?,
-            mr_type: PACKET_MR_PROMISC,
-            mr_alen: 0,
-            mr_address: [0; 8],
-        };
-        // SAFETY: `mreq` is a `repr(C)` `struct packet_mreq` that outlives the call, and the
-        // length passed is its size. The return value is checked.
-        let ret = unsafe {
-            libc::setsockopt(
-                s.fd.as_raw_fd(),
-                libc::SOL_PACKET,
-                PACKET_ADD_MEMBERSHIP,
-                (&mreq as *const PacketMreq).cast(),
-                size_of::<PacketMreq>() as libc::socklen_t,
-            )
-        };
-        check(ret, "PACKET_ADD_MEMBERSHIP")?;
+        let _ = self.setsockopt_int(PACKET_QDISC_BYPASS, 1, "PACKET_QDISC_BYPASS");
+        Ok(())
+    }
+
+    /// Promiscuous mode on `ifindex` (for a protocol-bound socket), then bind(2).
+    fn bind(&self, ifindex: u32, proto: u16) -> io::Result<()> {
+        let ifindex = libc::c_int::try_from(ifindex).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        if proto != 0 {
+            let mreq = PacketMreq { mr_ifindex: ifindex, mr_type: PACKET_MR_PROMISC, mr_alen: 0, mr_address: [0; 8] };
+            self.setsockopt_struct(PACKET_ADD_MEMBERSHIP, &mreq, "PACKET_ADD_MEMBERSHIP")?;
+        }
         // SAFETY: an all-zero sockaddr_ll is valid; we fill in the fields bind() reads.
         let mut sll: libc::sockaddr_ll = unsafe { zeroed() };
         sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = proto;
-        sll.sll_ifindex = mreq.mr_ifindex;
+        sll.sll_protocol = proto.to_be();
+        sll.sll_ifindex = ifindex;
         // SAFETY: `sll` is a valid sockaddr_ll and the length is its size; checked.
         let ret = unsafe {
             libc::bind(
-                s.fd.as_raw_fd(),
+                self.fd.as_raw_fd(),
                 (&sll as *const libc::sockaddr_ll).cast(),
                 size_of::<libc::sockaddr_ll>() as libc::socklen_t,
             )
         };
-        check(ret, "bind(AF_PACKET)")?;
-        Ok(s)
+        check(ret, "bind(AF_PACKET)").map(drop)
+    }
+
+    /// setsockopt(SOL_PACKET, `opt`) with an int or a `repr(C)` struct (`struct
+    /// packet_mreq`, `struct tpacket_req`).
+    fn setsockopt_struct<T>(&self, opt: libc::c_int, val: &T, what: &str) -> io::Result<()> {
+        super::setsockopt(self.fd.as_fd(), libc::SOL_PACKET, opt, val, what)
     }
 
     fn setsockopt_int(&self, opt: libc::c_int, val: libc::c_int, what: &str) -> io::Result<()> {
-        // SAFETY: passes a pointer to a live `c_int` and its size; checked.
-        let ret = unsafe {
-            libc::setsockopt(
-                self.fd.as_raw_fd(),
-                libc::SOL_PACKET,
-                opt,
-                (&val as *const libc::c_int).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        check(ret, what).map(drop)
+        self.setsockopt_struct(opt, &val, what)
     }
 
-    /// Sets the socket's send and receive buffer sizes (best effort, capped by sysctls).
+    /// The socket's pending error (`SO_ERROR`, which reading clears): `ENETDOWN` once its
+    /// interface is gone or down (the kernel sets it for both; either way the port goes
+    /// down and is re-attached when the link comes back). A ring socket learns of it only this
+    /// way, as no `recvmmsg` reports it.
+    pub fn take_error(&self) -> io::Result<Option<io::Error>> {
+        super::take_error(self.fd.as_fd())
+    }
+
+    /// Sets the socket's send and receive buffer sizes, best effort. With `CAP_NET_ADMIN` (the
+    /// daemon has it) past `net.core.rmem_max`/`wmem_max`, which Debian leaves at 208 KiB:
+    /// that holds three 64 KiB GSO frames, and TCP through the port would lose segments.
     pub fn set_buffers(&self, bytes: usize) {
-        let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-        for opt in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
-            // SAFETY: pointer to a live `c_int` and its size; a failure is harmless.
-            unsafe {
-                libc::setsockopt(
-                    self.fd.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    opt,
-                    (&v as *const libc::c_int).cast(),
-                    size_of::<libc::c_int>() as libc::socklen_t,
-                );
-            }
-        }
+        super::set_buffers(self.fd.as_fd(), bytes);
     }
 
     /// Receives up to `bufs.len()` frames with one `recvmmsg`. Each entry of `bufs` is the

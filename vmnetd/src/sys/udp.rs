@@ -7,9 +7,10 @@
 use std::io::{self, IoSliceMut};
 use std::mem::{size_of, zeroed};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd};
 
 use super::iov::IoPart;
+use super::setsockopt;
 
 /// A destination in the form `sendmmsg` takes.
 #[derive(Clone, Copy)]
@@ -216,27 +217,9 @@ pub fn send_batch(sock: &UdpSocket, msgs: &[Out<'_>]) -> io::Result<usize> {
     unsafe { super::iov::sendmmsg(sock.as_fd(), &mut hdrs) }
 }
 
-fn setsockopt<T>(fd: BorrowedFd<'_>, level: libc::c_int, name: libc::c_int, val: &T, what: &str) -> io::Result<()> {
-    // SAFETY: `val` is a valid T for the call and its size is passed; the fd is open.
-    let r = unsafe {
-        libc::setsockopt(fd.as_raw_fd(), level, name, (val as *const T).cast(), size_of::<T>() as libc::socklen_t)
-    };
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        return Err(io::Error::new(e.kind(), format!("{what}: {e}")));
-    }
-    Ok(())
-}
-
 /// Socket buffers of `bytes` each way (best effort, as root beyond the sysctl limits).
 pub fn set_buffers(sock: &UdpSocket, bytes: usize) {
-    let v = bytes as libc::c_int;
-    for opt in [libc::SO_RCVBUFFORCE, libc::SO_SNDBUFFORCE] {
-        if setsockopt(sock.as_fd(), libc::SOL_SOCKET, opt, &v, "SO_*BUFFORCE").is_err() {
-            let plain = if opt == libc::SO_RCVBUFFORCE { libc::SO_RCVBUF } else { libc::SO_SNDBUF };
-            let _ = setsockopt(sock.as_fd(), libc::SOL_SOCKET, plain, &v, "SO_*BUF");
-        }
-    }
+    super::set_buffers(sock.as_fd(), bytes);
 }
 
 /// Joins multicast `group` on interface `ifindex`, sends multicast out of it, and does not
