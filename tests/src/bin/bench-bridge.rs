@@ -110,26 +110,45 @@ fn main() {
         );
         let anchor = &series[0];
         let ratios = |x: &[f64], y: &[f64]| -> Vec<f64> { x.iter().zip(y).map(|(p, q)| p / q).collect() };
-        let fmt = |(m, lo, hi): (f64, f64, f64), prec: usize| format!("{m:.prec$} [{lo:.prec$}-{hi:.prec$}]");
-        for (name, s) in backends.iter().zip(&series) {
-            let vs = if std::ptr::eq(s, anchor) {
-                String::new()
+        let fmt = |(m, lo, hi): (f64, f64, f64), prec: usize| {
+            if m.is_nan() {
+                "-".to_owned() // nothing measured (the Linux bridge has no daemon)
             } else {
-                format!(
-                    "  TCP {}x, 64 B {}x {}",
-                    fmt(spread(&ratios(&s.tcp, &anchor.tcp)), 2),
-                    fmt(spread(&ratios(&s.pps, &anchor.pps)), 2),
-                    backends[0]
-                )
-            };
-            println!(
-                "{name:>8}: TCP {} Gbit/s, 64 B {} Mpps (offered {} Mpps; daemon {} cores, machine {} cores){vs}",
-                fmt(spread(&s.tcp), 2),
-                fmt(spread(&s.pps), 3),
-                fmt(spread(&s.offered), 3),
-                fmt(spread(&s.daemon_cores), 2),
-                fmt(spread(&s.machine_cores), 2),
-            );
+                format!("{m:.prec$} [{lo:.prec$}-{hi:.prec$}]")
+            }
+        };
+        // With ONLY=tcp or ONLY=pps, the half not run is left out.
+        let (tcp, pps) = (!anchor.tcp.is_empty(), !anchor.pps.is_empty());
+        for (name, s) in backends.iter().zip(&series) {
+            let mut line = format!("{name:>8}:");
+            if tcp {
+                line += &format!(" TCP {} Gbit/s", fmt(spread(&s.tcp), 2));
+            }
+            if pps {
+                line += &format!(
+                    "{} 64 B {} Mpps (offered {} Mpps; daemon {} cores, machine {} cores)",
+                    if tcp { "," } else { "" },
+                    fmt(spread(&s.pps), 3),
+                    fmt(spread(&s.offered), 3),
+                    fmt(spread(&s.daemon_cores), 2),
+                    fmt(spread(&s.machine_cores), 2),
+                );
+            }
+            if !std::ptr::eq(s, anchor) {
+                line += " ";
+                if tcp {
+                    line += &format!(" TCP {}x", fmt(spread(&ratios(&s.tcp, &anchor.tcp)), 2));
+                }
+                if pps {
+                    line += &format!(
+                        "{} 64 B {}x",
+                        if tcp { "," } else { "" },
+                        fmt(spread(&ratios(&s.pps, &anchor.pps)), 2)
+                    );
+                }
+                line += &format!(" {}", backends[0]);
+            }
+            println!("{line}");
         }
     });
 }

@@ -328,168 +328,175 @@ impl NetdevPort {
     }
 
     fn send(&mut self, src: &Batch, list: &[Egress]) -> SendResult {
-        if self.ring.is_some() {
-            return self.send_ring(src, list);
+        if let Some(RingIo { rings, long }) = self.ring.as_mut() {
+            let mut ring = TpacketTx { rings, fd: self.sock.as_fd() };
+            return send_burst(&mut ring, long, &self.ifname, src, list);
         }
-        if self.xdp.is_some() {
-            return self.send_xdp(src, list);
+        if let Some(x) = self.xdp.as_mut() {
+            return send_burst(&mut XskTx(&mut x.xsk), &self.sock, &self.ifname, src, list);
         }
-        let mut heads = [[0u8; OUT_HEAD_MAX]; BURST];
-        let mut vnets = [[0u8; HDR_LEN_LEGACY]; BURST];
-        let mut res = SendResult::default();
-        for chunk in list.chunks(BURST) {
-            let mut lens = [0usize; BURST];
-            for (k, e) in chunk.iter().enumerate() {
-                let f = &src.frames[e.frame];
-                lens[k] = f.out_head(e.action, &mut heads[k]);
-                vnets[k] = f.out_vnet(e.action).to_legacy_bytes();
-            }
-            // Each frame: vnet header, our head, its tail (local bytes or guest memory).
-            let mut parts: Vec<Vec<IoPart<'_>>> = Vec::with_capacity(chunk.len());
-            let mut sendable: Vec<&Egress> = Vec::with_capacity(chunk.len());
-            for (k, e) in chunk.iter().enumerate() {
-                if let Some(p) = out_parts(src, e, &[&vnets[k], &heads[k][..lens[k]]], &mut res) {
-                    parts.push(p);
-                    sendable.push(e);
-                }
-            }
-            let refs: Vec<&[IoPart<'_>]> = parts.iter().map(|v| &v[..]).collect();
-            send_counted(&self.sock, &self.ifname, &refs, &sendable, src, &mut res);
-        }
-        res
-    }
-
-    /// Sends through the transmit ring: each frame copied into the next free slot, then one
-    /// `send` for the burst. A frame longer than a slot leaves by the send-only socket,
-    /// after the ring is flushed, so the burst's order is kept.
-    fn send_ring(&mut self, src: &Batch, list: &[Egress]) -> SendResult {
-        let mut res = SendResult::default();
-        let Some(ring) = self.ring.as_mut() else { return res };
-        let capacity = ring.rings.geometry().tx_capacity();
-        let mut heads = [[0u8; OUT_HEAD_MAX]; BURST];
-        let mut vnets = [[0u8; HDR_LEN_LEGACY]; BURST];
-        for chunk in list.chunks(BURST) {
-            let mut lens = [0usize; BURST];
-            for (k, e) in chunk.iter().enumerate() {
-                let f = &src.frames[e.frame];
-                lens[k] = f.out_head(e.action, &mut heads[k]);
-                vnets[k] = f.out_vnet(e.action).to_legacy_bytes();
-            }
-            for (k, e) in chunk.iter().enumerate() {
-                let Some(parts) = out_parts(src, e, &[&vnets[k], &heads[k][..lens[k]]], &mut res) else { continue };
-                let total: usize = parts.iter().map(IoPart::len).sum();
-                if total <= capacity {
-                    if ring.rings.tx_push(&parts) {
-                        res.sent += 1;
-                    } else {
-                        res.no_room.0 += 1;
-                        res.no_room.1 += out_len(src, e);
-                    }
-                    continue;
-                }
-                // The ring goes first; a long frame that would overtake frames the kernel has
-                // not taken yet has no room.
-                match ring.rings.tx_flush(self.sock.as_fd()) {
-                    Ok(true) => send_counted(&ring.long, &self.ifname, &[&parts[..]], &[e], src, &mut res),
-                    Ok(false) => {
-                        res.no_room.0 += 1;
-                        res.no_room.1 += out_len(src, e);
-                    }
-                    Err(err) => {
-                        log::debug!("{}: send (ring): {err}", self.ifname);
-                        res.errors.0 += 1;
-                        res.errors.1 += out_len(src, e);
-                    }
-                }
-            }
-        }
-        if let Err(err) = ring.rings.tx_flush(self.sock.as_fd()) {
-            log::debug!("{}: send (ring): {err}", self.ifname);
-        }
-        res
+        send_burst(&mut NoRing, &self.sock, &self.ifname, src, list)
     }
 }
 
-impl NetdevPort {
-    /// Sends through the XSK: each plain frame copied into a free chunk, then one kick for
-    /// the burst. A frame with an offload for the kernel (GSO, a partial checksum: AF_XDP
-    /// carries no virtio-net header) or longer than a chunk leaves by the AF_PACKET socket,
-    /// after the XSK's ring is flushed, so the burst keeps its order.
-    fn send_xdp(&mut self, src: &Batch, list: &[Egress]) -> SendResult {
-        let mut res = SendResult::default();
-        let Some(x) = self.xdp.as_mut() else { return res };
-        let capacity = x.xsk.tx_capacity();
-        let mut heads = [[0u8; OUT_HEAD_MAX]; BURST];
-        let mut vnets = [[0u8; HDR_LEN_LEGACY]; BURST];
-        for chunk in list.chunks(BURST) {
-            let mut offloads = [false; BURST];
-            let mut lens = [0usize; BURST];
-            for (k, e) in chunk.iter().enumerate() {
-                let f = &src.frames[e.frame];
-                lens[k] = f.out_head(e.action, &mut heads[k]);
-                let vnet = f.out_vnet(e.action);
-                offloads[k] = vnet.is_gso() || vnet.needs_csum();
-                vnets[k] = vnet.to_legacy_bytes();
-            }
-            // A run of frames for the socket goes with one sendmmsg, once the XSK frames
-            // before it are out.
-            let mut run: Vec<Vec<IoPart<'_>>> = Vec::new();
-            let mut run_egress: Vec<&Egress> = Vec::new();
-            let send_run = |run: &mut Vec<Vec<IoPart<'_>>>, run_egress: &mut Vec<&Egress>, res: &mut SendResult| {
-                let refs: Vec<&[IoPart<'_>]> = run.iter().map(|v| &v[..]).collect();
-                send_counted(&self.sock, &self.ifname, &refs, run_egress, src, res);
-                run.clear();
-                run_egress.clear();
-            };
-            for (k, e) in chunk.iter().enumerate() {
-                let Some(mut parts) = out_parts(src, e, &[&heads[k][..lens[k]]], &mut res) else { continue };
-                let total: usize = parts.iter().map(IoPart::len).sum();
-                if !offloads[k] && total <= capacity {
-                    if !run.is_empty() {
-                        send_run(&mut run, &mut run_egress, &mut res);
-                    }
-                    if x.xsk.tx_push(&parts) {
-                        res.sent += 1;
-                    } else {
-                        res.no_room.0 += 1;
-                        res.no_room.1 += out_len(src, e);
-                    }
-                    continue;
-                }
-                // With an offload for the kernel, or longer than a chunk: the socket, with
-                // the virtio-net header, after the XSK's ring has drained. (In zero-copy
-                // mode the driver takes the ring in its own time: the frame goes at once,
-                // and may overtake the ring's.)
-                if run.is_empty() {
-                    match x.xsk.tx_flush() {
-                        Ok(true) => {}
-                        Ok(false) if x.xsk.zero_copy() => {}
-                        Ok(false) => {
-                            res.no_room.0 += 1;
-                            res.no_room.1 += out_len(src, e);
-                            continue;
-                        }
-                        Err(err) => {
-                            log::debug!("{}: send (xdp): {err}", self.ifname);
-                            res.errors.0 += 1;
-                            res.errors.1 += out_len(src, e);
-                            continue;
-                        }
-                    }
-                }
-                parts.insert(0, IoPart::Bytes(&vnets[k]));
-                run.push(parts);
-                run_egress.push(e);
-            }
-            if !run.is_empty() {
-                send_run(&mut run, &mut run_egress, &mut res);
-            }
-        }
-        if let Err(err) = x.xsk.tx_flush() {
-            log::debug!("{}: send (xdp): {err}", self.ifname);
-        }
-        res
+/// A kernel ring a burst's frames are copied into and handed over with one kick: the
+/// `tpacket` transmit ring or the XSK's. Frames it does not take leave by an AF_PACKET
+/// socket with their virtio-net header.
+trait TxRing {
+    /// Whether ring frames start with the virtio-net header (the tpacket ring's do).
+    const VNET: bool;
+    /// Whether a frame of `len` bytes (`offload`: GSO or a partial checksum for the kernel
+    /// to do) goes into the ring.
+    fn takes(&self, len: usize, offload: bool) -> bool;
+    /// Copies a frame into the next free slot; false when there is none.
+    fn push(&mut self, parts: &[IoPart<'_>]) -> bool;
+    /// Hands what was pushed to the kernel. `Ok(false)`: it was not all taken, and frames
+    /// for the socket would overtake it.
+    fn kick(&mut self) -> io::Result<bool>;
+}
+
+/// `mmsg`: every frame by the socket.
+struct NoRing;
+
+impl TxRing for NoRing {
+    const VNET: bool = false;
+    fn takes(&self, _: usize, _: bool) -> bool {
+        false
     }
+    fn push(&mut self, _: &[IoPart<'_>]) -> bool {
+        false
+    }
+    fn kick(&mut self) -> io::Result<bool> {
+        Ok(true)
+    }
+}
+
+/// `tpacket`: the transmit ring of the port's socket; frames longer than a slot (GSO
+/// super-frames) by the send-only socket.
+struct TpacketTx<'a> {
+    rings: &'a mut Rings,
+    fd: BorrowedFd<'a>,
+}
+
+impl TxRing for TpacketTx<'_> {
+    const VNET: bool = true;
+    fn takes(&self, len: usize, _: bool) -> bool {
+        HDR_LEN_LEGACY + len <= self.rings.geometry().tx_capacity()
+    }
+    fn push(&mut self, parts: &[IoPart<'_>]) -> bool {
+        self.rings.tx_push(parts)
+    }
+    fn kick(&mut self) -> io::Result<bool> {
+        self.rings.tx_flush(self.fd)
+    }
+}
+
+/// `xdp`: the XSK's transmit ring; frames longer than a chunk, or with an offload for the
+/// kernel (AF_XDP carries no virtio-net header), by the AF_PACKET socket.
+struct XskTx<'a>(&'a mut Xsk);
+
+impl TxRing for XskTx<'_> {
+    const VNET: bool = false;
+    fn takes(&self, len: usize, offload: bool) -> bool {
+        !offload && len <= self.0.tx_capacity()
+    }
+    fn push(&mut self, parts: &[IoPart<'_>]) -> bool {
+        self.0.tx_push(parts)
+    }
+    fn kick(&mut self) -> io::Result<bool> {
+        // In zero-copy mode the driver takes the ring in its own time: socket frames go at
+        // once, and may overtake the ring's.
+        Ok(self.0.tx_flush()? || self.0.zero_copy())
+    }
+}
+
+/// Sends a burst: frames `ring` takes are copied into it and go with one kick at the end;
+/// the others leave by `sock`, a run of them with one `sendmmsg`, after the ring frames
+/// before them have been handed over, so the burst keeps its order.
+fn send_burst<R: TxRing>(
+    ring: &mut R,
+    sock: &PacketSocket,
+    ifname: &IfName,
+    src: &Batch,
+    list: &[Egress],
+) -> SendResult {
+    let mut res = SendResult::default();
+    let mut heads = [[0u8; OUT_HEAD_MAX]; BURST];
+    let mut vnets = [[0u8; HDR_LEN_LEGACY]; BURST];
+    for chunk in list.chunks(BURST) {
+        // Frames waiting for the socket: they borrow this chunk's heads.
+        let mut run: Vec<Vec<IoPart<'_>>> = Vec::new();
+        let mut run_egress: Vec<&Egress> = Vec::new();
+        let mut lens = [0usize; BURST];
+        let mut offloads = [false; BURST];
+        for (k, e) in chunk.iter().enumerate() {
+            let f = &src.frames[e.frame];
+            lens[k] = f.out_head(e.action, &mut heads[k]);
+            let vnet = f.out_vnet(e.action);
+            offloads[k] = vnet.is_gso() || vnet.needs_csum();
+            vnets[k] = vnet.to_legacy_bytes();
+        }
+        for (k, e) in chunk.iter().enumerate() {
+            let len = out_len(src, e);
+            let head: &[u8] = &heads[k][..lens[k]];
+            if ring.takes(len as usize, offloads[k]) {
+                if !run.is_empty() {
+                    send_run(sock, ifname, &mut run, &mut run_egress, src, &mut res);
+                }
+                let prefix: &[&[u8]] = if R::VNET { &[&vnets[k], head] } else { &[head] };
+                let Some(parts) = out_parts(src, e, prefix, &mut res) else { continue };
+                if ring.push(&parts) {
+                    res.sent += 1;
+                } else {
+                    res.no_room.0 += 1;
+                    res.no_room.1 += len;
+                }
+                continue;
+            }
+            if run.is_empty() {
+                match ring.kick() {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        res.no_room.0 += 1;
+                        res.no_room.1 += len;
+                        continue;
+                    }
+                    Err(err) => {
+                        log::debug!("{ifname}: send (ring): {err}");
+                        res.errors.0 += 1;
+                        res.errors.1 += len;
+                        continue;
+                    }
+                }
+            }
+            let Some(parts) = out_parts(src, e, &[&vnets[k], head], &mut res) else { continue };
+            run.push(parts);
+            run_egress.push(e);
+        }
+        if !run.is_empty() {
+            send_run(sock, ifname, &mut run, &mut run_egress, src, &mut res);
+        }
+    }
+    if let Err(err) = ring.kick() {
+        log::debug!("{ifname}: send (ring): {err}");
+    }
+    res
+}
+
+/// `sendmmsg` of a run of frames (for the egress entries `run_egress`), counted into `res`;
+/// both are emptied.
+fn send_run<'a>(
+    sock: &PacketSocket,
+    ifname: &IfName,
+    run: &mut Vec<Vec<IoPart<'a>>>,
+    run_egress: &mut Vec<&Egress>,
+    src: &Batch,
+    res: &mut SendResult,
+) {
+    let refs: Vec<&[IoPart<'_>]> = run.iter().map(|v| &v[..]).collect();
+    send_counted(sock, ifname, &refs, run_egress, src, res);
+    run.clear();
+    run_egress.clear();
 }
 
 /// Frame `e` as pieces for the kernel: `prefix` (our copies: its virtio-net header, its
