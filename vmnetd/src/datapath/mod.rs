@@ -166,6 +166,9 @@ pub struct Bridge {
     /// The mirrors as declared (by port names), resolved into the switch whenever ports
     /// come or go; flow rules keep their names in the switch itself.
     mirrors: Vec<MirrorSpec>,
+    /// Ports whose edge holds frames the kernel has not taken yet (see
+    /// [`crate::ports::SendResult::unflushed`]).
+    unflushed: Vec<PortId>,
 }
 
 fn port_id_in(ports: &[Option<Port>], name: &str) -> Option<PortId> {
@@ -340,7 +343,13 @@ impl Datapath {
     }
 
     pub fn add_bridge(&mut self, name: &str, cfg: SwitchConfig) -> usize {
-        let b = Bridge { name: name.to_owned(), switch: Switch::new(cfg), ports: Vec::new(), mirrors: Vec::new() };
+        let b = Bridge {
+            name: name.to_owned(),
+            switch: Switch::new(cfg),
+            ports: Vec::new(),
+            mirrors: Vec::new(),
+            unflushed: Vec::new(),
+        };
         match self.bridges.iter().position(Option::is_none) {
             Some(i) => {
                 self.bridges[i] = Some(b);

@@ -16,6 +16,9 @@ use super::{Bridge, Cmd, Datapath, PortState, WAKE};
 
 /// How often a busy datapath still looks at epoll (control commands, other ports).
 const EPOLL_EVERY: u32 = 16;
+/// How long an otherwise idle datapath sleeps before handing the kernel again what a
+/// transmit ring still holds (see [`crate::ports::SendResult::unflushed`]).
+const FLUSH_RETRY_MS: u16 = 1;
 const EXPIRE_EVERY: Duration = Duration::from_secs(1);
 
 impl Datapath {
@@ -33,9 +36,14 @@ impl Datapath {
     pub fn turn(&mut self, rx: &mpsc::Receiver<Cmd>, iter: u32, last_expire: &mut Instant) {
         let mut events = [EpollEvent::empty(); 64];
         let hot = !self.pending.is_empty() || !self.polled.is_empty();
+        let unflushed = self.bridges.iter().flatten().any(|b| !b.unflushed.is_empty());
         // While frames flow, epoll is only looked at now and then: the rings are polled.
         if !hot || iter % EPOLL_EVERY == 0 {
-            let timeout = if hot { 0u16 } else { 1000 };
+            let timeout = match (hot, unflushed) {
+                (true, _) => 0u16,
+                (false, true) => FLUSH_RETRY_MS,
+                (false, false) => 1000,
+            };
             let slept = (!hot).then(Instant::now);
             let waited = self.epoll.wait(&mut events, EpollTimeout::from(timeout));
             if let Some(t) = slept {
@@ -71,6 +79,9 @@ impl Datapath {
         if !self.polled.is_empty() {
             self.poll_idle_queues();
         }
+        if unflushed {
+            self.flush_edges();
+        }
         if vmnetd_vhost::guard::epoch() != self.guard_epoch {
             self.check_guest_memory();
         }
@@ -79,6 +90,19 @@ impl Datapath {
             let now = self.now();
             for br in self.bridges.iter_mut().flatten() {
                 br.switch.expire(now);
+            }
+        }
+    }
+
+    /// Edges that kept frames the kernel did not take hand them over again; those that
+    /// still hold some stay on the list.
+    fn flush_edges(&mut self) {
+        for br in self.bridges.iter_mut().flatten() {
+            for id in std::mem::take(&mut br.unflushed) {
+                let left = br.ports.get_mut(id.index()).and_then(Option::as_mut).and_then(|p| p.edge.as_mut());
+                if left.is_some_and(|e| e.flush()) {
+                    br.unflushed.push(id);
+                }
             }
         }
     }
@@ -266,6 +290,9 @@ fn forward(br: &mut Bridge, batch: &Batch, plan: &BurstPlan) {
         if !dport.captures.is_empty() {
             capture(&mut dport.captures, Dir::Tx, batch, list.iter().map(|e| (e.frame, e.action)));
         }
+        if r.unflushed && !br.unflushed.contains(&dst) {
+            br.unflushed.push(dst);
+        }
         for (reason, (frames, bytes)) in [
             (DropReason::NoRoom, r.no_room),
             (DropReason::TxError, r.errors),
@@ -356,5 +383,75 @@ mod tests {
         dp.pending.push_back((h, 1));
         dp.turn(&rx, 3, &mut last);
         assert_eq!(new.load(Ordering::SeqCst), 1);
+    }
+
+    /// An edge that sends one broadcast frame per event and takes what it is sent into a
+    /// transmit ring the kernel empties only on the `left`-th hand-over.
+    #[derive(Debug)]
+    struct Stuck {
+        left: usize,
+        flushes: Arc<AtomicUsize>,
+    }
+
+    impl PortEdge for Stuck {
+        fn kind(&self) -> &'static str {
+            "stuck"
+        }
+        fn watches(&mut self) -> Vec<(OwnedFd, EventId)> {
+            Vec::new()
+        }
+        fn on_event(
+            &mut self,
+            _: EventId,
+            _: EventCx,
+            batch: &mut Batch,
+            ingress: &mut dyn FnMut(&mut Batch, Refused),
+        ) -> Outcome {
+            batch.clear();
+            batch.ensure_bufs(1, 0);
+            let mut f = [0u8; 60];
+            f[..6].fill(0xff);
+            f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+            f[12..14].copy_from_slice(&[0x08, 0x00]);
+            batch.bufs[0][..60].copy_from_slice(&f);
+            batch.push_local(0, 0, 60, vmnetd_vhost::virtio_net::VnetHdr::default(), None);
+            ingress(batch, Refused::default());
+            batch.clear();
+            Outcome::Burst { frames: 1, more: false, pollable: false }
+        }
+        fn tx_burst(&mut self, _: &Batch, list: &[Egress]) -> SendResult {
+            SendResult { sent: list.len() as u64, unflushed: true, ..Default::default() }
+        }
+        fn flush(&mut self) -> bool {
+            self.flushes.fetch_add(1, Ordering::SeqCst);
+            self.left = self.left.saturating_sub(1);
+            self.left > 0
+        }
+    }
+
+    /// Frames an edge could not hand to the kernel are handed over again on the next turns,
+    /// until they are gone, without another burst to that port.
+    #[test]
+    fn frames_left_in_a_transmit_ring_are_flushed_without_more_traffic() {
+        let mut dp = Datapath::new(Settings::default()).unwrap();
+        dp.add_bridge("br0", SwitchConfig::default());
+        let (fa, fb) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        dp.add_port("br0", "a", Box::new(Stuck { left: 0, flushes: fa.clone() }), PortConfig::default()).unwrap();
+        dp.add_port("br0", "b", Box::new(Stuck { left: 3, flushes: fb.clone() }), PortConfig::default()).unwrap();
+        let a = dp.bridge("br0").and_then(|b| b.port_id("a")).unwrap();
+        let b = dp.bridge("br0").and_then(|b| b.port_id("b")).unwrap();
+        let ha = dp.bridges[0].as_ref().unwrap().port(a).unwrap().handle;
+        let (_tx, rx) = mpsc::channel();
+        let mut last = Instant::now();
+        // One burst from a, flooded to b, which keeps it.
+        dp.pending.push_back((ha, 0));
+        dp.turn(&rx, 1, &mut last);
+        assert_eq!(dp.bridges[0].as_ref().unwrap().unflushed, vec![b]);
+        for i in 2..6 {
+            dp.turn(&rx, i, &mut last);
+        }
+        assert_eq!(fb.load(Ordering::SeqCst), 3, "b is handed over again until its ring is empty, then left alone");
+        assert_eq!(fa.load(Ordering::SeqCst), 0);
+        assert!(dp.bridges[0].as_ref().unwrap().unflushed.is_empty());
     }
 }

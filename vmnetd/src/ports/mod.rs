@@ -45,6 +45,10 @@ pub struct SendResult {
     pub bad_gso: (u64, u64),
     /// Frames (and bytes) longer than the edge carries (a tunnel's segments).
     pub mtu: (u64, u64),
+    /// The edge holds frames the kernel did not take yet (a transmit ring it stopped short
+    /// of, its socket buffer full): the datapath calls [`PortEdge::flush`] until they are
+    /// gone, rather than leaving them for the port's next burst, which may never come.
+    pub unflushed: bool,
 }
 
 /// Frames an edge took but could not hand to the switch, by reason.
@@ -180,6 +184,12 @@ pub trait PortEdge: Send + std::fmt::Debug {
 
     /// Sends the frames of `src` listed in `list`, each with its tag action.
     fn tx_burst(&mut self, src: &Batch, list: &[Egress]) -> SendResult;
+
+    /// Hands the kernel what an earlier [`PortEdge::tx_burst`] left (`SendResult::unflushed`).
+    /// Returns whether some is still left.
+    fn flush(&mut self) -> bool {
+        false
+    }
 
     /// Something outside changed what the edge relies on (a frontend's memory file was
     /// truncated and caught by the SIGBUS guard): look at it.

@@ -477,8 +477,9 @@ fn send_burst<R: TxRing>(
             send_run(sock, ifname, &mut run, &mut run_egress, src, &mut res);
         }
     }
-    if let Err(err) = ring.kick() {
-        log::debug!("{ifname}: send (ring): {err}");
+    match ring.kick() {
+        Ok(done) => res.unflushed = !done,
+        Err(err) => log::debug!("{ifname}: send (ring): {err}"),
     }
     res
 }
@@ -573,6 +574,24 @@ impl PortEdge for NetdevPort {
 
     fn tx_burst(&mut self, src: &Batch, list: &[Egress]) -> SendResult {
         self.send(src, list)
+    }
+
+    fn flush(&mut self) -> bool {
+        let done = if let Some(RingIo { rings, .. }) = self.ring.as_mut() {
+            TpacketTx { rings, fd: self.sock.as_fd() }.kick()
+        } else if let Some(x) = self.xdp.as_mut() {
+            XskTx(&mut x.xsk).kick()
+        } else {
+            return false;
+        };
+        match done {
+            Ok(done) => !done,
+            Err(err) => {
+                // Left for the next burst.
+                log::debug!("{}: send (ring): {err}", self.ifname);
+                false
+            }
+        }
     }
 
     fn state(&self) -> EdgeState {
