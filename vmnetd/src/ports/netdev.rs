@@ -520,7 +520,11 @@ fn out_len(src: &Batch, e: &Egress) -> u64 {
     e.action.splice().out_len(src.frames[e.frame].len as usize) as u64
 }
 
-/// `sendmmsg` of `frames` (for the egress entries `sendable`), counted into `res`.
+/// `sendmmsg` of `frames` (for the egress entries `sendable`), counted into `res`. A frame
+/// the kernel refuses (longer than the interface's MTU, say: `EMSGSIZE`) is counted as an
+/// error and the frames after it are still sent: `sendmmsg` stops at the first failure and
+/// reports only how many went before it, so the rest are tried again from there. When the
+/// socket has no room, the rest have none either.
 fn send_counted(
     sock: &PacketSocket,
     ifname: &IfName,
@@ -529,21 +533,26 @@ fn send_counted(
     src: &Batch,
     res: &mut SendResult,
 ) {
-    match sock.send_batch(frames) {
-        Ok(sent) => {
-            res.sent += sent as u64;
-            for e in &sendable[sent..] {
-                res.no_room.0 += 1;
-                res.no_room.1 += out_len(src, e);
+    let mut i = 0;
+    // Each round sends at least one frame, refuses one, or stops.
+    while i < frames.len() {
+        match sock.send_batch(&frames[i..]) {
+            Ok(0) => break,
+            Ok(sent) => {
+                res.sent += sent as u64;
+                i += sent;
             }
-        }
-        Err(err) => {
-            log::debug!("{ifname}: send: {err}");
-            for e in sendable {
+            Err(err) => {
+                log::debug!("{ifname}: send: {err}");
                 res.errors.0 += 1;
-                res.errors.1 += out_len(src, e);
+                res.errors.1 += out_len(src, sendable[i]);
+                i += 1;
             }
         }
+    }
+    for e in &sendable[i..] {
+        res.no_room.0 += 1;
+        res.no_room.1 += out_len(src, e);
     }
 }
 
@@ -608,5 +617,49 @@ impl AsRawFd for NetdevPort {
 impl AsFd for NetdevPort {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.sock.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixDatagram;
+
+    use super::*;
+    use crate::switch::TagAction;
+
+    /// One frame the kernel refuses in the middle of a run costs that frame only: the ones
+    /// after it still go (before, they were all counted as no room and dropped, so one
+    /// tenant's oversized frames took down the others' frames to the same port).
+    #[test]
+    fn a_refused_frame_does_not_take_the_rest_of_its_run_down() {
+        let (a, b) = UnixDatagram::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        // A send buffer of a few KiB: a datagram longer than it is refused with EMSGSIZE.
+        nix::sys::socket::setsockopt(&a, nix::sys::socket::sockopt::SndBuf, &4096).unwrap();
+        let sock = PacketSocket::from_fd(OwnedFd::from(a));
+        let lens = [100usize, 60000, 200, 300];
+        let mut src = Batch::new();
+        src.ensure_bufs(lens.len(), 0);
+        for (i, &len) in lens.iter().enumerate() {
+            src.bufs[i][..len].fill(i as u8);
+            src.push_local(i as u16, 0, len, VnetHdr::default(), None);
+        }
+        let list: Vec<Egress> = (0..lens.len()).map(|frame| Egress { frame, action: TagAction::Keep }).collect();
+        let payloads: Vec<Vec<u8>> = list.iter().map(|e| src.materialize(e.frame, e.action, usize::MAX)).collect();
+        let parts: Vec<Vec<IoPart<'_>>> = payloads.iter().map(|p| vec![IoPart::Bytes(p)]).collect();
+        let refs: Vec<&[IoPart<'_>]> = parts.iter().map(|v| &v[..]).collect();
+        let sendable: Vec<&Egress> = list.iter().collect();
+        let mut res = SendResult::default();
+        send_counted(&sock, &IfName::new("t").unwrap(), &refs, &sendable, &src, &mut res);
+        assert_eq!(res.sent, 3);
+        assert_eq!(res.errors, (1, 60000));
+        assert_eq!(res.no_room, (0, 0));
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        b.set_nonblocking(true).unwrap();
+        while let Ok(n) = b.recv(&mut buf) {
+            got.push(n);
+        }
+        assert_eq!(got, vec![100, 200, 300], "the frames after the refused one were not sent");
     }
 }

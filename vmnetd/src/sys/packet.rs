@@ -67,6 +67,12 @@ pub struct PacketSocket {
 }
 
 impl PacketSocket {
+    /// Any datagram socket standing in for a packet socket (tests of what is sent).
+    #[cfg(test)]
+    pub fn from_fd(fd: OwnedFd) -> PacketSocket {
+        PacketSocket { fd }
+    }
+
     /// Opens a non-blocking raw packet socket on interface `ifindex`, in promiscuous mode.
     pub fn open(ifindex: u32) -> io::Result<PacketSocket> {
         // Made with protocol 0, the socket takes no frame until bind(2) names the interface
