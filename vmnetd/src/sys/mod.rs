@@ -15,6 +15,7 @@ pub mod xdp;
 use std::io;
 use std::mem::size_of;
 use std::os::fd::{AsRawFd, BorrowedFd};
+use std::ptr::NonNull;
 
 /// A syscall's return value, or the error it left in `errno`, named by `what`.
 pub(crate) fn check<T: Copy + Into<i64>>(ret: T, what: &str) -> io::Result<T> {
@@ -91,6 +92,39 @@ pub fn has_cap_net_admin() -> io::Result<bool> {
     let bits = u64::from_str_radix(cap_eff.trim(), 16)
         .map_err(|e| io::Error::other(format!("bad CapEff in /proc/self/status: {e}")))?;
     Ok(bits & (1 << CAP_NET_ADMIN) != 0)
+}
+
+/// A mapping (of a socket's rings, or anonymous), unmapped on drop: what AF_XDP and
+/// `TPACKET_V2` map.
+#[derive(Debug)]
+pub(crate) struct Mapping {
+    pub(crate) ptr: NonNull<u8>,
+    pub(crate) len: usize,
+}
+
+impl Mapping {
+    pub(crate) fn new(len: usize, fd: Option<(BorrowedFd<'_>, libc::off_t)>, what: &str) -> io::Result<Mapping> {
+        let (flags, raw, off) = match fd {
+            Some((fd, off)) => (libc::MAP_SHARED | libc::MAP_POPULATE, fd.as_raw_fd(), off),
+            None => (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0),
+        };
+        // SAFETY: a fresh mapping of `len` bytes, of a socket's ring (at the offset that
+        // names it) or anonymous; checked.
+        let p = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, flags, raw, off) };
+        if p == libc::MAP_FAILED {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(e.kind(), format!("mmap of {what}: {e}")));
+        }
+        Ok(Mapping { ptr: NonNull::new(p.cast()).ok_or_else(|| io::Error::other("mmap returned null"))?, len })
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly this mapping; nothing refers to it after drop (its owners,
+        // `Xsk` and `tpacket::Rings`, drop whatever points into it with it).
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
 }
 
 #[cfg(test)]

@@ -22,10 +22,10 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
-use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::iov::IoPart;
+use super::Mapping;
 
 // linux/if_packet.h
 pub(crate) const PACKET_RX_RING: libc::c_int = 5;
@@ -198,8 +198,7 @@ struct Ring {
 /// the kernel's side) must outlive it, which `NetdevPort` ensures by field order.
 #[derive(Debug)]
 pub struct Rings {
-    map: NonNull<u8>,
-    map_len: usize,
+    map: Mapping,
     geo: Geometry,
     rx: Ring,
     tx: Ring,
@@ -228,33 +227,15 @@ impl Rings {
     /// Maps the rings set up on `fd` with `geo` (both `PACKET_RX_RING` and `PACKET_TX_RING`
     /// done).
     pub(crate) fn map(fd: BorrowedFd<'_>, geo: Geometry) -> io::Result<Rings> {
-        let map_len = geo.rx_bytes() + geo.tx_bytes();
-        // SAFETY: a fresh shared mapping of the socket's rings, of exactly their size (the
-        // kernel requires it); the result is checked.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                map_len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_POPULATE,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            let e = io::Error::last_os_error();
-            return Err(io::Error::new(e.kind(), format!("mmap of the packet rings: {e}")));
-        }
-        let map = NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
-        Ok(Rings::over(map, map_len, geo))
+        let map = Mapping::new(geo.rx_bytes() + geo.tx_bytes(), Some((fd, 0)), "the packet rings")?;
+        Ok(Rings::over(map, geo))
     }
 
-    /// Both rings over a mapping of `map_len` bytes (`geo`'s receive ring, then its transmit
-    /// ring), every head at its first slot.
-    fn over(map: NonNull<u8>, map_len: usize, geo: Geometry) -> Rings {
+    /// Both rings over `map` (`geo`'s receive ring, then its transmit ring), every head at
+    /// its first slot.
+    fn over(map: Mapping, geo: Geometry) -> Rings {
         Rings {
             map,
-            map_len,
             geo,
             rx: Ring { off: 0, frames: geo.rx_frames, head: 0 },
             tx: Ring { off: geo.rx_bytes(), frames: geo.tx_frames, head: 0 },
@@ -266,20 +247,8 @@ impl Rings {
     /// Rings in anonymous memory, for tests that play the kernel's part.
     #[cfg(test)]
     fn anonymous(geo: Geometry) -> Rings {
-        let map_len = geo.rx_bytes() + geo.tx_bytes();
-        // SAFETY: a fresh private anonymous mapping; checked.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                map_len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED);
-        Rings::over(NonNull::new(p.cast::<u8>()).unwrap(), map_len, geo)
+        let map = Mapping::new(geo.rx_bytes() + geo.tx_bytes(), None, "test rings").expect("mmap");
+        Rings::over(map, geo)
     }
 
     pub fn geometry(&self) -> Geometry {
@@ -290,7 +259,7 @@ impl Rings {
         debug_assert!(i < ring.frames);
         // SAFETY: `ring.off + i * frame_size + frame_size <= map_len` for every
         // `i < ring.frames` (callers pass a head kept below it), by construction in `map`.
-        unsafe { self.map.as_ptr().add(ring.off + i * self.geo.frame_size) }
+        unsafe { self.map.ptr.as_ptr().add(ring.off + i * self.geo.frame_size) }
     }
 
     /// The `tp_status` word of a slot of this mapping, which the kernel reads and writes
@@ -429,15 +398,6 @@ impl Rings {
         match err {
             Some(e) if !matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::ENOBUFS)) => Err(e),
             _ => Ok(self.tx_pending == 0),
-        }
-    }
-}
-
-impl Drop for Rings {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping made in `map`; nothing refers to it after drop.
-        unsafe {
-            libc::munmap(self.map.as_ptr().cast(), self.map_len);
         }
     }
 }

@@ -33,7 +33,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::iov::IoPart;
-use super::{check, setsockopt};
+use super::{check, setsockopt, Mapping};
 
 // linux/if_xdp.h
 const AF_XDP: libc::c_int = 44;
@@ -661,38 +661,6 @@ struct SockaddrXdp {
     ifindex: u32,
     queue_id: u32,
     shared_umem_fd: u32,
-}
-
-/// A mapping, unmapped on drop.
-#[derive(Debug)]
-struct Mapping {
-    ptr: NonNull<u8>,
-    len: usize,
-}
-
-impl Mapping {
-    fn new(len: usize, fd: Option<(BorrowedFd<'_>, libc::off_t)>, what: &str) -> io::Result<Mapping> {
-        let (flags, raw, off) = match fd {
-            Some((fd, off)) => (libc::MAP_SHARED | libc::MAP_POPULATE, fd.as_raw_fd(), off),
-            None => (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0),
-        };
-        // SAFETY: a fresh mapping of `len` bytes, of a socket's ring (at the offset that
-        // names it) or anonymous; checked.
-        let p = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, flags, raw, off) };
-        if p == libc::MAP_FAILED {
-            let e = io::Error::last_os_error();
-            return Err(io::Error::new(e.kind(), format!("mmap of {what}: {e}")));
-        }
-        Ok(Mapping { ptr: NonNull::new(p.cast()).ok_or_else(|| io::Error::other("mmap returned null"))?, len })
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly this mapping; nothing refers to it after drop (the rings
-        // pointing into it are dropped with the `Xsk` that owns both).
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
-    }
 }
 
 /// A received frame.
