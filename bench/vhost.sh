@@ -7,9 +7,11 @@
 #                 as generator and sink, default devargs (in_order on), fresh mbufs per burst
 #   dpdk-noorder  the same with in_order=0
 # Frames of 64, 512 and 1518 bytes; per guest a table of medians of several runs (with the
-# min-max spread, the backend's cores and, for DPDK guests, how often the generator's TX ring
-# was full: high = the backend was the limit) and the ratios. Then 64 KiB TSO frames guest to
-# guest, and an idle daemon with 100 vhost-user ports. Root.
+# min-max range, the IQR -- interquartile range over the median: the run-to-run spread, which
+# one disturbed round does not decide -- the backend's cores and, for DPDK guests, how often
+# the generator's TX ring was full: high = the backend was the limit) and the ratios (median,
+# range and middle half of the per-round ratios). Then 64 KiB TSO frames guest to guest, and an
+# idle daemon with 100 vhost-user ports. Root.
 #   bench/vhost.sh [ROUNDS] [SECS]        (defaults: 5 rounds, runs of 3 s; every round starts
 #                                         each backend in turn, so drift hits all alike; ratios
 #                                         are medians of per-round pairs, with their range)

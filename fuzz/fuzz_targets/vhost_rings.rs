@@ -12,6 +12,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use vmnetd_vhost::device::Memory;
 use vmnetd_vhost::queue::{complete_tx, pop_tx, Part, RxScratch, RxWriter, Seg, MAX_FRAME, MAX_SEGS};
+use vmnetd_vhost::ring::Xlate;
 
 const MEM: usize = 64 * 1024;
 
@@ -91,8 +92,17 @@ fuzz_target!(|i: Input| {
     let bytes = vec![0xa5u8; 70_000];
     for (a, b) in i.rx.iter().take(64) {
         let (a, b) = (usize::from(*a) % 9000, usize::from(*b) % 5000);
-        let parts = [Part::Bytes(&bytes[..a]), Part::Guest(&other, Seg { addr: 0, len: b as u32 })];
-        let _ = w.write(&Default::default(), &parts);
+        // Odd sizes take the usual frame's path (a head and one span of guest memory).
+        let span = Xlate::new(&other).slice(0, b.min(4096));
+        match span {
+            Some(t) if a % 2 == 1 => {
+                let _ = w.write_head_tail(&Default::default(), &bytes[..a], t);
+            }
+            _ => {
+                let parts = [Part::Bytes(&bytes[..a]), Part::Guest(&other, Seg { addr: 0, len: b as u32 })];
+                let _ = w.write(&Default::default(), &parts);
+            }
+        }
         if w.broken().is_some() {
             break;
         }

@@ -73,7 +73,7 @@ pub fn pop_tx(
     hdr_len: usize,
     max: usize,
     segs: &mut Vec<Seg>,
-    mut out: impl FnMut(u16, Result<TxFrame, TxError>, &mut Vec<Seg>),
+    mut out: impl FnMut(u16, Result<&TxFrame, TxError>, &mut Vec<Seg>),
 ) -> Result<usize, RingError> {
     let ring = Ring::new(queue, mem).ok_or(RingError::BadRingAddress)?;
     let start = queue.next_avail();
@@ -98,11 +98,12 @@ pub fn pop_tx(
             return Err(RingError::BadHead { head, size: ring.size() });
         }
         let first_seg = segs.len();
-        let r = parse_tx(&ring, head, &mut x, hdr_len, segs, first_seg).map(|f| TxFrame { head_index: head, ..f });
+        let r = parse_tx(&ring, head, &mut x, hdr_len, segs, first_seg);
         if r.is_err() {
             segs.truncate(first_seg);
         }
-        out(head, r, segs);
+        // Lent, not moved: the frame is copied once, by whoever keeps it.
+        out(head, r.as_ref().map_err(|e| *e), segs);
     }
     queue.set_next_avail(start.wrapping_add(n as u16));
     Ok(n)
@@ -121,12 +122,13 @@ fn parse_tx(
         let len = b.len as usize;
         if !b.write && len >= hdr_len + HEAD_LEN && len <= MAX_FRAME + hdr_len {
             let s = x.slice(b.addr, len).ok_or(TxError::BadAddress)?;
-            let mut hdr = [0u8; crate::virtio_net::HDR_LEN];
-            let mut head_bytes = [0u8; HEAD_LEN];
-            if !s.read_to(&mut hdr[..hdr_len]) || !s.sub(hdr_len, HEAD_LEN).is_some_and(|h| h.read_to(&mut head_bytes))
-            {
+            // Fixed-size reads, plain loads: the header's first 10 bytes (the same in both of
+            // its forms; num_buffers means nothing on transmit) and the decision bytes.
+            let (Some(hdr), Some(head_bytes)) =
+                (s.read_array::<{ crate::virtio_net::HDR_LEN_LEGACY }>(0), s.read_array::<HEAD_LEN>(hdr_len))
+            else {
                 return Err(TxError::BadAddress);
-            }
+            };
             let rest = len - hdr_len - HEAD_LEN;
             if rest > 0 {
                 segs.push(Seg { addr: b.addr + (hdr_len + HEAD_LEN) as u64, len: rest as u32 });
@@ -526,11 +528,38 @@ impl<'a> RxWriter<'a> {
         Ok(())
     }
 
+    /// [`RxWriter::write`] for the most common frame: its copied head (the bytes the switch
+    /// decided on) and one span of the sending guest's memory after it. When the next chain
+    /// is one buffer that holds it all, the two copies and the header go straight in, without
+    /// a list of parts; otherwise as `write`.
+    #[inline]
+    pub fn write_head_tail(&mut self, hdr: &VnetHdr, head: &[u8], tail: ring::Span<'_>) -> Result<(), RxError> {
+        let hl = self.hdr_len;
+        let need = hl + head.len() + tail.len();
+        if let Some(r) = self.one_buffer(need, |d| head_tail_into(d, hl, hdr, head, &tail)) {
+            return r;
+        }
+        self.write(hdr, &[Part::Bytes(head), Part::Slice(tail)])
+    }
+
     /// The common case of [`RxWriter::write`], taken without the scratch lists: the next
     /// chain is one writable buffer that holds the whole frame, and nothing else is popped.
     /// `None` when that is not the case (nothing taken; the general path decides).
     #[inline]
     fn write_one_buffer(&mut self, hdr: &VnetHdr, parts: &[Part<'_>], need: usize) -> Option<Result<(), RxError>> {
+        let hl = self.hdr_len;
+        self.one_buffer(need, |d| fill(d, hl, hdr, parts))
+    }
+
+    /// Takes the next chain if it is one writable buffer of at least `need` bytes and has
+    /// `fill` write the frame (header included) into its first `need` bytes. `None` when the
+    /// next chain is not like that (nothing taken).
+    #[inline(always)]
+    fn one_buffer(
+        &mut self,
+        need: usize,
+        fill: impl FnOnce(&ring::Span<'_>) -> Result<(), RxError>,
+    ) -> Option<Result<(), RxError>> {
         if self.broken.is_some() || self.next_avail == self.avail_end || !self.s.chains.is_empty() {
             return None;
         }
@@ -545,7 +574,7 @@ impl<'a> RxWriter<'a> {
             self.put_used(head, 0);
             return Some(Err(RxError::BadChain));
         };
-        let r = fill(&d, self.hdr_len, hdr, parts);
+        let r = fill(&d);
         // Also after a failed copy: part of the buffer may have been written.
         self.logged(b.addr, need);
         if let Err(e) = r {
@@ -734,6 +763,26 @@ fn fill(d: &ring::Span<'_>, hdr_len: usize, hdr: &VnetHdr, parts: &[Part<'_>]) -
     Ok(())
 }
 
+/// Fills one buffer `d` with a frame made of `head` and `tail` (see
+/// [`RxWriter::write_head_tail`]).
+#[inline(always)]
+fn head_tail_into(
+    d: &ring::Span<'_>,
+    hl: usize,
+    hdr: &VnetHdr,
+    head: &[u8],
+    tail: &ring::Span<'_>,
+) -> Result<(), RxError> {
+    let copied = d.sub(hl, head.len()).is_some_and(|h| h.write_from(head))
+        && d.sub(hl + head.len(), tail.len()).is_some_and(|t| tail.copy_to(&t))
+        && header_into(d, hl, hdr, 1);
+    if copied {
+        Ok(())
+    } else {
+        Err(RxError::BadChain)
+    }
+}
+
 /// Writes the virtio-net header at the start of `d` as two stores of values built in
 /// registers (see [`RxWriter::write_header`]).
 #[inline]
@@ -817,7 +866,7 @@ mod tests {
     fn pop_all(q: &mut Queue, m: &Memory) -> (Popped, Vec<Seg>) {
         let mut segs = Vec::new();
         let mut out = Vec::new();
-        pop_tx(q, m, HDR_LEN, 32, &mut segs, |h, r, _| out.push((h, r))).expect("ring usable");
+        pop_tx(q, m, HDR_LEN, 32, &mut segs, |h, r, _| out.push((h, r.copied()))).expect("ring usable");
         (out, segs)
     }
 
@@ -1387,5 +1436,51 @@ mod tests {
             w.write(&VnetHdr::default(), &[Part::Guest(&src, Seg { addr: 0x7000_0000, len: 10 })]),
             Err(RxError::BadSource)
         );
+    }
+
+    /// `write_head_tail`, the receive path of the usual frame: straight into one buffer that
+    /// holds it, spread over mergeable buffers when none does, and a read-only buffer
+    /// refused and handed back empty, all as `write` would.
+    #[test]
+    fn test_rx_head_and_tail_into_one_buffer_or_many() {
+        let (src, dst) = (mem(), mem());
+        let mut sc = RxScratch::default();
+        let payload: Vec<u8> = (0..300u16).map(|i| (i * 7) as u8).collect();
+        src.write_slice(&payload, GuestAddress(0x9000)).unwrap();
+        let tail = Xlate::new(&src).slice(0x9000, 300).unwrap();
+        let head = [0xaau8; 18];
+        let vq = MockSplitQueue::create(&dst, GuestAddress(0x10_0000), 16);
+        rx_chain(&vq, 0, &[(0x2000, 4096)]);
+        rx_chain(&vq, 1, &[(0x3000, 200)]);
+        rx_chain(&vq, 2, &[(0x4000, 200)]);
+        vq.add_desc_chains(&[d(0x5000, 2048, 0, 0)], 3).unwrap();
+        let mut q: Queue = vq.create_queue().unwrap();
+        let mut w = RxWriter::new(&mut q, &dst, true, HDR_LEN, &mut sc);
+        let hdr = VnetHdr { flags: 2, ..Default::default() };
+        // One buffer.
+        w.write_head_tail(&hdr, &head, tail).unwrap();
+        // Two small ones: the general path.
+        w.write_head_tail(&hdr, &head, tail).unwrap();
+        // Read-only.
+        assert_eq!(w.write_head_tail(&hdr, &head, tail), Err(RxError::BadChain));
+        assert_eq!(w.written, 2);
+        assert!(w.finish());
+        assert_eq!((used(&vq, 0), used(&vq, 1), used(&vq, 2), used(&vq, 3)), ((0, 330), (1, 200), (2, 130), (3, 0)));
+        let mut want = head.to_vec();
+        want.extend(&payload);
+        let mut got = vec![0u8; 330];
+        dst.read_slice(&mut got, GuestAddress(0x2000)).unwrap();
+        assert_eq!(&got[..HDR_LEN], &hdr.to_bytes(1));
+        assert_eq!(&got[HDR_LEN..], &want[..]);
+        let mut hdr2 = [0u8; HDR_LEN];
+        dst.read_slice(&mut hdr2, GuestAddress(0x3000)).unwrap();
+        assert_eq!(hdr2, hdr.to_bytes(2));
+        let mut got = Vec::new();
+        for (a, l) in [(0x3000 + HDR_LEN as u64, 188), (0x4000, 130)] {
+            let mut b = vec![0u8; l];
+            dst.read_slice(&mut b, GuestAddress(a)).unwrap();
+            got.extend(b);
+        }
+        assert_eq!(got, want);
     }
 }

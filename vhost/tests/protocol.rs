@@ -27,7 +27,9 @@ fn echo(shared: Arc<Shared>, stop: Arc<AtomicBool>, bad: Arc<AtomicU64>) -> std:
                     let mem = st.mem.memory();
                     let mut segs = Vec::new();
                     let mut frames = Vec::new();
-                    let _ = pop_tx(&mut st.vrings[1].queue, &mem, hl, 64, &mut segs, |h, r, _| frames.push((h, r)));
+                    let _ = pop_tx(&mut st.vrings[1].queue, &mem, hl, 64, &mut segs, |h, r, _| {
+                        frames.push((h, r.copied()))
+                    });
                     let (rx, tx) = st.vrings.split_at_mut(1);
                     let mut scratch = RxScratch::default();
                     let mut w = RxWriter::new(&mut rx[0].queue, &mem, mrg, hl, &mut scratch);

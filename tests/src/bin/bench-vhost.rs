@@ -1062,6 +1062,24 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
+/// The `q` quantile (0..=1) of `v`, interpolated between the two nearest samples.
+fn quantile(v: &[f64], q: f64) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    if s.is_empty() {
+        return 0.0;
+    }
+    let at = q.clamp(0.0, 1.0) * (s.len() - 1) as f64;
+    let (lo, hi) = (at.floor() as usize, at.ceil() as usize);
+    s[lo] + (s[hi] - s[lo]) * (at - lo as f64)
+}
+
+/// Run-to-run spread as the interquartile range over the median: unlike min-max, one round
+/// the host took the CPU away from does not decide it.
+fn iqr_share(v: &[f64]) -> f64 {
+    (quantile(v, 0.75) - quantile(v, 0.25)) / quantile(v, 0.5).max(1e-9)
+}
+
 /// The switch learns both MACs (A's and B's) before the run, so nothing floods.
 fn learn(a: &mut Driver, b: &mut Driver) {
     let vnet = VnetHdr::default();
@@ -1228,7 +1246,10 @@ fn report(o: &Opts, rows: &[Row]) {
         let dpdk = guest != Guest::Driver;
         println!();
         println!("guest {}: {}", guest.name(), guest.describe());
-        print!("{:<14} {:>6} {:>9} {:>15} {:>8} {:>6}", "backend", "frame", "Mpps", "min-max", "Gbit/s", "cores");
+        print!(
+            "{:<14} {:>6} {:>9} {:>15} {:>6} {:>8} {:>6}",
+            "backend", "frame", "Mpps", "min-max", "IQR", "Gbit/s", "cores"
+        );
         if dpdk {
             print!(" {:>10}", "ring full");
         }
@@ -1243,12 +1264,14 @@ fn report(o: &Opts, rows: &[Row]) {
             let (mm, gg, cc) = (median(&mut m), median(&mut g), median(&mut c));
             med.insert((r.backend, r.size), (mm, gg));
             let range = format!("{lo:.3}-{hi:.3}");
-            print!("{:<14} {:>6} {mm:>9.3} {range:>15} {gg:>8.2} {cc:>6.2}", r.backend, r.size);
+            let iqr = format!("{:.0}%", iqr_share(&m) * 100.0);
+            print!("{:<14} {:>6} {mm:>9.3} {range:>15} {iqr:>6} {gg:>8.2} {cc:>6.2}", r.backend, r.size);
             if dpdk && !f.is_empty() {
                 print!(" {:>9.1}%", median(&mut f) * 100.0);
             }
             println!();
         }
+        println!("(IQR: run-to-run spread, the interquartile range of the rounds over their median)");
         if dpdk {
             println!(
                 "(ring full: share of the generator's TX attempts its ring refused; high = the backend was \
@@ -1270,7 +1293,11 @@ fn report(o: &Opts, rows: &[Row]) {
                 let mut per: Vec<f64> =
                     mine.samples.iter().zip(&theirs.samples).map(|(a, b)| a.mpps / b.mpps.max(1e-9)).collect();
                 let (lo, hi) = per.iter().fold((f64::MAX, 0.0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
-                ratios.push_str(&format!("  vmnetd/{label} {:.2}x [rounds {lo:.2}-{hi:.2}]", median(&mut per)));
+                let (q1, q3) = (quantile(&per, 0.25), quantile(&per, 0.75));
+                ratios.push_str(&format!(
+                    "  vmnetd/{label} {:.2}x [rounds {lo:.2}-{hi:.2}, middle half {q1:.2}-{q3:.2}]",
+                    median(&mut per)
+                ));
                 if size == 1518 {
                     ratios.push_str(&format!(" ({:.2} vs {:.2} Gbit/s)", v.1, x.1));
                 }
@@ -1448,4 +1475,22 @@ fn main() -> Result<()> {
         return callgrind(&o);
     }
     throughput(&o)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quartiles_interpolate_and_one_outlier_does_not_widen_the_spread() {
+        let v = [4.0, 1.0, 3.0, 2.0, 5.0];
+        assert_eq!(quantile(&v, 0.5), 3.0);
+        assert_eq!(quantile(&v, 0.25), 2.0);
+        assert_eq!(quantile(&[1.0, 2.0], 0.5), 1.5);
+        assert_eq!(quantile(&[], 0.5), 0.0);
+        let steady = [10.0, 10.2, 9.8, 10.1, 9.9];
+        let one_bad_round = [10.0, 10.2, 9.8, 10.1, 5.0];
+        assert!((iqr_share(&steady) - 0.02).abs() < 1e-9);
+        assert!(iqr_share(&one_bad_round) < 0.05);
+    }
 }

@@ -256,6 +256,16 @@ impl Batch {
     }
 
     /// The guest segments of frame `i` after its deep-head bytes.
+    /// Frame `i`'s tail when it is one segment of guest memory, with nothing of it copied
+    /// into a deep head (the usual frame from a guest: one descriptor).
+    pub fn one_guest_seg(&self, i: usize) -> Option<Seg> {
+        let f = &self.frames[i];
+        match f.tail {
+            Tail::Guest { seg, nsegs: 1 } if f.pre == 0 => self.segs.get(seg as usize).copied(),
+            _ => None,
+        }
+    }
+
     fn guest_segs(&self, i: usize) -> impl Iterator<Item = Seg> + '_ {
         let f = &self.frames[i];
         let segs = match f.tail {

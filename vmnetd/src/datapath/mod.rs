@@ -267,6 +267,9 @@ pub struct Datapath {
     polled: Vec<(Handle, EventId)>,
     /// When a polled queue last had a frame.
     last_frame: Instant,
+    /// Some bridge has ports in its `unflushed` list: set when one is added, cleared once a
+    /// flush leaves them all empty (so an idle turn does not look at every bridge).
+    unflushed: bool,
     /// The SIGBUS guard's epoch last looked at (see `check_guest_memory`).
     guard_epoch: u64,
     port_down: Option<PortDownHook>,
@@ -326,6 +329,7 @@ impl Datapath {
             settings,
             polled: Vec::new(),
             last_frame: Instant::now(),
+            unflushed: false,
             guard_epoch: vmnetd_vhost::guard::epoch(),
             port_down: None,
             load: Load::default(),

@@ -36,7 +36,7 @@ impl Datapath {
     pub fn turn(&mut self, rx: &mpsc::Receiver<Cmd>, iter: u32, last_expire: &mut Instant) {
         let mut events = [EpollEvent::empty(); 64];
         let hot = !self.pending.is_empty() || !self.polled.is_empty();
-        let unflushed = self.bridges.iter().flatten().any(|b| !b.unflushed.is_empty());
+        let unflushed = self.unflushed;
         // While frames flow, epoll is only looked at now and then: the rings are polled.
         if !hot || iter % EPOLL_EVERY == 0 {
             let timeout = match (hot, unflushed) {
@@ -97,6 +97,7 @@ impl Datapath {
     /// Edges that kept frames the kernel did not take hand them over again; those that
     /// still hold some stay on the list.
     fn flush_edges(&mut self) {
+        let mut left_any = false;
         for br in self.bridges.iter_mut().flatten() {
             for id in std::mem::take(&mut br.unflushed) {
                 let left = br.ports.get_mut(id.index()).and_then(Option::as_mut).and_then(|p| p.edge.as_mut());
@@ -104,7 +105,9 @@ impl Datapath {
                     br.unflushed.push(id);
                 }
             }
+            left_any |= !br.unflushed.is_empty();
         }
+        self.unflushed = left_any;
     }
 
     /// A frontend shrank its memory file under us (the SIGBUS guard replaced the mapping):
@@ -195,9 +198,10 @@ impl Datapath {
         let mut batch = std::mem::take(&mut port.batch);
         batch.clear();
         let plan = &mut self.plan;
+        let unflushed = &mut self.unflushed;
         let cx = EventCx { from_epoll, poll };
         let outcome = edge.on_event(ev, cx, &mut batch, &mut |b: &mut Batch, refused: Refused| {
-            ingress(br, p, b, refused, now, plan);
+            *unflushed |= ingress(br, p, b, refused, now, plan);
         });
         batch.clear();
         let bridge_name = &br.name;
@@ -253,15 +257,23 @@ impl Datapath {
     }
 }
 
-/// A burst received on port `p`: captured, counted, decided on, and forwarded.
-fn ingress(br: &mut Bridge, p: PortId, batch: &mut Batch, refused: Refused, now: Duration, plan: &mut BurstPlan) {
+/// A burst received on port `p`: captured, counted, decided on, and forwarded. Returns
+/// whether a destination's edge kept frames to flush later.
+fn ingress(
+    br: &mut Bridge,
+    p: PortId,
+    batch: &mut Batch,
+    refused: Refused,
+    now: Duration,
+    plan: &mut BurstPlan,
+) -> bool {
     for (reason, (frames, bytes)) in [(DropReason::RxError, refused.rx_error), (DropReason::BadGso, refused.bad_gso)] {
         for _ in 0..frames {
             br.switch.record_rx_drop(p, reason, (bytes / frames.max(1)) as usize);
         }
     }
     if batch.is_empty() {
-        return;
+        return false;
     }
     if let Some(port) = br.port_mut(p) {
         if !port.captures.is_empty() {
@@ -274,12 +286,13 @@ fn ingress(br: &mut Bridge, p: PortId, batch: &mut Batch, refused: Refused, now:
     } else {
         br.switch.ingress_burst(p, batch.infos(), now, plan);
     }
-    forward(br, batch, plan);
+    forward(br, batch, plan)
 }
 
 /// Sends each destination its share of a decided burst, and counts what its edge could not
-/// deliver.
-fn forward(br: &mut Bridge, batch: &Batch, plan: &BurstPlan) {
+/// deliver. Returns whether an edge kept frames to flush later.
+fn forward(br: &mut Bridge, batch: &Batch, plan: &BurstPlan) -> bool {
+    let mut kept = false;
     for (dst, list) in plan.destinations() {
         let Some(Some(dport)) = br.ports.get_mut(dst.index()) else {
             continue;
@@ -290,8 +303,11 @@ fn forward(br: &mut Bridge, batch: &Batch, plan: &BurstPlan) {
         if !dport.captures.is_empty() {
             capture(&mut dport.captures, Dir::Tx, batch, list.iter().map(|e| (e.frame, e.action)));
         }
-        if r.unflushed && !br.unflushed.contains(&dst) {
-            br.unflushed.push(dst);
+        if r.unflushed {
+            kept = true;
+            if !br.unflushed.contains(&dst) {
+                br.unflushed.push(dst);
+            }
         }
         for (reason, (frames, bytes)) in [
             (DropReason::NoRoom, r.no_room),
@@ -304,6 +320,7 @@ fn forward(br: &mut Bridge, batch: &Batch, plan: &BurstPlan) {
             }
         }
     }
+    kept
 }
 
 fn capture(sinks: &mut Vec<Sink>, dir: Dir, batch: &Batch, frames: impl Iterator<Item = (usize, TagAction)> + Clone) {
@@ -447,11 +464,13 @@ mod tests {
         dp.pending.push_back((ha, 0));
         dp.turn(&rx, 1, &mut last);
         assert_eq!(dp.bridges[0].as_ref().unwrap().unflushed, vec![b]);
+        assert!(dp.unflushed);
         for i in 2..6 {
             dp.turn(&rx, i, &mut last);
         }
         assert_eq!(fb.load(Ordering::SeqCst), 3, "b is handed over again until its ring is empty, then left alone");
         assert_eq!(fa.load(Ordering::SeqCst), 0);
         assert!(dp.bridges[0].as_ref().unwrap().unflushed.is_empty());
+        assert!(!dp.unflushed, "nothing left anywhere: idle turns look at no bridge");
     }
 }

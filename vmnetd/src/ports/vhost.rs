@@ -637,6 +637,14 @@ fn write_one<'s>(
     if !caps.csum {
         vnet.flags &= !(F_NEEDS_CSUM | F_DATA_VALID);
     }
+    let mut sx = sx;
+    if e.action == crate::switch::TagAction::Keep {
+        // The usual frame (untouched, its tail one guest segment): no list of parts.
+        let tail = src.one_guest_seg(e.frame).and_then(|s| sx.as_deref_mut()?.slice(s.addr, s.len as usize));
+        if let Some(t) = tail {
+            return Ok(w.write_head_tail(&vnet, f.head(), t)?);
+        }
+    }
     let mut head = [0u8; OUT_HEAD_MAX];
     let mut parts: SmallVec<[Part<'_>; 4]> = SmallVec::new();
     if e.action == crate::switch::TagAction::Keep {
@@ -684,7 +692,7 @@ fn pop_burst(st: &mut DevState, pair: usize, mem: &Arc<Memory>, batch: &mut Batc
         match r {
             Ok(f) => {
                 if f.vnet.flags | f.vnet.gso_type != 0 {
-                    if let Err(e) = check_offloads(mem, segs, &f, acked) {
+                    if let Err(e) = check_offloads(mem, segs, f, acked) {
                         log::debug!("refused a transmit frame: {e}");
                         p.bad_gso.0 += 1;
                         p.bad_gso.1 += u64::from(f.len);
@@ -692,7 +700,7 @@ fn pop_burst(st: &mut DevState, pair: usize, mem: &Arc<Memory>, batch: &mut Batc
                         return;
                     }
                 }
-                frames.push(crate::datapath::batch::Frame::guest(&f));
+                frames.push(crate::datapath::batch::Frame::guest(f));
             }
             Err(e) => {
                 log::debug!("refused a transmit chain: {e}");
