@@ -1058,14 +1058,14 @@ fn totals(f: &Path) -> Option<u64> {
 }
 
 fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
 
 /// The `q` quantile (0..=1) of `v`, interpolated between the two nearest samples.
 fn quantile(v: &[f64], q: f64) -> f64 {
     let mut s = v.to_vec();
-    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    s.sort_by(f64::total_cmp);
     if s.is_empty() {
         return 0.0;
     }

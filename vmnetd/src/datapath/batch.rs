@@ -255,7 +255,6 @@ impl Batch {
         (f.pre == 0 && b[start..off] == *f.head()).then(|| &b[start..off + f.tail_len()])
     }
 
-    /// The guest segments of frame `i` after its deep-head bytes.
     /// Frame `i`'s tail when it is one segment of guest memory, with nothing of it copied
     /// into a deep head (the usual frame from a guest: one descriptor).
     pub fn one_guest_seg(&self, i: usize) -> Option<Seg> {
@@ -266,6 +265,7 @@ impl Batch {
         }
     }
 
+    /// The guest segments of frame `i` after its deep-head bytes.
     fn guest_segs(&self, i: usize) -> impl Iterator<Item = Seg> + '_ {
         let f = &self.frames[i];
         let segs = match f.tail {

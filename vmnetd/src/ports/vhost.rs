@@ -612,7 +612,7 @@ fn write_one<'s>(
     scratch: &mut Vec<u8>,
     caps: &Caps,
     src: &'s Batch,
-    sx: Option<&mut vmnetd_vhost::ring::Xlate<'s>>,
+    mut sx: Option<&mut vmnetd_vhost::ring::Xlate<'s>>,
     e: &Egress,
 ) -> Result<(), Failed> {
     let f = &src.frames[e.frame];
@@ -637,7 +637,6 @@ fn write_one<'s>(
     if !caps.csum {
         vnet.flags &= !(F_NEEDS_CSUM | F_DATA_VALID);
     }
-    let mut sx = sx;
     if e.action == crate::switch::TagAction::Keep {
         // The usual frame (untouched, its tail one guest segment): no list of parts.
         let tail = src.one_guest_seg(e.frame).and_then(|s| sx.as_deref_mut()?.slice(s.addr, s.len as usize));
