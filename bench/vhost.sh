@@ -18,7 +18,9 @@
 # GUESTS=driver,dpdk,dpdk-noorder picks the guests (throughput and CALLGRIND).
 # COMPARE=REV also builds git revision REV and measures it in the same run (backend
 # vmnetd-before), with the ratio this build / REV. BACKENDS=vmnetd,ovs,testpmd picks backends,
-# SIZES=64,512,1518 frame sizes; THROUGHPUT_ONLY=1 skips the TSO and idle parts.
+# SIZES=64,512,1518 frame sizes; THROUGHPUT_ONLY=1 skips the TSO and idle parts. RUNS_PER_START=N
+# (DPDK guests) measures N runs per backend start: the spread between starts against the spread
+# within one. Each run also reports the hypervisor's steal time on CPUs 0-1.
 # Flow rules: backend vmnetd-rulesN is this build with N rules installed, one matching (the
 # lowest priority, so every other rule's subtable is probed first); it is reported against
 # vmnetd without rules, e.g. BACKENDS=vmnetd,vmnetd-rules10,vmnetd-rules1000 (also with CALLGRIND).
@@ -88,7 +90,7 @@ if [ -n "${CALLGRIND:-}" ]; then
 fi
 # shellcheck disable=SC2086
 target/release/bench-vhost --runs "$runs" --secs "$secs" --backends "$backends" --sizes "${SIZES:-64,512,1518}" \
-    --guest "$guests" $compare
+    --guest "$guests" --runs-per-start "${RUNS_PER_START:-1}" $compare
 [ -n "${THROUGHPUT_ONLY:-}" ] && exit 0
 target/release/bench-vhost --gso --runs "$runs" --secs "$secs" --backends vmnetd,ovs
 target/release/bench-vhost --idle

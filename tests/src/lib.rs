@@ -471,6 +471,21 @@ pub fn cpu_ticks(pid: u32) -> u64 {
     field(11) + field(12)
 }
 
+/// Time the hypervisor ran something else while `cpus` wanted to run ("steal" in
+/// `/proc/stat`, in clock ticks, summed over those CPUs). On a VM this marks the minutes in
+/// which the host, not the software under test, decided a benchmark's numbers.
+pub fn steal_ticks(cpus: &[usize]) -> u64 {
+    let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    s.lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let cpu: usize = f.next()?.strip_prefix("cpu")?.parse().ok()?;
+            // user nice system idle iowait irq softirq steal
+            cpus.contains(&cpu).then(|| f.nth(7)?.parse::<u64>().ok()).flatten()
+        })
+        .sum()
+}
+
 /// Connects the in-process virtio-net driver to a vhost-user socket, retrying for up to
 /// `timeout` while the listener comes up.
 pub fn connect_vhost(

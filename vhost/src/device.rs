@@ -99,6 +99,11 @@ pub struct Vring {
     /// The used ring's guest physical address, when the frontend wants its writes logged
     /// (SET_VRING_ADDR with `VHOST_VRING_F_LOG`).
     pub log_used: Option<u64>,
+    /// We asked the driver not to kick (polling) and have not asked again since: the next
+    /// burst need not write the ring's notification field (a store to the line the driver
+    /// reads the used index from, so it would cost the driver a cache miss per burst).
+    /// Cleared whenever the ring starts or stops.
+    kicks_off: bool,
 }
 
 impl Vring {
@@ -114,7 +119,25 @@ impl Vring {
             enabled: false,
             enable_said: false,
             log_used: None,
+            kicks_off: false,
         }
+    }
+
+    /// Asks the driver not to kick this ring (the datapath polls it), unless it has been
+    /// asked already.
+    #[inline]
+    pub fn quiet_kicks(&mut self, mem: &Memory) {
+        if !self.kicks_off {
+            crate::queue::disable_notification(&mut self.queue, mem);
+            self.kicks_off = true;
+        }
+    }
+
+    /// Asks the driver to kick again when it adds buffers; returns whether buffers arrived
+    /// meanwhile (the caller must look at the ring once more).
+    pub fn allow_kicks(&mut self, mem: &Memory) -> bool {
+        self.kicks_off = false;
+        crate::queue::enable_notification(&mut self.queue, mem)
     }
 
     /// Marks this ring's used ring dirty in `log` (when the frontend asked for it): its
@@ -955,6 +978,7 @@ impl VhostUserBackendReqHandlerMut for Handler {
                 );
             }
             v.started = false;
+            v.kicks_off = false;
             v.queue.set_ready(false);
             v.kick = None;
             v.call = None;
@@ -971,6 +995,7 @@ impl VhostUserBackendReqHandlerMut for Handler {
         self.with_vring(usize::from(index), |st, i| {
             let v = &mut st.vrings[i];
             v.started = fd.is_some();
+            v.kicks_off = false;
             v.kick = fd;
             v.queue.set_ready(v.started);
             st.reset_broken(i);
@@ -1116,5 +1141,49 @@ impl VhostUserBackendReqHandlerMut for Handler {
         };
         drop(old);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::Bytes;
+
+    /// The used ring's flags field, as the driver reads it.
+    fn used_flags(m: &Memory, used: GuestAddress) -> u16 {
+        m.read_obj::<u16>(used).unwrap()
+    }
+
+    #[test]
+    fn test_kicks_quieted_once_per_polling_spell() {
+        let m = Memory::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let vq = MockSplitQueue::create(&m, GuestAddress(0x1_0000), 16);
+        let used = vq.used_addr();
+        let mut v = Vring::new();
+        v.queue = vq.create_queue().unwrap();
+        let no_notify = virtio_bindings::virtio_ring::VRING_USED_F_NO_NOTIFY as u16;
+
+        // The first burst of a polling spell asks the driver not to kick.
+        v.quiet_kicks(&m);
+        assert_eq!(used_flags(&m, used), no_notify);
+        // Later bursts do not write the field again (the driver reads that line for the
+        // used index): a value put there behind our back stays.
+        m.write_obj(0u16, used).unwrap();
+        v.quiet_kicks(&m);
+        assert_eq!(used_flags(&m, used), 0);
+
+        // Back to kicks (the thread may sleep), then polling again: asked again.
+        assert!(!v.allow_kicks(&m));
+        assert_eq!(used_flags(&m, used), 0);
+        v.quiet_kicks(&m);
+        assert_eq!(used_flags(&m, used), no_notify);
+
+        // A ring that starts again (its used ring set up afresh by the driver) is asked
+        // again on its first burst.
+        m.write_obj(0u16, used).unwrap();
+        v.kicks_off = false; // what SET_VRING_KICK and GET_VRING_BASE do
+        v.quiet_kicks(&m);
+        assert_eq!(used_flags(&m, used), no_notify);
     }
 }

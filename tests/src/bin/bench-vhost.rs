@@ -34,7 +34,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use vmnetd_tests::{bin, connect_vhost, cpu_ticks, test_dir, Daemon};
+use vmnetd_tests::{bin, connect_vhost, cpu_ticks, steal_ticks, test_dir, Daemon};
 use vmnetd_vhost::driver::{Config, Driver};
 use vmnetd_vhost::virtio_net::{features, VnetHdr};
 
@@ -608,12 +608,24 @@ struct Sample {
     cpu: f64,
     /// DPDK guest: the share of frames its TX ring refused (full: the backend was the limit).
     full: Option<f64>,
+    /// The share of the two benchmark CPUs' time the hypervisor gave to someone else during
+    /// the run (see [`steal`]).
+    steal: f64,
+}
+
+/// The benchmark's CPUs: the guests' (0) and the backend's datapath (1).
+const BENCH_CPUS: [usize; 2] = [0, 1];
+
+/// Steal over `secs` seconds from the tick count `t0` to `t1`, as a share of both CPUs.
+fn steal(t0: u64, t1: u64, secs: f64) -> f64 {
+    t1.saturating_sub(t0) as f64 / clock_ticks() / secs.max(1e-9) / BENCH_CPUS.len() as f64
 }
 
 /// Sends from `a`, counts at `b` for `secs`.
 fn measure(a: &mut Driver, b: &mut Driver, wire_len: usize, secs: f64, pid: Option<u32>) -> Sample {
     let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
     let c0 = pid.map(cpu_ticks).unwrap_or(0);
+    let st0 = steal_ticks(&BENCH_CPUS);
     let t0 = Instant::now();
     let (mut frames, mut bytes) = (0u64, 0u64);
     let mut i = 0u32;
@@ -636,6 +648,7 @@ fn measure(a: &mut Driver, b: &mut Driver, wire_len: usize, secs: f64, pid: Opti
         gbps: frames as f64 * wire_len as f64 * 8.0 / el / 1e9,
         cpu: (c1 - c0) as f64 / ticks / el,
         full: None,
+        steal: steal(st0, steal_ticks(&BENCH_CPUS), el),
     }
 }
 
@@ -876,10 +889,12 @@ fn dpdk_runs(o: &Opts, be: &dyn Backend, guest: Guest, size: usize, runs: usize,
     let ticks = clock_ticks();
     let pid = be.pid();
     let mut c0 = pid.map(cpu_ticks).unwrap_or(0);
+    let mut st0 = steal_ticks(&BENCH_CPUS);
     let mut out = Vec::new();
     for _ in 0..runs {
         let v = g.next(wait)?;
         let c1 = pid.map(cpu_ticks).unwrap_or(0);
+        let st1 = steal_ticks(&BENCH_CPUS);
         let n = |k: &str| v[k].as_u64().with_context(|| format!("no {k} in vu-gen's {v}"));
         let secs = v["secs"].as_f64().with_context(|| format!("no secs in vu-gen's {v}"))?;
         let (rx, tries, full) = (n("rx")?, n("tx_try")?, n("tx_full")?);
@@ -889,15 +904,18 @@ fn dpdk_runs(o: &Opts, be: &dyn Backend, guest: Guest, size: usize, runs: usize,
             gbps: rx as f64 * size as f64 * 8.0 / secs / 1e9,
             cpu: (c1 - c0) as f64 / ticks / secs,
             full: Some(full as f64 / tries.max(1) as f64),
+            steal: steal(st0, st1, secs),
         };
-        c0 = c1;
+        (c0, st0) = (c1, st1);
         eprintln!(
-            "  {:<10} {size:>5} B: {:.3} Mpps {:.2} Gbit/s cpu {:.2}, generator ring full {:.1}% of {tries} tries",
+            "  {:<10} {size:>5} B: {:.3} Mpps {:.2} Gbit/s cpu {:.2}, generator ring full {:.1}% of {tries} tries, \
+             steal {:.1}%",
             be.name(),
             s.mpps,
             s.gbps,
             s.cpu,
-            s.full.unwrap_or(0.0) * 100.0
+            s.full.unwrap_or(0.0) * 100.0,
+            s.steal * 100.0
         );
         if rx == 0 {
             eprintln!("{}\n{}", be.diagnose(), g.log_tail());
@@ -1094,6 +1112,9 @@ fn learn(a: &mut Driver, b: &mut Driver) {
 
 struct Opts {
     runs: usize,
+    /// DPDK guests: runs per backend start (`--runs-per-start`, default 1). More than one
+    /// tells the spread between starts (memory placement) from the spread within one.
+    runs_per_start: usize,
     secs: f64,
     sizes: Vec<usize>,
     backends: Vec<String>,
@@ -1201,18 +1222,19 @@ fn throughput(o: &Opts) -> Result<()> {
                         measure(&mut a, &mut b, size, 0.5, None);
                         let s = measure(&mut a, &mut b, size, o.secs, be.pid());
                         eprintln!(
-                            "  {:<10} {size:>5} B: {:.3} Mpps {:.2} Gbit/s cpu {:.2}",
+                            "  {:<10} {size:>5} B: {:.3} Mpps {:.2} Gbit/s cpu {:.2}, steal {:.1}%",
                             be.name(),
                             s.mpps,
                             s.gbps,
-                            s.cpu
+                            s.cpu,
+                            s.steal * 100.0
                         );
                         got.push((size, s));
                     }
                     drop((a, b));
                 } else {
                     for (i, &size) in o.sizes.iter().enumerate() {
-                        for s in dpdk_runs(o, be.as_ref(), guest, size, 1, round == 0 && i == 0)? {
+                        for s in dpdk_runs(o, be.as_ref(), guest, size, o.runs_per_start, round == 0 && i == 0)? {
                             got.push((size, s));
                         }
                     }
@@ -1247,8 +1269,8 @@ fn report(o: &Opts, rows: &[Row]) {
         println!();
         println!("guest {}: {}", guest.name(), guest.describe());
         print!(
-            "{:<14} {:>6} {:>9} {:>15} {:>6} {:>8} {:>6}",
-            "backend", "frame", "Mpps", "min-max", "IQR", "Gbit/s", "cores"
+            "{:<14} {:>6} {:>9} {:>15} {:>6} {:>8} {:>6} {:>6}",
+            "backend", "frame", "Mpps", "min-max", "IQR", "Gbit/s", "cores", "steal"
         );
         if dpdk {
             print!(" {:>10}", "ring full");
@@ -1259,19 +1281,22 @@ fn report(o: &Opts, rows: &[Row]) {
             let mut m: Vec<f64> = r.samples.iter().map(|s| s.mpps).collect();
             let mut g: Vec<f64> = r.samples.iter().map(|s| s.gbps).collect();
             let mut c: Vec<f64> = r.samples.iter().map(|s| s.cpu).collect();
+            let stolen = r.samples.iter().map(|s| s.steal).fold(0.0f64, f64::max);
             let mut f: Vec<f64> = r.samples.iter().filter_map(|s| s.full).collect();
             let (lo, hi) = m.iter().fold((f64::MAX, 0.0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
             let (mm, gg, cc) = (median(&mut m), median(&mut g), median(&mut c));
             med.insert((r.backend, r.size), (mm, gg));
             let range = format!("{lo:.3}-{hi:.3}");
             let iqr = format!("{:.0}%", iqr_share(&m) * 100.0);
-            print!("{:<14} {:>6} {mm:>9.3} {range:>15} {iqr:>6} {gg:>8.2} {cc:>6.2}", r.backend, r.size);
+            let stolen = format!("{:.1}%", stolen * 100.0);
+            print!("{:<14} {:>6} {mm:>9.3} {range:>15} {iqr:>6} {gg:>8.2} {cc:>6.2} {stolen:>6}", r.backend, r.size);
             if dpdk && !f.is_empty() {
                 print!(" {:>9.1}%", median(&mut f) * 100.0);
             }
             println!();
         }
         println!("(IQR: run-to-run spread, the interquartile range of the rounds over their median)");
+        println!("(steal: the most CPU time the hypervisor took from CPUs 0-1 in any one round of the row)");
         if dpdk {
             println!(
                 "(ring full: share of the generator's TX attempts its ring refused; high = the backend was \
@@ -1428,6 +1453,7 @@ fn main() -> Result<()> {
     let get = |k: &str| args.iter().position(|a| a == k).and_then(|i| args.get(i + 1)).cloned();
     let o = Opts {
         runs: get("--runs").and_then(|s| s.parse().ok()).unwrap_or(5),
+        runs_per_start: get("--runs-per-start").and_then(|s| s.parse().ok()).unwrap_or(1).max(1),
         secs: get("--secs").and_then(|s| s.parse().ok()).unwrap_or(3.0),
         sizes: get("--sizes")
             .unwrap_or_else(|| "64,512,1518".into())

@@ -155,7 +155,7 @@ impl PortEdge for VhostPort {
         let mem = st.mem.memory();
         let log = st.dirty_log();
         let v = st.tx(pair);
-        let more = queue::enable_notification(&mut v.queue, &mem);
+        let more = v.allow_kicks(&mem);
         if let Some(l) = &log {
             v.log_used(l);
         }
@@ -681,8 +681,9 @@ const GSO_HEADERS: usize = 18 + 60 + 60;
 fn pop_burst(st: &mut DevState, pair: usize, mem: &Arc<Memory>, batch: &mut Batch, heads: &mut Vec<u16>) -> Popped {
     let hl = st.hdr_len();
     let acked = st.acked_features;
-    let q = &mut st.tx(pair).queue;
-    queue::disable_notification(q, mem);
+    let v = st.tx(pair);
+    v.quiet_kicks(mem);
+    let q = &mut v.queue;
     batch.mem = Some(mem.clone());
     let mut p = Popped::default();
     let Batch { frames, segs, .. } = batch;
@@ -743,7 +744,7 @@ fn finish_burst(st: &mut DevState, pair: usize, mem: &Memory, heads: &[u16], ful
     let log = st.dirty_log();
     let v = st.tx(pair);
     let interrupt = queue::complete_tx(&mut v.queue, mem, heads);
-    let more = full || (!poll && queue::enable_notification(&mut v.queue, mem));
+    let more = full || (!poll && v.allow_kicks(mem));
     // The used ring (elements, index, notification fields) of a migrating guest.
     if let Some(l) = &log {
         v.log_used(l);
