@@ -623,7 +623,7 @@ fn steal(t0: u64, t1: u64, secs: f64) -> f64 {
 
 /// Sends from `a`, counts at `b` for `secs`.
 fn measure(a: &mut Driver, b: &mut Driver, wire_len: usize, secs: f64, pid: Option<u32>) -> Sample {
-    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
+    let ticks = clock_ticks();
     let c0 = pid.map(cpu_ticks).unwrap_or(0);
     let st0 = steal_ticks(&BENCH_CPUS);
     let t0 = Instant::now();
@@ -1436,7 +1436,7 @@ fn idle() -> Result<()> {
     for drv in drivers.iter_mut() {
         drv.drain_rx(0);
     }
-    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
+    let ticks = clock_ticks();
     let c0 = cpu_ticks(pid);
     let secs = 10.0;
     std::thread::sleep(Duration::from_secs_f64(secs));
