@@ -21,6 +21,13 @@
 # SIZES=64,512,1518 frame sizes; THROUGHPUT_ONLY=1 skips the TSO and idle parts. RUNS_PER_START=N
 # (DPDK guests) measures N runs per backend start: the spread between starts against the spread
 # within one. Each run also reports the hypervisor's steal time on CPUs 0-1.
+# Placement: before and after each backend start the bench times a cache line's round trip
+# between CPUs 0 and 1 (c2c). On a shared VM the host sometimes runs the two vCPUs far apart
+# (here 360-420 ns instead of 60-130), and then every backend falls to the same ~11 Mpps at
+# 64 B: the rig, not the backend, is the limit. PLACEMENT=near (default) measures a backend only
+# while the CPUs are near (waits up to PLACEMENT_WAIT=300 s, and measures a backend again if
+# they were far apart after its runs); PLACEMENT=any measures whenever and reports the far runs
+# apart. `target/release/bench-vhost --probe 60` prints the round trip 4 times a second.
 # Flow rules: backend vmnetd-rulesN is this build with N rules installed, one matching (the
 # lowest priority, so every other rule's subtable is probed first); it is reported against
 # vmnetd without rules, e.g. BACKENDS=vmnetd,vmnetd-rules10,vmnetd-rules1000 (also with CALLGRIND).
@@ -90,7 +97,9 @@ if [ -n "${CALLGRIND:-}" ]; then
 fi
 # shellcheck disable=SC2086
 target/release/bench-vhost --runs "$runs" --secs "$secs" --backends "$backends" --sizes "${SIZES:-64,512,1518}" \
-    --guest "$guests" --runs-per-start "${RUNS_PER_START:-1}" $compare
+    --guest "$guests" --runs-per-start "${RUNS_PER_START:-1}" --placement "${PLACEMENT:-near}" \
+    --placement-wait "${PLACEMENT_WAIT:-300}" $compare
 [ -n "${THROUGHPUT_ONLY:-}" ] && exit 0
-target/release/bench-vhost --gso --runs "$runs" --secs "$secs" --backends vmnetd,ovs
+target/release/bench-vhost --gso --runs "$runs" --secs "$secs" --backends vmnetd,ovs --placement "${PLACEMENT:-near}" \
+    --placement-wait "${PLACEMENT_WAIT:-300}"
 target/release/bench-vhost --idle

@@ -19,12 +19,17 @@
 //!
 //! `bench-vhost [--runs N] [--secs S] [--sizes 64,512,1518] [--backends vmnetd,ovs,testpmd]
 //!  [--guest driver,dpdk,dpdk-noorder] [--vu-gen PATH] [--busy-poll-us US] [--no-mrg-rxbuf]
-//!  [--guest-hugepages]` (the last two: driver guest only)
+//!  [--guest-hugepages] [--runs-per-start N] [--build LABEL=PATH] [--placement near|any]
+//!  [--placement-wait SECS]` (`--no-mrg-rxbuf` and
+//!  `--guest-hugepages`: driver guest only; `--build` names another vmnetd binary, measured as backend
+//!  `vmnetd-LABEL` in `--backends`)
 //! `bench-vhost --gso` : 64 KiB TSO frames guest to guest (vmnetd and OVS-DPDK with
 //! userspace TSO), Gbit/s.
 //! `bench-vhost --callgrind [--backends vmnetd,vmnetd-LABEL --build LABEL=PATH]
 //!  [--guest driver,dpdk,dpdk-noorder]` : instructions per forwarded frame in the datapath
 //! thread, under callgrind.
+//! `bench-vhost --probe SECS` : the round trip of a cache line between CPUs 0 and 1, four
+//! times a second (where the hypervisor put the two vCPUs; see `Placement`).
 //! `bench-vhost --idle` : an idle daemon with 100 vhost-user ports (10 of them connected,
 //! after a burst of traffic): CPU and RSS.
 
@@ -611,6 +616,146 @@ struct Sample {
     /// The share of the two benchmark CPUs' time the hypervisor gave to someone else during
     /// the run (see [`steal`]).
     steal: f64,
+    /// The round trip of a cache line between CPUs 0 and 1 around the run, in ns (the more
+    /// of the probes before and after; 0: not probed). See [`Placement`].
+    c2c: f64,
+}
+
+/// Where the hypervisor has put the benchmark's two vCPUs, told by the round trip of one
+/// cache line between CPUs 0 and 1 (`c2c`). On this project's 2-vCPU VM the round trip is
+/// 60-130 ns for minutes at a time, then 360-420 ns for tens of seconds, when the host runs
+/// the two vCPUs far apart (other core complexes). The virtio rings and frames cross
+/// between the guest's and the backend's CPUs at every burst, and while the CPUs are far
+/// apart vmnetd, OVS-DPDK and testpmd-io all fall to about 11-12 Mpps at 64 B (from 26, 16
+/// and 25): that, not the backends, was most of the run-to-run spread.
+///
+/// Each backend start is probed before and after (with no backend running: the probe
+/// needs CPU 1); "far" is a round trip over [`Placement::FAR`] times the nearest seen. With
+/// `--placement near` (the default) a backend starts only once the CPUs are near (waiting
+/// up to `--placement-wait` seconds), and one whose CPUs were far apart after its runs is
+/// measured again (twice at most); every backend alike. With `--placement any` runs are
+/// only tagged, and the report shows the far runs apart.
+struct Placement {
+    near_only: bool,
+    wait: Duration,
+    /// The shortest round trip seen in this invocation (see [`Placement::FAR`]).
+    nearest: f64,
+}
+
+impl Placement {
+    /// How many times a backend whose CPUs moved apart during its runs is measured again.
+    const REDO: usize = 2;
+    /// "Far": a round trip over this many times the nearest seen. Here near probes read
+    /// 60-130 ns (the spread of one placement) and far ones 360-420 ns.
+    const FAR: f64 = 2.5;
+
+    /// Whether a run that saw round trips up to `ns` had its CPUs near, given the nearest
+    /// round trip seen.
+    fn near(ns: f64, nearest: f64) -> bool {
+        ns <= Self::FAR * nearest
+    }
+
+    fn new(near_only: bool, wait: Duration) -> Self {
+        Placement { near_only, wait, nearest: f64::MAX }
+    }
+
+    fn probe(&mut self) -> f64 {
+        let ns = core_round_trip_ns(Duration::from_millis(30));
+        if ns > 0.0 {
+            self.nearest = self.nearest.min(ns);
+        }
+        ns
+    }
+
+    fn is_near(&self, ns: f64) -> bool {
+        Self::near(ns, self.nearest)
+    }
+
+    /// Probes, and under `near` waits until the CPUs are near (or the wait is over).
+    /// Returns the last round trip.
+    fn settle(&mut self) -> f64 {
+        let t0 = Instant::now();
+        let mut ns = self.probe();
+        if !self.near_only || self.is_near(ns) {
+            return ns;
+        }
+        eprintln!(
+            "    CPUs 0 and 1 are far apart (cache line round trip {ns:.0} ns, nearest seen {:.0} ns): waiting up \
+             to {} s for the hypervisor to bring them together",
+            self.nearest,
+            self.wait.as_secs()
+        );
+        while t0.elapsed() < self.wait {
+            std::thread::sleep(Duration::from_secs(2));
+            ns = self.probe();
+            if self.is_near(ns) {
+                eprintln!("    near again ({ns:.0} ns) after {:.0} s", t0.elapsed().as_secs_f64());
+                return ns;
+            }
+        }
+        eprintln!("    still far apart ({ns:.0} ns) after {} s: measuring anyway (tagged far)", self.wait.as_secs());
+        ns
+    }
+}
+
+/// The mean round trip, in ns, of one cache line bounced between this thread (pinned to
+/// CPU 0) and a thread pinned to CPU 1 for about `dur`; 0 if the other thread never
+/// answered (CPU 1 busy).
+fn core_round_trip_ns(dur: Duration) -> f64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    // Its own line (and the next, for the adjacent-line prefetcher).
+    #[repr(align(128))]
+    struct Line(AtomicU64);
+    const STOP: u64 = u64::MAX;
+    let line = Arc::new(Line(AtomicU64::new(0)));
+    let l = line.clone();
+    let pong = std::thread::spawn(move || {
+        pin_self(1);
+        loop {
+            let v = l.0.load(Ordering::Acquire);
+            if v == STOP {
+                return;
+            }
+            if v & 1 == 1 {
+                l.0.store(v + 1, Ordering::Release);
+            }
+        }
+    });
+    pin_self(0);
+    let deadline = Instant::now() + dur * 20;
+    let mut v = 0u64;
+    // One round trip (false: no answer by the deadline).
+    let bounce = |v: &mut u64| {
+        line.0.store(*v + 1, Ordering::Release);
+        let mut spins = 0u32;
+        while line.0.load(Ordering::Acquire) != *v + 2 {
+            spins = spins.wrapping_add(1);
+            if spins.is_multiple_of(1 << 16) && Instant::now() > deadline {
+                return false;
+            }
+        }
+        *v += 2;
+        true
+    };
+    // The other thread is running once it has answered.
+    let mut ns = if bounce(&mut v) { 0.0 } else { -1.0 };
+    if ns == 0.0 {
+        let t0 = Instant::now();
+        let mut n = 0u64;
+        'run: while t0.elapsed() < dur {
+            for _ in 0..1000 {
+                if !bounce(&mut v) {
+                    break 'run;
+                }
+            }
+            n += 1000;
+        }
+        ns = t0.elapsed().as_nanos() as f64 / n.max(1) as f64;
+    }
+    line.0.store(STOP, Ordering::Release);
+    let _ = pong.join();
+    ns.max(0.0)
 }
 
 /// The benchmark's CPUs: the guests' (0) and the backend's datapath (1).
@@ -649,6 +794,7 @@ fn measure(a: &mut Driver, b: &mut Driver, wire_len: usize, secs: f64, pid: Opti
         cpu: (c1 - c0) as f64 / ticks / el,
         full: None,
         steal: steal(st0, steal_ticks(&BENCH_CPUS), el),
+        c2c: 0.0,
     }
 }
 
@@ -905,6 +1051,7 @@ fn dpdk_runs(o: &Opts, be: &dyn Backend, guest: Guest, size: usize, runs: usize,
             cpu: (c1 - c0) as f64 / ticks / secs,
             full: Some(full as f64 / tries.max(1) as f64),
             steal: steal(st0, st1, secs),
+            c2c: 0.0,
         };
         (c0, st0) = (c1, st1);
         eprintln!(
@@ -1130,6 +1277,11 @@ struct Opts {
     guests: Vec<Guest>,
     /// The DPDK guest binary (`--vu-gen PATH`; default: `vu-gen` in the target dir).
     vu_gen: PathBuf,
+    /// `--placement near` (default): measure only while CPUs 0 and 1 are near (see
+    /// [`Placement`]); `any`: measure whenever, tag the runs.
+    near_only: bool,
+    /// `--placement-wait SECS` (default 300): how long `near` waits for the CPUs to be near.
+    placement_wait: Duration,
 }
 
 impl Opts {
@@ -1193,6 +1345,49 @@ struct Row {
     samples: Vec<Sample>,
 }
 
+/// One start of backend `name` under `guest`: a run per frame size (DPDK guests:
+/// `--runs-per-start` runs), then the backend stops.
+fn run_backend(
+    o: &Opts,
+    name: &str,
+    guest: Guest,
+    cfg: &Config,
+    first: bool,
+) -> Result<(&'static str, Vec<(usize, Sample)>)> {
+    let mut be = start_backend(name, o, guest)?;
+    let mut got: Vec<(usize, Sample)> = Vec::new();
+    if guest == Guest::Driver {
+        let (mut a, mut b) = be.connect(cfg)?;
+        std::thread::sleep(Duration::from_millis(500));
+        if be.learns() {
+            learn(&mut a, &mut b);
+        }
+        for &size in &o.sizes {
+            a.prime_tx(0, &VnetHdr::default(), &frame(MAC_A, MAC_B, size - 4));
+            // Warm up: caches, learning, the backend's polling.
+            measure(&mut a, &mut b, size, 0.5, None);
+            let s = measure(&mut a, &mut b, size, o.secs, be.pid());
+            eprintln!(
+                "  {:<10} {size:>5} B: {:.3} Mpps {:.2} Gbit/s cpu {:.2}, steal {:.1}%",
+                be.name(),
+                s.mpps,
+                s.gbps,
+                s.cpu,
+                s.steal * 100.0
+            );
+            got.push((size, s));
+        }
+        drop((a, b));
+    } else {
+        for (i, &size) in o.sizes.iter().enumerate() {
+            for s in dpdk_runs(o, be.as_ref(), guest, size, o.runs_per_start, first && i == 0)? {
+                got.push((size, s));
+            }
+        }
+    }
+    Ok((be.name(), got))
+}
+
 /// Rounds, not blocks: each of `--runs` rounds starts every backend in turn and measures
 /// one run per guest and size, so a machine whose speed drifts over minutes (a shared VM)
 /// shifts all backends alike, and each round gives a paired ratio.
@@ -1204,56 +1399,47 @@ fn throughput(o: &Opts) -> Result<()> {
     }
     cfg.hugepages = o.guest_hugepages;
     let mut rows: Vec<Row> = Vec::new();
+    let mut place = Placement::new(o.near_only, o.placement_wait);
+    place.probe();
     for round in 0..o.runs {
         for &guest in &o.guests {
             eprintln!("round {}/{}, guest {}: {}", round + 1, o.runs, guest.name(), guest.describe());
             for name in &o.backends {
-                let mut be = start_backend(name, o, guest)?;
-                let mut got: Vec<(usize, Sample)> = Vec::new();
-                if guest == Guest::Driver {
-                    let (mut a, mut b) = be.connect(&cfg)?;
-                    std::thread::sleep(Duration::from_millis(500));
-                    if be.learns() {
-                        learn(&mut a, &mut b);
+                let mut redo = 0;
+                let (backend, got) = loop {
+                    let before = place.settle();
+                    let (backend, mut got) = run_backend(o, name, guest, &cfg, round == 0)?;
+                    let after = place.probe();
+                    let c2c = before.max(after);
+                    eprintln!(
+                        "    {backend}: cache line round trip CPU 0-1 {before:.0} ns before, {after:.0} ns after"
+                    );
+                    for (_, s) in &mut got {
+                        s.c2c = c2c;
                     }
-                    for &size in &o.sizes {
-                        a.prime_tx(0, &VnetHdr::default(), &frame(MAC_A, MAC_B, size - 4));
-                        // Warm up: caches, learning, the backend's polling.
-                        measure(&mut a, &mut b, size, 0.5, None);
-                        let s = measure(&mut a, &mut b, size, o.secs, be.pid());
-                        eprintln!(
-                            "  {:<10} {size:>5} B: {:.3} Mpps {:.2} Gbit/s cpu {:.2}, steal {:.1}%",
-                            be.name(),
-                            s.mpps,
-                            s.gbps,
-                            s.cpu,
-                            s.steal * 100.0
-                        );
-                        got.push((size, s));
+                    if !o.near_only || place.is_near(c2c) || redo == Placement::REDO {
+                        break (backend, got);
                     }
-                    drop((a, b));
-                } else {
-                    for (i, &size) in o.sizes.iter().enumerate() {
-                        for s in dpdk_runs(o, be.as_ref(), guest, size, o.runs_per_start, round == 0 && i == 0)? {
-                            got.push((size, s));
-                        }
-                    }
-                }
+                    redo += 1;
+                    eprintln!(
+                        "    {backend}: CPUs 0 and 1 moved apart during its runs (cache line round trip {before:.0} \
+                         -> {after:.0} ns): measured again"
+                    );
+                };
                 for (size, s) in got {
-                    match rows.iter_mut().find(|r| r.guest == guest && r.backend == be.name() && r.size == size) {
+                    match rows.iter_mut().find(|r| r.guest == guest && r.backend == backend && r.size == size) {
                         Some(r) => r.samples.push(s),
-                        None => rows.push(Row { guest, backend: be.name(), size, samples: vec![s] }),
+                        None => rows.push(Row { guest, backend, size, samples: vec![s] }),
                     }
                 }
-                drop(be);
             }
         }
     }
-    report(o, &rows);
+    report(o, &rows, place.nearest);
     Ok(())
 }
 
-fn report(o: &Opts, rows: &[Row]) {
+fn report(o: &Opts, rows: &[Row], nearest: f64) {
     println!();
     println!(
         "vhost-user port to port, 1 datapath core (CPU 1), generator+sink on CPU 0; medians of {} rounds \
@@ -1269,8 +1455,8 @@ fn report(o: &Opts, rows: &[Row]) {
         println!();
         println!("guest {}: {}", guest.name(), guest.describe());
         print!(
-            "{:<14} {:>6} {:>9} {:>15} {:>6} {:>8} {:>6} {:>6}",
-            "backend", "frame", "Mpps", "min-max", "IQR", "Gbit/s", "cores", "steal"
+            "{:<14} {:>6} {:>9} {:>15} {:>6} {:>8} {:>6} {:>6} {:>8}",
+            "backend", "frame", "Mpps", "min-max", "IQR", "Gbit/s", "cores", "steal", "c2c ns"
         );
         if dpdk {
             print!(" {:>10}", "ring full");
@@ -1289,14 +1475,38 @@ fn report(o: &Opts, rows: &[Row]) {
             let range = format!("{lo:.3}-{hi:.3}");
             let iqr = format!("{:.0}%", iqr_share(&m) * 100.0);
             let stolen = format!("{:.1}%", stolen * 100.0);
-            print!("{:<14} {:>6} {mm:>9.3} {range:>15} {iqr:>6} {gg:>8.2} {cc:>6.2} {stolen:>6}", r.backend, r.size);
+            let c2c = r.samples.iter().map(|s| s.c2c).fold(0.0f64, f64::max);
+            print!(
+                "{:<14} {:>6} {mm:>9.3} {range:>15} {iqr:>6} {gg:>8.2} {cc:>6.2} {stolen:>6} {c2c:>8.0}",
+                r.backend, r.size
+            );
             if dpdk && !f.is_empty() {
                 print!(" {:>9.1}%", median(&mut f) * 100.0);
             }
             println!();
+            let mut far: Vec<f64> =
+                r.samples.iter().filter(|s| !Placement::near(s.c2c, nearest)).map(|s| s.mpps).collect();
+            if !far.is_empty() {
+                let mut near: Vec<f64> =
+                    r.samples.iter().filter(|s| Placement::near(s.c2c, nearest)).map(|s| s.mpps).collect();
+                println!(
+                    "{:<14} {:>6} of {} runs with CPUs far apart: median {:.3} Mpps; the {} near: {:.3} Mpps",
+                    "",
+                    far.len(),
+                    r.samples.len(),
+                    median(&mut far),
+                    near.len(),
+                    median(&mut near)
+                );
+            }
         }
         println!("(IQR: run-to-run spread, the interquartile range of the rounds over their median)");
         println!("(steal: the most CPU time the hypervisor took from CPUs 0-1 in any one round of the row)");
+        println!(
+            "(c2c: the most any round of the row saw of a cache line's round trip between CPUs 0 and 1, probed \
+             before and after each backend start; far = over {} times the nearest seen, {nearest:.0} ns)",
+            Placement::FAR
+        );
         if dpdk {
             println!(
                 "(ring full: share of the generator's TX attempts its ring refused; high = the backend was \
@@ -1357,7 +1567,13 @@ fn gso(o: &Opts) -> Result<()> {
     let cfg = Config { queue_size: 256, features: feats, buf_len: 65536 + 128, ..Default::default() };
     let (vnet, f) = tso_frame();
     let mut out = Vec::new();
+    let mut place = Placement::new(o.near_only, o.placement_wait);
+    place.probe();
     for name in &o.backends {
+        if !matches!(name.as_str(), "ovs") && !name.starts_with("vmnetd") {
+            continue;
+        }
+        let before = place.settle();
         let mut be: Box<dyn Backend> = match name.as_str() {
             "vmnetd" => Box::new(Vmnetd::start(o.busy_poll_us, None)?),
             other if other.starts_with("vmnetd-") => {
@@ -1390,7 +1606,11 @@ fn gso(o: &Opts) -> Result<()> {
             }
             g.push(s.gbps);
         }
-        out.push((be.name(), median(&mut g)));
+        let name = be.name();
+        drop((a, b, be));
+        let after = place.probe();
+        eprintln!("    {name}: cache line round trip CPU 0-1 {before:.0} ns before, {after:.0} ns after");
+        out.push((name, median(&mut g)));
     }
     println!();
     println!("64 KiB TSO super-frames guest to guest (both sides ack TSO): medians of {} runs", o.runs);
@@ -1448,8 +1668,55 @@ fn idle() -> Result<()> {
     Ok(())
 }
 
+/// Options that take a value, and switches; anything else (a typo, `--help`) prints the
+/// usage instead of starting a run that takes minutes.
+const VALUE_OPTS: &[&str] = &[
+    "--runs",
+    "--runs-per-start",
+    "--secs",
+    "--sizes",
+    "--backends",
+    "--busy-poll-us",
+    "--build",
+    "--guest",
+    "--vu-gen",
+    "--placement",
+    "--placement-wait",
+    "--probe",
+];
+const SWITCHES: &[&str] = &["--no-mrg-rxbuf", "--guest-hugepages", "--idle", "--gso", "--callgrind"];
+
+/// The first argument that is neither a known option (with its value) nor a switch.
+fn unknown_arg(args: &[String]) -> Option<&str> {
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if VALUE_OPTS.contains(&a.as_str()) {
+            if it.next().is_none() {
+                return Some(a);
+            }
+        } else if !SWITCHES.contains(&a.as_str()) {
+            return Some(a);
+        }
+    }
+    None
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(a) = unknown_arg(&args) {
+        let usage: String = include_str!("bench-vhost.rs")
+            .lines()
+            .take_while(|l| l.starts_with("//!"))
+            .map(|l| format!("{}\n", l.trim_start_matches("//!").trim_start()))
+            .collect();
+        if a == "--help" || a == "-h" {
+            print!("{usage}");
+            return Ok(());
+        }
+        eprint!("{usage}");
+        eprintln!("bench-vhost: unknown argument or missing value: {a}");
+        std::process::exit(2);
+    }
     let get = |k: &str| args.iter().position(|a| a == k).and_then(|i| args.get(i + 1)).cloned();
     let o = Opts {
         runs: get("--runs").and_then(|s| s.parse().ok()).unwrap_or(5),
@@ -1484,12 +1751,28 @@ fn main() -> Result<()> {
             .map(Guest::parse)
             .collect::<Result<_>>()?,
         vu_gen: get("--vu-gen").map_or_else(default_vu_gen, PathBuf::from),
+        near_only: match get("--placement").as_deref() {
+            None | Some("near") => true,
+            Some("any") => false,
+            Some(other) => bail!("--placement near|any, not {other}"),
+        },
+        placement_wait: Duration::from_secs_f64(
+            get("--placement-wait").map_or(300.0, |s| s.parse().expect("--placement-wait SECS")),
+        ),
     };
     let _ = bin("vmnetd");
-    let modes = ["--idle", "--gso"];
+    let modes = ["--idle", "--gso", "--probe"];
     if !args.iter().any(|a| modes.contains(&a.as_str())) && o.guests.iter().any(|g| *g != Guest::Driver) {
         // Fail before any backend starts.
         o.vu_gen()?;
+    }
+    if let Some(secs) = get("--probe") {
+        let secs: f64 = secs.parse().context("--probe SECS")?;
+        let t0 = Instant::now();
+        while t0.elapsed().as_secs_f64() < secs {
+            println!("{:6.1} s  {:.0} ns", t0.elapsed().as_secs_f64(), core_round_trip_ns(Duration::from_millis(250)));
+        }
+        return Ok(());
     }
     if args.iter().any(|a| a == "--idle") {
         return idle();
@@ -1518,5 +1801,25 @@ mod tests {
         let one_bad_round = [10.0, 10.2, 9.8, 10.1, 5.0];
         assert!((iqr_share(&steady) - 0.02).abs() < 1e-9);
         assert!(iqr_share(&one_bad_round) < 0.05);
+    }
+
+    #[test]
+    fn placement_tells_far_runs_by_the_nearest_round_trip_seen() {
+        // Round trips as probed on the development VM: 60-130 ns near, 360-420 ns far.
+        let mut p = Placement::new(true, Duration::ZERO);
+        assert!(p.is_near(1e6), "nothing probed yet: nothing is far");
+        p.nearest = 62.0;
+        assert!(p.is_near(62.0) && p.is_near(130.0));
+        assert!(!p.is_near(365.0));
+        assert!(Placement::near(128.0, 58.0) && !Placement::near(393.0, 58.0));
+    }
+
+    #[test]
+    fn unknown_arguments_and_missing_values_are_caught() {
+        let a = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(unknown_arg(&a(&["--runs", "3", "--gso", "--build", "x=y"])), None);
+        assert_eq!(unknown_arg(&a(&["--help"])), Some("--help"));
+        assert_eq!(unknown_arg(&a(&["--runs", "3", "--sise", "64"])), Some("--sise"));
+        assert_eq!(unknown_arg(&a(&["--secs"])), Some("--secs"));
     }
 }
