@@ -24,10 +24,12 @@
 # Placement: before and after each backend start the bench times a cache line's round trip
 # between CPUs 0 and 1 (c2c). On a shared VM the host sometimes runs the two vCPUs far apart
 # (here 360-420 ns instead of 60-130), and then every backend falls to the same ~11 Mpps at
-# 64 B: the rig, not the backend, is the limit. PLACEMENT=near (default) measures a backend only
-# while the CPUs are near (waits up to PLACEMENT_WAIT=300 s, and measures a backend again if
-# they were far apart after its runs); PLACEMENT=any measures whenever and reports the far runs
-# apart. `target/release/bench-vhost --probe 60` prints the round trip 4 times a second.
+# 64 B: the rig, not the backend, is the limit. PLACEMENT=near (default) starts a backend only
+# while the CPUs are near (waits up to PLACEMENT_WAIT=300 s) and measures it again if they
+# moved apart during its runs; PLACEMENT=any does not wait. Either way the tables' medians,
+# spreads and ratios are of the runs with the CPUs near, and the far runs are reported apart.
+# (A far phase that starts and ends within one backend start goes unseen; the TSO part only
+# waits.) `target/release/bench-vhost --probe 60` prints the round trip 4 times a second.
 # Flow rules: backend vmnetd-rulesN is this build with N rules installed, one matching (the
 # lowest priority, so every other rule's subtable is probed first); it is reported against
 # vmnetd without rules, e.g. BACKENDS=vmnetd,vmnetd-rules10,vmnetd-rules1000 (also with CALLGRIND).

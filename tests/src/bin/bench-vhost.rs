@@ -616,8 +616,8 @@ struct Sample {
     /// The share of the two benchmark CPUs' time the hypervisor gave to someone else during
     /// the run (see [`steal`]).
     steal: f64,
-    /// The round trip of a cache line between CPUs 0 and 1 around the run, in ns (the more
-    /// of the probes before and after; 0: not probed). See [`Placement`].
+    /// The round trip of a cache line between CPUs 0 and 1 around the run, in ns (the larger
+    /// of the probes before and after; 0: not probed, NaN: a probe failed). See [`Placement`].
     c2c: f64,
 }
 
@@ -630,40 +630,47 @@ struct Sample {
 /// and 25): that, not the backends, was most of the run-to-run spread.
 ///
 /// Each backend start is probed before and after (with no backend running: the probe
-/// needs CPU 1); "far" is a round trip over [`Placement::FAR`] times the nearest seen. With
-/// `--placement near` (the default) a backend starts only once the CPUs are near (waiting
-/// up to `--placement-wait` seconds), and one whose CPUs were far apart after its runs is
-/// measured again (twice at most); every backend alike. With `--placement any` runs are
-/// only tagged, and the report shows the far runs apart.
+/// needs CPU 1); see [`Placement::near`] for what counts as far. With `--placement near`
+/// (the default) a backend starts only once the CPUs are near (waiting up to
+/// `--placement-wait` seconds), and one whose CPUs were near before its runs and far after
+/// them is measured again (twice at most); every backend alike. With `--placement any`
+/// nothing waits. Either way the report's medians, spreads and ratios are of the runs
+/// with the CPUs near, and the far runs are shown apart.
+///
+/// Limits: the probes bracket a whole backend start (with a DPDK guest, every frame size
+/// and `--runs-per-start` run, and the backend's own start-up), so a far phase that begins
+/// and ends inside one goes unseen; and until the first near probe, "near" is judged
+/// against the nearest seen so far.
 struct Placement {
     near_only: bool,
     wait: Duration,
-    /// The shortest round trip seen in this invocation (see [`Placement::FAR`]).
+    /// The shortest round trip seen in this invocation.
     nearest: f64,
 }
 
 impl Placement {
     /// How many times a backend whose CPUs moved apart during its runs is measured again.
     const REDO: usize = 2;
-    /// "Far": a round trip over this many times the nearest seen. Here near probes read
-    /// 60-130 ns (the spread of one placement) and far ones 360-420 ns.
+    /// "Far" is a round trip over this many times the nearest seen...
     const FAR: f64 = 2.5;
+    /// ...and over this many ns: one placement's probes spread over about 2x (here 60-130 ns
+    /// near, 360-420 far), and two cores that share a last-level cache answer well within it.
+    const FAR_NS: f64 = 200.0;
 
     /// Whether a run that saw round trips up to `ns` had its CPUs near, given the nearest
-    /// round trip seen.
+    /// round trip seen. A failed probe (NaN) is not near.
     fn near(ns: f64, nearest: f64) -> bool {
-        ns <= Self::FAR * nearest
+        ns <= (Self::FAR * nearest).max(Self::FAR_NS)
     }
 
     fn new(near_only: bool, wait: Duration) -> Self {
-        Placement { near_only, wait, nearest: f64::MAX }
+        Placement { near_only, wait, nearest: f64::INFINITY }
     }
 
+    /// The round trip now, in ns (NaN: CPU 1 did not answer).
     fn probe(&mut self) -> f64 {
-        let ns = core_round_trip_ns(Duration::from_millis(30));
-        if ns > 0.0 {
-            self.nearest = self.nearest.min(ns);
-        }
+        let ns = core_round_trip_ns(Duration::from_millis(30)).unwrap_or(f64::NAN);
+        self.nearest = self.nearest.min(ns);
         ns
     }
 
@@ -680,45 +687,58 @@ impl Placement {
             return ns;
         }
         eprintln!(
-            "    CPUs 0 and 1 are far apart (cache line round trip {ns:.0} ns, nearest seen {:.0} ns): waiting up \
-             to {} s for the hypervisor to bring them together",
-            self.nearest,
+            "    CPUs 0 and 1 are far apart (cache line round trip {}, nearest seen {}): waiting up to {} s for \
+             the hypervisor to bring them together",
+            show_ns(ns),
+            show_ns(self.nearest),
             self.wait.as_secs()
         );
         while t0.elapsed() < self.wait {
             std::thread::sleep(Duration::from_secs(2));
             ns = self.probe();
             if self.is_near(ns) {
-                eprintln!("    near again ({ns:.0} ns) after {:.0} s", t0.elapsed().as_secs_f64());
+                eprintln!("    near again ({}) after {:.0} s", show_ns(ns), t0.elapsed().as_secs_f64());
                 return ns;
             }
         }
-        eprintln!("    still far apart ({ns:.0} ns) after {} s: measuring anyway (tagged far)", self.wait.as_secs());
+        eprintln!("    still far apart ({}) after {} s: measuring anyway", show_ns(ns), self.wait.as_secs());
         ns
     }
 }
 
-/// The mean round trip, in ns, of one cache line bounced between this thread (pinned to
-/// CPU 0) and a thread pinned to CPU 1 for about `dur`; 0 if the other thread never
-/// answered (CPU 1 busy).
-fn core_round_trip_ns(dur: Duration) -> f64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
+/// A round trip for people: "83 ns", or "?" for a failed probe.
+fn show_ns(ns: f64) -> String {
+    if ns.is_finite() {
+        format!("{ns:.0} ns")
+    } else {
+        "?".into()
+    }
+}
+
+/// The round trip, in ns, of one cache line bounced between this thread (pinned to CPU 0)
+/// and a thread pinned to CPU 1 for about `dur`: the median over blocks of 1,000 round
+/// trips, so a preempted block does not decide it. None if the other thread stopped
+/// answering for long (CPU 1 busy or absent).
+fn core_round_trip_ns(dur: Duration) -> Option<f64> {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::Arc;
     // Its own line (and the next, for the adjacent-line prefetcher).
     #[repr(align(128))]
-    struct Line(AtomicU64);
-    const STOP: u64 = u64::MAX;
-    let line = Arc::new(Line(AtomicU64::new(0)));
+    struct Line {
+        v: AtomicU64,
+        stop: AtomicBool,
+    }
+    const BLOCK: u32 = 1000;
+    let line = Arc::new(Line { v: AtomicU64::new(0), stop: AtomicBool::new(false) });
     let l = line.clone();
-    let pong = std::thread::spawn(move || {
+    // Detached: after a timeout it ends whenever it next runs and sees `stop`.
+    std::thread::spawn(move || {
         pin_self(1);
-        loop {
-            let v = l.0.load(Ordering::Acquire);
-            if v == STOP {
-                return;
-            }
+        while !l.stop.load(Ordering::Relaxed) {
+            let v = l.v.load(Ordering::Acquire);
             if v & 1 == 1 {
-                l.0.store(v + 1, Ordering::Release);
+                // Never overwrites anything but the odd value it saw.
+                let _ = l.v.compare_exchange(v, v + 1, Ordering::AcqRel, Ordering::Relaxed);
             }
         }
     });
@@ -727,9 +747,9 @@ fn core_round_trip_ns(dur: Duration) -> f64 {
     let mut v = 0u64;
     // One round trip (false: no answer by the deadline).
     let bounce = |v: &mut u64| {
-        line.0.store(*v + 1, Ordering::Release);
+        line.v.store(*v + 1, Ordering::Release);
         let mut spins = 0u32;
-        while line.0.load(Ordering::Acquire) != *v + 2 {
+        while line.v.load(Ordering::Acquire) != *v + 2 {
             spins = spins.wrapping_add(1);
             if spins.is_multiple_of(1 << 16) && Instant::now() > deadline {
                 return false;
@@ -738,24 +758,17 @@ fn core_round_trip_ns(dur: Duration) -> f64 {
         *v += 2;
         true
     };
+    let mut blocks = Vec::new();
     // The other thread is running once it has answered.
-    let mut ns = if bounce(&mut v) { 0.0 } else { -1.0 };
-    if ns == 0.0 {
-        let t0 = Instant::now();
-        let mut n = 0u64;
-        'run: while t0.elapsed() < dur {
-            for _ in 0..1000 {
-                if !bounce(&mut v) {
-                    break 'run;
-                }
-            }
-            n += 1000;
-        }
-        ns = t0.elapsed().as_nanos() as f64 / n.max(1) as f64;
+    let mut ok = bounce(&mut v);
+    let t0 = Instant::now();
+    while ok && t0.elapsed() < dur {
+        let b0 = Instant::now();
+        ok = (0..BLOCK).all(|_| bounce(&mut v));
+        blocks.push(b0.elapsed().as_nanos() as f64 / f64::from(BLOCK));
     }
-    line.0.store(STOP, Ordering::Release);
-    let _ = pong.join();
-    ns.max(0.0)
+    line.stop.store(true, Ordering::Relaxed);
+    (ok && !blocks.is_empty()).then(|| median(&mut blocks))
 }
 
 /// The benchmark's CPUs: the guests' (0) and the backend's datapath (1).
@@ -1222,9 +1235,10 @@ fn totals(f: &Path) -> Option<u64> {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
+/// The median (the upper one of an even count); NaN for no values.
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// The `q` quantile (0..=1) of `v`, interpolated between the two nearest samples.
@@ -1410,20 +1424,27 @@ fn throughput(o: &Opts) -> Result<()> {
                     let before = place.settle();
                     let (backend, mut got) = run_backend(o, name, guest, &cfg, round == 0)?;
                     let after = place.probe();
-                    let c2c = before.max(after);
+                    // The worse of the two (NaN, a failed probe, wins).
+                    let c2c = if before.is_nan() || after.is_nan() { f64::NAN } else { before.max(after) };
                     eprintln!(
-                        "    {backend}: cache line round trip CPU 0-1 {before:.0} ns before, {after:.0} ns after"
+                        "    {backend}: cache line round trip CPU 0-1 {} before, {} after",
+                        show_ns(before),
+                        show_ns(after)
                     );
                     for (_, s) in &mut got {
                         s.c2c = c2c;
                     }
-                    if !o.near_only || place.is_near(c2c) || redo == Placement::REDO {
+                    // Again only if the CPUs moved apart during the runs: if they were far
+                    // before, settle has already waited as long as it may.
+                    let moved = place.is_near(before) && !place.is_near(after);
+                    if !o.near_only || !moved || redo == Placement::REDO {
                         break (backend, got);
                     }
                     redo += 1;
                     eprintln!(
-                        "    {backend}: CPUs 0 and 1 moved apart during its runs (cache line round trip {before:.0} \
-                         -> {after:.0} ns): measured again"
+                        "    {backend}: CPUs 0 and 1 moved apart during its runs ({} -> {}): measured again",
+                        show_ns(before),
+                        show_ns(after)
                     );
                 };
                 for (size, s) in got {
@@ -1464,20 +1485,22 @@ fn report(o: &Opts, rows: &[Row], nearest: f64) {
         println!();
         let mut med: BTreeMap<(&str, usize), (f64, f64)> = BTreeMap::new();
         for r in &rs {
-            let mut m: Vec<f64> = r.samples.iter().map(|s| s.mpps).collect();
-            let mut g: Vec<f64> = r.samples.iter().map(|s| s.gbps).collect();
-            let mut c: Vec<f64> = r.samples.iter().map(|s| s.cpu).collect();
-            let stolen = r.samples.iter().map(|s| s.steal).fold(0.0f64, f64::max);
-            let mut f: Vec<f64> = r.samples.iter().filter_map(|s| s.full).collect();
+            let kept = near_runs(&r.samples, nearest);
+            let mut m: Vec<f64> = kept.iter().map(|s| s.mpps).collect();
+            let mut g: Vec<f64> = kept.iter().map(|s| s.gbps).collect();
+            let mut c: Vec<f64> = kept.iter().map(|s| s.cpu).collect();
+            let stolen = kept.iter().map(|s| s.steal).fold(0.0f64, f64::max);
+            let mut f: Vec<f64> = kept.iter().filter_map(|s| s.full).collect();
             let (lo, hi) = m.iter().fold((f64::MAX, 0.0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
             let (mm, gg, cc) = (median(&mut m), median(&mut g), median(&mut c));
             med.insert((r.backend, r.size), (mm, gg));
             let range = format!("{lo:.3}-{hi:.3}");
             let iqr = format!("{:.0}%", iqr_share(&m) * 100.0);
             let stolen = format!("{:.1}%", stolen * 100.0);
-            let c2c = r.samples.iter().map(|s| s.c2c).fold(0.0f64, f64::max);
+            let c2c = kept.iter().map(|s| s.c2c).fold(0.0f64, |a, b| if b.is_nan() { b } else { a.max(b) });
+            let c2c = if c2c.is_finite() { format!("{c2c:.0}") } else { "?".into() };
             print!(
-                "{:<14} {:>6} {mm:>9.3} {range:>15} {iqr:>6} {gg:>8.2} {cc:>6.2} {stolen:>6} {c2c:>8.0}",
+                "{:<14} {:>6} {mm:>9.3} {range:>15} {iqr:>6} {gg:>8.2} {cc:>6.2} {stolen:>6} {c2c:>8}",
                 r.backend, r.size
             );
             if dpdk && !f.is_empty() {
@@ -1486,26 +1509,31 @@ fn report(o: &Opts, rows: &[Row], nearest: f64) {
             println!();
             let mut far: Vec<f64> =
                 r.samples.iter().filter(|s| !Placement::near(s.c2c, nearest)).map(|s| s.mpps).collect();
-            if !far.is_empty() {
-                let mut near: Vec<f64> =
-                    r.samples.iter().filter(|s| Placement::near(s.c2c, nearest)).map(|s| s.mpps).collect();
+            if far.len() == r.samples.len() {
+                println!("{:<14} (every run of the row had CPUs 0 and 1 far apart)", "");
+            } else if !far.is_empty() {
+                let (lo, hi) = far.iter().fold((f64::MAX, 0.0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
                 println!(
-                    "{:<14} {:>6} of {} runs with CPUs far apart: median {:.3} Mpps; the {} near: {:.3} Mpps",
+                    "{:<14} left out: {} of {} runs with CPUs 0 and 1 far apart, median {:.3} Mpps ({lo:.3}-{hi:.3})",
                     "",
                     far.len(),
                     r.samples.len(),
                     median(&mut far),
-                    near.len(),
-                    median(&mut near)
                 );
             }
         }
+        println!(
+            "(Mpps, min-max, IQR, cores, steal, ring full and the ratios below: the runs with CPUs 0 and 1 near, \
+             where a row has any)"
+        );
         println!("(IQR: run-to-run spread, the interquartile range of the rounds over their median)");
         println!("(steal: the most CPU time the hypervisor took from CPUs 0-1 in any one round of the row)");
         println!(
-            "(c2c: the most any round of the row saw of a cache line's round trip between CPUs 0 and 1, probed \
-             before and after each backend start; far = over {} times the nearest seen, {nearest:.0} ns)",
-            Placement::FAR
+            "(c2c: the most any kept run of the row saw of a cache line's round trip between CPUs 0 and 1, probed \
+             before and after each backend start; far = over {} times the nearest seen, {}, and over {} ns)",
+            Placement::FAR,
+            show_ns(nearest),
+            Placement::FAR_NS
         );
         if dpdk {
             println!(
@@ -1525,8 +1553,7 @@ fn report(o: &Opts, rows: &[Row], nearest: f64) {
                 let Some(theirs) = rs.iter().find(|r| r.backend == key.as_str() && r.size == size) else { continue };
                 // The ratio of each round's pair (same minute of the machine's life), then
                 // their median and range.
-                let mut per: Vec<f64> =
-                    mine.samples.iter().zip(&theirs.samples).map(|(a, b)| a.mpps / b.mpps.max(1e-9)).collect();
+                let mut per = paired_ratios(&mine.samples, &theirs.samples, nearest);
                 let (lo, hi) = per.iter().fold((f64::MAX, 0.0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
                 let (q1, q3) = (quantile(&per, 0.25), quantile(&per, 0.75));
                 ratios.push_str(&format!(
@@ -1540,8 +1567,7 @@ fn report(o: &Opts, rows: &[Row], nearest: f64) {
             // Variants against plain: this run's vmnetd with N rules (or scraped) / without.
             for (key, x) in med.iter().filter(|((b, s), _)| variant(b) && *s == size) {
                 let Some(theirs) = rs.iter().find(|r| r.backend == key.0 && r.size == size) else { continue };
-                let mut per: Vec<f64> =
-                    theirs.samples.iter().zip(&mine.samples).map(|(a, b)| a.mpps / b.mpps.max(1e-9)).collect();
+                let mut per = paired_ratios(&theirs.samples, &mine.samples, nearest);
                 let (lo, hi) = per.iter().fold((f64::MAX, 0.0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
                 ratios.push_str(&format!(
                     "  {}/vmnetd {:.2}x [rounds {lo:.2}-{hi:.2}] ({:.3} Mpps)",
@@ -1555,6 +1581,26 @@ fn report(o: &Opts, rows: &[Row], nearest: f64) {
             }
         }
     }
+}
+
+/// The runs of a row with CPUs 0 and 1 near (all of them if none was).
+fn near_runs(samples: &[Sample], nearest: f64) -> Vec<&Sample> {
+    let near: Vec<&Sample> = samples.iter().filter(|s| Placement::near(s.c2c, nearest)).collect();
+    if near.is_empty() {
+        samples.iter().collect()
+    } else {
+        near
+    }
+}
+
+/// Each round's ratio `a / b` (runs paired by position), of the pairs where both ran with
+/// CPUs 0 and 1 near (all pairs if none did).
+fn paired_ratios(a: &[Sample], b: &[Sample], nearest: f64) -> Vec<f64> {
+    let pairs: Vec<(&Sample, &Sample)> = a.iter().zip(b).collect();
+    let both = |(x, y): &&(&Sample, &Sample)| Placement::near(x.c2c, nearest) && Placement::near(y.c2c, nearest);
+    let near: Vec<&(&Sample, &Sample)> = pairs.iter().filter(both).collect();
+    let use_all = near.is_empty();
+    pairs.iter().filter(|p| use_all || both(p)).map(|(x, y)| x.mpps / y.mpps.max(1e-9)).collect()
 }
 
 fn gso(o: &Opts) -> Result<()> {
@@ -1609,7 +1655,12 @@ fn gso(o: &Opts) -> Result<()> {
         let name = be.name();
         drop((a, b, be));
         let after = place.probe();
-        eprintln!("    {name}: cache line round trip CPU 0-1 {before:.0} ns before, {after:.0} ns after");
+        let far = if place.is_near(after) { "" } else { " (far apart after the runs: not measured again)" };
+        eprintln!(
+            "    {name}: cache line round trip CPU 0-1 {} before, {} after{far}",
+            show_ns(before),
+            show_ns(after)
+        );
         out.push((name, median(&mut g)));
     }
     println!();
@@ -1686,101 +1737,128 @@ const VALUE_OPTS: &[&str] = &[
 ];
 const SWITCHES: &[&str] = &["--no-mrg-rxbuf", "--guest-hugepages", "--idle", "--gso", "--callgrind"];
 
-/// The first argument that is neither a known option (with its value) nor a switch.
-fn unknown_arg(args: &[String]) -> Option<&str> {
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        if VALUE_OPTS.contains(&a.as_str()) {
-            if it.next().is_none() {
-                return Some(a);
+/// The command line, checked: every option known, every value present (not another
+/// option), no option given twice (but `--build`).
+#[derive(Debug, Default)]
+struct Args {
+    values: BTreeMap<String, String>,
+    builds: Vec<String>,
+    switches: Vec<String>,
+}
+
+impl Args {
+    fn parse(args: &[String]) -> std::result::Result<Args, String> {
+        let mut a = Args::default();
+        let mut it = args.iter();
+        while let Some(k) = it.next() {
+            if VALUE_OPTS.contains(&k.as_str()) {
+                let v = it.next().filter(|v| !v.starts_with("--")).ok_or_else(|| format!("{k} needs a value"))?;
+                if k == "--build" {
+                    a.builds.push(v.clone());
+                } else if a.values.insert(k.clone(), v.clone()).is_some() {
+                    return Err(format!("{k} given twice"));
+                }
+            } else if SWITCHES.contains(&k.as_str()) {
+                a.switches.push(k.clone());
+            } else {
+                return Err(format!("unknown argument {k}"));
             }
-        } else if !SWITCHES.contains(&a.as_str()) {
-            return Some(a);
+        }
+        Ok(a)
+    }
+
+    fn get(&self, k: &str) -> Option<&str> {
+        self.values.get(k).map(String::as_str)
+    }
+
+    fn has(&self, k: &str) -> bool {
+        self.switches.iter().any(|s| s == k)
+    }
+
+    /// The value of `k` parsed, `default` if absent; an error if it does not parse.
+    fn num<T: std::str::FromStr>(&self, k: &str, default: T) -> Result<T> {
+        match self.get(k) {
+            None => Ok(default),
+            Some(v) => v.parse().map_err(|_| anyhow::anyhow!("{k}: not a number: {v}")),
         }
     }
-    None
 }
 
 fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if let Some(a) = unknown_arg(&args) {
-        let usage: String = include_str!("bench-vhost.rs")
-            .lines()
-            .take_while(|l| l.starts_with("//!"))
-            .map(|l| format!("{}\n", l.trim_start_matches("//!").trim_start()))
-            .collect();
-        if a == "--help" || a == "-h" {
-            print!("{usage}");
-            return Ok(());
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let args = match Args::parse(&argv) {
+        Ok(a) => a,
+        Err(e) => {
+            let usage: String = include_str!("bench-vhost.rs")
+                .lines()
+                .take_while(|l| l.starts_with("//!"))
+                .map(|l| format!("{}\n", l.strip_prefix("//! ").unwrap_or(l.trim_start_matches("//!"))))
+                .collect();
+            if argv.iter().any(|a| a == "--help" || a == "-h") {
+                print!("{usage}");
+                return Ok(());
+            }
+            eprint!("{usage}");
+            eprintln!("bench-vhost: {e}");
+            std::process::exit(2);
         }
-        eprint!("{usage}");
-        eprintln!("bench-vhost: unknown argument or missing value: {a}");
-        std::process::exit(2);
-    }
-    let get = |k: &str| args.iter().position(|a| a == k).and_then(|i| args.get(i + 1)).cloned();
+    };
+    let list = |k: &str, default: &str| -> Vec<String> {
+        args.get(k).unwrap_or(default).split(',').map(str::to_owned).collect()
+    };
+    let placement_wait: f64 = args.num("--placement-wait", 300.0)?;
     let o = Opts {
-        runs: get("--runs").and_then(|s| s.parse().ok()).unwrap_or(5),
-        runs_per_start: get("--runs-per-start").and_then(|s| s.parse().ok()).unwrap_or(1).max(1),
-        secs: get("--secs").and_then(|s| s.parse().ok()).unwrap_or(3.0),
-        sizes: get("--sizes")
-            .unwrap_or_else(|| "64,512,1518".into())
-            .split(',')
-            .map(|s| s.parse().expect("frame size"))
-            .collect(),
-        backends: get("--backends")
-            .unwrap_or_else(|| "vmnetd,ovs,testpmd".into())
-            .split(',')
-            .map(str::to_owned)
-            .collect(),
-        busy_poll_us: get("--busy-poll-us").map(|s| s.parse().expect("--busy-poll-us N")),
-        no_mrg_rxbuf: args.iter().any(|a| a == "--no-mrg-rxbuf"),
-        guest_hugepages: args.iter().any(|a| a == "--guest-hugepages"),
-        builds: args
+        runs: args.num("--runs", 5)?,
+        runs_per_start: args.num("--runs-per-start", 1usize)?.max(1),
+        secs: args.num("--secs", 3.0)?,
+        sizes: list("--sizes", "64,512,1518")
             .iter()
-            .enumerate()
-            .filter(|(_, a)| *a == "--build")
-            .filter_map(|(i, _)| args.get(i + 1))
-            .map(|b| {
-                let (l, p) = b.split_once('=').expect("--build LABEL=PATH");
-                (l.to_owned(), PathBuf::from(p))
-            })
-            .collect(),
-        guests: get("--guest")
-            .unwrap_or_else(|| "driver,dpdk,dpdk-noorder".into())
-            .split(',')
-            .map(Guest::parse)
+            .map(|s| s.parse().with_context(|| format!("--sizes: not a frame size: {s}")))
             .collect::<Result<_>>()?,
-        vu_gen: get("--vu-gen").map_or_else(default_vu_gen, PathBuf::from),
-        near_only: match get("--placement").as_deref() {
+        backends: list("--backends", "vmnetd,ovs,testpmd"),
+        busy_poll_us: args.get("--busy-poll-us").map(|_| args.num("--busy-poll-us", 0)).transpose()?,
+        no_mrg_rxbuf: args.has("--no-mrg-rxbuf"),
+        guest_hugepages: args.has("--guest-hugepages"),
+        builds: args
+            .builds
+            .iter()
+            .map(|b| {
+                let (l, p) = b.split_once('=').with_context(|| format!("--build LABEL=PATH, not {b}"))?;
+                Ok((l.to_owned(), PathBuf::from(p)))
+            })
+            .collect::<Result<_>>()?,
+        guests: list("--guest", "driver,dpdk,dpdk-noorder").iter().map(|g| Guest::parse(g)).collect::<Result<_>>()?,
+        vu_gen: args.get("--vu-gen").map_or_else(default_vu_gen, PathBuf::from),
+        near_only: match args.get("--placement") {
             None | Some("near") => true,
             Some("any") => false,
             Some(other) => bail!("--placement near|any, not {other}"),
         },
-        placement_wait: Duration::from_secs_f64(
-            get("--placement-wait").map_or(300.0, |s| s.parse().expect("--placement-wait SECS")),
-        ),
+        placement_wait: Duration::try_from_secs_f64(placement_wait)
+            .with_context(|| format!("--placement-wait: not a duration: {placement_wait}"))?,
     };
     let _ = bin("vmnetd");
     let modes = ["--idle", "--gso", "--probe"];
-    if !args.iter().any(|a| modes.contains(&a.as_str())) && o.guests.iter().any(|g| *g != Guest::Driver) {
+    if !modes.iter().any(|m| args.has(m) || args.get(m).is_some()) && o.guests.iter().any(|g| *g != Guest::Driver) {
         // Fail before any backend starts.
         o.vu_gen()?;
     }
-    if let Some(secs) = get("--probe") {
-        let secs: f64 = secs.parse().context("--probe SECS")?;
+    if args.get("--probe").is_some() {
+        let secs: f64 = args.num("--probe", 0.0)?;
         let t0 = Instant::now();
         while t0.elapsed().as_secs_f64() < secs {
-            println!("{:6.1} s  {:.0} ns", t0.elapsed().as_secs_f64(), core_round_trip_ns(Duration::from_millis(250)));
+            let ns = core_round_trip_ns(Duration::from_millis(250)).unwrap_or(f64::NAN);
+            println!("{:6.1} s  {}", t0.elapsed().as_secs_f64(), show_ns(ns));
         }
         return Ok(());
     }
-    if args.iter().any(|a| a == "--idle") {
+    if args.has("--idle") {
         return idle();
     }
-    if args.iter().any(|a| a == "--gso") {
+    if args.has("--gso") {
         return gso(&o);
     }
-    if args.iter().any(|a| a == "--callgrind") {
+    if args.has("--callgrind") {
         return callgrind(&o);
     }
     throughput(&o)
@@ -1812,14 +1890,34 @@ mod tests {
         assert!(p.is_near(62.0) && p.is_near(130.0));
         assert!(!p.is_near(365.0));
         assert!(Placement::near(128.0, 58.0) && !Placement::near(393.0, 58.0));
+        // A low outlier does not make the near ones far: under 200 ns is near.
+        assert!(Placement::near(130.0, 40.0));
+        // A failed probe is not near.
+        assert!(!p.is_near(f64::NAN));
+        // Runs and ratios: the near ones, unless there are none.
+        let run = |mpps: f64, c2c: f64| Sample { frames: 0, mpps, gbps: 0.0, cpu: 1.0, full: None, steal: 0.0, c2c };
+        let a = [run(26.0, 80.0), run(11.0, 380.0), run(27.0, 90.0)];
+        let b = [run(25.0, 85.0), run(25.0, 90.0), run(12.0, 390.0)];
+        assert_eq!(near_runs(&a, 62.0).len(), 2);
+        assert_eq!(paired_ratios(&a, &b, 62.0), [26.0 / 25.0]);
+        let far = [run(11.0, 380.0)];
+        assert_eq!(near_runs(&far, 62.0).len(), 1);
+        assert_eq!(paired_ratios(&far, &far, 62.0), [1.0]);
+        assert!(median(&mut []).is_nan());
     }
 
     #[test]
-    fn unknown_arguments_and_missing_values_are_caught() {
-        let a = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(unknown_arg(&a(&["--runs", "3", "--gso", "--build", "x=y"])), None);
-        assert_eq!(unknown_arg(&a(&["--help"])), Some("--help"));
-        assert_eq!(unknown_arg(&a(&["--runs", "3", "--sise", "64"])), Some("--sise"));
-        assert_eq!(unknown_arg(&a(&["--secs"])), Some("--secs"));
+    fn unknown_arguments_missing_values_and_repeats_are_caught() {
+        let a = |v: &[&str]| Args::parse(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let ok = a(&["--runs", "3", "--gso", "--build", "x=y", "--build", "z=w"]).unwrap();
+        assert_eq!((ok.get("--runs"), ok.has("--gso"), ok.builds.len()), (Some("3"), true, 2));
+        assert_eq!(ok.num("--runs", 5).unwrap(), 3);
+        assert_eq!(ok.num("--secs", 3.0).unwrap(), 3.0);
+        assert!(a(&["--help"]).is_err());
+        assert!(a(&["--runs", "3", "--sise", "64"]).is_err());
+        assert!(a(&["--secs"]).is_err());
+        assert!(a(&["--secs", "--gso"]).is_err(), "an option is not a value");
+        assert!(a(&["--runs", "3", "--runs", "4"]).is_err(), "given twice");
+        assert!(a(&["--runs", "x"]).unwrap().num("--runs", 5usize).is_err());
     }
 }
